@@ -1,0 +1,505 @@
+/*
+ * main.c — urio-bench: runs the registered benchmarks side by side against
+ * their peers, and reports medians, ratios, spreads and targets.
+ *
+ *   urio-bench [--quick] [--runs N] [--json FILE] [SUBCOMMAND...]
+ *
+ * SUBCOMMAND is a group of the registry ("dispatch", "timers", ...), "all"
+ * (the default) or "list".  Each benchmark runs R times per side, the two
+ * sides alternating within each run so that both see the same moment of
+ * the machine's noise; the ratio peer/urio is taken per run, then its
+ * median, so a noisy run moves both sides of its ratio together.
+ */
+#include "bench.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <uv.h>
+
+static const char *const PEER_NAME = "libuv";
+
+enum { MAX_RUNS = 1000 };
+
+/* ------------------------------------------------------------------ */
+/* Command line                                                          */
+
+typedef struct options {
+    bool quick;
+    unsigned runs;             /* 0: the default for the mode */
+    const char *json_path;     /* NULL: no JSON */
+    bool list;
+    bool all;
+    const char *groups[64];    /* the selected groups when !all */
+    size_t n_groups;
+} options_t;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: urio-bench [--quick] [--runs N] [--json FILE] [SUBCOMMAND...]\n"
+            "\n"
+            "  --quick      smaller sizes: the whole default run in under a minute\n"
+            "  --runs N     runs per side and benchmark (default 5, quick 3)\n"
+            "  --json FILE  also write the results, with every run, to FILE\n"
+            "\n"
+            "subcommands: all (default), list, or a group:");
+    const char *prev = NULL;
+    for (size_t i = 0; i < bench_registry_len; i++) {
+        const char *g = bench_registry[i].group;
+        if (!prev || strcmp(prev, g) != 0)
+            fprintf(f, " %s", g);
+        prev = g;
+    }
+    fputc('\n', f);
+}
+
+static bool is_group(const char *name)
+{
+    for (size_t i = 0; i < bench_registry_len; i++)
+        if (strcmp(bench_registry[i].group, name) == 0)
+            return true;
+    return false;
+}
+
+static unsigned parse_runs(const char *s)
+{
+    char *end;
+    unsigned long v = strtoul(s, &end, 10);
+    if (*s == '\0' || *end != '\0' || v < 1 || v > MAX_RUNS) {
+        fprintf(stderr, "urio-bench: --runs wants a count from 1 to %d, not '%s'\n", MAX_RUNS, s);
+        exit(2);
+    }
+    return (unsigned)v;
+}
+
+/* The value of an option given as "--opt VALUE" or "--opt=VALUE", or NULL
+ * if argv[*i] is not that option. */
+static const char *option_value(int argc, char **argv, int *i, const char *opt)
+{
+    size_t len = strlen(opt);
+    if (strncmp(argv[*i], opt, len) != 0)
+        return NULL;
+    if (argv[*i][len] == '=')
+        return argv[*i] + len + 1;
+    if (argv[*i][len] != '\0')
+        return NULL;
+    if (*i + 1 >= argc) {
+        fprintf(stderr, "urio-bench: %s needs a value\n", opt);
+        exit(2);
+    }
+    return argv[++*i];
+}
+
+static void add_subcommand(options_t *o, const char *arg)
+{
+    if (strcmp(arg, "all") == 0) {
+        o->all = true;
+    } else if (strcmp(arg, "list") == 0) {
+        o->list = true;
+    } else if (is_group(arg)) {
+        if (o->n_groups == sizeof o->groups / sizeof o->groups[0])
+            bench_die("too many subcommands");
+        o->groups[o->n_groups++] = arg;
+    } else {
+        fprintf(stderr, "urio-bench: unknown subcommand '%s'\n", arg);
+        usage(stderr);
+        exit(2);
+    }
+}
+
+static options_t parse_args(int argc, char **argv)
+{
+    options_t o = { 0 };
+    for (int i = 1; i < argc; i++) {
+        const char *v;
+        if (strcmp(argv[i], "--quick") == 0) {
+            o.quick = true;
+        } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            usage(stdout);
+            exit(0);
+        } else if ((v = option_value(argc, argv, &i, "--runs"))) {
+            o.runs = parse_runs(v);
+        } else if ((v = option_value(argc, argv, &i, "--json"))) {
+            o.json_path = v;
+        } else if (argv[i][0] == '-') {
+            fprintf(stderr, "urio-bench: unknown option '%s'\n", argv[i]);
+            usage(stderr);
+            exit(2);
+        } else {
+            add_subcommand(&o, argv[i]);
+        }
+    }
+    if (o.n_groups == 0)
+        o.all = true;
+    if (o.runs == 0)
+        o.runs = o.quick ? 3 : 5;
+    return o;
+}
+
+static bool selected(const options_t *o, const bench_def_t *def)
+{
+    if (o->all)
+        return true;
+    for (size_t i = 0; i < o->n_groups; i++)
+        if (strcmp(o->groups[i], def->group) == 0)
+            return true;
+    return false;
+}
+
+/* ------------------------------------------------------------------ */
+/* Targets                                                               */
+
+static void format_target(char *buf, size_t size, const bench_metric_t *m)
+{
+    switch (m->target.kind) {
+    case BENCH_TARGET_URIO_MAX:
+        snprintf(buf, size, "urio <= %g %s", m->target.value, m->unit);
+        break;
+    case BENCH_TARGET_RATIO_MIN:
+        snprintf(buf, size, "%s/urio >= %gx", PEER_NAME, m->target.value);
+        break;
+    case BENCH_TARGET_NONE:
+        snprintf(buf, size, "-");
+        break;
+    }
+}
+
+static void list_benchmarks(void)
+{
+    printf("%-10s %-18s %-16s %-6s %s\n", "group", "benchmark", "unit", "peer", "target");
+    for (size_t i = 0; i < bench_registry_len; i++) {
+        const bench_def_t *def = &bench_registry[i];
+        for (size_t m = 0; m < def->n_metrics; m++) {
+            char target[96];
+            format_target(target, sizeof target, &def->metrics[m]);
+            printf("%-10s %-18s %-16s %-6s %s\n", def->group, def->metrics[m].name,
+                   def->metrics[m].unit, def->peer ? PEER_NAME : "-", target);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Statistics                                                            */
+
+/* One row of the table: a metric of a benchmark, with every run. */
+typedef struct row {
+    const bench_def_t *def;
+    const bench_metric_t *metric;
+    double *urio, *peer, *ratio;   /* one per run; NAN where absent */
+    double urio_med, peer_med;
+    double ratio_med, ratio_min, ratio_max;
+    bool has_target, met;
+} row_t;
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Median, min and max of the finite values of v[0..n-1]; NAN if none. */
+static void summarize(const double *v, size_t n, double *med, double *min, double *max)
+{
+    double sorted[MAX_RUNS];
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (isfinite(v[i]))
+            sorted[k++] = v[i];
+    if (k == 0) {
+        *med = *min = *max = NAN;
+        return;
+    }
+    qsort(sorted, k, sizeof sorted[0], cmp_double);
+    *med = k % 2 ? sorted[k / 2] : (sorted[k / 2 - 1] + sorted[k / 2]) / 2.0;
+    *min = sorted[0];
+    *max = sorted[k - 1];
+}
+
+static void judge_target(row_t *r)
+{
+    const bench_target_t *t = &r->metric->target;
+    r->has_target = t->kind != BENCH_TARGET_NONE;
+    if (t->kind == BENCH_TARGET_URIO_MAX)
+        r->met = isfinite(r->urio_med) && r->urio_med <= t->value;
+    else if (t->kind == BENCH_TARGET_RATIO_MIN)
+        r->met = isfinite(r->ratio_med) && r->ratio_med >= t->value;
+}
+
+static void finish_row(row_t *r, unsigned runs)
+{
+    double lo, hi;
+    for (unsigned i = 0; i < runs; i++)
+        r->ratio[i] = (isfinite(r->peer[i]) && r->urio[i] > 0.0) ? r->peer[i] / r->urio[i] : NAN;
+    summarize(r->urio, runs, &r->urio_med, &lo, &hi);
+    summarize(r->peer, runs, &r->peer_med, &lo, &hi);
+    summarize(r->ratio, runs, &r->ratio_med, &r->ratio_min, &r->ratio_max);
+    judge_target(r);
+}
+
+/* ------------------------------------------------------------------ */
+/* Running                                                               */
+
+static void run_side(const char *side, bench_fn fn, const bench_config_t *cfg,
+                     const bench_def_t *def, unsigned run, unsigned runs, double *out)
+{
+    fprintf(stderr, "  %-16s run %u/%u %-5s ...", def->name, run + 1, runs, side);
+    fflush(stderr);
+    uint64_t t0 = bench_now_ns();
+    fn(cfg, out);
+    fprintf(stderr, " %.2f s\n", (double)(bench_now_ns() - t0) / 1e9);
+}
+
+/* Runs one benchmark `runs` times per side and fills its rows.  Even runs
+ * start with urio, odd runs with the peer: neither side always gets the
+ * warmer (or colder) caches and CPU clocks. */
+static void run_benchmark(const bench_def_t *def, const bench_config_t *cfg,
+                          unsigned runs, row_t *rows)
+{
+    for (unsigned run = 0; run < runs; run++) {
+        double u[BENCH_MAX_METRICS], p[BENCH_MAX_METRICS];
+        for (size_t m = 0; m < BENCH_MAX_METRICS; m++)
+            u[m] = p[m] = NAN;
+        bool urio_first = run % 2 == 0;
+        if (urio_first)
+            run_side("urio", def->urio, cfg, def, run, runs, u);
+        if (def->peer)
+            run_side(PEER_NAME, def->peer, cfg, def, run, runs, p);
+        if (!urio_first)
+            run_side("urio", def->urio, cfg, def, run, runs, u);
+        for (size_t m = 0; m < def->n_metrics; m++) {
+            rows[m].urio[run] = u[m];
+            rows[m].peer[run] = p[m];
+        }
+    }
+    for (size_t m = 0; m < def->n_metrics; m++)
+        finish_row(&rows[m], runs);
+}
+
+static row_t *alloc_rows(const options_t *o, size_t *n_rows)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < bench_registry_len; i++)
+        if (selected(o, &bench_registry[i]))
+            n += bench_registry[i].n_metrics;
+
+    row_t *rows = calloc(n ? n : 1, sizeof *rows);
+    if (!rows)
+        bench_die("out of memory");
+    size_t k = 0;
+    for (size_t i = 0; i < bench_registry_len; i++) {
+        const bench_def_t *def = &bench_registry[i];
+        if (!selected(o, def))
+            continue;
+        for (size_t m = 0; m < def->n_metrics; m++, k++) {
+            rows[k].def = def;
+            rows[k].metric = &def->metrics[m];
+            rows[k].urio = calloc(o->runs, sizeof(double));
+            rows[k].peer = calloc(o->runs, sizeof(double));
+            rows[k].ratio = calloc(o->runs, sizeof(double));
+            if (!rows[k].urio || !rows[k].peer || !rows[k].ratio)
+                bench_die("out of memory");
+        }
+    }
+    *n_rows = n;
+    return rows;
+}
+
+static void free_rows(row_t *rows, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(rows[i].urio);
+        free(rows[i].peer);
+        free(rows[i].ratio);
+    }
+    free(rows);
+}
+
+/* ------------------------------------------------------------------ */
+/* The table                                                             */
+
+static void format_value(char *buf, size_t size, double v, int decimals)
+{
+    if (isfinite(v))
+        snprintf(buf, size, "%.*f", decimals, v);
+    else
+        snprintf(buf, size, "-");
+}
+
+static void print_row(const row_t *r)
+{
+    char u[32], p[32], ratio[32], spread[48];
+    int d = r->metric->decimals;
+    format_value(u, sizeof u, r->urio_med, d);
+    format_value(p, sizeof p, r->peer_med, d);
+    if (isfinite(r->ratio_med)) {
+        snprintf(ratio, sizeof ratio, "%.2fx", r->ratio_med);
+        snprintf(spread, sizeof spread, "%.2f-%.2f", r->ratio_min, r->ratio_max);
+    } else {
+        snprintf(ratio, sizeof ratio, "-");
+        snprintf(spread, sizeof spread, "-");
+    }
+    printf("%-18s | %-16s | %10s | %10s | %10s | %s\n", r->metric->name, r->metric->unit,
+           u, p, ratio, spread);
+}
+
+static void print_table(const row_t *rows, size_t n, const options_t *o)
+{
+    printf("\nurio-bench%s: median of %u runs per side; %s/urio > 1 means urio is faster;\n"
+           "spread is the min-max of the per-run ratio.\n\n",
+           o->quick ? " --quick" : "", o->runs, PEER_NAME);
+    printf("%-18s | %-16s | %10s | %10s | %10s | %s\n", "benchmark", "unit", "urio",
+           PEER_NAME, "libuv/urio", "spread");
+    printf("-------------------+------------------+------------+------------+------------+"
+           "-----------\n");
+    for (size_t i = 0; i < n; i++)
+        print_row(&rows[i]);
+}
+
+static void print_targets(const row_t *rows, size_t n)
+{
+    printf("\ntargets (reported, not enforced):\n");
+    for (size_t i = 0; i < n; i++) {
+        const row_t *r = &rows[i];
+        if (!r->has_target)
+            continue;
+        char target[96], got[48];
+        format_target(target, sizeof target, r->metric);
+        if (r->metric->target.kind == BENCH_TARGET_RATIO_MIN)
+            format_value(got, sizeof got, r->ratio_med, 2);
+        else
+            format_value(got, sizeof got, r->urio_med, r->metric->decimals);
+        printf("  %-18s %-30s got %-10s %s\n", r->metric->name, target, got,
+               r->met ? "MET" : "MISSED");
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* JSON                                                                  */
+
+static void json_number(FILE *f, double v)
+{
+    if (isfinite(v))
+        fprintf(f, "%.9g", v);
+    else
+        fputs("null", f);
+}
+
+/* The names and units are our own literals: no escaping needed. */
+static void json_array(FILE *f, const double *v, unsigned n)
+{
+    fputc('[', f);
+    for (unsigned i = 0; i < n; i++) {
+        if (i)
+            fputs(", ", f);
+        json_number(f, v[i]);
+    }
+    fputc(']', f);
+}
+
+static void json_target(FILE *f, const row_t *r)
+{
+    const bench_target_t *t = &r->metric->target;
+    if (!r->has_target) {
+        fputs("\"target\": null, \"met\": null", f);
+        return;
+    }
+    fprintf(f, "\"target\": {\"kind\": \"%s\", \"value\": ",
+            t->kind == BENCH_TARGET_URIO_MAX ? "urio_max" : "ratio_min");
+    json_number(f, t->value);
+    fprintf(f, "}, \"met\": %s", r->met ? "true" : "false");
+}
+
+static void json_row(FILE *f, const row_t *r, unsigned runs)
+{
+    bool peer = r->def->peer != NULL;
+    fprintf(f, "    {\"name\": \"%s\", \"group\": \"%s\", \"unit\": \"%s\", \"peer\": ",
+            r->metric->name, r->def->group, r->metric->unit);
+    fprintf(f, peer ? "\"%s\",\n" : "null,\n", PEER_NAME);
+    fputs("     \"urio\": ", f);
+    json_number(f, r->urio_med);
+    fputs(", \"peer_median\": ", f);
+    json_number(f, r->peer_med);
+    fputs(", \"ratio\": ", f);
+    json_number(f, r->ratio_med);
+    fputs(", \"ratio_min\": ", f);
+    json_number(f, r->ratio_min);
+    fputs(", \"ratio_max\": ", f);
+    json_number(f, r->ratio_max);
+    fputs(",\n     ", f);
+    json_target(f, r);
+    fputs(",\n     \"runs\": {\"urio\": ", f);
+    json_array(f, r->urio, runs);
+    fputs(", \"peer\": ", f);
+    json_array(f, r->peer, runs);
+    fputs(", \"ratio\": ", f);
+    json_array(f, r->ratio, runs);
+    fputs("}}", f);
+}
+
+static void json_config(FILE *f, const bench_config_t *c)
+{
+    fprintf(f,
+            "  \"config\": {\"chain_n\": %llu, \"fanout_n\": %llu, \"fanout_round\": %llu, "
+            "\"allocs_warmup\": %llu, \"allocs_n\": %llu, \"timer_n\": %llu, "
+            "\"timer_span_ns\": %llu, \"timer_lead_ns\": %llu, \"seed\": %llu},\n",
+            (unsigned long long)c->chain_n, (unsigned long long)c->fanout_n,
+            (unsigned long long)c->fanout_round, (unsigned long long)c->allocs_warmup,
+            (unsigned long long)c->allocs_n, (unsigned long long)c->timer_n,
+            (unsigned long long)c->timer_span_ns, (unsigned long long)c->timer_lead_ns,
+            (unsigned long long)c->seed);
+}
+
+static void write_json(const char *path, const row_t *rows, size_t n, const options_t *o,
+                       const bench_config_t *cfg)
+{
+    FILE *f = fopen(path, "w");
+    if (!f)
+        bench_die("cannot write %s: %s", path, strerror(errno));
+    fprintf(f, "{\n  \"quick\": %s, \"runs\": %u, \"cpus\": %ld, \"peer\": \"%s\", "
+               "\"peer_version\": \"%s\",\n",
+            o->quick ? "true" : "false", o->runs, sysconf(_SC_NPROCESSORS_ONLN), PEER_NAME,
+            uv_version_string());
+    json_config(f, cfg);
+    fputs("  \"results\": [\n", f);
+    for (size_t i = 0; i < n; i++) {
+        json_row(f, &rows[i], o->runs);
+        fputs(i + 1 < n ? ",\n" : "\n", f);
+    }
+    fputs("  ]\n}\n", f);
+    if (fclose(f) != 0)
+        bench_die("error writing %s: %s", path, strerror(errno));
+}
+
+/* ------------------------------------------------------------------ */
+
+int main(int argc, char **argv)
+{
+    options_t o = parse_args(argc, argv);
+    if (o.list) {
+        list_benchmarks();
+        return 0;
+    }
+
+    bench_config_t cfg;
+    bench_config_init(&cfg, o.quick);
+
+    size_t n_rows;
+    row_t *rows = alloc_rows(&o, &n_rows);
+    for (size_t i = 0; i < n_rows; i += rows[i].def->n_metrics) {
+        run_benchmark(rows[i].def, &cfg, o.runs, &rows[i]);
+    }
+
+    print_table(rows, n_rows, &o);
+    print_targets(rows, n_rows);
+    if (o.json_path)
+        write_json(o.json_path, rows, n_rows, &o, &cfg);
+
+    free_rows(rows, n_rows);
+    /* Targets are reported, not enforced: a missed one is not a failure. */
+    return 0;
+}

@@ -1,0 +1,16 @@
+/*
+ * urio — asyncio's developer experience for C, on Linux io_uring.
+ *
+ * The umbrella header: include this one.  Each subsystem has its own header
+ * under urio/, in the order of the layers (ARCHITECTURE.md): base types and
+ * errors, the logger, the loop with its callbacks and timers, futures.
+ */
+#ifndef URIO_H
+#define URIO_H
+
+#include "urio/base.h"
+#include "urio/log.h"
+#include "urio/loop.h"
+#include "urio/future.h"
+
+#endif

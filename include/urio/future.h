@@ -1,0 +1,93 @@
+/*
+ * urio/future.h — futures: one outcome, set once, observed by callbacks.
+ *
+ * A future belongs to a loop.  It is reference counted; the loop holds its
+ * own reference while it needs one (scheduled done callbacks).  The state
+ * goes pending -> result | error | cancelled, once.  Done callbacks are
+ * scheduled on the loop's ready queue in the order they were added, never
+ * called inline.
+ */
+#ifndef URIO_FUTURE_H
+#define URIO_FUTURE_H
+
+#include "base.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/*
+ * A new pending future of loop, with one reference (the caller's).
+ * Returns: the future; NULL with errno ENOMEM, EINVAL (NULL loop), ESHUTDOWN
+ *          (closed loop) or EPERM (wrong thread).
+ * Thread: the loop's thread.
+ */
+URIO_EXPORT urio_future_t *urio_future_new(urio_loop_t *loop);
+
+/* Adds a reference and returns f (NULL stays NULL). */
+URIO_EXPORT urio_future_t *urio_future_ref(urio_future_t *f);
+
+/*
+ * Drops a reference.  At the last one, a future that failed and whose error
+ * nobody read is reported through its loop's exception handler as
+ * "Future exception was never retrieved", then freed.
+ */
+URIO_EXPORT void urio_future_unref(urio_future_t *f);
+
+/*
+ * Completes f with a result (an opaque pointer, owned by whoever the program
+ * says) or with an error: a negative errno or URIO_E* code and a formatted
+ * message (fmt may be NULL).
+ * Returns: 0; -EINVAL if f is NULL, already done, or err is not negative;
+ *          -ENOMEM if the message could not be stored (f is then completed
+ *          with the error and no message).
+ * Thread: the loop's thread.
+ */
+URIO_EXPORT int urio_future_set_result(urio_future_t *f, void *value);
+URIO_EXPORT int urio_future_set_error(urio_future_t *f, int err, const char *fmt, ...)
+    URIO_PRINTF(3, 4);
+
+/*
+ * Cancels f: it completes with -ECANCELED.
+ * Returns: true if it was pending, false if already done.
+ */
+URIO_EXPORT bool urio_future_cancel(urio_future_t *f);
+
+URIO_EXPORT bool urio_future_done(const urio_future_t *f);
+URIO_EXPORT bool urio_future_cancelled(const urio_future_t *f);
+
+/*
+ * f's outcome: 0 with *value set to the result (value may be NULL), f's
+ * error, -ECANCELED, or URIO_ENOTDONE while pending.  Reading an error marks
+ * it as retrieved.
+ */
+URIO_EXPORT int urio_future_result(urio_future_t *f, void **value);
+
+/* The message given with f's error, or NULL.  Marks the error as retrieved. */
+URIO_EXPORT const char *urio_future_error_message(const urio_future_t *f);
+
+/* The loop f belongs to. */
+URIO_EXPORT urio_loop_t *urio_future_loop(const urio_future_t *f);
+
+typedef void (*urio_future_done_fn)(urio_future_t *f, void *arg);
+
+/*
+ * Calls fn(f, arg) from the loop once f is done (scheduled, never inline:
+ * if f is already done, it is scheduled now).  The loop holds a reference on
+ * f until the callback has run.
+ * Returns: 0; -EINVAL (NULL f or fn); -ENOMEM; -ESHUTDOWN (closed loop).
+ *          When it fails, fn never runs.
+ * Thread: the loop's thread.
+ */
+URIO_EXPORT int urio_future_add_done_callback(urio_future_t *f, urio_future_done_fn fn, void *arg);
+
+/*
+ * Removes every pending registration of (fn, arg) that has not been
+ * scheduled yet.  Returns: how many were removed.
+ */
+URIO_EXPORT int urio_future_remove_done_callback(urio_future_t *f, urio_future_done_fn fn, void *arg);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

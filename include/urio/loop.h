@@ -1,0 +1,186 @@
+/*
+ * urio/loop.h — the event loop, its callbacks and timers, the exception
+ * handler and debug mode.
+ *
+ * A loop runs on one thread at a time: the one running it.  The loop's ring
+ * (io_uring with IORING_SETUP_SINGLE_ISSUER) is bound to the first thread
+ * that runs the loop; run it, and close it, on that thread.
+ */
+#ifndef URIO_LOOP_H
+#define URIO_LOOP_H
+
+#include "base.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct urio_loop_opts {
+    unsigned ring_entries;   /* SQ entries; 0: the default (256) */
+    int debug;               /* 0: from URIO_DEBUG and the build; 1 on; -1 off */
+} urio_loop_opts_t;          /* may grow: zero-initialise it (zero means "the default") */
+
+/*
+ * Creates a loop with its own io_uring.
+ * Returns: 0; -EINVAL (NULL loop, ring_entries over 32768); -ENOMEM;
+ *          URIO_ENOURING when the kernel refuses io_uring (sysctl
+ *          kernel.io_uring_disabled, a seccomp filter, no kernel support):
+ *          an ERROR line on the urio logger says which and what to do;
+ *          another negative errno from io_uring_setup or eventfd.
+ * Ownership: the caller owns *loop until urio_loop_close().
+ * Thread: any thread.
+ */
+URIO_EXPORT int urio_loop_new(urio_loop_t **loop, const urio_loop_opts_t *opts);
+
+/*
+ * Runs the loop until urio_loop_stop().  The turn is the one in
+ * docs/loop.md: wait in io_uring (only when nothing is ready), reap
+ * completions, drain the cross-thread inbox, fire due timers, run the
+ * callbacks that were ready when the step began.
+ * Returns: 0 after a stop; -EBUSY if already running; -EPERM from a thread
+ *          other than the one the ring is bound to; -ESHUTDOWN if closed.
+ * Thread: becomes the loop's thread for the duration.
+ */
+URIO_EXPORT int urio_loop_run_forever(urio_loop_t *loop);
+
+/*
+ * Runs the loop until f is done, then returns f's outcome as
+ * urio_future_result() gives it (which marks an error as retrieved).
+ * Returns: 0, f's error, -ECANCELED; URIO_ESTOPPED if urio_loop_stop() ended
+ *          the run first; -EINVAL if f belongs to another loop; the errors
+ *          of urio_loop_run_forever().
+ */
+URIO_EXPORT int urio_loop_run_until_complete(urio_loop_t *loop, urio_future_t *f);
+
+/*
+ * Asks a running loop to stop after the callbacks of the current turn.
+ * Called before the loop runs, the next run stops after one turn.
+ * Thread: the loop's thread (use urio_call_soon_threadsafe from others).
+ */
+URIO_EXPORT void urio_loop_stop(urio_loop_t *loop);
+
+/*
+ * Closes the loop: cancels its in-flight ring operations and waits for their
+ * completions, runs the callbacks urio_call_soon_threadsafe() had accepted,
+ * drops pending callbacks and timers (debug mode logs how many), and frees
+ * the loop.  Futures still referenced stay valid (they keep the loop's
+ * memory, not its ring) and can still be read and unreferenced.
+ * Returns: 0; -EBUSY while running (nothing changes); -EINVAL for NULL;
+ *          -EPERM from a thread other than the one the ring is bound to.
+ */
+URIO_EXPORT int urio_loop_close(urio_loop_t *loop);
+
+/* The loop running on this thread, or NULL.  Thread: any thread. */
+URIO_EXPORT urio_loop_t *urio_loop_current(void);
+
+/*
+ * The loop's clock: CLOCK_MONOTONIC in nanoseconds.  Timers are due by this
+ * clock.  Thread: any thread.
+ */
+URIO_EXPORT uint64_t urio_loop_time(const urio_loop_t *loop);
+
+/* Debug mode (docs/debug.md).  Thread: the loop's thread. */
+URIO_EXPORT void urio_loop_set_debug(urio_loop_t *loop, bool on);
+URIO_EXPORT bool urio_loop_get_debug(const urio_loop_t *loop);
+
+/*
+ * A callback or task step longer than this is logged at WARNING in debug
+ * mode: "Executing <Handle fn() at file.c:42> took 0.153 seconds".
+ * Default 100 ms.
+ */
+URIO_EXPORT void urio_loop_set_slow_callback_duration(urio_loop_t *loop, uint64_t ns);
+URIO_EXPORT uint64_t urio_loop_get_slow_callback_duration(const urio_loop_t *loop);
+
+/* ------------------------------------------------------------------ */
+/* Errors that nobody handled: the exception handler                   */
+
+typedef struct urio_error_context {
+    const char *message;           /* "Task exception was never retrieved", ... */
+    int error;                     /* negative errno or URIO_E* code, or 0 */
+    const char *error_message;     /* the error's text, or NULL */
+    urio_future_t *future;         /* the future or task concerned, or NULL */
+    const char *source_traceback;  /* where it was created, debug mode only, or NULL */
+} urio_error_context_t;
+
+typedef void (*urio_exception_handler_fn)(urio_loop_t *loop,
+                                          const urio_error_context_t *ctx, void *ud);
+
+/*
+ * Sets the loop's exception handler; NULL restores the default, which logs
+ * the report at ERROR as one message: the text, the object, the error's name
+ * and message, and (debug mode) the creation stack.
+ * Thread: the loop's thread.
+ */
+URIO_EXPORT void urio_loop_set_exception_handler(urio_loop_t *loop,
+                                                 urio_exception_handler_fn fn, void *ud);
+
+/* Calls the loop's exception handler (or the default one) with ctx. */
+URIO_EXPORT void urio_loop_call_exception_handler(urio_loop_t *loop,
+                                                  const urio_error_context_t *ctx);
+
+/* The default handler, for custom handlers that want to add to it. */
+URIO_EXPORT void urio_loop_default_exception_handler(urio_loop_t *loop,
+                                                     const urio_error_context_t *ctx);
+
+/* ------------------------------------------------------------------ */
+/* Callbacks and timers                                                 */
+
+typedef void (*urio_callback_fn)(void *arg);
+typedef struct urio_handle { uint64_t id; } urio_handle_t;   /* a value; id 0 means "none" */
+
+/*
+ * Schedules fn(arg) to run on the loop's thread: soon (FIFO), after delay_ns,
+ * or at when_ns on urio_loop_time()'s clock.  Timers run in deadline order,
+ * FIFO among equal deadlines, never before their deadline.
+ * Returns: a handle; id 0 on failure with errno set: EINVAL (NULL loop or
+ *          fn), EPERM (called from a thread other than the running loop's;
+ *          an ERROR line names the function), ESHUTDOWN (closed or closing
+ *          loop), ENOMEM.  When the call fails, fn never runs.
+ * Thread: the loop's thread.
+ * The macros record the callback's name, file and line (urio_site_t) for
+ * reports; the functions of the same names still exist, so taking
+ * &urio_call_soon works.
+ */
+URIO_EXPORT urio_handle_t urio_call_soon(urio_loop_t *loop, urio_callback_fn fn, void *arg);
+URIO_EXPORT urio_handle_t urio_call_later(urio_loop_t *loop, uint64_t delay_ns,
+                                          urio_callback_fn fn, void *arg);
+URIO_EXPORT urio_handle_t urio_call_at(urio_loop_t *loop, uint64_t when_ns,
+                                       urio_callback_fn fn, void *arg);
+
+URIO_EXPORT urio_handle_t urio_call_soon_site(urio_loop_t *loop, urio_callback_fn fn, void *arg,
+                                              const urio_site_t *site);
+URIO_EXPORT urio_handle_t urio_call_later_site(urio_loop_t *loop, uint64_t delay_ns,
+                                               urio_callback_fn fn, void *arg,
+                                               const urio_site_t *site);
+URIO_EXPORT urio_handle_t urio_call_at_site(urio_loop_t *loop, uint64_t when_ns,
+                                            urio_callback_fn fn, void *arg,
+                                            const urio_site_t *site);
+
+#define urio_call_soon(loop, fn, arg) urio_call_soon_site((loop), (fn), (arg), URIO_SITE(fn))
+#define urio_call_later(loop, delay_ns, fn, arg)                                           \
+    urio_call_later_site((loop), (delay_ns), (fn), (arg), URIO_SITE(fn))
+#define urio_call_at(loop, when_ns, fn, arg)                                               \
+    urio_call_at_site((loop), (when_ns), (fn), (arg), URIO_SITE(fn))
+
+/*
+ * Cancels a pending callback or timer.  A handle that already ran, was
+ * cancelled, or is id 0 is a harmless no-op.
+ * Returns: true if it was still pending (it will not run).
+ * Thread: the loop's thread (false and an ERROR line from another).
+ */
+URIO_EXPORT bool urio_handle_cancel(urio_loop_t *loop, urio_handle_t h);
+
+/*
+ * Schedules fn(arg) on the loop from any thread; wakes the loop only when it
+ * sleeps.  Every accepted call runs exactly once: on the loop, or during
+ * urio_loop_close() if the loop closes first.
+ * Returns: 0; -EINVAL (NULL loop or fn); -ESHUTDOWN once the loop's close
+ *          has begun; -ENOMEM.  When it fails, fn never runs.
+ * Thread: any thread.
+ */
+URIO_EXPORT int urio_call_soon_threadsafe(urio_loop_t *loop, urio_callback_fn fn, void *arg);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,150 @@
+/*
+ * alloc.c — every allocation urio makes for itself goes through here.
+ *
+ * One hook: it picks the allocator (jemalloc's non-standard API where the
+ * build has it, so urio gets jemalloc even where the process allocator is
+ * glibc's), counts blocks for urio_mem_stats(), and lets tests fail
+ * allocations on purpose to prove every ENOMEM path.
+ */
+#include "internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if URIO_HAVE_JEMALLOC
+#include <jemalloc/jemalloc.h>
+#endif
+
+static struct {
+    atomic_uint_fast64_t allocs, frees, failures;
+    atomic_long countdown;       /* < 0: no injection */
+    atomic_bool persistent;
+} g_alloc = { .countdown = -1 };
+
+void urio__alloc_fail_after(long countdown, bool persistent)
+{
+    atomic_store(&g_alloc.persistent, persistent);
+    atomic_store(&g_alloc.countdown, countdown);
+}
+
+/* True if this allocation must fail (test injection). */
+static bool inject_failure(void)
+{
+    long c = atomic_load_explicit(&g_alloc.countdown, memory_order_relaxed);
+    if (URIO_LIKELY(c < 0))
+        return false;
+    if (c > 0) {
+        atomic_fetch_sub(&g_alloc.countdown, 1);
+        return false;
+    }
+    if (!atomic_load(&g_alloc.persistent))
+        atomic_store(&g_alloc.countdown, -1);
+    return true;
+}
+
+static void *counted(void *p)
+{
+    if (URIO_LIKELY(p != NULL))
+        atomic_fetch_add_explicit(&g_alloc.allocs, 1, memory_order_relaxed);
+    else
+        atomic_fetch_add_explicit(&g_alloc.failures, 1, memory_order_relaxed);
+    return p;
+}
+
+void *urio__malloc(size_t n)
+{
+    if (URIO_UNLIKELY(inject_failure()))
+        return counted(NULL);
+#if URIO_HAVE_JEMALLOC
+    return counted(mallocx(n ? n : 1, 0));
+#else
+    return counted(malloc(n ? n : 1));
+#endif
+}
+
+void *urio__calloc(size_t n, size_t size)
+{
+    if (size && n > SIZE_MAX / size)
+        return counted(NULL);
+    if (URIO_UNLIKELY(inject_failure()))
+        return counted(NULL);
+#if URIO_HAVE_JEMALLOC
+    size_t total = n * size;
+    return counted(mallocx(total ? total : 1, MALLOCX_ZERO));
+#else
+    return counted(calloc(n ? n : 1, size ? size : 1));
+#endif
+}
+
+void *urio__realloc(void *p, size_t n)
+{
+    if (p == NULL)
+        return urio__malloc(n);
+    if (URIO_UNLIKELY(inject_failure())) {
+        atomic_fetch_add_explicit(&g_alloc.failures, 1, memory_order_relaxed);
+        return NULL;
+    }
+#if URIO_HAVE_JEMALLOC
+    void *q = rallocx(p, n ? n : 1, 0);
+#else
+    void *q = realloc(p, n ? n : 1);
+#endif
+    if (q == NULL)
+        atomic_fetch_add_explicit(&g_alloc.failures, 1, memory_order_relaxed);
+    return q;
+}
+
+void urio__free(void *p)
+{
+    if (p == NULL)
+        return;
+    atomic_fetch_add_explicit(&g_alloc.frees, 1, memory_order_relaxed);
+#if URIO_HAVE_JEMALLOC
+    dallocx(p, 0);
+#else
+    free(p);
+#endif
+}
+
+char *urio__strdup(const char *s)
+{
+    size_t n = strlen(s) + 1;
+    char *d = urio__malloc(n);
+    if (d)
+        memcpy(d, s, n);
+    return d;
+}
+
+char *urio__vasprintf(const char *fmt, va_list ap)
+{
+    va_list ap2;
+    va_copy(ap2, ap);
+    int n = vsnprintf(NULL, 0, fmt, ap2);
+    va_end(ap2);
+    if (n < 0)
+        return NULL;
+    char *s = urio__malloc((size_t)n + 1);
+    if (s)
+        vsnprintf(s, (size_t)n + 1, fmt, ap);
+    return s;
+}
+
+char *urio__asprintf(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *s = urio__vasprintf(fmt, ap);
+    va_end(ap);
+    return s;
+}
+
+URIO_EXPORT void urio_mem_stats(urio_mem_stats_t *st)
+{
+    if (st == NULL)
+        return;
+    st->allocs = atomic_load(&g_alloc.allocs);
+    st->frees = atomic_load(&g_alloc.frees);
+    st->failures = atomic_load(&g_alloc.failures);
+    st->live = st->allocs - st->frees;
+}

@@ -1,0 +1,310 @@
+/*
+ * future.c — futures.
+ *
+ * The state goes pending -> result | error | cancelled exactly once.  Done
+ * callbacks wait in a small array (two inline, then a heap array); when the
+ * future completes, one runner is scheduled on the loop's ready FIFO and
+ * calls them all in the order they were added.  That is asyncio's order
+ * (each callback scheduled with call_soon, in turn) without a ready entry
+ * per callback.  The runner holds a reference on the future.
+ *
+ * References are plain counters: futures belong to their loop's thread
+ * (thread-safe futures are a later layer).  Each future also holds a
+ * reference on its loop's memory, so a future outliving urio_loop_close()
+ * can still be read and released.
+ */
+#include "internal.h"
+
+#include <stdio.h>
+#include <string.h>
+
+enum { F_PENDING, F_RESULT, F_ERROR, F_CANCELLED };
+
+struct done_cb {
+    urio_future_done_fn fn;
+    void *arg;
+};
+
+struct urio_future {
+    urio_loop_t *loop;
+    uint32_t refs;
+    uint8_t state;
+    bool retrieved;             /* the error was read (result, error_message, await) */
+    bool runner_scheduled;
+    int err;
+    void *value;
+    char *errmsg;               /* urio__malloc'd, or NULL */
+    struct done_cb *cbs;        /* inl, or a urio__malloc'd array */
+    uint32_t ncbs, capcbs;
+    struct done_cb inl[2];
+    urio__stack_t *stack;       /* creation stack, debug mode only */
+};
+
+static bool check(const urio_future_t *f, const char *fn)
+{
+    return f != NULL && urio__loop_check_thread(f->loop, fn);
+}
+
+URIO_EXPORT urio_future_t *urio_future_new(urio_loop_t *loop)
+{
+    if (loop == NULL) {
+        errno = EINVAL;
+        return NULL;
+    }
+    if (!urio__loop_check_thread(loop, "urio_future_new")) {
+        errno = EPERM;
+        return NULL;
+    }
+    if (loop->closing) {
+        errno = ESHUTDOWN;
+        return NULL;
+    }
+    urio_future_t *f = urio__malloc(sizeof *f);
+    if (f == NULL) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    memset(f, 0, sizeof *f);
+    f->loop = loop;
+    f->refs = 1;
+    f->cbs = f->inl;
+    f->capcbs = 2;
+#if URIO_DEBUG_CHECKS
+    if (loop->debug) {
+        f->stack = urio__malloc(sizeof *f->stack);
+        if (f->stack)           /* no stack is a poorer report, not a failure */
+            urio__stack_capture(f->stack, 1);
+    }
+#endif
+    urio__loop_ref(loop);
+    loop->live_futures++;
+    return f;
+}
+
+URIO_EXPORT urio_future_t *urio_future_ref(urio_future_t *f)
+{
+    if (f != NULL)
+        f->refs++;
+    return f;
+}
+
+static void report_unretrieved(urio_future_t *f)
+{
+    char *tb = f->stack ? urio__stack_format(f->stack, "Future created at (most recent call last):")
+                        : NULL;
+    urio_error_context_t ctx = {
+        .message = "Future exception was never retrieved",
+        .error = f->err,
+        .error_message = f->errmsg,
+        .future = f,
+        .source_traceback = tb,
+    };
+    urio_loop_call_exception_handler(f->loop, &ctx);
+    urio__free(tb);
+}
+
+URIO_EXPORT void urio_future_unref(urio_future_t *f)
+{
+    if (f == NULL || --f->refs > 0)
+        return;
+    if (f->state == F_ERROR && !f->retrieved) {
+        f->refs = 1;            /* valid while the handler looks at it */
+        report_unretrieved(f);
+        f->refs = 0;
+    }
+    urio_loop_t *loop = f->loop;
+    if (f->cbs != f->inl)
+        urio__free(f->cbs);
+    urio__free(f->errmsg);
+    urio__free(f->stack);
+    urio__free(f);
+    loop->live_futures--;
+    urio__loop_unref(loop);
+}
+
+/* The runner: calls every done callback registered so far, in order. */
+static void run_callbacks(void *arg)
+{
+    urio_future_t *f = arg;
+    f->runner_scheduled = false;
+    struct done_cb local[2];
+    struct done_cb *cbs = f->cbs;
+    uint32_t n = f->ncbs;
+    /* Detach the list: callbacks may add more to f, which schedules a new runner. */
+    if (cbs == f->inl) {
+        memcpy(local, f->inl, n * sizeof *local);
+        cbs = local;
+    } else {
+        f->cbs = f->inl;
+        f->capcbs = 2;
+    }
+    f->ncbs = 0;
+    for (uint32_t i = 0; i < n; i++)
+        cbs[i].fn(f, cbs[i].arg);
+    if (cbs != local)
+        urio__free(cbs);
+    urio_future_unref(f);
+}
+
+static void schedule_runner(urio_future_t *f)
+{
+    if (f->runner_scheduled || f->ncbs == 0)
+        return;
+    static const urio_site_t site = { "<future done callbacks>", __FILE__, __LINE__ };
+    f->refs++;
+    if (urio__call_soon(f->loop, run_callbacks, f, &site).id == 0) {
+        /* The loop is closing (or out of memory): these callbacks cannot run. */
+        f->refs--;
+        if (f->loop->debug)
+            urio__log(URIO_LOG_DEBUG, "future: %u done callbacks dropped: %s", f->ncbs,
+                      urio_strerror(-errno));
+        return;
+    }
+    f->runner_scheduled = true;
+}
+
+static int complete(urio_future_t *f, int state, int err, void *value, const char *fn)
+{
+    if (!check(f, fn))
+        return f ? -EPERM : -EINVAL;
+    if (f->state != F_PENDING)
+        return -EINVAL;
+    f->state = (uint8_t)state;
+    f->err = err;
+    f->value = value;
+    schedule_runner(f);
+    return 0;
+}
+
+URIO_EXPORT int urio_future_set_result(urio_future_t *f, void *value)
+{
+    return complete(f, F_RESULT, 0, value, "urio_future_set_result");
+}
+
+URIO_EXPORT int urio_future_set_error(urio_future_t *f, int err, const char *fmt, ...)
+{
+    if (err >= 0)
+        return -EINVAL;
+    if (!check(f, "urio_future_set_error"))
+        return f ? -EPERM : -EINVAL;
+    if (f->state != F_PENDING)
+        return -EINVAL;
+    char *msg = NULL;
+    int ret = 0;
+    if (fmt != NULL) {
+        va_list ap;
+        va_start(ap, fmt);
+        msg = urio__vasprintf(fmt, ap);
+        va_end(ap);
+        if (msg == NULL)
+            ret = -ENOMEM;      /* completed all the same, without the message */
+    }
+    f->errmsg = msg;
+    complete(f, err == -ECANCELED ? F_CANCELLED : F_ERROR, err, NULL, "urio_future_set_error");
+    return ret;
+}
+
+URIO_EXPORT bool urio_future_cancel(urio_future_t *f)
+{
+    return complete(f, F_CANCELLED, -ECANCELED, NULL, "urio_future_cancel") == 0;
+}
+
+URIO_EXPORT bool urio_future_done(const urio_future_t *f)
+{
+    return f != NULL && f->state != F_PENDING;
+}
+
+URIO_EXPORT bool urio_future_cancelled(const urio_future_t *f)
+{
+    return f != NULL && f->state == F_CANCELLED;
+}
+
+URIO_EXPORT int urio_future_result(urio_future_t *f, void **value)
+{
+    if (f == NULL)
+        return -EINVAL;
+    switch (f->state) {
+    case F_PENDING:
+        return URIO_ENOTDONE;
+    case F_RESULT:
+        if (value)
+            *value = f->value;
+        return 0;
+    case F_ERROR:
+        f->retrieved = true;
+        return f->err;
+    default:
+        return -ECANCELED;
+    }
+}
+
+URIO_EXPORT const char *urio_future_error_message(const urio_future_t *f)
+{
+    if (f == NULL)
+        return NULL;
+    if (f->state == F_ERROR)
+        ((urio_future_t *)f)->retrieved = true;
+    return f->errmsg;
+}
+
+URIO_EXPORT urio_loop_t *urio_future_loop(const urio_future_t *f)
+{
+    return f ? f->loop : NULL;
+}
+
+URIO_EXPORT int urio_future_add_done_callback(urio_future_t *f, urio_future_done_fn fn, void *arg)
+{
+    if (f == NULL || fn == NULL)
+        return -EINVAL;
+    if (!check(f, "urio_future_add_done_callback"))
+        return -EPERM;
+    if (f->loop->closing)
+        return -ESHUTDOWN;
+    if (f->ncbs == f->capcbs) {
+        uint32_t cap = f->capcbs * 2;
+        struct done_cb *n = urio__malloc((size_t)cap * sizeof *n);
+        if (n == NULL)
+            return -ENOMEM;
+        memcpy(n, f->cbs, f->ncbs * sizeof *n);
+        if (f->cbs != f->inl)
+            urio__free(f->cbs);
+        f->cbs = n;
+        f->capcbs = cap;
+    }
+    f->cbs[f->ncbs++] = (struct done_cb){ fn, arg };
+    if (f->state != F_PENDING)
+        schedule_runner(f);
+    return 0;
+}
+
+URIO_EXPORT int urio_future_remove_done_callback(urio_future_t *f, urio_future_done_fn fn, void *arg)
+{
+    if (f == NULL || !check(f, "urio_future_remove_done_callback"))
+        return 0;
+    uint32_t kept = 0;
+    for (uint32_t i = 0; i < f->ncbs; i++)
+        if (f->cbs[i].fn != fn || f->cbs[i].arg != arg)
+            f->cbs[kept++] = f->cbs[i];
+    int removed = (int)(f->ncbs - kept);
+    f->ncbs = kept;
+    return removed;
+}
+
+const char *urio__future_describe(const urio_future_t *f, char *buf, size_t n)
+{
+    switch (f->state) {
+    case F_PENDING:
+        snprintf(buf, n, "<Future pending>");
+        break;
+    case F_RESULT:
+        snprintf(buf, n, "<Future finished result=%p>", f->value);
+        break;
+    case F_ERROR:
+        snprintf(buf, n, "<Future finished error=%s>", urio_strerror_name(f->err));
+        break;
+    default:
+        snprintf(buf, n, "<Future cancelled>");
+        break;
+    }
+    return buf;
+}

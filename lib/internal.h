@@ -1,0 +1,298 @@
+/*
+ * lib/internal.h — urio's internal types and urio__ prototypes.
+ *
+ * Everything here is hidden (-fvisibility=hidden): tests and the bench link
+ * the static archive and may use it, users never see it.
+ */
+#ifndef URIO_INTERNAL_H
+#define URIO_INTERNAL_H
+
+#include "urio_config.h"
+#include "urio.h"
+
+#include <liburing.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <time.h>
+
+#define URIO_LIKELY(x)   __builtin_expect(!!(x), 1)
+#define URIO_UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+/* ------------------------------------------------------------------ */
+/* alloc.c: the one allocation hook                                     */
+
+void *urio__malloc(size_t n);
+void *urio__calloc(size_t n, size_t size);
+void *urio__realloc(void *p, size_t n);
+void  urio__free(void *p);
+char *urio__strdup(const char *s);
+char *urio__vasprintf(const char *fmt, va_list ap);
+char *urio__asprintf(const char *fmt, ...) URIO_PRINTF(1, 2);
+
+/*
+ * Failure injection for tests: after `countdown` more successful
+ * allocations, allocations fail; once (persistent false) or until reset
+ * (persistent true).  countdown < 0 turns injection off.
+ */
+void urio__alloc_fail_after(long countdown, bool persistent);
+
+/* ------------------------------------------------------------------ */
+/* log.c                                                                */
+
+void urio__vlog(int level, const char *fmt, va_list ap);
+#define urio__log urio_log
+/* True if a message at `level` would reach a handler (skip costly formatting). */
+bool urio__log_enabled(int level);
+
+/* ------------------------------------------------------------------ */
+/* debug.c: stacks and names for reports                                */
+
+#define URIO__STACK_DEPTH 10
+
+typedef struct urio__stack {
+    void *frames[URIO__STACK_DEPTH + 2];
+    int n;
+} urio__stack_t;
+
+/* Captures the caller's stack, skipping `skip` frames of urio's own. */
+void urio__stack_capture(urio__stack_t *st, int skip);
+/*
+ * Formats a stack "most recent call last", one frame a line in Python's
+ * traceback style, under `header`; symbolised to function, file and line
+ * with libdw where built in, else with dladdr's symbol names.
+ * Returns: a urio__malloc'd string, or NULL on ENOMEM.
+ */
+char *urio__stack_format(const urio__stack_t *st, const char *header);
+/*
+ * Describes a callback for reports: "name() at file.c:42" from its site, or
+ * the symbol of fn's address when it has no site.  Writes into buf.
+ */
+const char *urio__describe_callback(void (*fn)(void), const urio_site_t *site,
+                                    char *buf, size_t n);
+
+/* Reads the monotonic clock in nanoseconds. */
+static inline uint64_t urio__now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* ------------------------------------------------------------------ */
+/* ring.c: the only file that talks to io_uring                         */
+
+/*
+ * An op: one asynchronous operation in the ring.  It lives inside the object
+ * that owns it (a stream, a task's wait slot, the loop's wake-up read) and
+ * must stay alive, with every buffer the kernel may touch, until its final
+ * completion: the one without IORING_CQE_F_MORE.  That includes after a
+ * cancel: cancelling only asks the kernel to finish it early.
+ */
+typedef struct urio__op urio__op_t;
+typedef void (*urio__op_complete_fn)(urio__op_t *op, int res, uint32_t cqe_flags);
+
+enum urio__op_state {
+    URIO__OP_IDLE = 0,      /* not in the ring */
+    URIO__OP_INFLIGHT,      /* submitted (or queued in the SQ) */
+    URIO__OP_CANCELLING,    /* in flight, and a cancel was sent */
+};
+
+struct urio__op {
+    urio__op_complete_fn complete;   /* loop thread: called once per CQE */
+    uint32_t slot;                   /* index in the ring's op table while in flight */
+    uint8_t state;                   /* enum urio__op_state */
+};
+
+struct urio__op_entry {
+    urio__op_t *op;                  /* NULL when free */
+    uint32_t gen;                    /* bumped at every release: stale CQEs show */
+    uint32_t next_free;
+};
+
+typedef struct urio__ring {
+    struct io_uring uring;
+    unsigned setup_flags;            /* what io_uring_setup accepted */
+    unsigned features;               /* IORING_FEAT_* */
+    bool enabled;                    /* IORING_SETUP_R_DISABLED lifted */
+    bool single_issuer;
+    const void *issuer;              /* thread token of the ring's issuer, once enabled */
+    struct urio__op_entry *ops;      /* slot 0 is reserved: user_data 0 means "ignore" */
+    uint32_t nops, cap_ops, free_op;
+    uint32_t inflight;               /* ops whose final CQE has not come */
+    uint64_t enters;                 /* io_uring_enter calls made (statistics) */
+    uint64_t cqes;                   /* CQEs reaped */
+    uint32_t last_reaped;            /* CQEs reaped by the last urio__ring_reap */
+} urio__ring_t;
+
+/*
+ * A token unique to the calling thread: the address of a thread-local.
+ * initial-exec: one instruction, no __tls_get_addr, on the hot paths that
+ * check the caller's thread.
+ */
+extern _Thread_local char urio__tls_token __attribute__((tls_model("initial-exec")));
+static inline const void *urio__thread_token(void)
+{
+    return &urio__tls_token;
+}
+
+int  urio__ring_init(urio__ring_t *r, unsigned entries);
+void urio__ring_exit(urio__ring_t *r);
+/*
+ * Binds the ring to the calling thread (IORING_SETUP_SINGLE_ISSUER) the first
+ * time; afterwards checks the caller is that thread.
+ * Returns: 0, or -EPERM from another thread.
+ */
+int  urio__ring_bind(urio__ring_t *r);
+/* An SQE, submitting queued ones to make room.  NULL with *err on failure. */
+struct io_uring_sqe *urio__ring_sqe(urio__ring_t *r, int *err);
+/*
+ * An SQE for op; when the SQ is full, submits what is queued and retries.
+ * The SQE's user_data is set: prepare it, but do not change user_data.
+ * Returns: the SQE, or NULL with *err set (-ENOMEM for the op table, or the
+ * submit error when the SQ stays full).
+ */
+struct io_uring_sqe *urio__op_sqe(urio__ring_t *r, urio__op_t *op, int *err);
+/* Asks the kernel to cancel op; its own CQE still comes (-ECANCELED or its result). */
+int  urio__op_cancel(urio__ring_t *r, urio__op_t *op);
+/*
+ * Submits queued SQEs and waits: wait_ns < 0 forever, 0 not at all, else at
+ * most wait_ns.  Interrupted and busy waits return 0: the loop reaps and
+ * comes back.  Returns: 0 or a negative errno that means the ring is broken.
+ */
+int  urio__ring_enter(urio__ring_t *r, int64_t wait_ns);
+/* Reaps every CQE (flushing a CQ overflow), completing ops.  Returns: CQEs reaped. */
+unsigned urio__ring_reap(urio__ring_t *r);
+/* True if entering the kernel would submit something or flush an overflow. */
+static inline bool urio__ring_has_work(const urio__ring_t *r)
+{
+    return io_uring_sq_ready(&r->uring) > 0 || io_uring_cq_has_overflow(&r->uring);
+}
+/* Test helpers (tests/test_ring.c): a NOP, and a timeout op of ns. */
+int urio__op_nop(urio__ring_t *r, urio__op_t *op);
+int urio__op_timeout(urio__ring_t *r, urio__op_t *op, struct __kernel_timespec *ts);
+
+/* ------------------------------------------------------------------ */
+/* loop.c, timer.c: callbacks, handles, timers                         */
+
+/* A scheduled callback: a slot in the loop's table, named by (index, gen). */
+struct urio__slot {
+    urio_callback_fn fn;
+    void *arg;
+    const urio_site_t *site;
+    uint32_t gen;           /* odd: pending; even: free.  Bumped at each change */
+    uint32_t next_free;     /* free: the next free slot; pending: URIO__SLOT_TIMER or 0 */
+};
+#define URIO__SLOT_TIMER 1u
+
+struct urio__ready {        /* an entry of the ready FIFO (ring buffer) */
+    uint32_t slot, gen;
+};
+
+struct urio__timer {        /* an entry of the timer heap */
+    uint64_t when;
+    uint64_t seq;           /* FIFO among equal deadlines */
+    uint32_t slot, gen;     /* gen mismatch: cancelled, skip it */
+};
+
+/* The cross-thread inbox: issue 2's mutex version (lib/inbox.c). */
+struct urio__inbox_call { urio_callback_fn fn; void *arg; };
+typedef struct urio__inbox {
+    pthread_mutex_t mu;
+    struct urio__inbox_call *calls;  /* guarded by mu */
+    uint32_t n, cap;                 /* guarded by mu */
+    bool closed;                     /* guarded by mu */
+    atomic_uint pending;             /* calls pushed and not drained: read without mu */
+    atomic_int sleeping;             /* the loop announced it is about to wait */
+    int efd;                         /* eventfd the loop waits on */
+    uint64_t efd_buf;                /* kernel writes here: owned by the read op */
+    urio__op_t efd_op;               /* the always-armed read of efd */
+} urio__inbox_t;
+
+struct urio_loop {
+    /* Hot: the ready FIFO and the slot table.  Loop thread only. */
+    struct urio__slot *slots;
+    uint32_t nslots, cap_slots, free_slot;
+    struct urio__ready *ready;
+    uint32_t ready_head, ready_count, ready_mask;
+
+    /* Timers: a 4-ary min-heap on (when, seq).  Loop thread only. */
+    struct urio__timer *heap;
+    uint32_t nheap, cap_heap;
+    uint32_t heap_stale;         /* cancelled entries still in the heap */
+    uint64_t timer_seq;
+
+    /* When the loop last entered the kernel, to bound how long ready work may keep it out. */
+    uint32_t cbs_since_enter;
+    uint32_t cbs_at_clock;
+    uint64_t last_enter_ns;
+
+    bool debug;
+    bool stopping;
+    bool closing;
+    bool closed;
+    bool running;
+    _Atomic(const void *) owner; /* thread token while running, else NULL */
+    uint64_t slow_ns;
+
+    urio__ring_t ring;
+    urio__inbox_t inbox;
+
+    urio_exception_handler_fn exc_fn;
+    void *exc_ud;
+
+    uint32_t refs;               /* 1 for the open loop + 1 per live future */
+    uint32_t live_futures;
+    uint64_t callbacks_run;      /* statistics */
+};
+
+/* Wrong-thread check for loop-only calls; logs the refusal naming `fn`. */
+bool urio__loop_check_thread(const urio_loop_t *loop, const char *fn);
+void urio__loop_ref(urio_loop_t *loop);
+void urio__loop_unref(urio_loop_t *loop);
+
+/* Schedules an internal callback (no thread check). */
+urio_handle_t urio__call_soon(urio_loop_t *loop, urio_callback_fn fn, void *arg,
+                              const urio_site_t *site);
+
+int  urio__slot_alloc(urio_loop_t *loop, urio_callback_fn fn, void *arg,
+                      const urio_site_t *site, uint32_t *out);
+void urio__slot_release(urio_loop_t *loop, uint32_t idx);
+int  urio__ready_push(urio_loop_t *loop, uint32_t slot, uint32_t gen);
+
+int  urio__timer_push(urio_loop_t *loop, uint64_t when, uint32_t slot, uint32_t gen);
+/* Drops cancelled entries from the top; the earliest live deadline, or UINT64_MAX. */
+uint64_t urio__timer_next(urio_loop_t *loop);
+/* Moves every timer due at `now` to the ready FIFO.  Returns: how many. */
+uint32_t urio__timer_fire(urio_loop_t *loop, uint64_t now);
+/* Notes a cancelled timer; compacts the heap when stale entries dominate. */
+void urio__timer_cancelled(urio_loop_t *loop);
+void urio__timer_free_all(urio_loop_t *loop);
+
+int  urio__inbox_init(urio_loop_t *loop);
+/* Moves every accepted call to the ready FIFO.  Returns: how many. */
+uint32_t urio__inbox_drain(urio_loop_t *loop);
+/* Closes the inbox to new calls and runs every accepted one.  Returns: how many ran. */
+uint32_t urio__inbox_close(urio_loop_t *loop);
+void urio__inbox_free(urio_loop_t *loop);
+static inline bool urio__inbox_pending(urio__inbox_t *ib)
+{
+    return atomic_load_explicit(&ib->pending, memory_order_relaxed) != 0;
+}
+
+/* future.c: "<Future pending>", "<Future finished error=EIO>" ... into buf. */
+const char *urio__future_describe(const urio_future_t *f, char *buf, size_t n);
+
+/* The default slow-callback threshold: asyncio's 100 ms. */
+#define URIO__SLOW_CALLBACK_NS (100u * 1000u * 1000u)
+/*
+ * How long ready work may keep the loop out of the kernel: it enters (reaps
+ * completions, submits) at least every URIO__ENTER_EVERY_CALLBACKS callbacks,
+ * and, checked every URIO__CLOCK_EVERY_CALLBACKS callbacks, every
+ * URIO__ENTER_EVERY_NS.  Measured in docs/loop.md.
+ */
+#define URIO__ENTER_EVERY_CALLBACKS 1024u
+#define URIO__CLOCK_EVERY_CALLBACKS 32u
+#define URIO__ENTER_EVERY_NS        (50u * 1000u)
+
+#endif

@@ -1,0 +1,665 @@
+/*
+ * loop.c — the loop: its turn, the ready FIFO, handles, run/stop/close.
+ *
+ * The turn (docs/loop.md) is the list of urio_loop_run_forever's phases:
+ *   1. decide how long the kernel may block: not at all if anything is
+ *      ready, else until the earliest timer, else until woken;
+ *   2. one io_uring_enter that submits and waits — skipped while ready work
+ *      keeps coming and nothing needs submitting, but never for more than
+ *      URIO__ENTER_EVERY_CALLBACKS callbacks or URIO__ENTER_EVERY_NS;
+ *   3. reap completions (ops complete futures or schedule callbacks);
+ *   4. drain the cross-thread inbox;
+ *   5. move due timers to the ready FIFO;
+ *   6. run exactly the callbacks that were ready when this step began.
+ */
+#include "internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static _Thread_local urio_loop_t *tls_current __attribute__((tls_model("initial-exec")));
+
+/* ------------------------------------------------------------------ */
+/* Slots and the ready FIFO                                             */
+
+int urio__slot_alloc(urio_loop_t *loop, urio_callback_fn fn, void *arg,
+                     const urio_site_t *site, uint32_t *out)
+{
+    uint32_t i = loop->free_slot;
+    if (URIO_LIKELY(i != UINT32_MAX)) {
+        loop->free_slot = loop->slots[i].next_free;
+    } else {
+        if (loop->nslots == loop->cap_slots) {
+            uint32_t cap = loop->cap_slots * 2;
+            if (cap <= loop->cap_slots || cap > (UINT32_MAX >> 1))
+                return -ENOMEM;
+            struct urio__slot *s = urio__realloc(loop->slots, (size_t)cap * sizeof *s);
+            if (s == NULL)
+                return -ENOMEM;
+            loop->slots = s;
+            loop->cap_slots = cap;
+        }
+        i = loop->nslots++;
+        loop->slots[i].gen = 0;
+    }
+    struct urio__slot *s = &loop->slots[i];
+    s->fn = fn;
+    s->arg = arg;
+    s->site = site;
+    s->next_free = 0;               /* while pending: URIO__SLOT_TIMER or 0 */
+    s->gen++;                       /* odd: pending */
+    *out = i;
+    return 0;
+}
+
+void urio__slot_release(urio_loop_t *loop, uint32_t i)
+{
+    struct urio__slot *s = &loop->slots[i];
+    s->gen++;                       /* even: free; stale handles and entries no longer match */
+    s->next_free = loop->free_slot;
+    loop->free_slot = i;
+}
+
+static int ready_grow(urio_loop_t *loop)
+{
+    uint32_t cap = loop->ready_mask + 1;
+    uint32_t ncap = cap * 2;
+    if (ncap <= cap || ncap > (UINT32_MAX >> 1))
+        return -ENOMEM;
+    struct urio__ready *r = urio__malloc((size_t)ncap * sizeof *r);
+    if (r == NULL)
+        return -ENOMEM;
+    /* Unwrap the ring: the oldest entry goes to index 0. */
+    uint32_t first = cap - loop->ready_head;
+    if (first > loop->ready_count)
+        first = loop->ready_count;
+    memcpy(r, loop->ready + loop->ready_head, (size_t)first * sizeof *r);
+    memcpy(r + first, loop->ready, (size_t)(loop->ready_count - first) * sizeof *r);
+    urio__free(loop->ready);
+    loop->ready = r;
+    loop->ready_head = 0;
+    loop->ready_mask = ncap - 1;
+    return 0;
+}
+
+int urio__ready_push(urio_loop_t *loop, uint32_t slot, uint32_t gen)
+{
+    if (URIO_UNLIKELY(loop->ready_count > loop->ready_mask)) {
+        int ret = ready_grow(loop);
+        if (ret < 0)
+            return ret;
+    }
+    uint32_t tail = (loop->ready_head + loop->ready_count) & loop->ready_mask;
+    loop->ready[tail] = (struct urio__ready){ slot, gen };
+    loop->ready_count++;
+    return 0;
+}
+
+static inline urio_handle_t handle_of(uint32_t slot, uint32_t gen)
+{
+    return (urio_handle_t){ ((uint64_t)gen << 32) | (uint64_t)(slot + 1) };
+}
+
+static inline urio_handle_t fail_handle(int err)
+{
+    errno = -err;
+    return (urio_handle_t){ 0 };
+}
+
+urio_handle_t urio__call_soon(urio_loop_t *loop, urio_callback_fn fn, void *arg,
+                              const urio_site_t *site)
+{
+    if (URIO_UNLIKELY(loop->closing))
+        return fail_handle(-ESHUTDOWN);
+    uint32_t slot;
+    if (URIO_UNLIKELY(urio__slot_alloc(loop, fn, arg, site, &slot) < 0))
+        return fail_handle(-ENOMEM);
+    uint32_t gen = loop->slots[slot].gen;
+    if (URIO_UNLIKELY(urio__ready_push(loop, slot, gen) < 0)) {
+        urio__slot_release(loop, slot);
+        return fail_handle(-ENOMEM);
+    }
+    return handle_of(slot, gen);
+}
+
+bool urio__loop_check_thread(const urio_loop_t *loop, const char *fn)
+{
+    const void *owner = atomic_load_explicit(&loop->owner, memory_order_relaxed);
+    if (URIO_LIKELY(owner == NULL || owner == urio__thread_token()))
+        return true;
+    urio__log(URIO_LOG_ERROR,
+              "%s(): Non-thread-safe operation invoked on an event loop other than the "
+              "current one", fn);
+    return false;
+}
+
+URIO_EXPORT urio_handle_t urio_call_soon_site(urio_loop_t *loop, urio_callback_fn fn, void *arg,
+                                              const urio_site_t *site)
+{
+    if (URIO_UNLIKELY(loop == NULL || fn == NULL))
+        return fail_handle(-EINVAL);
+    if (URIO_UNLIKELY(!urio__loop_check_thread(loop, "urio_call_soon")))
+        return fail_handle(-EPERM);
+    return urio__call_soon(loop, fn, arg, site);
+}
+
+#undef urio_call_soon
+URIO_EXPORT urio_handle_t urio_call_soon(urio_loop_t *loop, urio_callback_fn fn, void *arg)
+{
+    return urio_call_soon_site(loop, fn, arg, NULL);
+}
+
+static urio_handle_t call_at(urio_loop_t *loop, uint64_t when, urio_callback_fn fn, void *arg,
+                             const urio_site_t *site, const char *name)
+{
+    if (URIO_UNLIKELY(loop == NULL || fn == NULL))
+        return fail_handle(-EINVAL);
+    if (URIO_UNLIKELY(!urio__loop_check_thread(loop, name)))
+        return fail_handle(-EPERM);
+    if (URIO_UNLIKELY(loop->closing))
+        return fail_handle(-ESHUTDOWN);
+    uint32_t slot;
+    if (URIO_UNLIKELY(urio__slot_alloc(loop, fn, arg, site, &slot) < 0))
+        return fail_handle(-ENOMEM);
+    uint32_t gen = loop->slots[slot].gen;
+    loop->slots[slot].next_free = URIO__SLOT_TIMER;
+    if (URIO_UNLIKELY(urio__timer_push(loop, when, slot, gen) < 0)) {
+        urio__slot_release(loop, slot);
+        return fail_handle(-ENOMEM);
+    }
+    return handle_of(slot, gen);
+}
+
+URIO_EXPORT urio_handle_t urio_call_at_site(urio_loop_t *loop, uint64_t when_ns,
+                                            urio_callback_fn fn, void *arg,
+                                            const urio_site_t *site)
+{
+    return call_at(loop, when_ns, fn, arg, site, "urio_call_at");
+}
+
+URIO_EXPORT urio_handle_t urio_call_later_site(urio_loop_t *loop, uint64_t delay_ns,
+                                               urio_callback_fn fn, void *arg,
+                                               const urio_site_t *site)
+{
+    uint64_t now = urio__now();
+    uint64_t when = delay_ns > UINT64_MAX - now ? UINT64_MAX : now + delay_ns;
+    return call_at(loop, when, fn, arg, site, "urio_call_later");
+}
+
+#undef urio_call_at
+URIO_EXPORT urio_handle_t urio_call_at(urio_loop_t *loop, uint64_t when_ns,
+                                       urio_callback_fn fn, void *arg)
+{
+    return call_at(loop, when_ns, fn, arg, NULL, "urio_call_at");
+}
+
+#undef urio_call_later
+URIO_EXPORT urio_handle_t urio_call_later(urio_loop_t *loop, uint64_t delay_ns,
+                                          urio_callback_fn fn, void *arg)
+{
+    return urio_call_later_site(loop, delay_ns, fn, arg, NULL);
+}
+
+URIO_EXPORT bool urio_handle_cancel(urio_loop_t *loop, urio_handle_t h)
+{
+    if (loop == NULL || h.id == 0)
+        return false;
+    if (!urio__loop_check_thread(loop, "urio_handle_cancel"))
+        return false;
+    uint64_t slot = (h.id & 0xffffffffu) - 1;
+    uint32_t gen = (uint32_t)(h.id >> 32);
+    if (slot >= loop->nslots || loop->slots[slot].gen != gen || !(gen & 1))
+        return false;       /* ran, cancelled, or never ours: a harmless no-op */
+    /*
+     * Free the slot now.  Its entry in the ready FIFO or the timer heap still
+     * names the old generation and is skipped when it comes up.
+     */
+    bool timer = loop->slots[slot].next_free == URIO__SLOT_TIMER;
+    urio__slot_release(loop, (uint32_t)slot);
+    if (timer)
+        urio__timer_cancelled(loop);    /* the heap counts its stale entries */
+    return true;
+}
+
+/* ------------------------------------------------------------------ */
+/* The turn                                                             */
+
+static void log_slow_callback(urio_loop_t *loop, urio_callback_fn fn, const urio_site_t *site,
+                              uint64_t took)
+{
+    (void)loop;
+    char desc[256];
+    urio__describe_callback((void (*)(void))fn, site, desc, sizeof desc);
+    urio__log(URIO_LOG_WARNING, "Executing <Handle %s> took %.3f seconds", desc,
+              (double)took / 1e9);
+}
+
+/* Runs n ready callbacks.  The release path: no clock read. */
+static void run_ready(urio_loop_t *loop, uint32_t n)
+{
+    for (uint32_t k = 0; k < n; k++) {
+        struct urio__ready e = loop->ready[loop->ready_head];
+        loop->ready_head = (loop->ready_head + 1) & loop->ready_mask;
+        loop->ready_count--;
+        struct urio__slot *s = &loop->slots[e.slot];
+        if (URIO_UNLIKELY(s->gen != e.gen))
+            continue;       /* cancelled */
+        urio_callback_fn fn = s->fn;
+        void *arg = s->arg;
+        urio__slot_release(loop, e.slot);
+        fn(arg);
+    }
+}
+
+#if URIO_DEBUG_CHECKS
+/* Runs n ready callbacks, timing each against the slow-callback duration. */
+static void run_ready_debug(urio_loop_t *loop, uint32_t n)
+{
+    for (uint32_t k = 0; k < n; k++) {
+        struct urio__ready e = loop->ready[loop->ready_head];
+        loop->ready_head = (loop->ready_head + 1) & loop->ready_mask;
+        loop->ready_count--;
+        struct urio__slot *s = &loop->slots[e.slot];
+        if (s->gen != e.gen)
+            continue;
+        urio_callback_fn fn = s->fn;
+        void *arg = s->arg;
+        const urio_site_t *site = s->site;
+        urio__slot_release(loop, e.slot);
+        uint64_t t0 = urio__now();
+        fn(arg);
+        uint64_t took = urio__now() - t0;
+        if (took >= loop->slow_ns)
+            log_slow_callback(loop, fn, site, took);
+    }
+}
+#endif
+
+/*
+ * Ready work is waiting: enter the kernel only if something must be
+ * submitted, or ready work has kept the loop out of it for too long.
+ */
+static bool must_enter(urio_loop_t *loop)
+{
+    if (urio__ring_has_work(&loop->ring))
+        return true;
+    if (loop->cbs_since_enter >= URIO__ENTER_EVERY_CALLBACKS)
+        return true;
+    if (loop->cbs_since_enter - loop->cbs_at_clock >= URIO__CLOCK_EVERY_CALLBACKS) {
+        loop->cbs_at_clock = loop->cbs_since_enter;
+        return urio__now() - loop->last_enter_ns >= URIO__ENTER_EVERY_NS;
+    }
+    return false;
+}
+
+static void log_poll(urio_loop_t *loop, int64_t wait_ns, uint64_t took)
+{
+    unsigned events = loop->ring.last_reaped;
+    int level = took >= 1000000000u ? URIO_LOG_INFO : URIO_LOG_DEBUG;
+    if (!urio__log_enabled(level))
+        return;
+    if (wait_ns < 0)
+        urio__log(level, "poll took %.3f ms: %u events", (double)took / 1e6, events);
+    else if (events)
+        urio__log(level, "poll %.3f ms took %.3f ms: %u events", (double)wait_ns / 1e6,
+                  (double)took / 1e6, events);
+    else if (took >= 1000000000u)
+        urio__log(level, "poll %.3f ms took %.3f ms: timeout", (double)wait_ns / 1e6,
+                  (double)took / 1e6);
+}
+
+static int loop_turn(urio_loop_t *loop)
+{
+    urio__ring_t *r = &loop->ring;
+    urio__inbox_t *ib = &loop->inbox;
+    int64_t wait = 0;
+    int ret = 0;
+
+    /* 1. How long may the kernel block? */
+    if (loop->ready_count == 0 && !loop->stopping && !urio__inbox_pending(ib)) {
+        wait = -1;
+        if (loop->nheap > 0) {
+            uint64_t next = urio__timer_next(loop);
+            if (next != UINT64_MAX) {
+                uint64_t now = urio__now();
+                wait = next > now ? (int64_t)(next - now) : 0;
+            }
+        }
+    }
+
+    /* 2. Submit and wait, in one system call. */
+    uint64_t t0 = 0;
+    if (wait == 0) {
+        if (must_enter(loop))
+            ret = urio__ring_enter(r, 0);
+        else
+            goto reap;      /* no system call: completions are peeked below */
+    } else {
+        atomic_store(&ib->sleeping, 1);
+        if (atomic_load(&ib->pending) != 0) {
+            atomic_store(&ib->sleeping, 0);
+            wait = 0;       /* a producer got in first: no sleep */
+        }
+        if (loop->debug && wait != 0)
+            t0 = urio__now();
+        ret = urio__ring_enter(r, wait);
+        atomic_store(&ib->sleeping, 0);
+    }
+    loop->cbs_since_enter = 0;
+    loop->cbs_at_clock = 0;
+    loop->last_enter_ns = urio__now();
+    if (URIO_UNLIKELY(ret < 0))
+        return ret;
+
+reap:
+    /* 3. Completions. */
+    urio__ring_reap(r);
+    if (t0)
+        log_poll(loop, wait, urio__now() - t0);
+
+    /* 4. The inbox. */
+    urio__inbox_drain(loop);
+
+    /* 5. Due timers. */
+    if (loop->nheap > 0)
+        urio__timer_fire(loop, urio__now());
+
+    /* 6. What is ready now, and only that. */
+    uint32_t n = loop->ready_count;
+#if URIO_DEBUG_CHECKS
+    if (loop->debug)
+        run_ready_debug(loop, n);
+    else
+#endif
+        run_ready(loop, n);
+    loop->cbs_since_enter += n;
+    loop->callbacks_run += n;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Life cycle                                                           */
+
+static bool env_debug(void)
+{
+    const char *v = getenv("URIO_DEBUG");
+    return v != NULL && *v != '\0' && strcmp(v, "0") != 0;
+}
+
+URIO_EXPORT int urio_loop_new(urio_loop_t **out, const urio_loop_opts_t *opts)
+{
+    if (out == NULL)
+        return -EINVAL;
+    *out = NULL;
+    unsigned entries = opts && opts->ring_entries ? opts->ring_entries : URIO_DEFAULT_RING_ENTRIES;
+    if (entries > 32768)
+        return -EINVAL;
+    urio_loop_t *loop = urio__calloc(1, sizeof *loop);
+    if (loop == NULL)
+        return -ENOMEM;
+    int debug = opts ? opts->debug : 0;
+    loop->debug = debug > 0 || (debug == 0 && (env_debug() || URIO_DEBUG_BUILD));
+    loop->slow_ns = URIO__SLOW_CALLBACK_NS;
+    loop->refs = 1;
+    loop->free_slot = UINT32_MAX;
+    loop->cap_slots = 64;
+    loop->slots = urio__malloc(loop->cap_slots * sizeof *loop->slots);
+    loop->ready = urio__malloc(64 * sizeof *loop->ready);
+    loop->ready_mask = 63;
+    loop->inbox.efd = -1;
+    int ret = -ENOMEM;
+    if (loop->slots == NULL || loop->ready == NULL)
+        goto fail;
+    ret = urio__ring_init(&loop->ring, entries);
+    if (ret < 0)
+        goto fail;
+    ret = urio__inbox_init(loop);
+    if (ret < 0) {
+        urio__ring_exit(&loop->ring);
+        goto fail;
+    }
+    loop->last_enter_ns = urio__now();
+    *out = loop;
+    return 0;
+
+fail:
+    urio__free(loop->slots);
+    urio__free(loop->ready);
+    urio__free(loop);
+    return ret;
+}
+
+URIO_EXPORT int urio_loop_run_forever(urio_loop_t *loop)
+{
+    if (loop == NULL)
+        return -EINVAL;
+    if (loop->closing)
+        return -ESHUTDOWN;
+    if (loop->running || tls_current != NULL) {
+        urio__log(URIO_LOG_ERROR, "urio_loop_run_forever(): %s",
+                  loop->running ? "This event loop is already running"
+                                : "Cannot run the event loop while another loop is running");
+        return -EBUSY;
+    }
+    int ret = urio__ring_bind(&loop->ring);
+    if (ret < 0) {
+        urio__log(URIO_LOG_ERROR, "urio_loop_run_forever(): this loop's ring belongs to the "
+                  "thread that first ran it (IORING_SETUP_SINGLE_ISSUER); run and close the "
+                  "loop on that thread");
+        return ret;
+    }
+    loop->running = true;
+    tls_current = loop;
+    atomic_store_explicit(&loop->owner, urio__thread_token(), memory_order_relaxed);
+    for (;;) {
+        ret = loop_turn(loop);
+        if (ret < 0) {
+            urio__log(URIO_LOG_CRITICAL, "urio_loop_run_forever(): io_uring_enter failed: "
+                      "%s (%s); the loop stops", urio_strerror_name(ret), urio_strerror(ret));
+            break;
+        }
+        if (loop->stopping)
+            break;
+    }
+    loop->stopping = false;
+    atomic_store_explicit(&loop->owner, NULL, memory_order_relaxed);
+    tls_current = NULL;
+    loop->running = false;
+    return ret;
+}
+
+static void stop_on_done(urio_future_t *f, void *arg)
+{
+    (void)f;
+    urio_loop_stop(arg);
+}
+
+URIO_EXPORT int urio_loop_run_until_complete(urio_loop_t *loop, urio_future_t *f)
+{
+    if (loop == NULL || f == NULL || urio_future_loop(f) != loop)
+        return -EINVAL;
+    if (!urio_future_done(f)) {
+        int ret = urio_future_add_done_callback(f, stop_on_done, loop);
+        if (ret < 0)
+            return ret;
+        ret = urio_loop_run_forever(loop);
+        if (!urio_future_done(f)) {
+            urio_future_remove_done_callback(f, stop_on_done, loop);
+            return ret < 0 ? ret : URIO_ESTOPPED;
+        }
+        if (ret < 0)
+            return ret;
+    }
+    return urio_future_result(f, NULL);
+}
+
+URIO_EXPORT void urio_loop_stop(urio_loop_t *loop)
+{
+    if (loop == NULL || !urio__loop_check_thread(loop, "urio_loop_stop"))
+        return;
+    loop->stopping = true;
+}
+
+URIO_EXPORT urio_loop_t *urio_loop_current(void)
+{
+    return tls_current;
+}
+
+URIO_EXPORT uint64_t urio_loop_time(const urio_loop_t *loop)
+{
+    (void)loop;
+    return urio__now();
+}
+
+URIO_EXPORT void urio_loop_set_debug(urio_loop_t *loop, bool on)
+{
+    if (loop == NULL || !urio__loop_check_thread(loop, "urio_loop_set_debug"))
+        return;
+#if !URIO_DEBUG_CHECKS
+    if (on && !loop->debug)
+        urio__log(URIO_LOG_DEBUG, "debug mode on, but this build has -Ddebug_checks=false: "
+                  "slow callbacks and creation stacks are not tracked");
+#endif
+    loop->debug = on;
+}
+
+URIO_EXPORT bool urio_loop_get_debug(const urio_loop_t *loop)
+{
+    return loop != NULL && loop->debug;
+}
+
+URIO_EXPORT void urio_loop_set_slow_callback_duration(urio_loop_t *loop, uint64_t ns)
+{
+    if (loop != NULL)
+        loop->slow_ns = ns;
+}
+
+URIO_EXPORT uint64_t urio_loop_get_slow_callback_duration(const urio_loop_t *loop)
+{
+    return loop ? loop->slow_ns : 0;
+}
+
+void urio__loop_ref(urio_loop_t *loop)
+{
+    loop->refs++;
+}
+
+void urio__loop_unref(urio_loop_t *loop)
+{
+    if (--loop->refs == 0)
+        urio__free(loop);
+}
+
+/* Cancels every op still in the ring and waits for each one's final CQE. */
+static void drain_ring(urio_loop_t *loop)
+{
+    urio__ring_t *r = &loop->ring;
+    for (uint32_t s = 1; s < r->nops; s++) {
+        urio__op_t *op = r->ops[s].op;
+        if (op != NULL && op->state == URIO__OP_INFLIGHT)
+            urio__op_cancel(r, op);
+    }
+    uint64_t deadline = urio__now() + 10ull * 1000000000u;
+    bool warned = false;
+    while (r->inflight > 0) {
+        int ret = urio__ring_enter(r, 100 * 1000000);
+        urio__ring_reap(r);
+        if (ret < 0) {
+            urio__log(URIO_LOG_CRITICAL, "urio_loop_close(): io_uring_enter failed (%s) with "
+                      "%u operations in flight; closing the ring anyway", urio_strerror(ret),
+                      r->inflight);
+            return;
+        }
+        if (!warned && urio__now() > deadline) {
+            urio__log(URIO_LOG_WARNING, "urio_loop_close(): still waiting for %u cancelled "
+                      "operations to complete after 10 s", r->inflight);
+            warned = true;
+        }
+    }
+}
+
+URIO_EXPORT int urio_loop_close(urio_loop_t *loop)
+{
+    if (loop == NULL)
+        return -EINVAL;
+    if (loop->running)
+        return -EBUSY;
+    if (loop->closing)
+        return 0;
+    int ret = urio__ring_bind(&loop->ring);
+    if (ret < 0) {
+        urio__log(URIO_LOG_ERROR, "urio_loop_close(): this loop's ring belongs to the thread "
+                  "that first ran it (IORING_SETUP_SINGLE_ISSUER); close it on that thread");
+        return ret;
+    }
+    loop->closing = true;
+    drain_ring(loop);
+    urio__inbox_close(loop);
+
+    uint32_t dropped = 0, timers = 0;
+    for (uint32_t k = 0; k < loop->ready_count; k++) {
+        struct urio__ready e = loop->ready[(loop->ready_head + k) & loop->ready_mask];
+        dropped += loop->slots[e.slot].gen == e.gen;
+    }
+    for (uint32_t k = 0; k < loop->nheap; k++)
+        timers += loop->slots[loop->heap[k].slot].gen == loop->heap[k].gen;
+    if (loop->debug && (dropped || timers))
+        urio__log(URIO_LOG_DEBUG, "urio_loop_close(): dropped %u pending callbacks and %u "
+                  "timers", dropped, timers);
+
+    urio__ring_exit(&loop->ring);
+    urio__inbox_free(loop);
+    urio__timer_free_all(loop);
+    urio__free(loop->slots);
+    urio__free(loop->ready);
+    loop->slots = NULL;
+    loop->ready = NULL;
+    loop->nslots = loop->ready_count = 0;
+    loop->closed = true;
+    urio__loop_unref(loop);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* The exception handler                                                */
+
+URIO_EXPORT void urio_loop_set_exception_handler(urio_loop_t *loop,
+                                                 urio_exception_handler_fn fn, void *ud)
+{
+    if (loop == NULL)
+        return;
+    loop->exc_fn = fn;
+    loop->exc_ud = fn ? ud : NULL;
+}
+
+URIO_EXPORT void urio_loop_default_exception_handler(urio_loop_t *loop,
+                                                     const urio_error_context_t *ctx)
+{
+    (void)loop;
+    if (ctx == NULL)
+        return;
+    char obj[256] = "";
+    if (ctx->future) {
+        char desc[200];
+        snprintf(obj, sizeof obj, "\nfuture: %s",
+                 urio__future_describe(ctx->future, desc, sizeof desc));
+    }
+    char err[512] = "";
+    if (ctx->error)
+        snprintf(err, sizeof err, "\nerror: %s (%s)%s%s", urio_strerror_name(ctx->error),
+                 urio_strerror(ctx->error), ctx->error_message ? ": " : "",
+                 ctx->error_message ? ctx->error_message : "");
+    urio__log(URIO_LOG_ERROR, "%s%s%s%s%s", ctx->message ? ctx->message : "Unhandled error",
+              obj, err, ctx->source_traceback ? "\n" : "",
+              ctx->source_traceback ? ctx->source_traceback : "");
+}
+
+URIO_EXPORT void urio_loop_call_exception_handler(urio_loop_t *loop,
+                                                  const urio_error_context_t *ctx)
+{
+    if (loop != NULL && loop->exc_fn != NULL)
+        loop->exc_fn(loop, ctx, loop->exc_ud);
+    else
+        urio_loop_default_exception_handler(loop, ctx);
+}
