@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if URIO_HAVE_JEMALLOC
+#if URIO_HAVE_JEMALLOC && !defined(URIO_FORCE_LIBC_MALLOC)
 #include <jemalloc/jemalloc.h>
 #endif
 
@@ -56,7 +56,7 @@ void *urio__malloc(size_t n)
 {
     if (URIO_UNLIKELY(inject_failure()))
         return counted(NULL);
-#if URIO_HAVE_JEMALLOC
+#if URIO_HAVE_JEMALLOC && !defined(URIO_FORCE_LIBC_MALLOC)
     return counted(mallocx(n ? n : 1, 0));
 #else
     return counted(malloc(n ? n : 1));
@@ -69,7 +69,7 @@ void *urio__calloc(size_t n, size_t size)
         return counted(NULL);
     if (URIO_UNLIKELY(inject_failure()))
         return counted(NULL);
-#if URIO_HAVE_JEMALLOC
+#if URIO_HAVE_JEMALLOC && !defined(URIO_FORCE_LIBC_MALLOC)
     size_t total = n * size;
     return counted(mallocx(total ? total : 1, MALLOCX_ZERO));
 #else
@@ -85,7 +85,7 @@ void *urio__realloc(void *p, size_t n)
         atomic_fetch_add_explicit(&g_alloc.failures, 1, memory_order_relaxed);
         return NULL;
     }
-#if URIO_HAVE_JEMALLOC
+#if URIO_HAVE_JEMALLOC && !defined(URIO_FORCE_LIBC_MALLOC)
     void *q = rallocx(p, n ? n : 1, 0);
 #else
     void *q = realloc(p, n ? n : 1);
@@ -100,7 +100,7 @@ void urio__free(void *p)
     if (p == NULL)
         return;
     atomic_fetch_add_explicit(&g_alloc.frees, 1, memory_order_relaxed);
-#if URIO_HAVE_JEMALLOC
+#if URIO_HAVE_JEMALLOC && !defined(URIO_FORCE_LIBC_MALLOC)
     dallocx(p, 0);
 #else
     free(p);

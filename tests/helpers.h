@@ -1,0 +1,167 @@
+/*
+ * tests/helpers.h — what every urio test needs: a loop that skips the test
+ * when io_uring is unavailable, a log capture, and the leak check that
+ * closes every test ("nothing left alive").
+ */
+#ifndef URIO_TEST_HELPERS_H
+#define URIO_TEST_HELPERS_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <pthread.h>
+#include <cmocka.h>
+
+#include "internal.h"
+
+#define MS 1000000ull
+#define US 1000ull
+
+/* ---------------------------------------------------------------- */
+/* Log capture: every message, with its level, in one growing buffer. */
+
+struct test_log {
+    pthread_mutex_t mu;
+    char *text;          /* "LEVEL message\n" per message */
+    size_t len, cap;
+    int count;
+};
+
+static struct test_log test_log_ = { .mu = PTHREAD_MUTEX_INITIALIZER };
+
+static inline void test_log_handler(int level, const char *msg, void *ud)
+{
+    (void)ud;
+    pthread_mutex_lock(&test_log_.mu);
+    size_t need = strlen(msg) + 32;
+    if (test_log_.len + need >= test_log_.cap) {
+        size_t cap = (test_log_.cap + need) * 2;
+        char *t = realloc(test_log_.text, cap);
+        if (t == NULL) {
+            pthread_mutex_unlock(&test_log_.mu);
+            return;
+        }
+        test_log_.text = t;
+        test_log_.cap = cap;
+    }
+    test_log_.len += (size_t)snprintf(test_log_.text + test_log_.len,
+                                      test_log_.cap - test_log_.len, "%s %s\n",
+                                      urio_log_level_name(level), msg);
+    test_log_.count++;
+    pthread_mutex_unlock(&test_log_.mu);
+}
+
+/* Starts capturing (and clears what was captured). */
+static inline void test_log_capture(void)
+{
+    pthread_mutex_lock(&test_log_.mu);
+    test_log_.len = 0;
+    test_log_.count = 0;
+    if (test_log_.text)
+        test_log_.text[0] = '\0';
+    pthread_mutex_unlock(&test_log_.mu);
+    urio_log_set_handler(test_log_handler, NULL);
+}
+
+static inline void test_log_release(void)
+{
+    urio_log_set_handler(NULL, NULL);
+}
+
+/* How many times `needle` occurs in the captured text. */
+static inline int test_log_count(const char *needle)
+{
+    int n = 0;
+    pthread_mutex_lock(&test_log_.mu);
+    for (const char *p = test_log_.text; p && (p = strstr(p, needle)) != NULL; p++)
+        n++;
+    pthread_mutex_unlock(&test_log_.mu);
+    return n;
+}
+
+static inline const char *test_log_text(void)
+{
+    return test_log_.text ? test_log_.text : "";
+}
+
+#define assert_log_contains(needle)                                                     \
+    do {                                                                                \
+        if (test_log_count(needle) == 0)                                                \
+            fail_msg("log lacks \"%s\"; it holds:\n%s", (needle), test_log_text());     \
+    } while (0)
+
+/* ---------------------------------------------------------------- */
+/* Loops and leaks                                                   */
+
+/* A new loop; the whole test program is skipped (exit 77) without io_uring. */
+static inline urio_loop_t *test_loop_new_opts(const urio_loop_opts_t *opts)
+{
+    urio_loop_t *loop = NULL;
+    int err = urio_loop_new(&loop, opts);
+    if (err == URIO_ENOURING) {
+        fprintf(stderr, "io_uring unavailable here: skipping\n");
+        exit(77);
+    }
+    assert_int_equal(err, 0);
+    assert_non_null(loop);
+    return loop;
+}
+
+static inline urio_loop_t *test_loop_new(void)
+{
+    return test_loop_new_opts(NULL);
+}
+
+/* Blocks urio allocated and did not free: checked at the end of every test. */
+static inline uint64_t test_live_blocks(void)
+{
+    urio_mem_stats_t st;
+    urio_mem_stats(&st);
+    return st.live;
+}
+
+/* cmocka setup/teardown that check each test frees all it allocated. */
+static inline int test_setup_leaks(void **state)
+{
+    uint64_t *live = malloc(sizeof *live);
+    *live = test_live_blocks();
+    *state = live;
+    return 0;
+}
+
+static inline int test_teardown_leaks(void **state)
+{
+    uint64_t *live = *state;
+    uint64_t now = test_live_blocks();
+    urio__alloc_fail_after(-1, false);
+    test_log_release();
+    if (now != *live) {
+        fprintf(stderr, "leak: %llu urio blocks alive after the test (%llu before)\n",
+                (unsigned long long)now, (unsigned long long)*live);
+        free(live);
+        return -1;
+    }
+    free(live);
+    return 0;
+}
+
+/* A test case with the leak check around it. */
+#define URIO_TEST(fn) cmocka_unit_test_setup_teardown(fn, test_setup_leaks, test_teardown_leaks)
+
+/* Closes the loop and asserts it closed. */
+static inline void test_loop_close(urio_loop_t *loop)
+{
+    assert_int_equal(urio_loop_close(loop), 0);
+}
+
+/* Stops the loop from a callback (arg: the loop). */
+static inline void test_stop_cb(void *arg)
+{
+    urio_loop_stop((urio_loop_t *)arg);
+}
+
+#endif
