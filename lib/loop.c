@@ -579,6 +579,30 @@ static void drain_ring(urio_loop_t *loop)
     }
 }
 
+/*
+ * Closing from a thread that is not the ring's issuer (the loop ran on a
+ * thread that has since finished): this thread may not enter the ring, so
+ * the ring is torn down and the kernel cancels what is left.  The loop's own
+ * ops (the wake-up read) own no memory the kernel could write after that.
+ * Each op still gets its one completion, -ECANCELED, so owners are told.
+ */
+static void abandon_ring(urio_loop_t *loop)
+{
+    urio__ring_t *r = &loop->ring;
+    io_uring_queue_exit(&r->uring);
+    for (uint32_t s = 1; s < r->nops; s++) {
+        urio__op_t *op = r->ops[s].op;
+        if (op == NULL)
+            continue;
+        r->ops[s].op = NULL;
+        op->state = URIO__OP_IDLE;
+        r->inflight--;
+        op->complete(op, -ECANCELED, 0);
+    }
+    urio__free(r->ops);
+    r->ops = NULL;
+}
+
 URIO_EXPORT int urio_loop_close(urio_loop_t *loop)
 {
     if (loop == NULL)
@@ -587,14 +611,12 @@ URIO_EXPORT int urio_loop_close(urio_loop_t *loop)
         return -EBUSY;
     if (loop->closing)
         return 0;
-    int ret = urio__ring_bind(&loop->ring);
-    if (ret < 0) {
-        urio__log(URIO_LOG_ERROR, "urio_loop_close(): this loop's ring belongs to the thread "
-                  "that first ran it (IORING_SETUP_SINGLE_ISSUER); close it on that thread");
-        return ret;
-    }
+    bool issuer = urio__ring_bind(&loop->ring) == 0;
     loop->closing = true;
-    drain_ring(loop);
+    if (issuer)
+        drain_ring(loop);
+    else
+        abandon_ring(loop);
     urio__inbox_close(loop);
 
     uint32_t dropped = 0, timers = 0;
@@ -608,7 +630,8 @@ URIO_EXPORT int urio_loop_close(urio_loop_t *loop)
         urio__log(URIO_LOG_DEBUG, "urio_loop_close(): dropped %u pending callbacks and %u "
                   "timers", dropped, timers);
 
-    urio__ring_exit(&loop->ring);
+    if (issuer)
+        urio__ring_exit(&loop->ring);
     urio__inbox_free(loop);
     urio__timer_free_all(loop);
     urio__free(loop->slots);

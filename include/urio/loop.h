@@ -4,7 +4,7 @@
  *
  * A loop runs on one thread at a time: the one running it.  The loop's ring
  * (io_uring with IORING_SETUP_SINGLE_ISSUER) is bound to the first thread
- * that runs the loop; run it, and close it, on that thread.
+ * that runs the loop: later runs must be on that thread too.
  */
 #ifndef URIO_LOOP_H
 #define URIO_LOOP_H
@@ -65,8 +65,10 @@ URIO_EXPORT void urio_loop_stop(urio_loop_t *loop);
  * drops pending callbacks and timers (debug mode logs how many), and frees
  * the loop.  Futures still referenced stay valid (they keep the loop's
  * memory, not its ring) and can still be read and unreferenced.
- * Returns: 0; -EBUSY while running (nothing changes); -EINVAL for NULL;
- *          -EPERM from a thread other than the one the ring is bound to.
+ * Closing from another thread than the one that ran the loop (after that
+ * thread has finished, say) works: the ring is torn down without entering it.
+ * Returns: 0 (also for a loop already closed whose memory futures still
+ *          hold); -EBUSY while running (nothing changes); -EINVAL for NULL.
  */
 URIO_EXPORT int urio_loop_close(urio_loop_t *loop);
 

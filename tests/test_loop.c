@@ -1,0 +1,349 @@
+/*
+ * test_loop.c — the loop's life cycle, its turn, callbacks and handles.
+ */
+#include "helpers.h"
+
+#include <unistd.h>
+
+struct rec {
+    urio_loop_t *loop;
+    int order[64];
+    int n;
+};
+
+struct tagged {
+    struct rec *rec;
+    int tag;
+};
+
+static void record_cb(void *arg)
+{
+    struct tagged *t = arg;
+    t->rec->order[t->rec->n++] = t->tag;
+}
+
+static void test_loop_new_close(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    assert_false(urio_loop_get_debug(loop) && getenv("URIO_DEBUG") == NULL && !URIO_DEBUG_BUILD);
+    assert_int_equal(urio_loop_get_slow_callback_duration(loop), 100 * MS);
+    test_loop_close(loop);
+}
+
+static void test_loop_new_rejects_bad_input(void **state)
+{
+    (void)state;
+    assert_int_equal(urio_loop_new(NULL, NULL), -EINVAL);
+    urio_loop_t *loop = (urio_loop_t *)&loop;
+    urio_loop_opts_t opts = { .ring_entries = 40000 };
+    assert_int_equal(urio_loop_new(&loop, &opts), -EINVAL);
+    assert_null(loop);
+    assert_int_equal(urio_loop_close(NULL), -EINVAL);
+    assert_int_equal(urio_loop_run_forever(NULL), -EINVAL);
+    assert_int_equal(urio_call_soon(NULL, record_cb, NULL).id, 0);
+    assert_int_equal(errno, EINVAL);
+    assert_int_equal(urio_call_soon_threadsafe(NULL, record_cb, NULL), -EINVAL);
+}
+
+static void test_loop_call_soon_fifo(void **state)
+{
+    (void)state;
+    struct rec rec = { .loop = test_loop_new() };
+    struct tagged t[50];
+    for (int i = 0; i < 50; i++) {
+        t[i] = (struct tagged){ &rec, i };
+        assert_int_not_equal(urio_call_soon(rec.loop, record_cb, &t[i]).id, 0);
+    }
+    urio_call_soon(rec.loop, test_stop_cb, rec.loop);
+    assert_int_equal(urio_loop_run_forever(rec.loop), 0);
+    assert_int_equal(rec.n, 50);
+    for (int i = 0; i < 50; i++)
+        assert_int_equal(rec.order[i], i);
+    test_loop_close(rec.loop);
+}
+
+/* A callback's own call_soon runs in the next turn, after what was already ready. */
+static struct tagged later_t;
+static void schedules_later_cb(void *arg)
+{
+    struct tagged *t = arg;
+    record_cb(t);
+    urio_call_soon(t->rec->loop, record_cb, &later_t);
+}
+
+static void test_loop_runs_only_what_was_ready(void **state)
+{
+    (void)state;
+    struct rec rec = { .loop = test_loop_new() };
+    struct tagged a = { &rec, 1 }, c = { &rec, 3 };
+    later_t = (struct tagged){ &rec, 2 };
+    urio_call_soon(rec.loop, schedules_later_cb, &a);
+    urio_call_soon(rec.loop, record_cb, &c);
+    urio_loop_stop(rec.loop);       /* stop before running: one turn, then stop */
+    assert_int_equal(urio_loop_run_forever(rec.loop), 0);
+    assert_int_equal(rec.n, 2);     /* a and c ran; a's follow-up waits */
+    assert_int_equal(rec.order[0], 1);
+    assert_int_equal(rec.order[1], 3);
+    urio_loop_stop(rec.loop);
+    assert_int_equal(urio_loop_run_forever(rec.loop), 0);
+    assert_int_equal(rec.n, 3);
+    assert_int_equal(rec.order[2], 2);
+    test_loop_close(rec.loop);
+}
+
+static void test_loop_handle_cancel(void **state)
+{
+    (void)state;
+    struct rec rec = { .loop = test_loop_new() };
+    struct tagged a = { &rec, 1 }, b = { &rec, 2 }, c = { &rec, 3 };
+    urio_handle_t ha = urio_call_soon(rec.loop, record_cb, &a);
+    urio_handle_t hb = urio_call_soon(rec.loop, record_cb, &b);
+    assert_true(urio_handle_cancel(rec.loop, hb));
+    assert_false(urio_handle_cancel(rec.loop, hb));       /* already cancelled */
+    assert_false(urio_handle_cancel(rec.loop, (urio_handle_t){ 0 }));
+    assert_false(urio_handle_cancel(rec.loop, (urio_handle_t){ 0xdead00000001ull }));
+    /* c reuses b's slot: b's stale handle must not cancel c. */
+    urio_handle_t hc = urio_call_soon(rec.loop, record_cb, &c);
+    assert_int_equal(hc.id & 0xffffffffu, hb.id & 0xffffffffu);
+    assert_false(urio_handle_cancel(rec.loop, hb));
+    urio_loop_stop(rec.loop);
+    urio_loop_run_forever(rec.loop);
+    assert_int_equal(rec.n, 2);
+    assert_int_equal(rec.order[0], 1);
+    assert_int_equal(rec.order[1], 3);
+    assert_false(urio_handle_cancel(rec.loop, ha));       /* it ran */
+    assert_false(urio_handle_cancel(rec.loop, hc));
+    test_loop_close(rec.loop);
+}
+
+/* Cancelling, from a callback, one that is ready in the same turn. */
+static urio_handle_t victim;
+static void cancel_victim_cb(void *arg)
+{
+    struct tagged *t = arg;
+    record_cb(t);
+    assert_true(urio_handle_cancel(t->rec->loop, victim));
+}
+
+static void test_loop_cancel_from_callback(void **state)
+{
+    (void)state;
+    struct rec rec = { .loop = test_loop_new() };
+    struct tagged a = { &rec, 1 }, b = { &rec, 2 };
+    urio_call_soon(rec.loop, cancel_victim_cb, &a);
+    victim = urio_call_soon(rec.loop, record_cb, &b);
+    urio_loop_stop(rec.loop);
+    urio_loop_run_forever(rec.loop);
+    assert_int_equal(rec.n, 1);
+    test_loop_close(rec.loop);
+}
+
+static int nested_ret;
+static urio_loop_t *seen_current;
+static int close_ret;
+static void nested_run_cb(void *arg)
+{
+    urio_loop_t *loop = arg;
+    seen_current = urio_loop_current();
+    nested_ret = urio_loop_run_forever(loop);
+    close_ret = urio_loop_close(loop);
+    urio_loop_stop(loop);
+}
+
+static void test_loop_reentry_refused(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    test_log_capture();
+    assert_null(urio_loop_current());
+    urio_call_soon(loop, nested_run_cb, loop);
+    assert_int_equal(urio_loop_run_forever(loop), 0);
+    assert_int_equal(nested_ret, -EBUSY);
+    assert_int_equal(close_ret, -EBUSY);
+    assert_ptr_equal(seen_current, loop);
+    assert_null(urio_loop_current());
+    assert_log_contains("This event loop is already running");
+    test_loop_close(loop);
+}
+
+/* Another loop on the same thread cannot run inside a running one. */
+static void run_other_cb(void *arg)
+{
+    urio_loop_t **loops = arg;
+    nested_ret = urio_loop_run_forever(loops[1]);
+    urio_loop_stop(loops[0]);
+}
+
+static void test_loop_two_loops_one_thread(void **state)
+{
+    (void)state;
+    urio_loop_t *loops[2] = { test_loop_new(), test_loop_new() };
+    test_log_capture();
+    urio_call_soon(loops[0], run_other_cb, loops);
+    urio_loop_run_forever(loops[0]);
+    assert_int_equal(nested_ret, -EBUSY);
+    assert_log_contains("Cannot run the event loop while another loop is running");
+    /* Sequentially, both run on this thread. */
+    urio_call_soon(loops[1], test_stop_cb, loops[1]);
+    assert_int_equal(urio_loop_run_forever(loops[1]), 0);
+    test_loop_close(loops[0]);
+    test_loop_close(loops[1]);
+}
+
+static void test_loop_time_is_monotonic(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    uint64_t a = urio_loop_time(loop);
+    usleep(1000);
+    uint64_t b = urio_loop_time(loop);
+    assert_true(b >= a + 1 * MS);
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t mono = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    assert_true(mono >= b && mono - b < 1000 * MS);
+    test_loop_close(loop);
+}
+
+static int never_ran;
+static void never_cb(void *arg)
+{
+    (void)arg;
+    never_ran++;
+}
+
+/* Close drops pending callbacks and timers, and frees them. */
+static void test_loop_close_drops_pending(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    never_ran = 0;
+    for (int i = 0; i < 1000; i++) {
+        urio_call_soon(loop, never_cb, NULL);
+        urio_call_later(loop, 3600 * 1000 * MS, never_cb, NULL);
+    }
+    test_loop_close(loop);
+    assert_int_equal(never_ran, 0);
+}
+
+/* A loop made on one thread runs on another, and the creator closes it after. */
+static void *run_thread(void *arg)
+{
+    urio_loop_t *loop = arg;
+    urio_call_soon(loop, test_stop_cb, loop);
+    return (void *)(intptr_t)urio_loop_run_forever(loop);
+}
+
+static void test_loop_runs_on_another_thread(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    pthread_t t;
+    void *ret;
+    assert_int_equal(pthread_create(&t, NULL, run_thread, loop), 0);
+    pthread_join(t, &ret);
+    assert_int_equal((intptr_t)ret, 0);
+    /* The ring is now bound to that thread: running here is refused... */
+    test_log_capture();
+    if (loop->ring.single_issuer) {
+        assert_int_equal(urio_loop_run_forever(loop), -EPERM);
+        assert_log_contains("belongs to the thread that first ran it");
+    }
+    /* ...but closing here works, and frees everything. */
+    test_loop_close(loop);
+}
+
+/* Ready work does not keep the loop out of the kernel for ever. */
+static uint64_t chain_left;
+static void chain_cb(void *arg)
+{
+    urio_loop_t *loop = arg;
+    if (--chain_left == 0)
+        urio_loop_stop(loop);
+    else
+        urio_call_soon(loop, chain_cb, loop);
+}
+
+static void test_loop_ready_work_still_enters_kernel(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    chain_left = 100000;
+    uint64_t enters0 = loop->ring.enters;
+    urio_call_soon(loop, chain_cb, loop);
+    urio_loop_run_forever(loop);
+    uint64_t enters = loop->ring.enters - enters0;
+    /* Not once per callback (that is what makes other loops slow)... */
+    assert_true(enters < 100000 / 10);
+    /* ...but at least once per URIO__ENTER_EVERY_CALLBACKS callbacks. */
+    assert_true(enters >= 100000 / URIO__ENTER_EVERY_CALLBACKS);
+    test_loop_close(loop);
+}
+
+/* A thread-safe call reaches a loop that is busy with a callback chain. */
+static void *poke_thread(void *arg)
+{
+    urio_loop_t *loop = arg;
+    usleep(20000);
+    urio_call_soon_threadsafe(loop, test_stop_cb, loop);
+    return NULL;
+}
+
+static void endless_cb(void *arg)
+{
+    urio_call_soon(arg, endless_cb, arg);
+}
+
+static void test_loop_busy_loop_sees_inbox(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    pthread_t t;
+    urio_call_soon(loop, endless_cb, loop);
+    assert_int_equal(pthread_create(&t, NULL, poke_thread, loop), 0);
+    uint64_t t0 = urio__now();
+    assert_int_equal(urio_loop_run_forever(loop), 0);
+    assert_true(urio__now() - t0 < 5000 * MS);
+    pthread_join(t, NULL);
+    test_loop_close(loop);
+}
+
+/* Steady-state dispatch allocates nothing. */
+static void test_loop_dispatch_allocates_nothing(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    chain_left = 10000;
+    urio_call_soon(loop, chain_cb, loop);
+    urio_loop_run_forever(loop);            /* warm-up */
+    urio_mem_stats_t a, b;
+    urio_mem_stats(&a);
+    chain_left = 100000;
+    urio_call_soon(loop, chain_cb, loop);
+    urio_loop_run_forever(loop);
+    urio_mem_stats(&b);
+    assert_int_equal(b.allocs - a.allocs, 0);
+    test_loop_close(loop);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        URIO_TEST(test_loop_new_close),
+        URIO_TEST(test_loop_new_rejects_bad_input),
+        URIO_TEST(test_loop_call_soon_fifo),
+        URIO_TEST(test_loop_runs_only_what_was_ready),
+        URIO_TEST(test_loop_handle_cancel),
+        URIO_TEST(test_loop_cancel_from_callback),
+        URIO_TEST(test_loop_reentry_refused),
+        URIO_TEST(test_loop_two_loops_one_thread),
+        URIO_TEST(test_loop_time_is_monotonic),
+        URIO_TEST(test_loop_close_drops_pending),
+        URIO_TEST(test_loop_runs_on_another_thread),
+        URIO_TEST(test_loop_ready_work_still_enters_kernel),
+        URIO_TEST(test_loop_busy_loop_sees_inbox),
+        URIO_TEST(test_loop_dispatch_allocates_nothing),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
