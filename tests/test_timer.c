@@ -1,0 +1,241 @@
+/*
+ * test_timer.c — timers: deadline order, FIFO among equals, never early,
+ * cancellation (also from a callback), the heap's compaction, no allocation
+ * in steady state.
+ */
+#include "helpers.h"
+
+struct fired {
+    urio_loop_t *loop;
+    int order[20000];
+    int n;
+    int early;            /* callbacks that ran before their deadline */
+    int stop_at;
+};
+
+struct tmr {
+    struct fired *f;
+    int tag;
+    uint64_t when;
+};
+
+static void timer_cb(void *arg)
+{
+    struct tmr *t = arg;
+    if (urio_loop_time(t->f->loop) < t->when)
+        t->f->early++;
+    t->f->order[t->f->n++] = t->tag;
+    if (t->f->n == t->f->stop_at)
+        urio_loop_stop(t->f->loop);
+}
+
+static void test_timer_deadline_order(void **state)
+{
+    (void)state;
+    struct fired f = { .loop = test_loop_new(), .stop_at = 8 };
+    static const int delays_ms[8] = { 40, 10, 30, 5, 20, 1, 35, 15 };
+    struct tmr t[8];
+    uint64_t now = urio_loop_time(f.loop);
+    for (int i = 0; i < 8; i++) {
+        t[i] = (struct tmr){ &f, delays_ms[i], now + (uint64_t)delays_ms[i] * MS };
+        assert_int_not_equal(urio_call_at(f.loop, t[i].when, timer_cb, &t[i]).id, 0);
+    }
+    assert_int_equal(urio_loop_run_forever(f.loop), 0);
+    static const int sorted[8] = { 1, 5, 10, 15, 20, 30, 35, 40 };
+    for (int i = 0; i < 8; i++)
+        assert_int_equal(f.order[i], sorted[i]);
+    assert_int_equal(f.early, 0);
+    test_loop_close(f.loop);
+}
+
+static void test_timer_equal_deadlines_fifo(void **state)
+{
+    (void)state;
+    enum { N = 1000 };
+    static struct fired f;
+    f = (struct fired){ .loop = test_loop_new(), .stop_at = N };
+    static struct tmr t[N];
+    uint64_t when = urio_loop_time(f.loop) + 5 * MS;
+    for (int i = 0; i < N; i++) {
+        t[i] = (struct tmr){ &f, i, when };
+        urio_call_at(f.loop, when, timer_cb, &t[i]);
+    }
+    urio_loop_run_forever(f.loop);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(f.order[i], i);
+    assert_int_equal(f.early, 0);
+    test_loop_close(f.loop);
+}
+
+/* Random deadlines: always in (deadline, sequence) order, never early. */
+static void test_timer_random_never_early(void **state)
+{
+    (void)state;
+    enum { N = 20000 };
+    static struct fired f;
+    f = (struct fired){ .loop = test_loop_new(), .stop_at = N };
+    static struct tmr t[N];
+    uint64_t now = urio_loop_time(f.loop), x = 88172645463325252ull;
+    for (int i = 0; i < N; i++) {
+        x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+        t[i] = (struct tmr){ &f, i, now + x % (50 * MS) };
+        urio_call_at(f.loop, t[i].when, timer_cb, &t[i]);
+    }
+    urio_loop_run_forever(f.loop);
+    assert_int_equal(f.n, N);
+    assert_int_equal(f.early, 0);
+    for (int i = 1; i < N; i++) {
+        struct tmr *a = &t[f.order[i - 1]], *b = &t[f.order[i]];
+        assert_true(a->when < b->when || (a->when == b->when && a->tag < b->tag));
+    }
+    test_loop_close(f.loop);
+}
+
+static void test_timer_past_deadline_runs_next_turn(void **state)
+{
+    (void)state;
+    struct fired f = { .loop = test_loop_new(), .stop_at = 2 };
+    struct tmr a = { &f, 1, 0 }, b = { &f, 2, 0 };
+    urio_call_at(f.loop, 0, timer_cb, &a);             /* long past */
+    urio_call_later(f.loop, 0, timer_cb, &b);
+    urio_loop_stop(f.loop);
+    urio_loop_run_forever(f.loop);
+    assert_int_equal(f.n, 2);
+    assert_int_equal(f.order[0], 1);
+    assert_int_equal(f.order[1], 2);
+    test_loop_close(f.loop);
+}
+
+static urio_handle_t doomed;
+static void cancels_doomed_cb(void *arg)
+{
+    struct tmr *t = arg;
+    timer_cb(t);
+    assert_true(urio_handle_cancel(t->f->loop, doomed));
+}
+
+/* Two timers due in the same turn: the first cancels the second, which never runs. */
+static void test_timer_cancel_from_callback(void **state)
+{
+    (void)state;
+    struct fired f = { .loop = test_loop_new(), .stop_at = 100 };
+    uint64_t when = urio_loop_time(f.loop) + 2 * MS;
+    struct tmr a = { &f, 1, when }, b = { &f, 2, when }, c = { &f, 3, when + 10 * MS };
+    urio_call_at(f.loop, when, cancels_doomed_cb, &a);
+    doomed = urio_call_at(f.loop, when, timer_cb, &b);
+    urio_call_at(f.loop, c.when, timer_cb, &c);
+    urio_call_later(f.loop, 30 * MS, test_stop_cb, f.loop);
+    urio_loop_run_forever(f.loop);
+    assert_int_equal(f.n, 2);
+    assert_int_equal(f.order[0], 1);
+    assert_int_equal(f.order[1], 3);
+    assert_false(urio_handle_cancel(f.loop, doomed));
+    test_loop_close(f.loop);
+}
+
+/* Mass cancellation compacts the heap; the survivors still fire in order. */
+static void test_timer_cancel_compacts_heap(void **state)
+{
+    (void)state;
+    enum { N = 10000 };
+    static struct fired f;
+    f = (struct fired){ .loop = test_loop_new(), .stop_at = N / 10 };
+    static struct tmr t[N];
+    static urio_handle_t h[N];
+    uint64_t now = urio_loop_time(f.loop);
+    for (int i = 0; i < N; i++) {
+        t[i] = (struct tmr){ &f, i, now + 5 * MS + (uint64_t)(N - i) * 1000 };
+        h[i] = urio_call_at(f.loop, t[i].when, timer_cb, &t[i]);
+    }
+    assert_int_equal(f.loop->nheap, N);
+    for (int i = 0; i < N; i++)
+        if (i % 10)
+            assert_true(urio_handle_cancel(f.loop, h[i]));
+    assert_true(f.loop->nheap < N / 2);     /* compacted, not 10,000 stale entries */
+    urio_loop_run_forever(f.loop);
+    assert_int_equal(f.n, N / 10);
+    for (int i = 0; i < N / 10; i++)
+        assert_int_equal(f.order[i], N - 10 - 10 * i);
+    test_loop_close(f.loop);
+}
+
+/* A timer far in the future neither overflows nor blocks close. */
+static void test_timer_huge_delay(void **state)
+{
+    (void)state;
+    struct fired f = { .loop = test_loop_new(), .stop_at = 1 };
+    struct tmr a = { &f, 1, 0 };
+    assert_int_not_equal(urio_call_later(f.loop, UINT64_MAX, timer_cb, &a).id, 0);
+    assert_int_not_equal(urio_call_at(f.loop, UINT64_MAX, timer_cb, &a).id, 0);
+    urio_call_later(f.loop, 1 * MS, test_stop_cb, f.loop);
+    urio_loop_run_forever(f.loop);
+    assert_int_equal(f.n, 0);
+    test_loop_close(f.loop);
+}
+
+/* Timers and soon-callbacks interleave: neither starves the other. */
+static int soon_count;
+static void soon_forever_cb(void *arg)
+{
+    soon_count++;
+    urio_call_soon(arg, soon_forever_cb, arg);
+}
+
+static void test_timer_fires_under_ready_load(void **state)
+{
+    (void)state;
+    struct fired f = { .loop = test_loop_new(), .stop_at = 1 };
+    struct tmr a = { &f, 1, urio_loop_time(f.loop) + 10 * MS };
+    soon_count = 0;
+    urio_call_soon(f.loop, soon_forever_cb, f.loop);
+    urio_call_at(f.loop, a.when, timer_cb, &a);
+    uint64_t t0 = urio__now();
+    urio_loop_run_forever(f.loop);
+    assert_int_equal(f.n, 1);
+    assert_true(soon_count > 0);
+    assert_true(urio__now() - t0 < 2000 * MS);
+    test_loop_close(f.loop);
+}
+
+static uint64_t rearm_left;
+static void rearm_cb(void *arg)
+{
+    urio_loop_t *loop = arg;
+    if (--rearm_left == 0)
+        urio_loop_stop(loop);
+    else
+        urio_call_later(loop, 0, rearm_cb, loop);
+}
+
+static void test_timer_steady_state_allocates_nothing(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    rearm_left = 2000;
+    urio_call_later(loop, 0, rearm_cb, loop);
+    urio_loop_run_forever(loop);
+    urio_mem_stats_t a, b;
+    urio_mem_stats(&a);
+    rearm_left = 20000;
+    urio_call_later(loop, 0, rearm_cb, loop);
+    urio_loop_run_forever(loop);
+    urio_mem_stats(&b);
+    assert_int_equal(b.allocs - a.allocs, 0);
+    test_loop_close(loop);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        URIO_TEST(test_timer_deadline_order),
+        URIO_TEST(test_timer_equal_deadlines_fifo),
+        URIO_TEST(test_timer_random_never_early),
+        URIO_TEST(test_timer_past_deadline_runs_next_turn),
+        URIO_TEST(test_timer_cancel_from_callback),
+        URIO_TEST(test_timer_cancel_compacts_heap),
+        URIO_TEST(test_timer_huge_delay),
+        URIO_TEST(test_timer_fires_under_ready_load),
+        URIO_TEST(test_timer_steady_state_allocates_nothing),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
