@@ -1,0 +1,117 @@
+/*
+ * test_unavailable.c — io_uring refused by the kernel: urio_loop_new fails
+ * with URIO_ENOURING and an ERROR line that says why and what to do.
+ *
+ * Each case forks a child that installs a seccomp filter making
+ * io_uring_setup fail (as container runtimes' default profiles do), then
+ * tries to make a loop.  The child reports through its exit status.
+ */
+#include "helpers.h"
+
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#if defined(__x86_64__)
+#define ARCH_NR AUDIT_ARCH_X86_64
+#elif defined(__aarch64__)
+#define ARCH_NR AUDIT_ARCH_AARCH64
+#endif
+
+/* Installs a filter that fails io_uring_setup with errno `err`. */
+static int block_io_uring_setup(int err)
+{
+#ifdef ARCH_NR
+    struct sock_filter filter[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, ARCH_NR, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ((unsigned)err & SECCOMP_RET_DATA)),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = { .len = sizeof filter / sizeof filter[0], .filter = filter };
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+        return -1;
+    return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog);
+#else
+    (void)err;
+    return -1;
+#endif
+}
+
+enum { CHILD_OK = 0, CHILD_NO_SECCOMP = 3, CHILD_WRONG_CODE = 4, CHILD_NO_LOG = 5,
+       CHILD_LOOP_MADE = 6 };
+
+/* In the child: block, try, check the code and the log line. */
+static int child_try(int err, const char *expect1, const char *expect2)
+{
+    if (block_io_uring_setup(err) != 0)
+        return CHILD_NO_SECCOMP;
+    test_log_capture();
+    urio_loop_t *loop = NULL;
+    int ret = urio_loop_new(&loop, NULL);
+    if (ret == 0) {
+        urio_loop_close(loop);
+        return CHILD_LOOP_MADE;
+    }
+    if (ret != URIO_ENOURING || loop != NULL)
+        return CHILD_WRONG_CODE;
+    if (test_log_count("ERROR io_uring is unavailable") != 1 || test_log_count(expect1) != 1 ||
+        test_log_count(expect2) != 1) {
+        fprintf(stderr, "log was:\n%s", test_log_text());
+        return CHILD_NO_LOG;
+    }
+    /* Nothing leaked on the failure path. */
+    return test_live_blocks() == 0 ? CHILD_OK : CHILD_WRONG_CODE;
+}
+
+static void run_child(int err, const char *expect1, const char *expect2)
+{
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0)
+        _exit(child_try(err, expect1, expect2));
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    if (WEXITSTATUS(status) == CHILD_NO_SECCOMP)
+        skip();
+    assert_int_equal(WEXITSTATUS(status), CHILD_OK);
+}
+
+static void test_unavailable_seccomp_enosys(void **state)
+{
+    (void)state;
+    run_child(ENOSYS, "ENOSYS", "seccomp filter blocks it");
+}
+
+static void test_unavailable_seccomp_eperm(void **state)
+{
+    (void)state;
+    /* Docker's default profile answers EPERM. */
+    run_child(EPERM, "EPERM", "allow the system calls io_uring_setup");
+}
+
+static void test_unavailable_strerror(void **state)
+{
+    (void)state;
+    assert_string_equal(urio_strerror_name(URIO_ENOURING), "URIO_ENOURING");
+    assert_non_null(strstr(urio_strerror(URIO_ENOURING), "io_uring is unavailable"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_unavailable_seccomp_enosys),
+        cmocka_unit_test(test_unavailable_seccomp_eperm),
+        cmocka_unit_test(test_unavailable_strerror),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
