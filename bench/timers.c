@@ -16,29 +16,32 @@
 
 #include <urio.h>
 
-typedef struct timers_run timers_run_t;
-
-typedef struct tmr {
-    timers_run_t *run;
-    uint64_t deadline;     /* ns on urio_loop_time()'s clock (CLOCK_MONOTONIC) */
-} tmr_t;
-
-struct timers_run {
+/*
+ * The state of the run in progress.  The timer callbacks find it here, not
+ * through their argument: the argument carries the timer's deadline itself
+ * (as an offset from the run's base), so a firing timer touches no memory
+ * but this struct and the next slot of late[].  libuv's callback reads its
+ * deadline from the handle libuv has just touched; a record of our own per
+ * timer would add a cache miss per timer to urio's side only.
+ */
+typedef struct timers_run {
     urio_loop_t *loop;
     const uint64_t *offsets;
-    tmr_t *tmrs;
     int64_t *late;         /* ns past the deadline, in firing order */
     uint64_t n;
     uint64_t fired;
+    uint64_t base;         /* deadlines are base + offset, on urio_loop_time()'s clock */
     uint64_t sched_ns;     /* wall time of the scheduling loop */
     uint64_t cpu0;         /* thread CPU time when scheduling ended */
-};
+} timers_run_t;
+
+static timers_run_t *current_run;   /* the harness runs one benchmark at a time */
 
 static void timer_fired(void *arg)
 {
-    tmr_t *t = arg;
-    timers_run_t *run = t->run;
-    run->late[run->fired++] = (int64_t)(bench_now_ns() - t->deadline);
+    timers_run_t *run = current_run;
+    uint64_t deadline = run->base + (uint64_t)(uintptr_t)arg;
+    run->late[run->fired++] = (int64_t)(bench_now_ns() - deadline);
     if (run->fired == run->n)
         urio_loop_stop(run->loop);
 }
@@ -46,14 +49,12 @@ static void timer_fired(void *arg)
 static void timers_schedule(void *arg)
 {
     timers_run_t *run = arg;
-    uint64_t base = urio_loop_time(run->loop);
+    run->base = urio_loop_time(run->loop);
 
     uint64_t t0 = bench_now_ns();
     for (uint64_t i = 0; i < run->n; i++) {
-        tmr_t *t = &run->tmrs[i];
-        t->run = run;
-        t->deadline = base + run->offsets[i];
-        if (urio_call_at(run->loop, t->deadline, timer_fired, t).id == 0)
+        uint64_t off = run->offsets[i];
+        if (urio_call_at(run->loop, run->base + off, timer_fired, (void *)(uintptr_t)off).id == 0)
             bench_die("urio_call_at (timer %llu): %s", (unsigned long long)i, strerror(errno));
     }
     run->sched_ns = bench_now_ns() - t0;
@@ -67,11 +68,11 @@ void bench_urio_timers(const bench_config_t *cfg, double *out)
     timers_run_t run = {
         .loop = bench_urio_loop_new(),
         .offsets = offsets,
-        .tmrs = bench_alloc_prefaulted(n * sizeof(tmr_t)),
         .late = bench_alloc_prefaulted(n * sizeof(int64_t)),
         .n = n,
     };
     bench_timer_offsets(cfg, offsets);
+    current_run = &run;
 
     if (urio_call_soon(run.loop, timers_schedule, &run).id == 0)
         bench_die("urio_call_soon: %s", strerror(errno));
@@ -86,7 +87,7 @@ void bench_urio_timers(const bench_config_t *cfg, double *out)
     bench_lateness_percentiles(run.late, n, out);
 
     bench_urio_loop_close(run.loop);
+    current_run = NULL;
     free(run.late);
-    free(run.tmrs);
     free(offsets);
 }

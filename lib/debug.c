@@ -92,6 +92,21 @@ static bool sym_lookup(symbolizer_t *s, uintptr_t addr, const char **fn, const c
     return *fn != NULL || *file != NULL;
 }
 
+/* The C runtime's own frames below main() or a thread's function: noise in a report. */
+static bool runtime_frame(const char *fn)
+{
+    static const char *const names[] = { "_start", "__libc_start_main", "__libc_start_call_main",
+                                         "start_thread", "clone", "clone3" };
+    if (fn == NULL)
+        return false;
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        size_t n = strlen(names[i]);
+        if (strncmp(fn, names[i], n) == 0 && (fn[n] == '\0' || fn[n] == '@'))
+            return true;
+    }
+    return false;
+}
+
 char *urio__stack_format(const urio__stack_t *st, const char *header)
 {
     symbolizer_t sym;
@@ -110,6 +125,8 @@ char *urio__stack_format(const urio__stack_t *st, const char *header)
         const char *fn, *file;
         int line;
         sym_lookup(&sym, pc, &fn, &file, &line);
+        if (runtime_frame(fn))
+            continue;
         int w;
         if (file)
             w = snprintf(out + len, cap - len, "\n  File \"%s\", line %d, in %s", file, line,

@@ -1,0 +1,258 @@
+/*
+ * test_debug.c — debug mode: its switches, the slow-callback warning, the
+ * wrong-thread refusal, the io_uring wait log, error names.
+ */
+#include "helpers.h"
+
+#include <unistd.h>
+
+static void test_debug_switches(void **state)
+{
+    (void)state;
+    urio_loop_opts_t on = { .debug = 1 }, off = { .debug = -1 }, dflt = { 0 };
+
+    unsetenv("URIO_DEBUG");
+    urio_loop_t *loop = test_loop_new_opts(&dflt);
+    assert_int_equal(urio_loop_get_debug(loop), URIO_DEBUG_BUILD);
+    test_loop_close(loop);
+
+    setenv("URIO_DEBUG", "1", 1);
+    loop = test_loop_new_opts(&dflt);
+    assert_true(urio_loop_get_debug(loop));
+    test_loop_close(loop);
+    loop = test_loop_new_opts(&off);          /* -1 forces it off */
+    assert_false(urio_loop_get_debug(loop));
+    urio_loop_set_debug(loop, true);          /* and set_debug at any time */
+    assert_true(urio_loop_get_debug(loop));
+    test_loop_close(loop);
+
+    setenv("URIO_DEBUG", "0", 1);
+    loop = test_loop_new_opts(NULL);
+    assert_int_equal(urio_loop_get_debug(loop), URIO_DEBUG_BUILD);
+    test_loop_close(loop);
+    setenv("URIO_DEBUG", "", 1);
+    loop = test_loop_new_opts(&on);
+    assert_true(urio_loop_get_debug(loop));
+    urio_loop_set_debug(loop, false);
+    assert_false(urio_loop_get_debug(loop));
+    test_loop_close(loop);
+    unsetenv("URIO_DEBUG");
+}
+
+static void slow_cb(void *arg)
+{
+    (void)arg;
+    usleep(30000);
+}
+
+static void fast_cb(void *arg)
+{
+    (void)arg;
+}
+
+static urio_loop_t *debug_loop(void)
+{
+    urio_loop_opts_t on = { .debug = 1 };
+    urio_loop_t *loop = test_loop_new_opts(&on);
+    urio_loop_set_slow_callback_duration(loop, 10 * MS);
+    assert_int_equal(urio_loop_get_slow_callback_duration(loop), 10 * MS);
+    return loop;
+}
+
+static void test_debug_slow_callback_warning(void **state)
+{
+    (void)state;
+    if (!URIO_DEBUG_CHECKS)
+        skip();
+    urio_loop_t *loop = debug_loop();
+    test_log_capture();
+    int line = __LINE__ + 1;
+    urio_call_soon(loop, slow_cb, NULL);
+    urio_call_soon(loop, fast_cb, NULL);
+    urio_loop_stop(loop);
+    urio_loop_run_forever(loop);
+    char expect[256];
+    snprintf(expect, sizeof expect, "WARNING Executing <Handle slow_cb() at %s:%d> took 0.0",
+             __FILE__, line);
+    assert_log_contains(expect);
+    assert_log_contains(" seconds");
+    assert_int_equal(test_log_count("Executing <Handle"), 1);   /* not fast_cb */
+    test_loop_close(loop);
+}
+
+/* Scheduled through the function (no site): the callback is named by its symbol. */
+static void test_debug_slow_callback_symbolised(void **state)
+{
+    (void)state;
+    if (!URIO_DEBUG_CHECKS)
+        skip();
+    urio_loop_t *loop = debug_loop();
+    test_log_capture();
+    urio_handle_t (*call_soon)(urio_loop_t *, urio_callback_fn, void *) = urio_call_soon;
+    call_soon(loop, slow_cb, NULL);
+    urio_loop_stop(loop);
+    urio_loop_run_forever(loop);
+    assert_log_contains("Executing <Handle slow_cb()");
+    test_loop_close(loop);
+}
+
+static void test_debug_slow_callback_quiet_without_debug(void **state)
+{
+    (void)state;
+    urio_loop_opts_t off = { .debug = -1 };
+    urio_loop_t *loop = test_loop_new_opts(&off);
+    urio_loop_set_slow_callback_duration(loop, 10 * MS);
+    test_log_capture();
+    urio_call_soon(loop, slow_cb, NULL);
+    urio_loop_stop(loop);
+    urio_loop_run_forever(loop);
+    assert_int_equal(test_log_count("Executing"), 0);
+    test_loop_close(loop);
+}
+
+/* The loop runs in a thread; the test thread makes loop-only calls. */
+struct wrong_thread {
+    urio_loop_t *loop;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool running;
+};
+
+static void mark_running_cb(void *arg)
+{
+    struct wrong_thread *w = arg;
+    pthread_mutex_lock(&w->mu);
+    w->running = true;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+static void *loop_thread(void *arg)
+{
+    struct wrong_thread *w = arg;
+    urio_call_soon(w->loop, mark_running_cb, w);
+    urio_loop_run_forever(w->loop);
+    return NULL;
+}
+
+static void test_debug_wrong_thread_refused(void **state)
+{
+    (void)state;
+    struct wrong_thread w = { .loop = test_loop_new(), .mu = PTHREAD_MUTEX_INITIALIZER,
+                              .cv = PTHREAD_COND_INITIALIZER };
+    test_log_capture();
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, loop_thread, &w), 0);
+    pthread_mutex_lock(&w.mu);
+    while (!w.running)
+        pthread_cond_wait(&w.cv, &w.mu);
+    pthread_mutex_unlock(&w.mu);
+
+    errno = 0;
+    assert_int_equal(urio_call_soon(w.loop, fast_cb, NULL).id, 0);
+    assert_int_equal(errno, EPERM);
+    assert_int_equal(urio_call_later(w.loop, MS, fast_cb, NULL).id, 0);
+    assert_int_equal(errno, EPERM);
+    assert_int_equal(urio_call_at(w.loop, 0, fast_cb, NULL).id, 0);
+    assert_int_equal(errno, EPERM);
+    assert_false(urio_handle_cancel(w.loop, (urio_handle_t){ 1ull << 32 | 1 }));
+    assert_null(urio_future_new(w.loop));
+    assert_int_equal(errno, EPERM);
+    urio_loop_stop(w.loop);               /* refused too: the loop keeps running */
+
+    const char *text = "Non-thread-safe operation invoked on an event loop other than the "
+                       "current one";
+    assert_int_equal(test_log_count(text), 6);
+    assert_log_contains("ERROR urio_call_soon(): Non-thread-safe operation");
+    assert_log_contains("ERROR urio_call_later(): Non-thread-safe operation");
+    assert_log_contains("ERROR urio_call_at(): Non-thread-safe operation");
+    assert_log_contains("ERROR urio_handle_cancel(): Non-thread-safe operation");
+    assert_log_contains("ERROR urio_future_new(): Non-thread-safe operation");
+    assert_log_contains("ERROR urio_loop_stop(): Non-thread-safe operation");
+
+    /* The thread-safe way in works. */
+    assert_int_equal(urio_call_soon_threadsafe(w.loop, test_stop_cb, w.loop), 0);
+    pthread_join(t, NULL);
+    test_loop_close(w.loop);
+}
+
+static void *late_poke(void *arg)
+{
+    usleep(20000);
+    urio_call_soon_threadsafe(arg, test_stop_cb, arg);
+    return NULL;
+}
+
+/* "poll took X ms: N events" at DEBUG for a wait under a second. */
+static void test_debug_poll_timing_logged(void **state)
+{
+    (void)state;
+    urio_loop_opts_t on = { .debug = 1 };
+    urio_loop_t *loop = test_loop_new_opts(&on);
+    int level = urio_log_get_level();
+    urio_log_set_level(URIO_LOG_DEBUG);
+    test_log_capture();
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, late_poke, loop), 0);
+    urio_loop_run_forever(loop);
+    pthread_join(t, NULL);
+    urio_log_set_level(level);
+    assert_log_contains("DEBUG poll took ");
+    assert_log_contains(" ms: 1 events");
+    test_loop_close(loop);
+}
+
+static void test_debug_no_poll_log_without_debug(void **state)
+{
+    (void)state;
+    urio_loop_opts_t off = { .debug = -1 };
+    urio_loop_t *loop = test_loop_new_opts(&off);
+    int level = urio_log_get_level();
+    urio_log_set_level(URIO_LOG_DEBUG);
+    test_log_capture();
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, late_poke, loop), 0);
+    urio_loop_run_forever(loop);
+    pthread_join(t, NULL);
+    urio_log_set_level(level);
+    assert_int_equal(test_log_count("poll"), 0);
+    test_loop_close(loop);
+}
+
+static void test_debug_strerror_names_every_code(void **state)
+{
+    (void)state;
+    static const int codes[] = { URIO_ENOTDONE, URIO_ENOURING, URIO_ESTOPPED,
+                                 URIO_EBROKENWORKER };
+    static const char *names[] = { "URIO_ENOTDONE", "URIO_ENOURING", "URIO_ESTOPPED",
+                                   "URIO_EBROKENWORKER" };
+    for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
+        assert_true(codes[i] < -10000);
+        assert_string_equal(urio_strerror_name(codes[i]), names[i]);
+        assert_string_not_equal(urio_strerror(codes[i]), "");
+        assert_null(strstr(urio_strerror(codes[i]), "Unknown"));
+    }
+    assert_string_equal(urio_strerror_name(-ECANCELED), "ECANCELED");
+    assert_string_equal(urio_strerror(-ECANCELED), "Operation canceled");
+    assert_string_equal(urio_strerror_name(-EPERM), "EPERM");
+    assert_string_equal(urio_strerror(0), "Success");
+    assert_string_equal(urio_strerror(-99999), "Unknown error -99999");
+    assert_string_equal(urio_strerror_name(-99999), "E?");
+    for (int e = 1; e < 134; e++)
+        assert_non_null(urio_strerror(-e));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        URIO_TEST(test_debug_switches),
+        URIO_TEST(test_debug_slow_callback_warning),
+        URIO_TEST(test_debug_slow_callback_symbolised),
+        URIO_TEST(test_debug_slow_callback_quiet_without_debug),
+        URIO_TEST(test_debug_wrong_thread_refused),
+        URIO_TEST(test_debug_poll_timing_logged),
+        URIO_TEST(test_debug_no_poll_log_without_debug),
+        URIO_TEST(test_debug_strerror_names_every_code),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
