@@ -175,24 +175,53 @@ int urio__op_timeout(urio__ring_t *r, urio__op_t *op, struct __kernel_timespec *
 /* ------------------------------------------------------------------ */
 /* loop.c, timer.c: callbacks, handles, timers                         */
 
-/* A scheduled callback: a slot in the loop's table, named by (index, gen). */
+/*
+ * A timer's slot: what to call, named by (index, generation).  The
+ * generation is odd while the timer is pending and bumped at every change,
+ * so stale handles and stale wheel or FIFO entries never match.
+ */
 struct urio__slot {
     urio_callback_fn fn;
     void *arg;
     const urio_site_t *site;
-    uint32_t gen;           /* odd: pending; even: free.  Bumped at each change */
-    uint32_t next_free;     /* free: the next free slot; pending: URIO__SLOT_TIMER or 0 */
+    uint32_t gen;           /* odd: pending; even: free */
+    uint32_t where;         /* pending: URIO__SLOT_WHEEL or URIO__SLOT_READY */
 };
-#define URIO__SLOT_TIMER 1u
+#define URIO__SLOT_WHEEL 1u
+#define URIO__SLOT_READY 2u
 
-struct urio__ready {        /* an entry of the ready FIFO (ring buffer) */
-    uint32_t slot, gen;
+struct urio__free_slot {    /* the free-slot stack: index and current generation */
+    uint32_t idx, gen;
 };
 
-struct urio__timer {        /* an entry of the timer heap */
+/*
+ * An entry of the ready FIFO, a ring buffer addressed by sequence number:
+ * entry s sits at s & mask.  A call_soon handle is its sequence number, so
+ * a cancel finds its entry without any table.  A due timer's entry names
+ * its slot, which is the timer's handle: cancelled, the generations differ.
+ */
+struct urio__ready {
+    urio_callback_fn fn;    /* NULL: cancelled */
+    void *arg;
+    const urio_site_t *site;
+    uint32_t slot1;         /* a timer's slot + 1, or 0 */
+    uint32_t gen;
+};
+
+struct urio__timer {        /* a timer: in a wheel bucket or the far heap */
     uint64_t when;
     uint64_t seq;           /* FIFO among equal deadlines */
     uint32_t slot, gen;     /* gen mismatch: cancelled, skip it */
+};
+
+#define URIO__TW_SHIFT   20          /* a tick is 2^20 ns, about 1 ms */
+#define URIO__TW_BUCKETS 4096u       /* the wheel spans about 4.3 s */
+
+struct urio__tw_bucket {    /* the timers of one tick, sorted lazily */
+    struct urio__timer *e;
+    uint32_t head, n, cap;  /* live range [head, n) */
+    bool sorted;            /* [head, n) is in (when, seq) order */
+    uint64_t min;           /* no entry is earlier (may name a cancelled one) */
 };
 
 /* The cross-thread inbox: issue 2's mutex version (lib/inbox.c). */
@@ -210,17 +239,31 @@ typedef struct urio__inbox {
 } urio__inbox_t;
 
 struct urio_loop {
-    /* Hot: the ready FIFO and the slot table.  Loop thread only. */
-    struct urio__slot *slots;
-    uint32_t nslots, cap_slots, free_slot;
+    /* Hot: the ready FIFO.  Loop thread only. */
     struct urio__ready *ready;
-    uint32_t ready_head, ready_count, ready_mask;
+    uint64_t ready_head, ready_tail;   /* sequence numbers: the FIFO is [head, tail) */
+    uint64_t ready_mask;
 
-    /* Timers: a 4-ary min-heap on (when, seq).  Loop thread only. */
+    /* Timers' slots and the stack of free ones.  Loop thread only. */
+    struct urio__slot *slots;
+    struct urio__free_slot *free_slots;
+    uint32_t nslots, cap_slots, nfree;
+
+    /*
+     * Timers (timer.c): a wheel of ~1 ms buckets over the next ~4.3 s, and a
+     * 4-ary heap for later deadlines.  Loop thread only.
+     */
+    struct urio__tw_bucket *tw;  /* URIO__TW_BUCKETS of them, made at the first timer */
+    uint64_t tw_bits[URIO__TW_BUCKETS / 64];   /* non-empty buckets */
+    uint64_t tw_tick;            /* the wheel's first tick: heap entries are all later */
+    struct spare *tw_spare;      /* arrays of emptied buckets, for reuse */
+    uint32_t tw_count;           /* entries in the wheel, live or stale */
     struct urio__timer *heap;
     uint32_t nheap, cap_heap;
-    uint32_t heap_stale;         /* cancelled entries still in the heap */
+    uint32_t timers;             /* entries in wheel and heap, live or stale */
+    uint32_t timer_stale;        /* cancelled entries not yet dropped */
     uint64_t timer_seq;
+    uint64_t now_cache;          /* the clock when timers were last fired: <= now */
 
     /* When the loop last entered the kernel, to bound how long ready work may keep it out. */
     uint32_t cbs_since_enter;
@@ -255,17 +298,26 @@ void urio__loop_unref(urio_loop_t *loop);
 urio_handle_t urio__call_soon(urio_loop_t *loop, urio_callback_fn fn, void *arg,
                               const urio_site_t *site);
 
-int  urio__slot_alloc(urio_loop_t *loop, urio_callback_fn fn, void *arg,
-                      const urio_site_t *site, uint32_t *out);
 void urio__slot_release(urio_loop_t *loop, uint32_t idx);
-int  urio__ready_push(urio_loop_t *loop, uint32_t slot, uint32_t gen);
+/* Appends to the ready FIFO.  Returns: the entry's sequence number, or 0 on ENOMEM. */
+uint64_t urio__ready_push(urio_loop_t *loop, urio_callback_fn fn, void *arg,
+                          const urio_site_t *site, uint32_t slot1, uint32_t gen);
+static inline uint32_t urio__ready_count(const urio_loop_t *loop)
+{
+    return (uint32_t)(loop->ready_tail - loop->ready_head);
+}
 
 int  urio__timer_push(urio_loop_t *loop, uint64_t when, uint32_t slot, uint32_t gen);
-/* Drops cancelled entries from the top; the earliest live deadline, or UINT64_MAX. */
+/*
+ * The earliest deadline, or UINT64_MAX: the wait's timeout.  It may be a
+ * cancelled timer's (an early wake-up, never a late one).
+ */
 uint64_t urio__timer_next(urio_loop_t *loop);
+/* Live timers (for close's report). */
+uint32_t urio__timer_count_live(const urio_loop_t *loop);
 /* Moves every timer due at `now` to the ready FIFO.  Returns: how many. */
 uint32_t urio__timer_fire(urio_loop_t *loop, uint64_t now);
-/* Notes a cancelled timer; compacts the heap when stale entries dominate. */
+/* Notes a cancelled timer; compacts when stale entries dominate. */
 void urio__timer_cancelled(urio_loop_t *loop);
 void urio__timer_free_all(urio_loop_t *loop);
 

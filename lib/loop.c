@@ -21,84 +21,90 @@
 static _Thread_local urio_loop_t *tls_current __attribute__((tls_model("initial-exec")));
 
 /* ------------------------------------------------------------------ */
-/* Slots and the ready FIFO                                             */
+/* The ready FIFO                                                       */
 
-int urio__slot_alloc(urio_loop_t *loop, urio_callback_fn fn, void *arg,
-                     const urio_site_t *site, uint32_t *out)
+static int ready_grow(urio_loop_t *loop)
 {
-    uint32_t i = loop->free_slot;
-    if (URIO_LIKELY(i != UINT32_MAX)) {
-        loop->free_slot = loop->slots[i].next_free;
+    uint64_t cap = loop->ready_mask + 1, ncap = cap * 2;
+    if (ncap > (1ull << 31))
+        return -ENOMEM;
+    struct urio__ready *r = urio__malloc((size_t)ncap * sizeof *r);
+    if (r == NULL)
+        return -ENOMEM;
+    /* Entry s moves from s & mask to s & (2 * mask + 1): handles stay valid. */
+    for (uint64_t q = loop->ready_head; q != loop->ready_tail; q++)
+        r[q & (ncap - 1)] = loop->ready[q & loop->ready_mask];
+    urio__free(loop->ready);
+    loop->ready = r;
+    loop->ready_mask = ncap - 1;
+    return 0;
+}
+
+uint64_t urio__ready_push(urio_loop_t *loop, urio_callback_fn fn, void *arg,
+                          const urio_site_t *site, uint32_t slot1, uint32_t gen)
+{
+    if (URIO_UNLIKELY(loop->ready_tail - loop->ready_head > loop->ready_mask) &&
+        ready_grow(loop) < 0)
+        return 0;
+    uint64_t q = loop->ready_tail++;
+    loop->ready[q & loop->ready_mask] = (struct urio__ready){ fn, arg, site, slot1, gen };
+    return q;
+}
+
+/* ------------------------------------------------------------------ */
+/* Timers' slots                                                        */
+
+static int slot_alloc(urio_loop_t *loop, urio_callback_fn fn, void *arg,
+                      const urio_site_t *site, uint32_t *out)
+{
+    uint32_t i, gen;
+    if (URIO_LIKELY(loop->nfree > 0)) {
+        /* The stack holds the generation: allocating reads no cold slot. */
+        struct urio__free_slot f = loop->free_slots[--loop->nfree];
+        i = f.idx;
+        gen = f.gen + 1;
     } else {
         if (loop->nslots == loop->cap_slots) {
             uint32_t cap = loop->cap_slots * 2;
-            if (cap <= loop->cap_slots || cap > (UINT32_MAX >> 1))
+            if (cap <= loop->cap_slots || cap > (1u << 30))
                 return -ENOMEM;
             struct urio__slot *s = urio__realloc(loop->slots, (size_t)cap * sizeof *s);
             if (s == NULL)
                 return -ENOMEM;
             loop->slots = s;
+            struct urio__free_slot *f = urio__realloc(loop->free_slots, (size_t)cap * sizeof *f);
+            if (f == NULL)
+                return -ENOMEM;     /* slots grew, cap_slots did not: harmless */
+            loop->free_slots = f;
             loop->cap_slots = cap;
         }
         i = loop->nslots++;
-        loop->slots[i].gen = 0;
+        gen = 1;
     }
-    struct urio__slot *s = &loop->slots[i];
-    s->fn = fn;
-    s->arg = arg;
-    s->site = site;
-    s->next_free = 0;               /* while pending: URIO__SLOT_TIMER or 0 */
-    s->gen++;                       /* odd: pending */
+    loop->slots[i] = (struct urio__slot){ fn, arg, site, gen, URIO__SLOT_WHEEL };
     *out = i;
     return 0;
 }
 
 void urio__slot_release(urio_loop_t *loop, uint32_t i)
 {
-    struct urio__slot *s = &loop->slots[i];
-    s->gen++;                       /* even: free; stale handles and entries no longer match */
-    s->next_free = loop->free_slot;
-    loop->free_slot = i;
+    uint32_t gen = ++loop->slots[i].gen;    /* even: free */
+    loop->free_slots[loop->nfree++] = (struct urio__free_slot){ i, gen };
 }
 
-static int ready_grow(urio_loop_t *loop)
-{
-    uint32_t cap = loop->ready_mask + 1;
-    uint32_t ncap = cap * 2;
-    if (ncap <= cap || ncap > (UINT32_MAX >> 1))
-        return -ENOMEM;
-    struct urio__ready *r = urio__malloc((size_t)ncap * sizeof *r);
-    if (r == NULL)
-        return -ENOMEM;
-    /* Unwrap the ring: the oldest entry goes to index 0. */
-    uint32_t first = cap - loop->ready_head;
-    if (first > loop->ready_count)
-        first = loop->ready_count;
-    memcpy(r, loop->ready + loop->ready_head, (size_t)first * sizeof *r);
-    memcpy(r + first, loop->ready, (size_t)(loop->ready_count - first) * sizeof *r);
-    urio__free(loop->ready);
-    loop->ready = r;
-    loop->ready_head = 0;
-    loop->ready_mask = ncap - 1;
-    return 0;
-}
+/* ------------------------------------------------------------------ */
+/* Handles                                                              */
 
-int urio__ready_push(urio_loop_t *loop, uint32_t slot, uint32_t gen)
-{
-    if (URIO_UNLIKELY(loop->ready_count > loop->ready_mask)) {
-        int ret = ready_grow(loop);
-        if (ret < 0)
-            return ret;
-    }
-    uint32_t tail = (loop->ready_head + loop->ready_count) & loop->ready_mask;
-    loop->ready[tail] = (struct urio__ready){ slot, gen };
-    loop->ready_count++;
-    return 0;
-}
+/*
+ * A handle's id: a call_soon's is its FIFO sequence number (bit 63 clear,
+ * never 0: the FIFO starts at 1); a timer's is bit 63, the slot's
+ * generation (31 bits) and the slot index + 1.
+ */
+#define TIMER_BIT (1ull << 63)
 
-static inline urio_handle_t handle_of(uint32_t slot, uint32_t gen)
+static inline urio_handle_t timer_handle(uint32_t slot, uint32_t gen)
 {
-    return (urio_handle_t){ ((uint64_t)gen << 32) | (uint64_t)(slot + 1) };
+    return (urio_handle_t){ TIMER_BIT | ((uint64_t)(gen & 0x7fffffffu) << 32) | (slot + 1ull) };
 }
 
 static inline urio_handle_t fail_handle(int err)
@@ -112,15 +118,10 @@ urio_handle_t urio__call_soon(urio_loop_t *loop, urio_callback_fn fn, void *arg,
 {
     if (URIO_UNLIKELY(loop->closing))
         return fail_handle(-ESHUTDOWN);
-    uint32_t slot;
-    if (URIO_UNLIKELY(urio__slot_alloc(loop, fn, arg, site, &slot) < 0))
+    uint64_t q = urio__ready_push(loop, fn, arg, site, 0, 0);
+    if (URIO_UNLIKELY(q == 0))
         return fail_handle(-ENOMEM);
-    uint32_t gen = loop->slots[slot].gen;
-    if (URIO_UNLIKELY(urio__ready_push(loop, slot, gen) < 0)) {
-        urio__slot_release(loop, slot);
-        return fail_handle(-ENOMEM);
-    }
-    return handle_of(slot, gen);
+    return (urio_handle_t){ q };
 }
 
 bool urio__loop_check_thread(const urio_loop_t *loop, const char *fn)
@@ -160,15 +161,14 @@ static urio_handle_t call_at(urio_loop_t *loop, uint64_t when, urio_callback_fn 
     if (URIO_UNLIKELY(loop->closing))
         return fail_handle(-ESHUTDOWN);
     uint32_t slot;
-    if (URIO_UNLIKELY(urio__slot_alloc(loop, fn, arg, site, &slot) < 0))
+    if (URIO_UNLIKELY(slot_alloc(loop, fn, arg, site, &slot) < 0))
         return fail_handle(-ENOMEM);
     uint32_t gen = loop->slots[slot].gen;
-    loop->slots[slot].next_free = URIO__SLOT_TIMER;
     if (URIO_UNLIKELY(urio__timer_push(loop, when, slot, gen) < 0)) {
         urio__slot_release(loop, slot);
         return fail_handle(-ENOMEM);
     }
-    return handle_of(slot, gen);
+    return timer_handle(slot, gen);
 }
 
 URIO_EXPORT urio_handle_t urio_call_at_site(urio_loop_t *loop, uint64_t when_ns,
@@ -184,6 +184,8 @@ URIO_EXPORT urio_handle_t urio_call_later_site(urio_loop_t *loop, uint64_t delay
 {
     uint64_t now = urio__now();
     uint64_t when = delay_ns > UINT64_MAX - now ? UINT64_MAX : now + delay_ns;
+    if (loop != NULL && loop->owner == urio__thread_token())
+        loop->now_cache = now;      /* a fresher start for the timer wheel */
     return call_at(loop, when, fn, arg, site, "urio_call_later");
 }
 
@@ -207,71 +209,84 @@ URIO_EXPORT bool urio_handle_cancel(urio_loop_t *loop, urio_handle_t h)
         return false;
     if (!urio__loop_check_thread(loop, "urio_handle_cancel"))
         return false;
+    if (!(h.id & TIMER_BIT)) {
+        uint64_t q = h.id;
+        if (q < loop->ready_head || q >= loop->ready_tail)
+            return false;   /* ran, or never ours: a harmless no-op */
+        struct urio__ready *e = &loop->ready[q & loop->ready_mask];
+        if (e->fn == NULL || e->slot1 != 0)
+            return false;   /* already cancelled */
+        e->fn = NULL;
+        return true;
+    }
     uint64_t slot = (h.id & 0xffffffffu) - 1;
-    uint32_t gen = (uint32_t)(h.id >> 32);
-    if (slot >= loop->nslots || loop->slots[slot].gen != gen || !(gen & 1))
-        return false;       /* ran, cancelled, or never ours: a harmless no-op */
+    uint32_t gen = (uint32_t)(h.id >> 32) & 0x7fffffffu;
+    if (slot >= loop->nslots)
+        return false;
+    struct urio__slot *s = &loop->slots[slot];
+    if ((s->gen & 0x7fffffffu) != gen || !(s->gen & 1))
+        return false;       /* ran or was cancelled */
     /*
-     * Free the slot now.  Its entry in the ready FIFO or the timer heap still
-     * names the old generation and is skipped when it comes up.
+     * Free the slot now.  Its entry in the wheel, the heap or the FIFO names
+     * the old generation and is skipped when it comes up.
      */
-    bool timer = loop->slots[slot].next_free == URIO__SLOT_TIMER;
+    bool in_wheel = s->where == URIO__SLOT_WHEEL;
     urio__slot_release(loop, (uint32_t)slot);
-    if (timer)
-        urio__timer_cancelled(loop);    /* the heap counts its stale entries */
+    if (in_wheel)
+        urio__timer_cancelled(loop);    /* the wheel counts its stale entries */
     return true;
 }
 
 /* ------------------------------------------------------------------ */
 /* The turn                                                             */
 
-static void log_slow_callback(urio_loop_t *loop, urio_callback_fn fn, const urio_site_t *site,
-                              uint64_t took)
+static void log_slow_callback(urio_callback_fn fn, const urio_site_t *site, uint64_t took)
 {
-    (void)loop;
     char desc[256];
     urio__describe_callback((void (*)(void))fn, site, desc, sizeof desc);
     urio__log(URIO_LOG_WARNING, "Executing <Handle %s> took %.3f seconds", desc,
               (double)took / 1e9);
 }
 
+/*
+ * Pops the next ready entry into *out.  Returns: false if it was cancelled.
+ * A due timer's slot is released here: its handle is spent.
+ */
+static inline bool ready_pop(urio_loop_t *loop, struct urio__ready *out)
+{
+    *out = loop->ready[loop->ready_head & loop->ready_mask];
+    loop->ready_head++;
+    if (URIO_UNLIKELY(out->slot1 != 0)) {
+        uint32_t slot = out->slot1 - 1;
+        if (loop->slots[slot].gen != out->gen)
+            return false;   /* cancelled after it came due */
+        urio__slot_release(loop, slot);
+    }
+    return out->fn != NULL;
+}
+
 /* Runs n ready callbacks.  The release path: no clock read. */
 static void run_ready(urio_loop_t *loop, uint32_t n)
 {
-    for (uint32_t k = 0; k < n; k++) {
-        struct urio__ready e = loop->ready[loop->ready_head];
-        loop->ready_head = (loop->ready_head + 1) & loop->ready_mask;
-        loop->ready_count--;
-        struct urio__slot *s = &loop->slots[e.slot];
-        if (URIO_UNLIKELY(s->gen != e.gen))
-            continue;       /* cancelled */
-        urio_callback_fn fn = s->fn;
-        void *arg = s->arg;
-        urio__slot_release(loop, e.slot);
-        fn(arg);
-    }
+    struct urio__ready e;
+    for (uint32_t k = 0; k < n; k++)
+        if (ready_pop(loop, &e))
+            e.fn(e.arg);
 }
 
 #if URIO_DEBUG_CHECKS
 /* Runs n ready callbacks, timing each against the slow-callback duration. */
 static void run_ready_debug(urio_loop_t *loop, uint32_t n)
 {
+    struct urio__ready e;
     for (uint32_t k = 0; k < n; k++) {
-        struct urio__ready e = loop->ready[loop->ready_head];
-        loop->ready_head = (loop->ready_head + 1) & loop->ready_mask;
-        loop->ready_count--;
-        struct urio__slot *s = &loop->slots[e.slot];
-        if (s->gen != e.gen)
+        if (!ready_pop(loop, &e))
             continue;
-        urio_callback_fn fn = s->fn;
-        void *arg = s->arg;
-        const urio_site_t *site = s->site;
-        urio__slot_release(loop, e.slot);
         uint64_t t0 = urio__now();
-        fn(arg);
+        e.fn(e.arg);
         uint64_t took = urio__now() - t0;
         if (took >= loop->slow_ns)
-            log_slow_callback(loop, fn, site, took);
+            log_slow_callback(e.fn, e.site, took);
     }
 }
 #endif
@@ -317,9 +332,9 @@ static int loop_turn(urio_loop_t *loop)
     int ret = 0;
 
     /* 1. How long may the kernel block? */
-    if (loop->ready_count == 0 && !loop->stopping && !urio__inbox_pending(ib)) {
+    if (urio__ready_count(loop) == 0 && !loop->stopping && !urio__inbox_pending(ib)) {
         wait = -1;
-        if (loop->nheap > 0) {
+        if (loop->timers > 0) {
             uint64_t next = urio__timer_next(loop);
             if (next != UINT64_MAX) {
                 uint64_t now = urio__now();
@@ -353,20 +368,24 @@ static int loop_turn(urio_loop_t *loop)
         return ret;
 
 reap:
-    /* 3. Completions. */
-    urio__ring_reap(r);
+    /* 3. Completions (with DEFER_TASKRUN they only appear when we entered). */
+    if (io_uring_cq_ready(&r->uring) || io_uring_cq_has_overflow(&r->uring))
+        urio__ring_reap(r);
+    else
+        r->last_reaped = 0;
     if (t0)
         log_poll(loop, wait, urio__now() - t0);
 
     /* 4. The inbox. */
-    urio__inbox_drain(loop);
+    if (urio__inbox_pending(ib))
+        urio__inbox_drain(loop);
 
     /* 5. Due timers. */
-    if (loop->nheap > 0)
+    if (loop->timers > 0)
         urio__timer_fire(loop, urio__now());
 
     /* 6. What is ready now, and only that. */
-    uint32_t n = loop->ready_count;
+    uint32_t n = urio__ready_count(loop);
 #if URIO_DEBUG_CHECKS
     if (loop->debug)
         run_ready_debug(loop, n);
@@ -402,14 +421,15 @@ URIO_EXPORT int urio_loop_new(urio_loop_t **out, const urio_loop_opts_t *opts)
     loop->debug = debug > 0 || (debug == 0 && (env_debug() || URIO_DEBUG_BUILD));
     loop->slow_ns = URIO__SLOW_CALLBACK_NS;
     loop->refs = 1;
-    loop->free_slot = UINT32_MAX;
     loop->cap_slots = 64;
     loop->slots = urio__malloc(loop->cap_slots * sizeof *loop->slots);
+    loop->free_slots = urio__malloc(loop->cap_slots * sizeof *loop->free_slots);
     loop->ready = urio__malloc(64 * sizeof *loop->ready);
     loop->ready_mask = 63;
+    loop->ready_head = loop->ready_tail = 1;    /* sequence 0 would be handle id 0 */
     loop->inbox.efd = -1;
     int ret = -ENOMEM;
-    if (loop->slots == NULL || loop->ready == NULL)
+    if (loop->slots == NULL || loop->free_slots == NULL || loop->ready == NULL)
         goto fail;
     ret = urio__ring_init(&loop->ring, entries);
     if (ret < 0)
@@ -420,11 +440,13 @@ URIO_EXPORT int urio_loop_new(urio_loop_t **out, const urio_loop_opts_t *opts)
         goto fail;
     }
     loop->last_enter_ns = urio__now();
+    loop->now_cache = loop->last_enter_ns;
     *out = loop;
     return 0;
 
 fail:
     urio__free(loop->slots);
+    urio__free(loop->free_slots);
     urio__free(loop->ready);
     urio__free(loop);
     return ret;
@@ -620,12 +642,11 @@ URIO_EXPORT int urio_loop_close(urio_loop_t *loop)
     urio__inbox_close(loop);
 
     uint32_t dropped = 0, timers = 0;
-    for (uint32_t k = 0; k < loop->ready_count; k++) {
-        struct urio__ready e = loop->ready[(loop->ready_head + k) & loop->ready_mask];
-        dropped += loop->slots[e.slot].gen == e.gen;
+    for (uint64_t q = loop->ready_head; q != loop->ready_tail; q++) {
+        const struct urio__ready *e = &loop->ready[q & loop->ready_mask];
+        dropped += e->fn != NULL && (e->slot1 == 0 || loop->slots[e->slot1 - 1].gen == e->gen);
     }
-    for (uint32_t k = 0; k < loop->nheap; k++)
-        timers += loop->slots[loop->heap[k].slot].gen == loop->heap[k].gen;
+    timers = urio__timer_count_live(loop);
     if (loop->debug && (dropped || timers))
         urio__log(URIO_LOG_DEBUG, "urio_loop_close(): dropped %u pending callbacks and %u "
                   "timers", dropped, timers);
@@ -635,10 +656,13 @@ URIO_EXPORT int urio_loop_close(urio_loop_t *loop)
     urio__inbox_free(loop);
     urio__timer_free_all(loop);
     urio__free(loop->slots);
+    urio__free(loop->free_slots);
     urio__free(loop->ready);
     loop->slots = NULL;
+    loop->free_slots = NULL;
     loop->ready = NULL;
-    loop->nslots = loop->ready_count = 0;
+    loop->nslots = loop->nfree = 0;
+    loop->ready_head = loop->ready_tail;
     loop->closed = true;
     urio__loop_unref(loop);
     return 0;

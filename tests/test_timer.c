@@ -147,15 +147,34 @@ static void test_timer_cancel_compacts_heap(void **state)
         t[i] = (struct tmr){ &f, i, now + 5 * MS + (uint64_t)(N - i) * 1000 };
         h[i] = urio_call_at(f.loop, t[i].when, timer_cb, &t[i]);
     }
-    assert_int_equal(f.loop->nheap, N);
+    assert_int_equal(f.loop->timers, N);
     for (int i = 0; i < N; i++)
         if (i % 10)
             assert_true(urio_handle_cancel(f.loop, h[i]));
-    assert_true(f.loop->nheap < N / 2);     /* compacted, not 10,000 stale entries */
+    assert_true(f.loop->timers < N / 2);    /* compacted, not 10,000 stale entries */
     urio_loop_run_forever(f.loop);
     assert_int_equal(f.n, N / 10);
     for (int i = 0; i < N / 10; i++)
         assert_int_equal(f.order[i], N - 10 - 10 * i);
+    test_loop_close(f.loop);
+}
+
+/* A cancelled timer's slot is reused: its stale handle cancels nothing. */
+static void test_timer_stale_handle_after_slot_reuse(void **state)
+{
+    (void)state;
+    struct fired f = { .loop = test_loop_new(), .stop_at = 1 };
+    struct tmr a = { &f, 1, 0 }, b = { &f, 2, 0 };
+    urio_handle_t ha = urio_call_later(f.loop, 1 * MS, timer_cb, &a);
+    assert_true(urio_handle_cancel(f.loop, ha));
+    urio_handle_t hb = urio_call_later(f.loop, 1 * MS, timer_cb, &b);
+    assert_int_equal(ha.id & 0xffffffffu, hb.id & 0xffffffffu);    /* the same slot */
+    assert_int_not_equal(ha.id, hb.id);
+    assert_false(urio_handle_cancel(f.loop, ha));
+    urio_loop_run_forever(f.loop);
+    assert_int_equal(f.n, 1);
+    assert_int_equal(f.order[0], 2);
+    assert_false(urio_handle_cancel(f.loop, hb));       /* it ran */
     test_loop_close(f.loop);
 }
 
@@ -233,6 +252,7 @@ int main(void)
         URIO_TEST(test_timer_past_deadline_runs_next_turn),
         URIO_TEST(test_timer_cancel_from_callback),
         URIO_TEST(test_timer_cancel_compacts_heap),
+        URIO_TEST(test_timer_stale_handle_after_slot_reuse),
         URIO_TEST(test_timer_huge_delay),
         URIO_TEST(test_timer_fires_under_ready_load),
         URIO_TEST(test_timer_steady_state_allocates_nothing),

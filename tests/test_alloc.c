@@ -1,0 +1,630 @@
+/*
+ * test_alloc.c — the allocation hook: urio_mem_stats' counters, and every
+ * ENOMEM path proved by failure injection (urio__alloc_fail_after): the
+ * failing call reports -ENOMEM (or NULL / handle 0 with errno ENOMEM),
+ * nothing crashes, nothing leaks, and what did succeed still works.
+ */
+#include "helpers.h"
+
+#include <unistd.h>
+
+static urio_mem_stats_t stats(void)
+{
+    urio_mem_stats_t st;
+    urio_mem_stats(&st);
+    return st;
+}
+
+static uint64_t failures(void)
+{
+    return stats().failures;
+}
+
+/* ---------------------------------------------------------------- */
+/* The counters                                                      */
+
+static void test_alloc_stats_consistent(void **state)
+{
+    (void)state;
+    urio_mem_stats_t a = stats();
+    assert_int_equal(a.live, a.allocs - a.frees);
+
+    void *p = urio__malloc(100);
+    assert_non_null(p);
+    urio_mem_stats_t b = stats();
+    assert_int_equal(b.allocs, a.allocs + 1);
+    assert_int_equal(b.frees, a.frees);
+    assert_int_equal(b.live, a.live + 1);
+    assert_int_equal(b.failures, a.failures);
+
+    /* realloc of NULL is an allocation; growing a block is not a new one. */
+    void *q = urio__realloc(NULL, 10);
+    assert_non_null(q);
+    q = urio__realloc(q, 100000);
+    assert_non_null(q);
+    char *s = urio__strdup("hello");
+    assert_string_equal(s, "hello");
+    char *t = urio__asprintf("%d-%s", 7, "x");
+    assert_string_equal(t, "7-x");
+    void *z = urio__calloc(4, 8);
+    assert_non_null(z);
+    assert_memory_equal(z, (char[32]){ 0 }, 32);
+    b = stats();
+    assert_int_equal(b.allocs, a.allocs + 5);
+    assert_int_equal(b.live, a.live + 5);
+
+    /* Failures: counted, never as allocations. */
+    urio__alloc_fail_after(0, false);
+    assert_null(urio__malloc(8));
+    assert_non_null(p = (urio__free(p), urio__malloc(8)));  /* once: the next one works */
+    urio__alloc_fail_after(0, false);
+    assert_null(urio__realloc(q, 200000));                  /* q untouched, still ours */
+    urio__alloc_fail_after(0, false);
+    assert_null(urio__calloc(1, 1));
+    assert_null(urio__calloc(SIZE_MAX / 2, 4));             /* overflow: a failure too */
+    urio__alloc_fail_after(0, false);
+    assert_null(urio__strdup("x"));
+    urio__alloc_fail_after(0, false);
+    assert_null(urio__asprintf("%s", "x"));
+    urio_mem_stats_t c = stats();
+    assert_int_equal(c.failures, a.failures + 6);
+    assert_int_equal(c.allocs, b.allocs + 1);               /* the second malloc(8) */
+    assert_int_equal(c.frees, b.frees + 1);                 /* the first p */
+    assert_int_equal(c.live, c.allocs - c.frees);
+
+    /* Persistent: two more succeed, then every one fails until reset. */
+    urio__alloc_fail_after(2, true);
+    void *x1 = urio__malloc(1), *x2 = urio__malloc(1);
+    assert_non_null(x1);
+    assert_non_null(x2);
+    for (int i = 0; i < 5; i++)
+        assert_null(urio__malloc(1));
+    urio__alloc_fail_after(-1, false);
+    void *x3 = urio__malloc(1);
+    assert_non_null(x3);
+    urio_mem_stats_t d = stats();
+    assert_int_equal(d.failures, c.failures + 5);
+    assert_int_equal(d.allocs, c.allocs + 3);
+
+    urio__free(NULL);                                       /* not counted */
+    urio__free(x1);
+    urio__free(x2);
+    urio__free(x3);
+    urio__free(p);
+    urio__free(q);
+    urio__free(s);
+    urio__free(t);
+    urio__free(z);
+    urio_mem_stats_t e = stats();
+    assert_int_equal(e.live, a.live);
+    assert_int_equal(e.allocs - a.allocs, e.frees - a.frees);
+    assert_int_equal(e.frees, d.frees + 8);
+    urio_mem_stats(NULL);                                   /* harmless */
+}
+
+static void test_alloc_stats_loop_life_cycle(void **state)
+{
+    (void)state;
+    urio_mem_stats_t a = stats();
+    urio_loop_t *loop = test_loop_new();
+    urio_mem_stats_t b = stats();
+    assert_true(b.allocs > a.allocs);
+    assert_true(b.live > a.live);
+    urio_future_t *f = urio_future_new(loop);
+    assert_int_equal(stats().live, b.live + 1);
+    urio_future_unref(f);
+    assert_int_equal(stats().live, b.live);
+    test_loop_close(loop);
+    urio_mem_stats_t c = stats();
+    assert_int_equal(c.live, a.live);
+    assert_int_equal(c.allocs - a.allocs, c.frees - a.frees);
+    assert_int_equal(c.failures, a.failures);
+}
+
+/* ---------------------------------------------------------------- */
+/* urio_loop_new                                                     */
+
+static void loop_new_oom(bool persistent)
+{
+    int failed_runs = 0;
+    bool succeeded = false;
+    for (long n = 0; n < 1000 && !succeeded; n++) {
+        urio_mem_stats_t a = stats();
+        urio_loop_t *loop = (urio_loop_t *)&loop;
+        urio__alloc_fail_after(n, persistent);
+        int ret = urio_loop_new(&loop, NULL);
+        urio__alloc_fail_after(-1, false);
+        urio_mem_stats_t b = stats();
+        if (ret == URIO_ENOURING)
+            skip();
+        bool injected = b.failures > a.failures;
+        if (injected) {
+            if (ret != -ENOMEM)
+                fail_msg("allocation %ld failed: urio_loop_new returned %d (%s)", n, ret,
+                         urio_strerror(ret));
+            assert_null(loop);
+            if (b.live != a.live)
+                fail_msg("allocation %ld failed: %lld blocks left behind", n,
+                         (long long)(b.live - a.live));
+            failed_runs++;
+        } else {
+            /* n is past every allocation urio_loop_new makes. */
+            assert_int_equal(ret, 0);
+            assert_non_null(loop);
+            /* The loop works. */
+            assert_int_not_equal(urio_call_soon(loop, test_stop_cb, loop).id, 0);
+            assert_int_equal(urio_loop_run_forever(loop), 0);
+            test_loop_close(loop);
+            assert_int_equal(stats().live, a.live);
+            succeeded = true;
+        }
+    }
+    assert_true(succeeded);
+    assert_true(failed_runs >= 3);     /* the loop, its slots, its ready FIFO at least */
+}
+
+static void test_alloc_loop_new_oom_once(void **state)
+{
+    (void)state;
+    test_log_capture();                 /* whatever it says about the failure */
+    loop_new_oom(false);
+}
+
+static void test_alloc_loop_new_oom_persistent(void **state)
+{
+    (void)state;
+    test_log_capture();
+    loop_new_oom(true);
+}
+
+/* ---------------------------------------------------------------- */
+/* Futures                                                           */
+
+static int done_calls[16];
+static void count_done(urio_future_t *f, void *arg)
+{
+    (void)f;
+    done_calls[(intptr_t)arg]++;
+}
+
+static int turns_left;
+static void turns_cb(void *arg)
+{
+    urio_loop_t *loop = arg;
+    if (--turns_left <= 0)
+        urio_loop_stop(loop);
+    else
+        urio_call_soon(loop, turns_cb, loop);
+}
+
+static void run_turns(urio_loop_t *loop, int turns)
+{
+    turns_left = turns;
+    assert_int_not_equal(urio_call_soon(loop, turns_cb, loop).id, 0);
+    assert_int_equal(urio_loop_run_forever(loop), 0);
+}
+
+static void test_alloc_future_new_oom(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_mem_stats_t a = stats();
+    urio__alloc_fail_after(0, false);
+    errno = 0;
+    assert_null(urio_future_new(loop));
+    assert_int_equal(errno, ENOMEM);
+    urio_mem_stats_t b = stats();
+    assert_int_equal(b.failures, a.failures + 1);
+    assert_int_equal(b.live, a.live);
+    /* The failure was once: the next one works. */
+    urio_future_t *f = urio_future_new(loop);
+    assert_non_null(f);
+    urio_future_unref(f);
+    assert_int_equal(stats().live, a.live);
+    test_loop_close(loop);
+}
+
+struct reports {
+    int n;
+    int error;
+    bool traceback;
+    bool error_message;
+};
+
+static void keep_report(urio_loop_t *loop, const urio_error_context_t *ctx, void *ud)
+{
+    (void)loop;
+    struct reports *r = ud;
+    r->n++;
+    r->error = ctx->error;
+    r->traceback = ctx->source_traceback != NULL;
+    r->error_message = ctx->error_message != NULL;
+}
+
+/* Debug mode: no memory for the creation stack, or for formatting it, makes
+ * a poorer report, not a failure. */
+static void test_alloc_future_debug_stack_oom(void **state)
+{
+    (void)state;
+    urio_loop_opts_t opts = { .debug = 1 };
+    urio_loop_t *loop = test_loop_new_opts(&opts);
+    struct reports r = { 0 };
+    urio_loop_set_exception_handler(loop, keep_report, &r);
+
+    /* The stack's allocation (the second) fails: the future is made anyway. */
+    uint64_t fails = failures();
+    urio__alloc_fail_after(1, false);
+    urio_future_t *f = urio_future_new(loop);
+    assert_non_null(f);
+    assert_int_equal(failures(), fails + 1);
+    assert_int_equal(urio_future_set_error(f, -EIO, NULL), 0);
+    urio_future_unref(f);
+    assert_int_equal(r.n, 1);
+    assert_int_equal(r.error, -EIO);
+    assert_false(r.traceback);
+
+    /* The stack is there, but formatting it fails at the report. */
+    r = (struct reports){ 0 };
+    f = urio_future_new(loop);
+    assert_int_equal(urio_future_set_error(f, -EIO, NULL), 0);
+    fails = failures();
+    urio__alloc_fail_after(0, false);
+    urio_future_unref(f);
+    urio__alloc_fail_after(-1, false);
+    assert_int_equal(failures(), fails + 1);
+    assert_int_equal(r.n, 1);
+    assert_false(r.traceback);
+
+    /* And with memory, the report has it. */
+    r = (struct reports){ 0 };
+    f = urio_future_new(loop);
+    assert_int_equal(urio_future_set_error(f, -EIO, NULL), 0);
+    urio_future_unref(f);
+    assert_int_equal(r.n, 1);
+    assert_true(r.traceback);
+    test_loop_close(loop);
+}
+
+static void test_alloc_future_set_error_message_oom(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    struct reports r = { 0 };
+    urio_loop_set_exception_handler(loop, keep_report, &r);
+    memset(done_calls, 0, sizeof done_calls);
+    urio_future_t *f = urio_future_new(loop);
+    assert_int_equal(urio_future_add_done_callback(f, count_done, (void *)0), 0);
+    urio_mem_stats_t a = stats();
+    urio__alloc_fail_after(0, false);
+    assert_int_equal(urio_future_set_error(f, -EIO, "message %d", 1), -ENOMEM);
+    assert_int_equal(stats().failures, a.failures + 1);
+    assert_int_equal(stats().live, a.live);
+    /* Completed all the same, without the message. */
+    assert_true(urio_future_done(f));
+    assert_false(urio_future_cancelled(f));
+    assert_null(urio_future_error_message(f));
+    assert_int_equal(urio_future_result(f, NULL), -EIO);
+    assert_int_equal(urio_future_set_error(f, -EIO, "again"), -EINVAL);
+    run_turns(loop, 2);
+    assert_int_equal(done_calls[0], 1);
+    urio_future_unref(f);
+    assert_int_equal(r.n, 0);           /* the error was read */
+
+    /* Unread: reported, with no message. */
+    f = urio_future_new(loop);
+    urio__alloc_fail_after(0, false);
+    assert_int_equal(urio_future_set_error(f, -EPIPE, "lost %s", "text"), -ENOMEM);
+    urio_future_unref(f);
+    assert_int_equal(r.n, 1);
+    assert_int_equal(r.error, -EPIPE);
+    assert_false(r.error_message);
+    test_loop_close(loop);
+}
+
+static void test_alloc_future_add_done_callback_oom(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    memset(done_calls, 0, sizeof done_calls);
+    urio_future_t *f = urio_future_new(loop);
+    uint64_t fails = failures();
+    /* The two inline registrations need no memory. */
+    urio__alloc_fail_after(0, true);
+    assert_int_equal(urio_future_add_done_callback(f, count_done, (void *)0), 0);
+    assert_int_equal(urio_future_add_done_callback(f, count_done, (void *)1), 0);
+    assert_int_equal(failures(), fails);
+    assert_int_equal(urio_future_add_done_callback(f, count_done, (void *)2), -ENOMEM);
+    assert_int_equal(urio_future_add_done_callback(f, count_done, (void *)3), -ENOMEM);
+    assert_int_equal(failures(), fails + 2);
+    urio__alloc_fail_after(-1, false);
+    assert_int_equal(urio_future_add_done_callback(f, count_done, (void *)4), 0);
+    assert_int_equal(urio_future_add_done_callback(f, count_done, (void *)5), 0);
+    /* Full again (capacity 4): the next growth fails. */
+    urio__alloc_fail_after(0, false);
+    assert_int_equal(urio_future_add_done_callback(f, count_done, (void *)6), -ENOMEM);
+    assert_int_equal(urio_future_add_done_callback(f, count_done, (void *)7), 0);
+    assert_int_equal(urio_future_set_result(f, NULL), 0);
+    run_turns(loop, 2);
+    const int expect[8] = { 1, 1, 0, 0, 1, 1, 0, 1 };
+    for (int i = 0; i < 8; i++)
+        if (done_calls[i] != expect[i])
+            fail_msg("callback %d ran %d times, expected %d", i, done_calls[i], expect[i]);
+    urio_future_unref(f);
+    test_loop_close(loop);
+}
+
+/*
+ * Completing a future schedules its runner on the ready FIFO; when that
+ * needs memory it cannot get, no callback may be lost silently:
+ * add_done_callback either fails (-ENOMEM, fn never runs) or fn runs.
+ */
+static int filler_calls;
+static void filler_cb(void *arg)
+{
+    (void)arg;
+    filler_calls++;
+}
+
+/* Takes every free slot of a fresh loop, so the next call_soon must grow. */
+static int fill_slots(urio_loop_t *loop)
+{
+    int n = 0;
+    while (loop->free_slot != UINT32_MAX || loop->nslots < loop->cap_slots) {
+        assert_int_not_equal(urio_call_soon(loop, filler_cb, NULL).id, 0);
+        n++;
+    }
+    return n;
+}
+
+static void test_alloc_future_runner_oom_add_done_callback(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    memset(done_calls, 0, sizeof done_calls);
+    filler_calls = 0;
+    urio_future_t *f = urio_future_new(loop);
+    assert_int_equal(urio_future_set_result(f, NULL), 0);
+    int filled = fill_slots(loop);
+    uint64_t fails = failures();
+    urio__alloc_fail_after(0, true);
+    int ret = urio_future_add_done_callback(f, count_done, (void *)0);
+    urio__alloc_fail_after(-1, false);
+    assert_true(failures() > fails);        /* scheduling the runner did need memory */
+    run_turns(loop, 3);
+    assert_int_equal(filler_calls, filled);
+    if (ret == -ENOMEM)
+        assert_int_equal(done_calls[0], 0);
+    else if (ret == 0 && done_calls[0] != 1)
+        fail_msg("urio_future_add_done_callback returned 0 but its callback ran %d times "
+                 "(the runner could not be scheduled: ENOMEM)", done_calls[0]);
+    else
+        assert_true(ret == 0 || ret == -ENOMEM);
+    urio_future_unref(f);
+    test_loop_close(loop);
+}
+
+static void test_alloc_future_runner_oom_set_result(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    memset(done_calls, 0, sizeof done_calls);
+    filler_calls = 0;
+    urio_future_t *f = urio_future_new(loop);
+    assert_int_equal(urio_future_add_done_callback(f, count_done, (void *)0), 0);
+    int filled = fill_slots(loop);
+    uint64_t fails = failures();
+    urio__alloc_fail_after(0, true);
+    int ret = urio_future_set_result(f, NULL);
+    urio__alloc_fail_after(-1, false);
+    assert_true(failures() > fails);
+    /* set_result documents no -ENOMEM: f is done, and its callback is owed. */
+    assert_int_equal(ret, 0);
+    assert_true(urio_future_done(f));
+    run_turns(loop, 3);
+    assert_int_equal(filler_calls, filled);
+    if (done_calls[0] != 1)
+        fail_msg("the done callback registered before set_result ran %d times "
+                 "(its runner could not be scheduled: ENOMEM)", done_calls[0]);
+    urio_future_unref(f);
+    test_loop_close(loop);
+}
+
+/* ---------------------------------------------------------------- */
+/* Callbacks and timers                                              */
+
+enum { CALLS = 300 };
+static int ran[CALLS];
+static void ran_cb(void *arg)
+{
+    ran[(intptr_t)arg]++;
+}
+
+enum { SOON, LATER, AT, THREADSAFE };
+
+/* Schedules CALLS callbacks of `kind` while allocation `countdown` (once or
+ * for good) fails; checks each call fails exactly when an injected failure
+ * happened inside it, then runs the loop and checks exactly the accepted
+ * ones ran, once each. */
+static void schedule_under_oom(int kind, long countdown, bool persistent)
+{
+    urio_loop_t *loop = test_loop_new();
+    memset(ran, 0, sizeof ran);
+    bool ok[CALLS];
+    int accepted = 0;
+    urio__alloc_fail_after(countdown, persistent);
+    for (int i = 0; i < CALLS; i++) {
+        uint64_t fails = failures();
+        void *arg = (void *)(intptr_t)i;
+        errno = 0;
+        int ret = 0;
+        switch (kind) {
+        case SOON:
+            ret = urio_call_soon(loop, ran_cb, arg).id != 0 ? 0 : -errno;
+            break;
+        case LATER:
+            ret = urio_call_later(loop, (uint64_t)(i % 7) * US, ran_cb, arg).id != 0 ? 0 : -errno;
+            break;
+        case AT:
+            ret = urio_call_at(loop, urio_loop_time(loop) + (uint64_t)(i % 5) * US, ran_cb,
+                               arg).id != 0 ? 0 : -errno;
+            break;
+        default:
+            ret = urio_call_soon_threadsafe(loop, ran_cb, arg);
+            break;
+        }
+        bool injected = failures() > fails;
+        if (injected && ret != -ENOMEM)
+            fail_msg("kind %d call %d (countdown %ld%s): an allocation failed but the call "
+                     "returned %d", kind, i, countdown, persistent ? ", persistent" : "", ret);
+        if (!injected && ret != 0)
+            fail_msg("kind %d call %d (countdown %ld%s): failed with %d without an injected "
+                     "failure", kind, i, countdown, persistent ? ", persistent" : "", ret);
+        ok[i] = ret == 0;
+        accepted += ok[i];
+    }
+    urio__alloc_fail_after(-1, false);
+    if (countdown == 0 && kind != AT && kind != LATER)
+        assert_true(accepted < CALLS);      /* growth was needed, so something failed */
+    if (countdown == 0 && (kind == AT || kind == LATER))
+        assert_false(ok[0]);                /* the heap's first allocation */
+    assert_int_not_equal(urio_call_later(loop, 3 * MS, test_stop_cb, loop).id, 0);
+    assert_int_equal(urio_loop_run_forever(loop), 0);
+    for (int i = 0; i < CALLS; i++)
+        if (ran[i] != (ok[i] ? 1 : 0))
+            fail_msg("kind %d call %d (countdown %ld%s, %s): ran %d times", kind, i, countdown,
+                     persistent ? ", persistent" : "", ok[i] ? "accepted" : "refused", ran[i]);
+    test_loop_close(loop);
+}
+
+static const long countdowns[] = { 0, 1, 2, 3, 5, 64 };
+
+static void test_alloc_call_soon_growth_oom(void **state)
+{
+    (void)state;
+    test_log_capture();
+    for (size_t i = 0; i < sizeof countdowns / sizeof countdowns[0]; i++) {
+        schedule_under_oom(SOON, countdowns[i], false);
+        schedule_under_oom(SOON, countdowns[i], true);
+    }
+}
+
+static void test_alloc_call_later_growth_oom(void **state)
+{
+    (void)state;
+    test_log_capture();
+    for (size_t i = 0; i < sizeof countdowns / sizeof countdowns[0]; i++) {
+        schedule_under_oom(LATER, countdowns[i], false);
+        schedule_under_oom(LATER, countdowns[i], true);
+        schedule_under_oom(AT, countdowns[i], false);
+        schedule_under_oom(AT, countdowns[i], true);
+    }
+}
+
+static void test_alloc_call_soon_threadsafe_growth_oom(void **state)
+{
+    (void)state;
+    test_log_capture();
+    for (size_t i = 0; i < sizeof countdowns / sizeof countdowns[0]; i++) {
+        schedule_under_oom(THREADSAFE, countdowns[i], false);
+        schedule_under_oom(THREADSAFE, countdowns[i], true);
+    }
+}
+
+/* A refused call_soon_threadsafe from another thread: -ENOMEM there too. */
+struct ts_arg {
+    urio_loop_t *loop;
+    int ret_fail, ret_ok;
+};
+
+static void *ts_thread(void *p)
+{
+    struct ts_arg *a = p;
+    urio__alloc_fail_after(0, false);
+    a->ret_fail = urio_call_soon_threadsafe(a->loop, ran_cb, (void *)0);
+    a->ret_ok = urio_call_soon_threadsafe(a->loop, ran_cb, (void *)1);
+    return NULL;
+}
+
+static void test_alloc_call_soon_threadsafe_oom_other_thread(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    memset(ran, 0, sizeof ran);
+    struct ts_arg a = { .loop = loop };
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, ts_thread, &a), 0);
+    assert_int_equal(pthread_join(th, NULL), 0);
+    assert_int_equal(a.ret_fail, -ENOMEM);
+    assert_int_equal(a.ret_ok, 0);
+    assert_int_not_equal(urio_call_later(loop, 1 * MS, test_stop_cb, loop).id, 0);
+    assert_int_equal(urio_loop_run_forever(loop), 0);
+    assert_int_equal(ran[0], 0);
+    assert_int_equal(ran[1], 1);
+    test_loop_close(loop);
+}
+
+/* Work already accepted survives an allocation failure inside the loop's
+ * turn: due timers that cannot move to a full ready FIFO wait for a later
+ * turn; inbox calls that cannot get a slot stay in the inbox. */
+static int counted;
+static int count_target;
+static urio_loop_t *count_loop;
+static void count_and_stop(void *arg)
+{
+    ran[(intptr_t)arg]++;
+    if (++counted == count_target)
+        urio_loop_stop(count_loop);
+}
+
+static void test_alloc_turn_oom_loses_nothing(void **state)
+{
+    (void)state;
+    for (int kind = 0; kind < 2; kind++) {
+        urio_loop_t *loop = test_loop_new();
+        memset(ran, 0, sizeof ran);
+        counted = 0;
+        count_target = 200;
+        count_loop = loop;
+        /* A safety stop, so a lost callback fails the test instead of hanging. */
+        assert_int_not_equal(urio_call_later(loop, 2000 * MS, test_stop_cb, loop).id, 0);
+        for (int i = 0; i < count_target; i++) {
+            if (kind == 0)
+                assert_int_not_equal(urio_call_later(loop, 0, count_and_stop,
+                                                     (void *)(intptr_t)i).id, 0);
+            else
+                assert_int_equal(urio_call_soon_threadsafe(loop, count_and_stop,
+                                                           (void *)(intptr_t)i), 0);
+        }
+        uint64_t fails = failures();
+        urio__alloc_fail_after(0, true);        /* nothing more can grow */
+        assert_int_equal(urio_loop_run_forever(loop), 0);
+        urio__alloc_fail_after(-1, false);
+        assert_true(failures() > fails);        /* the turn did hit the failure */
+        assert_int_equal(counted, count_target);
+        for (int i = 0; i < count_target; i++)
+            assert_int_equal(ran[i], 1);
+        test_loop_close(loop);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        URIO_TEST(test_alloc_stats_consistent),
+        URIO_TEST(test_alloc_stats_loop_life_cycle),
+        URIO_TEST(test_alloc_loop_new_oom_once),
+        URIO_TEST(test_alloc_loop_new_oom_persistent),
+        URIO_TEST(test_alloc_future_new_oom),
+        URIO_TEST(test_alloc_future_debug_stack_oom),
+        URIO_TEST(test_alloc_future_set_error_message_oom),
+        URIO_TEST(test_alloc_future_add_done_callback_oom),
+        URIO_TEST(test_alloc_future_runner_oom_add_done_callback),
+        URIO_TEST(test_alloc_future_runner_oom_set_result),
+        URIO_TEST(test_alloc_call_soon_growth_oom),
+        URIO_TEST(test_alloc_call_later_growth_oom),
+        URIO_TEST(test_alloc_call_soon_threadsafe_growth_oom),
+        URIO_TEST(test_alloc_call_soon_threadsafe_oom_other_thread),
+        URIO_TEST(test_alloc_turn_oom_loses_nothing),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,894 @@
+/*
+ * test_future.c — futures: reference counting, the one transition, done
+ * callbacks (never inline, in order, the runner's reference),
+ * run_until_complete, "Future exception was never retrieved", futures that
+ * outlive their loop, and the wrong-thread refusal.
+ */
+#include "helpers.h"
+
+#include <stdatomic.h>
+#include <unistd.h>
+
+/* ---------------------------------------------------------------- */
+/* Shared fixtures                                                   */
+
+/* What done callbacks saw. */
+struct seen {
+    urio_loop_t *loop;
+    urio_future_t *f;
+    int order[32];
+    int n;
+    bool was_done[32];
+    int result[32];
+    void *value[32];
+};
+
+struct tag {
+    struct seen *seen;
+    int tag;
+};
+
+static void record_done(urio_future_t *f, void *arg)
+{
+    struct tag *t = arg;
+    struct seen *s = t->seen;
+    assert_true(s->n < 32);
+    s->order[s->n] = t->tag;
+    s->was_done[s->n] = urio_future_done(f);
+    s->value[s->n] = NULL;
+    s->result[s->n] = urio_future_result(f, &s->value[s->n]);
+    s->n++;
+}
+
+/* Runs the loop for a few turns: enough for scheduled runners (and the
+ * runners their callbacks schedule) to run. */
+static int turns_left;
+static void turns_cb(void *arg)
+{
+    urio_loop_t *loop = arg;
+    if (--turns_left <= 0)
+        urio_loop_stop(loop);
+    else
+        urio_call_soon(loop, turns_cb, loop);
+}
+
+static void run_turns(urio_loop_t *loop, int turns)
+{
+    turns_left = turns;
+    assert_int_not_equal(urio_call_soon(loop, turns_cb, loop).id, 0);
+    assert_int_equal(urio_loop_run_forever(loop), 0);
+}
+
+/* An exception handler that keeps copies of every report's context. */
+struct reports {
+    int n;
+    char message[4][128];
+    int error[4];
+    char error_message[4][256];
+    bool has_error_message[4];
+    urio_future_t *future[4];
+    bool future_done[4];
+    char *traceback[4];       /* malloc'd copy, or NULL */
+};
+
+static void keep_report(urio_loop_t *loop, const urio_error_context_t *ctx, void *ud)
+{
+    (void)loop;
+    struct reports *r = ud;
+    assert_true(r->n < 4);
+    int i = r->n++;
+    snprintf(r->message[i], sizeof r->message[i], "%s", ctx->message ? ctx->message : "");
+    r->error[i] = ctx->error;
+    r->has_error_message[i] = ctx->error_message != NULL;
+    snprintf(r->error_message[i], sizeof r->error_message[i], "%s",
+             ctx->error_message ? ctx->error_message : "");
+    r->future[i] = ctx->future;
+    r->future_done[i] = ctx->future != NULL && urio_future_done(ctx->future);
+    r->traceback[i] = ctx->source_traceback ? strdup(ctx->source_traceback) : NULL;
+}
+
+static void reports_free(struct reports *r)
+{
+    for (int i = 0; i < r->n; i++)
+        free(r->traceback[i]);
+}
+
+/* ---------------------------------------------------------------- */
+/* Reference counting                                                */
+
+static void test_future_new_ref_unref(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    uint64_t before = test_live_blocks();
+
+    urio_future_t *f = urio_future_new(loop);
+    assert_non_null(f);
+    assert_ptr_equal(urio_future_loop(f), loop);
+    assert_false(urio_future_done(f));
+    assert_false(urio_future_cancelled(f));
+    assert_true(test_live_blocks() > before);
+
+    /* Two more references: the future lives until the third unref. */
+    assert_ptr_equal(urio_future_ref(f), f);
+    assert_ptr_equal(urio_future_ref(f), f);
+    urio_future_unref(f);
+    urio_future_unref(f);
+    assert_true(test_live_blocks() > before);
+    assert_int_equal(urio_future_set_result(f, &before), 0);   /* still usable */
+    void *v = NULL;
+    assert_int_equal(urio_future_result(f, &v), 0);
+    assert_ptr_equal(v, &before);
+    urio_future_unref(f);
+    assert_int_equal(test_live_blocks(), before);
+
+    /* NULL is harmless. */
+    assert_null(urio_future_ref(NULL));
+    urio_future_unref(NULL);
+    assert_false(urio_future_done(NULL));
+    assert_false(urio_future_cancelled(NULL));
+    assert_int_equal(urio_future_result(NULL, NULL), -EINVAL);
+    assert_null(urio_future_error_message(NULL));
+    assert_null(urio_future_loop(NULL));
+    errno = 0;
+    assert_null(urio_future_new(NULL));
+    assert_int_equal(errno, EINVAL);
+    test_loop_close(loop);
+}
+
+/* ---------------------------------------------------------------- */
+/* The transition                                                    */
+
+static void test_future_set_result_then_result(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_future_t *f = urio_future_new(loop);
+    int payload = 42;
+    assert_int_equal(urio_future_result(f, NULL), URIO_ENOTDONE);
+    assert_int_equal(urio_future_set_result(f, &payload), 0);
+    assert_true(urio_future_done(f));
+    assert_false(urio_future_cancelled(f));
+    void *v = NULL;
+    assert_int_equal(urio_future_result(f, &v), 0);
+    assert_ptr_equal(v, &payload);
+    assert_int_equal(urio_future_result(f, NULL), 0);   /* value may be NULL */
+    assert_null(urio_future_error_message(f));
+    urio_future_unref(f);
+
+    /* A NULL result is a result too. */
+    f = urio_future_new(loop);
+    assert_int_equal(urio_future_set_result(f, NULL), 0);
+    v = &payload;
+    assert_int_equal(urio_future_result(f, &v), 0);
+    assert_null(v);
+    urio_future_unref(f);
+    assert_int_equal(urio_future_set_result(NULL, NULL), -EINVAL);
+    test_loop_close(loop);
+}
+
+static void test_future_set_error_with_message(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_future_t *f = urio_future_new(loop);
+    assert_int_equal(urio_future_set_error(f, -EIO, "disk %d failed: %s", 3, "bad sector"), 0);
+    assert_true(urio_future_done(f));
+    assert_false(urio_future_cancelled(f));
+    assert_string_equal(urio_future_error_message(f), "disk 3 failed: bad sector");
+    void *v = &v;
+    assert_int_equal(urio_future_result(f, &v), -EIO);
+    assert_ptr_equal(v, &v);                /* untouched on error */
+    urio_future_unref(f);
+
+    /* urio's own codes are errors too; a NULL format means no message. */
+    f = urio_future_new(loop);
+    assert_int_equal(urio_future_set_error(f, URIO_EBROKENWORKER, NULL), 0);
+    assert_null(urio_future_error_message(f));
+    assert_int_equal(urio_future_result(f, NULL), URIO_EBROKENWORKER);
+    urio_future_unref(f);
+    test_loop_close(loop);
+}
+
+static void test_future_second_transition_refused(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    int a = 1, b = 2;
+
+    urio_future_t *f = urio_future_new(loop);
+    assert_int_equal(urio_future_set_result(f, &a), 0);
+    assert_int_equal(urio_future_set_result(f, &b), -EINVAL);
+    assert_int_equal(urio_future_set_error(f, -EIO, "late %d", 1), -EINVAL);
+    assert_false(urio_future_cancel(f));
+    assert_false(urio_future_cancelled(f));
+    void *v = NULL;
+    assert_int_equal(urio_future_result(f, &v), 0);
+    assert_ptr_equal(v, &a);
+    assert_null(urio_future_error_message(f));
+    urio_future_unref(f);
+
+    f = urio_future_new(loop);
+    assert_int_equal(urio_future_set_error(f, -EPIPE, "first"), 0);
+    assert_int_equal(urio_future_set_result(f, &b), -EINVAL);
+    assert_int_equal(urio_future_set_error(f, -EIO, "second"), -EINVAL);
+    assert_false(urio_future_cancel(f));
+    assert_int_equal(urio_future_result(f, &v), -EPIPE);
+    assert_string_equal(urio_future_error_message(f), "first");
+    urio_future_unref(f);
+
+    f = urio_future_new(loop);
+    assert_true(urio_future_cancel(f));
+    assert_int_equal(urio_future_set_result(f, &b), -EINVAL);
+    assert_int_equal(urio_future_set_error(f, -EIO, "after cancel"), -EINVAL);
+    assert_int_equal(urio_future_result(f, NULL), -ECANCELED);
+    assert_null(urio_future_error_message(f));
+    urio_future_unref(f);
+    test_loop_close(loop);
+}
+
+static void test_future_set_error_rejects_non_negative(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_future_t *f = urio_future_new(loop);
+    assert_int_equal(urio_future_set_error(f, 0, "zero"), -EINVAL);
+    assert_int_equal(urio_future_set_error(f, EIO, "positive"), -EINVAL);
+    assert_int_equal(urio_future_set_error(NULL, -EIO, NULL), -EINVAL);
+    assert_false(urio_future_done(f));
+    assert_int_equal(urio_future_result(f, NULL), URIO_ENOTDONE);
+    assert_null(urio_future_error_message(f));
+    /* Still pending: a proper transition works. */
+    assert_int_equal(urio_future_set_result(f, NULL), 0);
+    urio_future_unref(f);
+    test_loop_close(loop);
+}
+
+static void test_future_cancel(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_future_t *f = urio_future_new(loop);
+    assert_true(urio_future_cancel(f));
+    assert_false(urio_future_cancel(f));
+    assert_true(urio_future_done(f));
+    assert_true(urio_future_cancelled(f));
+    void *v = &v;
+    assert_int_equal(urio_future_result(f, &v), -ECANCELED);
+    assert_ptr_equal(v, &v);
+    urio_future_unref(f);
+    assert_false(urio_future_cancel(NULL));
+
+    /* set_error with -ECANCELED is a cancellation. */
+    f = urio_future_new(loop);
+    assert_int_equal(urio_future_set_error(f, -ECANCELED, "shutting down"), 0);
+    assert_true(urio_future_cancelled(f));
+    assert_false(urio_future_cancel(f));
+    assert_int_equal(urio_future_result(f, NULL), -ECANCELED);
+    urio_future_unref(f);
+    test_loop_close(loop);
+}
+
+static void test_future_result_pending_is_enotdone(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_future_t *f = urio_future_new(loop);
+    void *v = &v;
+    assert_int_equal(urio_future_result(f, &v), URIO_ENOTDONE);
+    assert_ptr_equal(v, &v);
+    assert_null(urio_future_error_message(f));
+    assert_false(urio_future_done(f));
+    urio_future_unref(f);    /* a pending future goes quietly */
+    test_loop_close(loop);
+}
+
+/* ---------------------------------------------------------------- */
+/* Done callbacks                                                    */
+
+static void test_future_callbacks_never_inline(void **state)
+{
+    (void)state;
+    struct seen s = { .loop = test_loop_new() };
+    struct tag t0 = { &s, 0 }, t1 = { &s, 1 };
+    int payload = 7;
+    urio_future_t *f = urio_future_new(s.loop);
+    assert_int_equal(urio_future_add_done_callback(f, record_done, &t0), 0);
+    assert_int_equal(urio_future_set_result(f, &payload), 0);
+    assert_int_equal(s.n, 0);                   /* not by set_result itself */
+    /* Added after completion: scheduled, not called either. */
+    assert_int_equal(urio_future_add_done_callback(f, record_done, &t1), 0);
+    assert_int_equal(s.n, 0);
+    run_turns(s.loop, 3);
+    assert_int_equal(s.n, 2);
+    assert_int_equal(s.order[0], 0);
+    assert_int_equal(s.order[1], 1);
+    for (int i = 0; i < 2; i++) {
+        assert_true(s.was_done[i]);
+        assert_int_equal(s.result[i], 0);
+        assert_ptr_equal(s.value[i], &payload);
+    }
+    /* Each ran once. */
+    run_turns(s.loop, 3);
+    assert_int_equal(s.n, 2);
+    urio_future_unref(f);
+    test_loop_close(s.loop);
+}
+
+static void test_future_callbacks_run_in_order_added(void **state)
+{
+    (void)state;
+    struct seen s = { .loop = test_loop_new() };
+    struct tag t[9];
+    urio_future_t *f = urio_future_new(s.loop);
+    for (int i = 0; i < 9; i++) {   /* past the inline two, and past a regrowth */
+        t[i] = (struct tag){ &s, i };
+        assert_int_equal(urio_future_add_done_callback(f, record_done, &t[i]), 0);
+    }
+    assert_int_equal(urio_future_set_error(f, -ETIMEDOUT, "slow"), 0);
+    assert_int_equal(s.n, 0);
+    run_turns(s.loop, 3);
+    assert_int_equal(s.n, 9);
+    for (int i = 0; i < 9; i++) {
+        assert_int_equal(s.order[i], i);
+        assert_true(s.was_done[i]);
+        assert_int_equal(s.result[i], -ETIMEDOUT);
+    }
+    urio_future_unref(f);
+    test_loop_close(s.loop);
+}
+
+static void test_future_callback_added_after_completion_runs(void **state)
+{
+    (void)state;
+    struct seen s = { .loop = test_loop_new() };
+    struct tag t0 = { &s, 10 }, t1 = { &s, 11 };
+    urio_future_t *f = urio_future_new(s.loop);
+    assert_true(urio_future_cancel(f));
+    run_turns(s.loop, 2);                       /* nothing registered: nothing runs */
+    assert_int_equal(s.n, 0);
+    assert_int_equal(urio_future_add_done_callback(f, record_done, &t0), 0);
+    assert_int_equal(urio_future_add_done_callback(f, record_done, &t1), 0);
+    assert_int_equal(s.n, 0);
+    run_turns(s.loop, 2);
+    assert_int_equal(s.n, 2);
+    assert_int_equal(s.order[0], 10);
+    assert_int_equal(s.order[1], 11);
+    assert_int_equal(s.result[0], -ECANCELED);
+    urio_future_unref(f);
+    test_loop_close(s.loop);
+}
+
+static struct tag nested_inner;
+static void adds_from_inside(urio_future_t *f, void *arg)
+{
+    record_done(f, arg);
+    assert_int_equal(urio_future_add_done_callback(f, record_done, &nested_inner), 0);
+    assert_int_equal(((struct tag *)arg)->seen->n, 1);   /* not inline either */
+}
+
+static void test_future_callback_added_from_callback_runs(void **state)
+{
+    (void)state;
+    struct seen s = { .loop = test_loop_new() };
+    struct tag outer = { &s, 1 }, after = { &s, 2 };
+    nested_inner = (struct tag){ &s, 3 };
+    urio_future_t *f = urio_future_new(s.loop);
+    assert_int_equal(urio_future_add_done_callback(f, adds_from_inside, &outer), 0);
+    assert_int_equal(urio_future_add_done_callback(f, record_done, &after), 0);
+    assert_int_equal(urio_future_set_result(f, NULL), 0);
+    run_turns(s.loop, 4);
+    assert_int_equal(s.n, 3);
+    assert_int_equal(s.order[0], 1);
+    assert_int_equal(s.order[1], 2);
+    assert_int_equal(s.order[2], 3);
+    assert_true(s.was_done[2]);
+    urio_future_unref(f);
+    test_loop_close(s.loop);
+}
+
+static void other_done(urio_future_t *f, void *arg)
+{
+    record_done(f, arg);
+}
+
+static void test_future_remove_done_callback(void **state)
+{
+    (void)state;
+    struct seen s = { .loop = test_loop_new() };
+    struct tag a = { &s, 1 }, b = { &s, 2 }, c = { &s, 3 };
+    urio_future_t *f = urio_future_new(s.loop);
+    assert_int_equal(urio_future_add_done_callback(f, record_done, &a), 0);
+    assert_int_equal(urio_future_add_done_callback(f, record_done, &b), 0);
+    assert_int_equal(urio_future_add_done_callback(f, record_done, &a), 0);
+    assert_int_equal(urio_future_add_done_callback(f, other_done, &a), 0);
+    assert_int_equal(urio_future_add_done_callback(f, record_done, &c), 0);
+    /* Only the exact (fn, arg) pairs go, every one of them. */
+    assert_int_equal(urio_future_remove_done_callback(f, record_done, &a), 2);
+    assert_int_equal(urio_future_remove_done_callback(f, record_done, &a), 0);
+    assert_int_equal(urio_future_remove_done_callback(f, other_done, &b), 0);
+    assert_int_equal(urio_future_remove_done_callback(NULL, record_done, &a), 0);
+    assert_int_equal(urio_future_set_result(f, NULL), 0);
+    run_turns(s.loop, 2);
+    assert_int_equal(s.n, 3);
+    assert_int_equal(s.order[0], 2);
+    assert_int_equal(s.order[1], 1);    /* other_done with &a */
+    assert_int_equal(s.order[2], 3);
+    urio_future_unref(f);
+
+    /* Removing everything: nothing runs, and the future still completes. */
+    s.n = 0;
+    f = urio_future_new(s.loop);
+    assert_int_equal(urio_future_add_done_callback(f, record_done, &a), 0);
+    assert_int_equal(urio_future_remove_done_callback(f, record_done, &a), 1);
+    assert_true(urio_future_cancel(f));
+    run_turns(s.loop, 2);
+    assert_int_equal(s.n, 0);
+    urio_future_unref(f);
+
+    assert_int_equal(urio_future_add_done_callback(NULL, record_done, &a), -EINVAL);
+    f = urio_future_new(s.loop);
+    assert_int_equal(urio_future_add_done_callback(f, NULL, &a), -EINVAL);
+    urio_future_unref(f);
+    test_loop_close(s.loop);
+}
+
+static void test_future_runner_holds_reference(void **state)
+{
+    (void)state;
+    struct seen s = { .loop = test_loop_new() };
+    struct tag t0 = { &s, 0 }, t1 = { &s, 1 };
+    uint64_t before = test_live_blocks();
+    int payload = 5;
+    urio_future_t *f = urio_future_new(s.loop);
+    assert_int_equal(urio_future_add_done_callback(f, record_done, &t0), 0);
+    assert_int_equal(urio_future_add_done_callback(f, record_done, &t1), 0);
+    assert_int_equal(urio_future_set_result(f, &payload), 0);
+    urio_future_unref(f);                       /* the user's only reference */
+    assert_true(test_live_blocks() > before);   /* the runner's keeps it */
+    run_turns(s.loop, 2);
+    assert_int_equal(s.n, 2);
+    for (int i = 0; i < 2; i++) {
+        assert_true(s.was_done[i]);
+        assert_int_equal(s.result[i], 0);
+        assert_ptr_equal(s.value[i], &payload);
+    }
+    assert_int_equal(test_live_blocks(), before);   /* freed after the runner */
+
+    /* An error nobody else reads: the callback reading it counts as retrieval. */
+    struct reports r = { 0 };
+    urio_loop_set_exception_handler(s.loop, keep_report, &r);
+    s.n = 0;
+    f = urio_future_new(s.loop);
+    assert_int_equal(urio_future_add_done_callback(f, record_done, &t0), 0);
+    assert_int_equal(urio_future_set_error(f, -EIO, "x"), 0);
+    urio_future_unref(f);
+    run_turns(s.loop, 2);
+    assert_int_equal(s.n, 1);
+    assert_int_equal(s.result[0], -EIO);
+    assert_int_equal(r.n, 0);
+    assert_int_equal(test_live_blocks(), before);
+    test_loop_close(s.loop);
+}
+
+/* ---------------------------------------------------------------- */
+/* run_until_complete                                                 */
+
+struct completer {
+    urio_future_t *f;
+    int how;        /* 0 result, 1 error, 2 cancel */
+    void *value;
+};
+
+static void complete_cb(void *arg)
+{
+    struct completer *c = arg;
+    if (c->how == 0)
+        assert_int_equal(urio_future_set_result(c->f, c->value), 0);
+    else if (c->how == 1)
+        assert_int_equal(urio_future_set_error(c->f, -ECONNRESET, "peer went away"), 0);
+    else
+        assert_true(urio_future_cancel(c->f));
+}
+
+static void test_future_run_until_complete_outcomes(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    struct reports r = { 0 };
+    urio_loop_set_exception_handler(loop, keep_report, &r);
+    int payload = 9;
+    const int expect[3] = { 0, -ECONNRESET, -ECANCELED };
+    for (int how = 0; how < 3; how++) {
+        urio_future_t *f = urio_future_new(loop);
+        struct completer c = { f, how, &payload };
+        /* Completed a few turns in, by a timer. */
+        assert_int_not_equal(urio_call_later(loop, 2 * MS, complete_cb, &c).id, 0);
+        assert_int_equal(urio_loop_run_until_complete(loop, f), expect[how]);
+        assert_true(urio_future_done(f));
+        void *v = NULL;
+        assert_int_equal(urio_future_result(f, &v), expect[how]);
+        if (how == 0)
+            assert_ptr_equal(v, &payload);
+        urio_future_unref(f);
+    }
+    /* Already done: the outcome, at once. */
+    urio_future_t *f = urio_future_new(loop);
+    assert_int_equal(urio_future_set_error(f, -EIO, NULL), 0);
+    assert_int_equal(urio_loop_run_until_complete(loop, f), -EIO);
+    urio_future_unref(f);
+    /* run_until_complete read every error: nothing was reported. */
+    assert_int_equal(r.n, 0);
+    assert_int_equal(urio_loop_run_until_complete(NULL, NULL), -EINVAL);
+    assert_int_equal(urio_loop_run_until_complete(loop, NULL), -EINVAL);
+    test_loop_close(loop);
+}
+
+static void test_future_run_until_complete_stopped(void **state)
+{
+    (void)state;
+    struct seen s = { .loop = test_loop_new() };
+    urio_future_t *f = urio_future_new(s.loop);
+    assert_int_not_equal(urio_call_soon(s.loop, test_stop_cb, s.loop).id, 0);
+    assert_int_equal(urio_loop_run_until_complete(s.loop, f), URIO_ESTOPPED);
+    assert_false(urio_future_done(f));
+    /* The run's own registration is gone: completing f later does not stop
+     * an unrelated run early. */
+    struct completer c = { f, 0, NULL };
+    assert_int_not_equal(urio_call_soon(s.loop, complete_cb, &c).id, 0);
+    run_turns(s.loop, 5);
+    assert_int_equal(turns_left, 0);            /* the run went its full length */
+    assert_true(urio_future_done(f));
+    assert_int_equal(urio_loop_run_until_complete(s.loop, f), 0);
+    urio_future_unref(f);
+
+    /* Stopped by a timer while f stays pending, then completed by a later run. */
+    f = urio_future_new(s.loop);
+    assert_int_not_equal(urio_call_later(s.loop, 1 * MS, test_stop_cb, s.loop).id, 0);
+    assert_int_equal(urio_loop_run_until_complete(s.loop, f), URIO_ESTOPPED);
+    c = (struct completer){ f, 2, NULL };
+    assert_int_not_equal(urio_call_soon(s.loop, complete_cb, &c).id, 0);
+    assert_int_equal(urio_loop_run_until_complete(s.loop, f), -ECANCELED);
+    urio_future_unref(f);
+    test_loop_close(s.loop);
+}
+
+static void test_future_run_until_complete_other_loop(void **state)
+{
+    (void)state;
+    urio_loop_t *a = test_loop_new();
+    urio_loop_t *b = test_loop_new();
+    urio_future_t *f = urio_future_new(b);
+    assert_int_equal(urio_loop_run_until_complete(a, f), -EINVAL);
+    assert_false(urio_future_done(f));
+    /* Nothing was registered on f by the refused call. */
+    assert_int_equal(urio_future_set_result(f, NULL), 0);
+    assert_int_equal(urio_loop_run_until_complete(b, f), 0);
+    urio_future_unref(f);
+    test_loop_close(a);
+    test_loop_close(b);
+}
+
+/* ---------------------------------------------------------------- */
+/* "Future exception was never retrieved"                            */
+
+static void test_future_unretrieved_error_reported(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    struct reports r = { 0 };
+    urio_loop_set_exception_handler(loop, keep_report, &r);
+    urio_future_t *f = urio_future_new(loop);
+    assert_int_equal(urio_future_set_error(f, -EIO, "read of %s failed", "/dev/sda"), 0);
+    urio_future_ref(f);
+    urio_future_unref(f);
+    assert_int_equal(r.n, 0);                   /* not before the last reference */
+    urio_future_unref(f);
+    assert_int_equal(r.n, 1);
+    assert_string_equal(r.message[0], "Future exception was never retrieved");
+    assert_int_equal(r.error[0], -EIO);
+    assert_true(r.has_error_message[0]);
+    assert_string_equal(r.error_message[0], "read of /dev/sda failed");
+    assert_non_null(r.future[0]);
+    assert_true(r.future_done[0]);
+    /* Debug mode is off (debugoptimized, no URIO_DEBUG): no creation stack. */
+    if (!urio_loop_get_debug(loop))
+        assert_null(r.traceback[0]);
+    reports_free(&r);
+
+    /* Without a message: error_message is NULL. */
+    r = (struct reports){ 0 };
+    f = urio_future_new(loop);
+    assert_int_equal(urio_future_set_error(f, -ENOENT, NULL), 0);
+    urio_future_unref(f);
+    assert_int_equal(r.n, 1);
+    assert_int_equal(r.error[0], -ENOENT);
+    assert_false(r.has_error_message[0]);
+    reports_free(&r);
+    test_loop_close(loop);
+}
+
+static void test_future_retrieved_error_not_reported(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    struct reports r = { 0 };
+    urio_loop_set_exception_handler(loop, keep_report, &r);
+
+    urio_future_t *f = urio_future_new(loop);       /* read by result */
+    assert_int_equal(urio_future_set_error(f, -EIO, "a"), 0);
+    assert_int_equal(urio_future_result(f, NULL), -EIO);
+    urio_future_unref(f);
+
+    f = urio_future_new(loop);                      /* read by error_message */
+    assert_int_equal(urio_future_set_error(f, -EIO, "b"), 0);
+    assert_string_equal(urio_future_error_message(f), "b");
+    urio_future_unref(f);
+
+    f = urio_future_new(loop);                      /* cancelled */
+    assert_true(urio_future_cancel(f));
+    urio_future_unref(f);
+
+    f = urio_future_new(loop);                      /* cancelled through set_error */
+    assert_int_equal(urio_future_set_error(f, -ECANCELED, "c"), 0);
+    urio_future_unref(f);
+
+    f = urio_future_new(loop);                      /* a result */
+    assert_int_equal(urio_future_set_result(f, NULL), 0);
+    urio_future_unref(f);
+
+    f = urio_future_new(loop);                      /* never completed */
+    urio_future_unref(f);
+
+    assert_int_equal(r.n, 0);
+    test_loop_close(loop);
+}
+
+static void test_future_default_handler_logs_report(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    test_log_capture();
+    urio_future_t *f = urio_future_new(loop);
+    assert_int_equal(urio_future_set_error(f, -EIO, "write to %s failed", "disk0"), 0);
+    urio_future_unref(f);
+    assert_int_equal(test_log_count("\n"), 3);  /* one message of three lines ... */
+    assert_int_equal(test_log_.count, 1);       /* ... delivered once */
+    assert_int_equal(test_log_count("ERROR Future exception was never retrieved\n"), 1);
+    assert_log_contains("\nfuture: <Future finished error=EIO>\n");
+    assert_log_contains("\nerror: EIO (Input/output error): write to disk0 failed\n");
+    test_log_release();
+    test_loop_close(loop);
+}
+
+static void __attribute__((noinline)) test_future_debug_traceback(void **state)
+{
+    (void)state;
+    urio_loop_opts_t opts = { .debug = 1 };
+    urio_loop_t *loop = test_loop_new_opts(&opts);
+    assert_true(urio_loop_get_debug(loop));
+    struct reports r = { 0 };
+    urio_loop_set_exception_handler(loop, keep_report, &r);
+    urio_future_t *f = urio_future_new(loop);
+    assert_int_equal(urio_future_set_error(f, -EPIPE, "broken"), 0);
+    urio_future_unref(f);
+    assert_int_equal(r.n, 1);
+    assert_non_null(r.traceback[0]);
+    const char *tb = r.traceback[0];
+    const char *head = "Future created at (most recent call last):";
+    if (strncmp(tb, head, strlen(head)) != 0)
+        fail_msg("traceback starts wrong:\n%s", tb);
+    if (strstr(tb, "in test_future_debug_traceback") == NULL)
+        fail_msg("traceback does not name the creating function:\n%s", tb);
+    if (strstr(tb, "test_future.c") == NULL)
+        fail_msg("traceback does not name the creating file:\n%s", tb);
+    /* The most recent call is last: the caller (main) comes before the
+     * creating function.  (Under ASan, backtrace()'s interceptor adds a
+     * frame, so urio_future_new itself may follow: not checked here.) */
+    const char *creator = strstr(tb, "in test_future_debug_traceback");
+    const char *caller = strstr(tb, "in main\n");
+    if (caller != NULL && caller > creator)
+        fail_msg("frames are not most recent call last:\n%s", tb);
+    reports_free(&r);
+
+    /* The default handler prints it after the report. */
+    test_log_capture();
+    urio_loop_set_exception_handler(loop, NULL, NULL);
+    f = urio_future_new(loop);
+    assert_int_equal(urio_future_set_error(f, -EPIPE, "broken"), 0);
+    urio_future_unref(f);
+    assert_int_equal(test_log_.count, 1);
+    assert_log_contains("ERROR Future exception was never retrieved\n");
+    assert_log_contains("\nFuture created at (most recent call last):\n  File \"");
+    assert_log_contains("in test_future_debug_traceback");
+    test_log_release();
+    test_loop_close(loop);
+}
+
+/* ---------------------------------------------------------------- */
+/* Futures that outlive their loop                                   */
+
+static void test_future_outlives_loop_close(void **state)
+{
+    (void)state;
+    uint64_t before = test_live_blocks();
+    urio_loop_t *loop = test_loop_new();
+    int payload = 3;
+    urio_future_t *done = urio_future_new(loop);
+    urio_future_t *failed = urio_future_new(loop);
+    urio_future_t *pending = urio_future_new(loop);
+    assert_int_equal(urio_future_set_result(done, &payload), 0);
+    assert_int_equal(urio_future_set_error(failed, -EBADF, "closed fd %d", 4), 0);
+    struct reports r = { 0 };
+    urio_loop_set_exception_handler(loop, keep_report, &r);
+    test_loop_close(loop);
+    assert_int_equal(urio_loop_close(loop), 0);     /* closed, memory held: still fine */
+
+    void *v = NULL;
+    assert_true(urio_future_done(done));
+    assert_int_equal(urio_future_result(done, &v), 0);
+    assert_ptr_equal(v, &payload);
+    assert_ptr_equal(urio_future_loop(done), loop);
+    assert_false(urio_future_done(pending));
+    assert_int_equal(urio_future_result(pending, NULL), URIO_ENOTDONE);
+    /* The closed loop makes no new futures and takes no callbacks. */
+    errno = 0;
+    assert_null(urio_future_new(loop));
+    assert_int_equal(errno, ESHUTDOWN);
+    assert_int_equal(urio_future_add_done_callback(done, record_done, NULL), -ESHUTDOWN);
+    /* A pending one can still complete (no callbacks to run). */
+    assert_true(urio_future_cancel(pending));
+    assert_true(urio_future_cancelled(pending));
+    urio_future_unref(done);
+    urio_future_unref(pending);
+    /* The unread error is reported at the last unref, after the close. */
+    urio_future_unref(failed);
+    assert_int_equal(r.n, 1);
+    assert_int_equal(r.error[0], -EBADF);
+    assert_string_equal(r.error_message[0], "closed fd 4");
+    reports_free(&r);
+    assert_int_equal(test_live_blocks(), before);
+}
+
+/* A runner scheduled but not yet run when the loop closes holds a reference
+ * on the future: the close drops the runner, and the reference with it. */
+static void test_future_close_with_scheduled_callbacks_frees_all(void **state)
+{
+    (void)state;
+    uint64_t before = test_live_blocks();
+    struct seen s = { .loop = test_loop_new() };
+    struct tag t0 = { &s, 0 };
+    urio_future_t *f = urio_future_new(s.loop);
+    assert_int_equal(urio_future_add_done_callback(f, record_done, &t0), 0);
+    assert_int_equal(urio_future_set_result(f, NULL), 0);   /* the runner is scheduled */
+    test_loop_close(s.loop);
+    assert_int_equal(s.n, 0);                                /* dropped, never run */
+    assert_true(urio_future_done(f));
+    urio_future_unref(f);
+    assert_int_equal(test_live_blocks(), before);
+}
+
+/* ---------------------------------------------------------------- */
+/* The wrong thread                                                  */
+
+struct foreign {
+    urio_loop_t *loop;
+    urio_future_t *f;
+    atomic_int loop_running;
+    /* Results of the foreign calls. */
+    urio_future_t *new_f;
+    int new_errno;
+    int set_result, set_error, add_cb, remove_cb;
+    bool cancel;
+    int result;
+};
+
+static void mark_running(void *arg)
+{
+    struct foreign *x = arg;
+    atomic_store(&x->loop_running, 1);
+}
+
+static void *loop_thread(void *arg)
+{
+    struct foreign *x = arg;
+    assert_int_not_equal(urio_call_soon(x->loop, mark_running, x).id, 0);
+    /* Nothing else to do: the loop sleeps in io_uring until the main thread
+     * sends the stop through urio_call_soon_threadsafe. */
+    intptr_t ret = urio_loop_run_forever(x->loop);
+    return (void *)ret;
+}
+
+static void test_future_wrong_thread_refused(void **state)
+{
+    (void)state;
+    struct seen s = { 0 };
+    struct tag t0 = { &s, 0 };
+    struct foreign x = { .loop = test_loop_new() };
+    s.loop = x.loop;
+    x.f = urio_future_new(x.loop);
+    assert_int_equal(urio_future_add_done_callback(x.f, record_done, &t0), 0);
+    test_log_capture();
+
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, loop_thread, &x), 0);
+    while (!atomic_load(&x.loop_running))
+        usleep(100);
+
+    /* The loop runs on th: every loop-thread call from here is refused. */
+    errno = 0;
+    x.new_f = urio_future_new(x.loop);
+    x.new_errno = errno;
+    x.set_result = urio_future_set_result(x.f, &x);
+    x.set_error = urio_future_set_error(x.f, -EIO, "from %s", "elsewhere");
+    x.cancel = urio_future_cancel(x.f);
+    x.add_cb = urio_future_add_done_callback(x.f, record_done, &t0);
+    x.remove_cb = urio_future_remove_done_callback(x.f, record_done, &t0);
+    x.result = urio_future_result(x.f, NULL);
+
+    assert_int_equal(urio_call_soon_threadsafe(x.loop, test_stop_cb, x.loop), 0);
+    void *ret = NULL;
+    assert_int_equal(pthread_join(th, &ret), 0);
+    assert_int_equal((intptr_t)ret, 0);
+
+    assert_null(x.new_f);
+    assert_int_equal(x.new_errno, EPERM);
+    assert_int_equal(x.set_result, -EPERM);
+    assert_int_equal(x.set_error, -EPERM);
+    assert_false(x.cancel);
+    assert_int_equal(x.add_cb, -EPERM);
+    assert_int_equal(x.remove_cb, 0);
+    assert_int_equal(x.result, URIO_ENOTDONE);
+    assert_int_equal(s.n, 0);
+
+    const char *what = "Non-thread-safe operation invoked on an event loop other than the "
+                       "current one";
+    assert_true(test_log_count(what) >= 5);
+    assert_log_contains("ERROR urio_future_new(): Non-thread-safe operation");
+    assert_log_contains("ERROR urio_future_set_result(): Non-thread-safe operation");
+    assert_log_contains("ERROR urio_future_set_error(): Non-thread-safe operation");
+    assert_log_contains("ERROR urio_future_cancel(): Non-thread-safe operation");
+    assert_log_contains("ERROR urio_future_add_done_callback(): Non-thread-safe operation");
+    test_log_release();
+
+    /* Nothing changed: still pending, the one registration intact. */
+    assert_false(urio_future_done(x.f));
+    assert_null(urio_future_error_message(x.f));
+    assert_int_equal(urio_future_remove_done_callback(x.f, record_done, &t0), 1);
+    /* The loop is stopped: this thread may use it now (and close it: the
+     * ring belongs to th, which has finished). */
+    assert_int_equal(urio_future_set_result(x.f, NULL), 0);
+    urio_future_unref(x.f);
+    assert_int_equal(s.n, 0);
+    test_loop_close(x.loop);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        URIO_TEST(test_future_new_ref_unref),
+        URIO_TEST(test_future_set_result_then_result),
+        URIO_TEST(test_future_set_error_with_message),
+        URIO_TEST(test_future_second_transition_refused),
+        URIO_TEST(test_future_set_error_rejects_non_negative),
+        URIO_TEST(test_future_cancel),
+        URIO_TEST(test_future_result_pending_is_enotdone),
+        URIO_TEST(test_future_callbacks_never_inline),
+        URIO_TEST(test_future_callbacks_run_in_order_added),
+        URIO_TEST(test_future_callback_added_after_completion_runs),
+        URIO_TEST(test_future_callback_added_from_callback_runs),
+        URIO_TEST(test_future_remove_done_callback),
+        URIO_TEST(test_future_runner_holds_reference),
+        URIO_TEST(test_future_run_until_complete_outcomes),
+        URIO_TEST(test_future_run_until_complete_stopped),
+        URIO_TEST(test_future_run_until_complete_other_loop),
+        URIO_TEST(test_future_unretrieved_error_reported),
+        URIO_TEST(test_future_retrieved_error_not_reported),
+        URIO_TEST(test_future_default_handler_logs_report),
+        URIO_TEST(test_future_debug_traceback),
+        URIO_TEST(test_future_outlives_loop_close),
+        URIO_TEST(test_future_close_with_scheduled_callbacks_frees_all),
+        URIO_TEST(test_future_wrong_thread_refused),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
