@@ -38,6 +38,15 @@ typedef struct options {
     size_t n_groups;
 } options_t;
 
+/* Whether bench_registry[i] is the first entry of its group. */
+static bool first_of_group(size_t i)
+{
+    for (size_t j = 0; j < i; j++)
+        if (strcmp(bench_registry[j].group, bench_registry[i].group) == 0)
+            return false;
+    return true;
+}
+
 static void usage(FILE *f)
 {
     fprintf(f,
@@ -48,13 +57,9 @@ static void usage(FILE *f)
             "  --json FILE  also write the results, with every run, to FILE\n"
             "\n"
             "subcommands: all (default), list, or a group:");
-    const char *prev = NULL;
-    for (size_t i = 0; i < bench_registry_len; i++) {
-        const char *g = bench_registry[i].group;
-        if (!prev || strcmp(prev, g) != 0)
-            fprintf(f, " %s", g);
-        prev = g;
-    }
+    for (size_t i = 0; i < bench_registry_len; i++)
+        if (first_of_group(i))
+            fprintf(f, " %s", bench_registry[i].group);
     fputc('\n', f);
 }
 
@@ -420,11 +425,11 @@ static void json_row(FILE *f, const row_t *r, unsigned runs)
     fprintf(f, "    {\"name\": \"%s\", \"group\": \"%s\", \"unit\": \"%s\", \"peer\": ",
             r->metric->name, r->def->group, r->metric->unit);
     fprintf(f, peer ? "\"%s\",\n" : "null,\n", PEER_NAME);
-    fputs("     \"urio\": ", f);
+    fputs("     \"urio_median\": ", f);
     json_number(f, r->urio_med);
     fputs(", \"peer_median\": ", f);
     json_number(f, r->peer_med);
-    fputs(", \"ratio\": ", f);
+    fputs(", \"ratio_median\": ", f);
     json_number(f, r->ratio_med);
     fputs(", \"ratio_min\": ", f);
     json_number(f, r->ratio_min);
