@@ -18,14 +18,23 @@
 #include <elfutils/libdwfl.h>
 #endif
 
-void urio__stack_capture(urio__stack_t *st, int skip)
+__attribute__((noinline)) void urio__stack_capture(urio__stack_t *st, int skip)
 {
-    void *frames[URIO__STACK_DEPTH + 8];
-    int want = URIO__STACK_DEPTH + skip + 1;    /* + this function */
-    if (want > (int)(sizeof frames / sizeof frames[0]))
-        want = (int)(sizeof frames / sizeof frames[0]);
-    int n = backtrace(frames, want);
-    int first = skip + 1;
+    void *frames[URIO__STACK_DEPTH + 16];
+    int n = backtrace(frames, (int)(sizeof frames / sizeof frames[0]));
+    /*
+     * Find our caller's frame by its return address rather than counting:
+     * sanitizers' backtrace() interceptors add frames of their own.
+     */
+    void *caller = __builtin_return_address(0);
+    int first = 1;
+    for (int i = 0; i < n; i++) {
+        if (frames[i] == caller) {
+            first = i;
+            break;
+        }
+    }
+    first += skip;
     st->n = 0;
     for (int i = first; i < n && st->n < URIO__STACK_DEPTH; i++)
         st->frames[st->n++] = frames[i];

@@ -31,6 +31,7 @@ struct urio_future {
     uint8_t state;
     bool retrieved;             /* the error was read (result, error_message, await) */
     bool runner_scheduled;
+    bool reserved;              /* holds room in the loop's FIFO for its runner */
     int err;
     void *value;
     char *errmsg;               /* urio__malloc'd, or NULL */
@@ -73,7 +74,7 @@ URIO_EXPORT urio_future_t *urio_future_new(urio_loop_t *loop)
     if (loop->debug) {
         f->stack = urio__malloc(sizeof *f->stack);
         if (f->stack)           /* no stack is a poorer report, not a failure */
-            urio__stack_capture(f->stack, 1);
+            urio__stack_capture(f->stack, 1);   /* from urio_future_new's caller */
     }
 #endif
     urio__loop_ref(loop);
@@ -113,6 +114,8 @@ URIO_EXPORT void urio_future_unref(urio_future_t *f)
         f->refs = 0;
     }
     urio_loop_t *loop = f->loop;
+    if (f->reserved)
+        urio__ready_unreserve(loop);
     if (f->cbs != f->inl)
         urio__free(f->cbs);
     urio__free(f->errmsg);
@@ -146,21 +149,48 @@ static void run_callbacks(void *arg)
     urio_future_unref(f);
 }
 
-static void schedule_runner(urio_future_t *f)
+const urio_site_t urio__future_runner_site = { "<future done callbacks>", __FILE__, __LINE__ };
+
+/* The loop closed with f's runner still queued: drop the runner's reference. */
+void urio__future_runner_dropped(void *arg)
+{
+    urio_future_t *f = arg;
+    f->runner_scheduled = false;
+    if (f->loop->debug)
+        urio__log(URIO_LOG_DEBUG, "future: %u done callbacks dropped: the loop closed", f->ncbs);
+    f->ncbs = 0;
+    urio_future_unref(f);
+}
+
+/*
+ * Queues the runner of a done future with callbacks.  It uses the room the
+ * future reserved when its first callback came (so completing cannot fail
+ * for want of memory), or reserves now for a future already done.
+ * Returns: 0, -ENOMEM, or -ESHUTDOWN (the loop is closing).
+ */
+static int schedule_runner(urio_future_t *f)
 {
     if (f->runner_scheduled || f->ncbs == 0)
-        return;
-    static const urio_site_t site = { "<future done callbacks>", __FILE__, __LINE__ };
-    f->refs++;
-    if (urio__call_soon(f->loop, run_callbacks, f, &site).id == 0) {
-        /* The loop is closing (or out of memory): these callbacks cannot run. */
-        f->refs--;
-        if (f->loop->debug)
-            urio__log(URIO_LOG_DEBUG, "future: %u done callbacks dropped: %s", f->ncbs,
-                      urio_strerror(-errno));
-        return;
+        return 0;
+    urio_loop_t *loop = f->loop;
+    if (!f->reserved) {
+        if (loop->closing)
+            return -ESHUTDOWN;
+        if (urio__ready_reserve(loop) < 0)
+            return -ENOMEM;
     }
+    f->reserved = false;
+    if (loop->closing) {
+        urio__ready_unreserve(loop);
+        if (loop->debug)
+            urio__log(URIO_LOG_DEBUG, "future: %u done callbacks dropped: the loop is closing",
+                      f->ncbs);
+        return -ESHUTDOWN;
+    }
+    f->refs++;
+    urio__ready_push_reserved(loop, run_callbacks, f, &urio__future_runner_site);
     f->runner_scheduled = true;
+    return 0;
 }
 
 static int complete(urio_future_t *f, int state, int err, void *value, const char *fn)
@@ -271,9 +301,20 @@ URIO_EXPORT int urio_future_add_done_callback(urio_future_t *f, urio_future_done
         f->cbs = n;
         f->capcbs = cap;
     }
+    if (f->state == F_PENDING && !f->reserved) {
+        /* Room for the runner now, so completing f later cannot fail. */
+        if (urio__ready_reserve(f->loop) < 0)
+            return -ENOMEM;
+        f->reserved = true;
+    }
     f->cbs[f->ncbs++] = (struct done_cb){ fn, arg };
-    if (f->state != F_PENDING)
-        schedule_runner(f);
+    if (f->state != F_PENDING) {
+        int ret = schedule_runner(f);
+        if (ret < 0) {
+            f->ncbs--;      /* failed: this callback never runs */
+            return ret;
+        }
+    }
     return 0;
 }
 
@@ -281,12 +322,18 @@ URIO_EXPORT int urio_future_remove_done_callback(urio_future_t *f, urio_future_d
 {
     if (f == NULL || !check(f, "urio_future_remove_done_callback"))
         return 0;
+    if (f->state != F_PENDING)
+        return 0;           /* done: its callbacks are scheduled, as in asyncio */
     uint32_t kept = 0;
     for (uint32_t i = 0; i < f->ncbs; i++)
         if (f->cbs[i].fn != fn || f->cbs[i].arg != arg)
             f->cbs[kept++] = f->cbs[i];
     int removed = (int)(f->ncbs - kept);
     f->ncbs = kept;
+    if (kept == 0 && f->reserved) {
+        urio__ready_unreserve(f->loop);
+        f->reserved = false;
+    }
     return removed;
 }
 

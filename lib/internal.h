@@ -55,7 +55,7 @@ typedef struct urio__stack {
     int n;
 } urio__stack_t;
 
-/* Captures the caller's stack, skipping `skip` frames of urio's own. */
+/* Captures the caller's stack, skipping `skip` frames above the caller (0: from the caller). */
 void urio__stack_capture(urio__stack_t *st, int skip);
 /*
  * Formats a stack "most recent call last", one frame a line in Python's
@@ -243,6 +243,7 @@ struct urio_loop {
     struct urio__ready *ready;
     uint64_t ready_head, ready_tail;   /* sequence numbers: the FIFO is [head, tail) */
     uint64_t ready_mask;
+    uint32_t ready_reserved;     /* room promised to futures' runners (future.c) */
 
     /* Timers' slots and the stack of free ones.  Loop thread only. */
     struct urio__slot *slots;
@@ -277,6 +278,7 @@ struct urio_loop {
     bool running;
     _Atomic(const void *) owner; /* thread token while running, else NULL */
     uint64_t slow_ns;
+    uint64_t timer_slack_ns;     /* how late a wake-up for a timer may be */
 
     urio__ring_t ring;
     urio__inbox_t inbox;
@@ -302,6 +304,19 @@ void urio__slot_release(urio_loop_t *loop, uint32_t idx);
 /* Appends to the ready FIFO.  Returns: the entry's sequence number, or 0 on ENOMEM. */
 uint64_t urio__ready_push(urio_loop_t *loop, urio_callback_fn fn, void *arg,
                           const urio_site_t *site, uint32_t slot1, uint32_t gen);
+/*
+ * Reserves room in the FIFO for one later push that must not fail (a
+ * future's done-callback runner): the FIFO grows now, or never.
+ * Returns: 0 or -ENOMEM.
+ */
+int urio__ready_reserve(urio_loop_t *loop);
+static inline void urio__ready_unreserve(urio_loop_t *loop)
+{
+    loop->ready_reserved--;
+}
+/* Pushes into reserved room: cannot fail.  Returns: the sequence number. */
+uint64_t urio__ready_push_reserved(urio_loop_t *loop, urio_callback_fn fn, void *arg,
+                                   const urio_site_t *site);
 static inline uint32_t urio__ready_count(const urio_loop_t *loop)
 {
     return (uint32_t)(loop->ready_tail - loop->ready_head);
@@ -332,9 +347,14 @@ static inline bool urio__inbox_pending(urio__inbox_t *ib)
     return atomic_load_explicit(&ib->pending, memory_order_relaxed) != 0;
 }
 
+/* future.c: the runner's site marks its FIFO entries; close releases them. */
+extern const urio_site_t urio__future_runner_site;
+void urio__future_runner_dropped(void *arg);
 /* future.c: "<Future pending>", "<Future finished error=EIO>" ... into buf. */
 const char *urio__future_describe(const urio_future_t *f, char *buf, size_t n);
 
+/* The default timer slack: Linux's default timer_slack_ns for a thread. */
+#define URIO__TIMER_SLACK_NS (50u * 1000u)
 /* The default slow-callback threshold: asyncio's 100 ms. */
 #define URIO__SLOW_CALLBACK_NS (100u * 1000u * 1000u)
 /*

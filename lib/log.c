@@ -70,15 +70,17 @@ URIO_EXPORT void urio_log_set_handler(urio_log_handler_fn fn, void *ud)
 
 URIO_EXPORT const char *urio_log_level_name(int level)
 {
+    static _Thread_local char other[24];
     switch (level) {
     case URIO_LOG_DEBUG: return "DEBUG";
     case URIO_LOG_INFO: return "INFO";
     case URIO_LOG_WARNING: return "WARNING";
     case URIO_LOG_ERROR: return "ERROR";
     case URIO_LOG_CRITICAL: return "CRITICAL";
-    default: return level < URIO_LOG_INFO ? "DEBUG" : level < URIO_LOG_WARNING ? "INFO"
-                  : level < URIO_LOG_ERROR ? "WARNING" : level < URIO_LOG_CRITICAL ? "ERROR"
-                  : "CRITICAL";
+    default:
+        /* Python's logging names an unnamed level the same way. */
+        snprintf(other, sizeof other, "Level %d", level);
+        return other;
     }
 }
 

@@ -43,11 +43,31 @@ static int ready_grow(urio_loop_t *loop)
 uint64_t urio__ready_push(urio_loop_t *loop, urio_callback_fn fn, void *arg,
                           const urio_site_t *site, uint32_t slot1, uint32_t gen)
 {
-    if (URIO_UNLIKELY(loop->ready_tail - loop->ready_head > loop->ready_mask) &&
+    /* Leave the reserved room free. */
+    if (URIO_UNLIKELY(loop->ready_tail - loop->ready_head + loop->ready_reserved >
+                      loop->ready_mask) &&
         ready_grow(loop) < 0)
         return 0;
     uint64_t q = loop->ready_tail++;
     loop->ready[q & loop->ready_mask] = (struct urio__ready){ fn, arg, site, slot1, gen };
+    return q;
+}
+
+int urio__ready_reserve(urio_loop_t *loop)
+{
+    if (loop->ready_tail - loop->ready_head + loop->ready_reserved > loop->ready_mask &&
+        ready_grow(loop) < 0)
+        return -ENOMEM;
+    loop->ready_reserved++;
+    return 0;
+}
+
+uint64_t urio__ready_push_reserved(urio_loop_t *loop, urio_callback_fn fn, void *arg,
+                                   const urio_site_t *site)
+{
+    loop->ready_reserved--;
+    uint64_t q = loop->ready_tail++;
+    loop->ready[q & loop->ready_mask] = (struct urio__ready){ fn, arg, site, 0, 0 };
     return q;
 }
 
@@ -337,8 +357,11 @@ static int loop_turn(urio_loop_t *loop)
         if (loop->timers > 0) {
             uint64_t next = urio__timer_next(loop);
             if (next != UINT64_MAX) {
+                /* Sleep past the deadline by the slack: timers due close together share a wake-up. */
                 uint64_t now = urio__now();
-                wait = next > now ? (int64_t)(next - now) : 0;
+                uint64_t until = next > UINT64_MAX - loop->timer_slack_ns ? next
+                                                                          : next + loop->timer_slack_ns;
+                wait = next > now ? (until - now > INT64_MAX ? -1 : (int64_t)(until - now)) : 0;
             }
         }
     }
@@ -420,6 +443,7 @@ URIO_EXPORT int urio_loop_new(urio_loop_t **out, const urio_loop_opts_t *opts)
     int debug = opts ? opts->debug : 0;
     loop->debug = debug > 0 || (debug == 0 && (env_debug() || URIO_DEBUG_BUILD));
     loop->slow_ns = URIO__SLOW_CALLBACK_NS;
+    loop->timer_slack_ns = URIO__TIMER_SLACK_NS;
     loop->refs = 1;
     loop->cap_slots = 64;
     loop->slots = urio__malloc(loop->cap_slots * sizeof *loop->slots);
@@ -562,6 +586,17 @@ URIO_EXPORT uint64_t urio_loop_get_slow_callback_duration(const urio_loop_t *loo
     return loop ? loop->slow_ns : 0;
 }
 
+URIO_EXPORT void urio_loop_set_timer_slack(urio_loop_t *loop, uint64_t ns)
+{
+    if (loop != NULL)
+        loop->timer_slack_ns = ns > 1000000000u ? 1000000000u : ns;
+}
+
+URIO_EXPORT uint64_t urio_loop_get_timer_slack(const urio_loop_t *loop)
+{
+    return loop ? loop->timer_slack_ns : 0;
+}
+
 void urio__loop_ref(urio_loop_t *loop)
 {
     loop->refs++;
@@ -644,6 +679,11 @@ URIO_EXPORT int urio_loop_close(urio_loop_t *loop)
     uint32_t dropped = 0, timers = 0;
     for (uint64_t q = loop->ready_head; q != loop->ready_tail; q++) {
         const struct urio__ready *e = &loop->ready[q & loop->ready_mask];
+        if (e->fn != NULL && e->site == &urio__future_runner_site) {
+            /* urio's own entry holds a reference on its future: release it. */
+            urio__future_runner_dropped(e->arg);
+            continue;
+        }
         dropped += e->fn != NULL && (e->slot1 == 0 || loop->slots[e->slot1 - 1].gen == e->gen);
     }
     timers = urio__timer_count_live(loop);

@@ -52,7 +52,10 @@ URIO_EXPORT void urio_log_set_handler(urio_log_handler_fn fn, void *ud);
  */
 URIO_EXPORT void urio_log(int level, const char *fmt, ...) URIO_PRINTF(2, 3);
 
-/* The name of a level: "DEBUG", "INFO", ..., or "Level 15" style text. */
+/*
+ * The name of a level: "DEBUG", "INFO", ..., or "Level 15" for a level
+ * without a name (in a thread-local buffer, valid until the next call).
+ */
 URIO_EXPORT const char *urio_log_level_name(int level);
 
 #ifdef __cplusplus

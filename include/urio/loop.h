@@ -93,6 +93,17 @@ URIO_EXPORT bool urio_loop_get_debug(const urio_loop_t *loop);
 URIO_EXPORT void urio_loop_set_slow_callback_duration(urio_loop_t *loop, uint64_t ns);
 URIO_EXPORT uint64_t urio_loop_get_slow_callback_duration(const urio_loop_t *loop);
 
+/*
+ * Timer slack: when the loop sleeps until a timer, it may sleep this much
+ * longer, so that timers due close together share one wake-up (and one
+ * system call).  Timers never fire early; they may fire up to this late
+ * beyond the time the loop takes.  Default 50 µs, Linux's own default slack
+ * for a thread's timed waits; 0 wakes exactly at each deadline.  At most 1 s.
+ * Thread: the loop's thread.
+ */
+URIO_EXPORT void urio_loop_set_timer_slack(urio_loop_t *loop, uint64_t ns);
+URIO_EXPORT uint64_t urio_loop_get_timer_slack(const urio_loop_t *loop);
+
 /* ------------------------------------------------------------------ */
 /* Errors that nobody handled: the exception handler                   */
 
