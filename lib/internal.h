@@ -115,6 +115,8 @@ typedef struct urio__ring {
     unsigned setup_flags;            /* what io_uring_setup accepted */
     unsigned features;               /* IORING_FEAT_* */
     bool enabled;                    /* IORING_SETUP_R_DISABLED lifted */
+    bool defer_taskrun;              /* completions appear only when we enter */
+    uint32_t sq_pending;             /* SQEs queued since the last enter: loop-local, no ring read */
     bool single_issuer;
     const void *issuer;              /* thread token of the ring's issuer, once enabled */
     struct urio__op_entry *ops;      /* slot 0 is reserved: user_data 0 means "ignore" */
@@ -163,10 +165,13 @@ int  urio__op_cancel(urio__ring_t *r, urio__op_t *op);
 int  urio__ring_enter(urio__ring_t *r, int64_t wait_ns);
 /* Reaps every CQE (flushing a CQ overflow), completing ops.  Returns: CQEs reaped. */
 unsigned urio__ring_reap(urio__ring_t *r);
-/* True if entering the kernel would submit something or flush an overflow. */
-static inline bool urio__ring_has_work(const urio__ring_t *r)
+/*
+ * True if completions may be waiting without an enter: always on rings
+ * without DEFER_TASKRUN, where the kernel posts them at any time.
+ */
+static inline bool urio__ring_cq_pending(const urio__ring_t *r)
 {
-    return io_uring_sq_ready(&r->uring) > 0 || io_uring_cq_has_overflow(&r->uring);
+    return io_uring_cq_ready(&r->uring) || io_uring_cq_has_overflow(&r->uring);
 }
 /* Test helpers (tests/test_ring.c): a NOP, and a timeout op of ns. */
 int urio__op_nop(urio__ring_t *r, urio__op_t *op);
@@ -364,7 +369,7 @@ const char *urio__future_describe(const urio_future_t *f, char *buf, size_t n);
  * URIO__ENTER_EVERY_NS.  Measured in docs/loop.md.
  */
 #define URIO__ENTER_EVERY_CALLBACKS 1024u
-#define URIO__CLOCK_EVERY_CALLBACKS 32u
+#define URIO__CLOCK_EVERY_CALLBACKS 64u
 #define URIO__ENTER_EVERY_NS        (50u * 1000u)
 
 #endif

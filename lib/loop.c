@@ -260,6 +260,7 @@ URIO_EXPORT bool urio_handle_cancel(urio_loop_t *loop, urio_handle_t h)
 /* ------------------------------------------------------------------ */
 /* The turn                                                             */
 
+#if URIO_DEBUG_CHECKS
 static void log_slow_callback(urio_callback_fn fn, const urio_site_t *site, uint64_t took)
 {
     char desc[256];
@@ -267,6 +268,7 @@ static void log_slow_callback(urio_callback_fn fn, const urio_site_t *site, uint
     urio__log(URIO_LOG_WARNING, "Executing <Handle %s> took %.3f seconds", desc,
               (double)took / 1e9);
 }
+#endif
 
 /*
  * Pops the next ready entry into *out.  Returns: false if it was cancelled.
@@ -317,7 +319,7 @@ static void run_ready_debug(urio_loop_t *loop, uint32_t n)
  */
 static bool must_enter(urio_loop_t *loop)
 {
-    if (urio__ring_has_work(&loop->ring))
+    if (loop->ring.sq_pending)
         return true;
     if (loop->cbs_since_enter >= URIO__ENTER_EVERY_CALLBACKS)
         return true;
@@ -371,6 +373,8 @@ static int loop_turn(urio_loop_t *loop)
     if (wait == 0) {
         if (must_enter(loop))
             ret = urio__ring_enter(r, 0);
+        else if (r->defer_taskrun)
+            goto inbox;     /* no system call, and no completion can have come */
         else
             goto reap;      /* no system call: completions are peeked below */
     } else {
@@ -391,14 +395,15 @@ static int loop_turn(urio_loop_t *loop)
         return ret;
 
 reap:
-    /* 3. Completions (with DEFER_TASKRUN they only appear when we entered). */
-    if (io_uring_cq_ready(&r->uring) || io_uring_cq_has_overflow(&r->uring))
+    /* 3. Completions. */
+    if (urio__ring_cq_pending(r))
         urio__ring_reap(r);
     else
         r->last_reaped = 0;
     if (t0)
         log_poll(loop, wait, urio__now() - t0);
 
+inbox:
     /* 4. The inbox. */
     if (urio__inbox_pending(ib))
         urio__inbox_drain(loop);

@@ -109,6 +109,7 @@ int urio__ring_init(urio__ring_t *r, unsigned entries)
     /* A forked child must not touch the parent's rings (or see them as shared memory). */
     io_uring_ring_dontfork(&r->uring);
     r->single_issuer = (r->setup_flags & IORING_SETUP_SINGLE_ISSUER) != 0;
+    r->defer_taskrun = (r->setup_flags & IORING_SETUP_DEFER_TASKRUN) != 0;
     r->enabled = !(r->setup_flags & IORING_SETUP_R_DISABLED);
     if (!(r->features & IORING_FEAT_NODROP))
         urio__log(URIO_LOG_WARNING, "this kernel's io_uring lacks IORING_FEAT_NODROP (5.5): "
@@ -229,6 +230,7 @@ struct io_uring_sqe *urio__ring_sqe(urio__ring_t *r, int *err)
         }
         sqe = io_uring_get_sqe(&r->uring);
     }
+    r->sq_pending++;
     return sqe;
 }
 
@@ -319,6 +321,8 @@ int urio__ring_enter(urio__ring_t *r, int64_t wait_ns)
         };
         ret = io_uring_submit_and_wait_timeout(&r->uring, &cqe, 1, &ts, NULL);
     }
+    /* What the kernel did not take stays queued, and counted. */
+    r->sq_pending = io_uring_sq_ready(&r->uring);
     /*
      * A timeout, a signal, or a kernel that holds submissions back until the
      * CQ has room are all "reap and come back": the SQEs stay queued.
