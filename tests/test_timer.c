@@ -178,6 +178,33 @@ static void test_timer_stale_handle_after_slot_reuse(void **state)
     test_loop_close(f.loop);
 }
 
+static void test_timer_slack(void **state)
+{
+    (void)state;
+    struct fired f = { .loop = test_loop_new(), .stop_at = 1 };
+    assert_int_equal(urio_loop_get_timer_slack(f.loop), 50 * US);
+    urio_loop_set_timer_slack(f.loop, 5000 * MS);
+    assert_int_equal(urio_loop_get_timer_slack(f.loop), 1000 * MS);    /* clamped */
+    /* With 20 ms of slack, a timer due in 5 ms shares the sleep that ends 20 ms later. */
+    urio_loop_set_timer_slack(f.loop, 20 * MS);
+    uint64_t t0 = urio_loop_time(f.loop);
+    struct tmr a = { &f, 1, t0 + 5 * MS };
+    urio_call_at(f.loop, a.when, timer_cb, &a);
+    urio_loop_run_forever(f.loop);
+    assert_int_equal(f.early, 0);
+    assert_true(urio_loop_time(f.loop) - t0 >= 24 * MS);
+    /* Without slack it wakes at the deadline (generous bound: a loaded machine). */
+    urio_loop_set_timer_slack(f.loop, 0);
+    t0 = urio_loop_time(f.loop);
+    struct tmr b = { &f, 2, t0 + 5 * MS };
+    f.stop_at = 2;
+    urio_call_at(f.loop, b.when, timer_cb, &b);
+    urio_loop_run_forever(f.loop);
+    assert_int_equal(f.early, 0);
+    assert_int_equal(f.n, 2);
+    test_loop_close(f.loop);
+}
+
 /* A timer far in the future neither overflows nor blocks close. */
 static void test_timer_huge_delay(void **state)
 {
@@ -254,6 +281,7 @@ int main(void)
         URIO_TEST(test_timer_cancel_compacts_heap),
         URIO_TEST(test_timer_stale_handle_after_slot_reuse),
         URIO_TEST(test_timer_huge_delay),
+        URIO_TEST(test_timer_slack),
         URIO_TEST(test_timer_fires_under_ready_load),
         URIO_TEST(test_timer_steady_state_allocates_nothing),
     };
