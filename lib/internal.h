@@ -291,6 +291,7 @@ struct urio_loop {
     urio_exception_handler_fn exc_fn;
     void *exc_ud;
 
+    struct urio_loop *next_open, *prev_open;   /* the open loops: guarded by a mutex in loop.c */
     uint32_t refs;               /* 1 for the open loop + 1 per live future */
     uint32_t live_futures;
     uint64_t callbacks_run;      /* statistics */

@@ -20,6 +20,47 @@
 
 static _Thread_local urio_loop_t *tls_current __attribute__((tls_model("initial-exec")));
 
+/*
+ * The loops not yet closed, for the "unclosed event loop" warning at exit.
+ * The list is the one piece of global state: a loop is otherwise its own.
+ */
+static pthread_mutex_t g_open_mu = PTHREAD_MUTEX_INITIALIZER;
+static urio_loop_t *g_open;         /* guarded by g_open_mu */
+
+static void open_list_add(urio_loop_t *loop)
+{
+    pthread_mutex_lock(&g_open_mu);
+    loop->next_open = g_open;
+    if (g_open)
+        g_open->prev_open = loop;
+    g_open = loop;
+    pthread_mutex_unlock(&g_open_mu);
+}
+
+static void open_list_remove(urio_loop_t *loop)
+{
+    pthread_mutex_lock(&g_open_mu);
+    if (loop->prev_open)
+        loop->prev_open->next_open = loop->next_open;
+    else
+        g_open = loop->next_open;
+    if (loop->next_open)
+        loop->next_open->prev_open = loop->prev_open;
+    loop->next_open = loop->prev_open = NULL;
+    pthread_mutex_unlock(&g_open_mu);
+}
+
+/* asyncio's ResourceWarning for a loop never closed, in debug mode, at exit. */
+__attribute__((destructor)) static void warn_unclosed_loops(void)
+{
+    pthread_mutex_lock(&g_open_mu);
+    for (urio_loop_t *l = g_open; l != NULL; l = l->next_open)
+        if (l->debug)
+            urio__log(URIO_LOG_WARNING, "unclosed event loop <urio_loop %p running=%s>",
+                      (void *)l, l->running ? "true" : "false");
+    pthread_mutex_unlock(&g_open_mu);
+}
+
 /* ------------------------------------------------------------------ */
 /* The ready FIFO                                                       */
 
@@ -470,6 +511,7 @@ URIO_EXPORT int urio_loop_new(urio_loop_t **out, const urio_loop_opts_t *opts)
     }
     loop->last_enter_ns = urio__now();
     loop->now_cache = loop->last_enter_ns;
+    open_list_add(loop);
     *out = loop;
     return 0;
 
@@ -675,6 +717,7 @@ URIO_EXPORT int urio_loop_close(urio_loop_t *loop)
         return 0;
     bool issuer = urio__ring_bind(&loop->ring) == 0;
     loop->closing = true;
+    open_list_remove(loop);
     if (issuer)
         drain_ring(loop);
     else

@@ -246,6 +246,8 @@ static void keep_report(urio_loop_t *loop, const urio_error_context_t *ctx, void
 static void test_alloc_future_debug_stack_oom(void **state)
 {
     (void)state;
+    if (!URIO_DEBUG_CHECKS)
+        skip();     /* creation stacks are compiled out */
     urio_loop_opts_t opts = { .debug = 1 };
     urio_loop_t *loop = test_loop_new_opts(&opts);
     struct reports r = { 0 };

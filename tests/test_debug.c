@@ -4,6 +4,7 @@
  */
 #include "helpers.h"
 
+#include <sys/wait.h>
 #include <unistd.h>
 
 static void test_debug_switches(void **state)
@@ -219,6 +220,44 @@ static void test_debug_no_poll_log_without_debug(void **state)
     test_loop_close(loop);
 }
 
+/* A debug-mode loop never closed is reported when the process exits. */
+static void test_debug_unclosed_loop_warned_at_exit(void **state)
+{
+    (void)state;
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(fds[1], STDERR_FILENO);
+        urio_log_set_handler(NULL, NULL);
+        urio_loop_opts_t on = { .debug = 1 }, off = { .debug = -1 };
+        urio_loop_t *a, *b, *c;
+        if (urio_loop_new(&a, &on) < 0 || urio_loop_new(&b, &off) < 0 ||
+            urio_loop_new(&c, &on) < 0)
+            _exit(77);
+        urio_loop_close(c);
+        exit(0);        /* a is leaked in debug mode, b without: one warning */
+    }
+    close(fds[1]);
+    char buf[4096];
+    size_t len = 0;
+    ssize_t r;
+    while (len < sizeof buf - 1 && (r = read(fds[0], buf + len, sizeof buf - 1 - len)) > 0)
+        len += (size_t)r;
+    buf[len] = '\0';
+    close(fds[0]);
+    int status;
+    waitpid(pid, &status, 0);
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 77)
+        skip();
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    const char *w = strstr(buf, "WARNING urio: unclosed event loop <urio_loop 0x");
+    if (w == NULL)
+        fail_msg("no warning in: %s", buf);
+    assert_null(strstr(w + 40, "unclosed event loop"));  /* only the debug loop */
+}
+
 static void test_debug_strerror_names_every_code(void **state)
 {
     (void)state;
@@ -253,6 +292,7 @@ int main(void)
         URIO_TEST(test_debug_poll_timing_logged),
         URIO_TEST(test_debug_no_poll_log_without_debug),
         URIO_TEST(test_debug_strerror_names_every_code),
+        cmocka_unit_test(test_debug_unclosed_loop_warned_at_exit),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

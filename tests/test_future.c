@@ -664,6 +664,8 @@ static void test_future_default_handler_logs_report(void **state)
 static void __attribute__((noinline)) test_future_debug_traceback(void **state)
 {
     (void)state;
+    if (!URIO_DEBUG_CHECKS)
+        skip();     /* creation stacks are compiled out */
     urio_loop_opts_t opts = { .debug = 1 };
     urio_loop_t *loop = test_loop_new_opts(&opts);
     assert_true(urio_loop_get_debug(loop));
