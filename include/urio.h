@@ -12,5 +12,6 @@
 #include "urio/log.h"
 #include "urio/loop.h"
 #include "urio/future.h"
+#include "urio/executor.h"
 
 #endif

@@ -87,6 +87,16 @@ URIO_EXPORT int urio_future_add_done_callback(urio_future_t *f, urio_future_done
  */
 URIO_EXPORT int urio_future_remove_done_callback(urio_future_t *f, urio_future_done_fn fn, void *arg);
 
+/*
+ * Blocks the calling thread until f is done or timeout_ns passes (-1: no
+ * timeout), then gives f's outcome as urio_future_result() does.
+ * Returns: 0, f's error, -ECANCELED; -ETIMEDOUT; -EDEADLK from the thread
+ *          running f's loop (it would wait for itself); -EINVAL for NULL.
+ * Thread: any thread but the one running f's loop.  The caller holds a
+ * reference on f for the duration.
+ */
+URIO_EXPORT int urio_future_wait(urio_future_t *f, int64_t timeout_ns, void **result);
+
 #ifdef __cplusplus
 }
 #endif

@@ -72,6 +72,17 @@ URIO_EXPORT void urio_loop_stop(urio_loop_t *loop);
  */
 URIO_EXPORT int urio_loop_close(urio_loop_t *loop);
 
+/*
+ * Keeps the loop's memory valid for another thread that may call
+ * urio_call_soon_threadsafe() on it at any time, even after (or while)
+ * the loop closes: such calls then fail with -ESHUTDOWN instead of touching
+ * freed memory.  urio_loop_close() frees the loop when the last reference
+ * goes.
+ * Thread: any thread.
+ */
+URIO_EXPORT urio_loop_t *urio_loop_ref(urio_loop_t *loop);
+URIO_EXPORT void urio_loop_unref(urio_loop_t *loop);
+
 /* The loop running on this thread, or NULL.  Thread: any thread. */
 URIO_EXPORT urio_loop_t *urio_loop_current(void);
 

@@ -1,0 +1,79 @@
+/*
+ * urio/executor.h — blocking work off the loop: the thread pool.
+ *
+ * A job is a plain function run on a worker thread; its outcome comes back
+ * to the loop as a future's completion, through the loop's inbox, in
+ * batches.  One executor may serve several loops.
+ */
+#ifndef URIO_EXECUTOR_H
+#define URIO_EXECUTOR_H
+
+#include "base.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct urio_executor urio_executor_t;
+
+/*
+ * A blocking job: runs on a worker thread and returns its result (an opaque
+ * pointer).  To fail, it returns urio_executor_fail(err, fmt, ...).
+ */
+typedef void *(*urio_blocking_fn)(void *arg);
+typedef void (*urio_free_fn)(void *p);
+
+/*
+ * Runs fn(arg) on ex (NULL: the loop's default thread pool, made on first
+ * use with min(32, cores + 4) workers and shut down when the loop closes).
+ * The future (a new reference) completes on the loop with fn's result, its
+ * error, or -ECANCELED.  Cancelling it before the job starts means the job
+ * never runs; after it starts, the job finishes and its result is discarded
+ * (urio_run_in_executor_dtor frees it with free_result).
+ * Returns: the future; NULL with errno EINVAL (NULL loop or fn), EPERM
+ *          (wrong thread), ESHUTDOWN (executor shut down, loop closed), ENOMEM.
+ *          When it fails, fn never runs.
+ * Thread: the loop's thread.
+ */
+URIO_EXPORT urio_future_t *urio_run_in_executor(urio_loop_t *loop, urio_executor_t *ex,
+                                                urio_blocking_fn fn, void *arg);
+URIO_EXPORT urio_future_t *urio_run_in_executor_dtor(urio_loop_t *loop, urio_executor_t *ex,
+                                                     urio_blocking_fn fn, void *arg,
+                                                     urio_free_fn free_result);
+
+/*
+ * Inside a job: fails it with err (negative) and a formatted message.
+ * Returns: NULL, for `return urio_executor_fail(-EIO, "disk %s", name);`.
+ * Thread: a worker thread, inside a job.
+ */
+URIO_EXPORT void *urio_executor_fail(int err, const char *fmt, ...) URIO_PRINTF(2, 3);
+
+/*
+ * A thread pool of max_workers threads (0: min(32, cores + 4)), started on
+ * demand as jobs come.
+ * Returns: 0; -EINVAL (NULL ex, or more than 1024 workers); -ENOMEM.
+ * Thread: any thread.
+ */
+URIO_EXPORT int urio_thread_pool_new(urio_executor_t **ex, unsigned max_workers);
+
+/*
+ * Python's Executor.shutdown: no new jobs (submitting fails with
+ * ESHUTDOWN); with cancel_futures, jobs not yet started are cancelled (their
+ * futures complete with -ECANCELED); jobs running finish.  With wait, returns
+ * when every worker has exited.
+ * Returns: 0; -EINVAL for NULL; -EDEADLK if wait is asked from a worker.
+ * Thread: any thread.  Calling it again is harmless.
+ */
+URIO_EXPORT int urio_executor_shutdown(urio_executor_t *ex, bool wait, bool cancel_futures);
+
+/*
+ * Shuts ex down (waiting, without cancelling, unless it already was) and
+ * frees it.  No job of it may be pending in a loop that still runs.
+ * Thread: any thread but ex's workers.
+ */
+URIO_EXPORT void urio_executor_free(urio_executor_t *ex);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
