@@ -9,6 +9,7 @@
 
 #include "urio_config.h"
 #include "urio.h"
+#include "mpsc.h"
 
 #include <liburing.h>
 #include <pthread.h>
@@ -229,17 +230,31 @@ struct urio__tw_bucket {    /* the timers of one tick, sorted lazily */
     uint64_t min;           /* no entry is earlier (may name a cancelled one) */
 };
 
-/* The cross-thread inbox: issue 2's mutex version (lib/inbox.c). */
-struct urio__inbox_call { urio_callback_fn fn; void *arg; };
+/* The cross-thread inbox (lib/inbox.c): a lock-free MPSC queue of pooled nodes. */
+#define URIO__INBOX_CHUNKS  24
+#define URIO__INBOX_FOREIGN UINT32_MAX   /* a node owned by its pusher, not the pool */
+
+typedef struct urio__inbox_node {
+    urio__mpsc_node_t link;          /* first: the queue's node */
+    urio_callback_fn fn;
+    void *arg;
+    _Atomic uint32_t free_next;      /* in the free stack: the next free index + 1 */
+    uint32_t idx;                    /* index in the pool, or URIO__INBOX_FOREIGN */
+} urio__inbox_node_t;
+
 typedef struct urio__inbox {
-    pthread_mutex_t mu;
-    struct urio__inbox_call *calls;  /* guarded by mu */
-    uint32_t n, cap;                 /* guarded by mu */
-    bool closed;                     /* guarded by mu */
-    atomic_uint pending;             /* calls pushed and not drained: read without mu */
-    atomic_int sleeping;             /* the loop announced it is about to wait */
-    int efd;                         /* eventfd the loop waits on */
-    uint64_t efd_buf;                /* kernel writes here: owned by the read op */
+    urio__mpsc_t q;
+    /* Producers' hot words, each on its own line. */
+    _Alignas(64) _Atomic uint64_t free_head;   /* the pool's free stack: tag << 32 | index + 1 */
+    _Alignas(64) atomic_uint state;            /* producers inside a push | CLOSED_BIT */
+    _Alignas(64) atomic_int sleeping;          /* the loop announced it is about to wait */
+    /* The pool's chunks: chunk k holds 64 << k nodes; grown under grow_mu. */
+    _Atomic(urio__inbox_node_t *) chunks[URIO__INBOX_CHUNKS];
+    pthread_mutex_t grow_mu;
+    uint32_t nchunks;                /* guarded by grow_mu */
+    urio__inbox_node_t *held;        /* loop thread: popped, not yet moved (ENOMEM) */
+    int efd;                         /* the eventfd the loop waits on */
+    uint64_t efd_buf;                /* the kernel writes here: owned by the read op */
     urio__op_t efd_op;               /* the always-armed read of efd */
 } urio__inbox_t;
 
@@ -292,7 +307,7 @@ struct urio_loop {
     void *exc_ud;
 
     struct urio_loop *next_open, *prev_open;   /* the open loops: guarded by a mutex in loop.c */
-    uint32_t refs;               /* 1 for the open loop + 1 per live future */
+    atomic_uint refs;            /* 1 for the open loop, 1 per live future, urio_loop_ref's */
     uint32_t live_futures;
     uint64_t callbacks_run;      /* statistics */
 };
@@ -348,10 +363,13 @@ uint32_t urio__inbox_drain(urio_loop_t *loop);
 /* Closes the inbox to new calls and runs every accepted one.  Returns: how many ran. */
 uint32_t urio__inbox_close(urio_loop_t *loop);
 void urio__inbox_free(urio_loop_t *loop);
+/* True if calls wait in the inbox (relaxed: the sleep check uses seq_cst itself). */
 static inline bool urio__inbox_pending(urio__inbox_t *ib)
 {
-    return atomic_load_explicit(&ib->pending, memory_order_relaxed) != 0;
+    return ib->held != NULL || urio__mpsc_nonempty(&ib->q, memory_order_relaxed);
 }
+/* Pushes a node its owner made (an executor's completion): no pool, no allocation. */
+int urio__inbox_push_node(urio_loop_t *loop, urio__inbox_node_t *n);
 
 /* future.c: the runner's site marks its FIFO entries; close releases them. */
 extern const urio_site_t urio__future_runner_site;

@@ -420,7 +420,7 @@ static int loop_turn(urio_loop_t *loop)
             goto reap;      /* no system call: completions are peeked below */
     } else {
         atomic_store(&ib->sleeping, 1);
-        if (atomic_load(&ib->pending) != 0) {
+        if (ib->held != NULL || urio__mpsc_nonempty(&ib->q, memory_order_seq_cst)) {
             atomic_store(&ib->sleeping, 0);
             wait = 0;       /* a producer got in first: no sleep */
         }
@@ -646,13 +646,27 @@ URIO_EXPORT uint64_t urio_loop_get_timer_slack(const urio_loop_t *loop)
 
 void urio__loop_ref(urio_loop_t *loop)
 {
-    loop->refs++;
+    atomic_fetch_add_explicit(&loop->refs, 1, memory_order_relaxed);
 }
 
 void urio__loop_unref(urio_loop_t *loop)
 {
-    if (--loop->refs == 0)
+    /* acq_rel: the last one out sees every other thread's last use. */
+    if (atomic_fetch_sub_explicit(&loop->refs, 1, memory_order_acq_rel) == 1)
         urio__free(loop);
+}
+
+URIO_EXPORT urio_loop_t *urio_loop_ref(urio_loop_t *loop)
+{
+    if (loop != NULL)
+        urio__loop_ref(loop);
+    return loop;
+}
+
+URIO_EXPORT void urio_loop_unref(urio_loop_t *loop)
+{
+    if (loop != NULL)
+        urio__loop_unref(loop);
 }
 
 /* Cancels every op still in the ring and waits for each one's final CQE. */
