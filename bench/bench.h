@@ -18,6 +18,7 @@
 #ifndef URIO_BENCH_H
 #define URIO_BENCH_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -47,8 +48,22 @@ typedef struct bench_config {
     uint64_t timer_span_ns;    /* deadlines uniform in [lead, lead + span) */
     uint64_t timer_lead_ns;    /* see bench_timer_offsets() */
     uint64_t seed;             /* of the PRNG giving both sides the same deadlines */
+
+    uint64_t xthread_n;        /* crossthread.*: calls per run, split among the producers */
+
+    uint64_t wakeup_n;         /* wakeup.*: measured round trips */
+    uint64_t wakeup_warmup;    /* wakeup.*: round trips before them, not measured */
+    uint64_t wakeup_gap_ns;    /* wakeup.*: pause before each trip, so the loop is asleep */
+
+    uint64_t pool_rtt_n;       /* threadpool.rtt: jobs, one at a time */
+    uint64_t pool_n;           /* threadpool.throughput: jobs in total */
+    uint64_t pool_inflight;    /* threadpool.throughput: jobs kept in flight */
+    uint64_t pool_warmup;      /* threadpool.*: jobs run at once before measuring */
+    unsigned pool_workers;     /* threadpool.*: worker threads, the same on both sides */
 } bench_config_t;
 
+/* Also sets UV_THREADPOOL_SIZE to pool_workers when the environment does
+ * not (see common.c): call it before anything queues libuv work. */
 void bench_config_init(bench_config_t *cfg, bool quick);
 
 /* ------------------------------------------------------------------ */
@@ -59,15 +74,22 @@ enum { BENCH_MAX_METRICS = 4 };
 /* One run of one side: fill out[i] for every metric of the benchmark. */
 typedef void (*bench_fn)(const bench_config_t *cfg, double *out);
 
+/* Every metric is a cost (time per operation): lower is better, and the
+ * ratio peer/urio above 1 means urio is faster.  A rate is reported as its
+ * inverse (ns per call, not calls per second) to keep that one meaning. */
 typedef enum bench_target_kind {
     BENCH_TARGET_NONE,
     BENCH_TARGET_URIO_MAX,     /* median of urio's values <= value */
     BENCH_TARGET_RATIO_MIN,    /* median of peer/urio per run >= value */
+    BENCH_TARGET_REF_MAX,      /* median of urio/(urio's metric `ref` of the same
+                                * benchmark) per run <= value: "within 1.1x of the
+                                * floor" */
 } bench_target_kind_t;
 
 typedef struct bench_target {
     bench_target_kind_t kind;
     double value;
+    int ref;                   /* BENCH_TARGET_REF_MAX: index of the other metric */
 } bench_target_t;
 
 typedef struct bench_metric {
@@ -75,6 +97,7 @@ typedef struct bench_metric {
     const char *unit;          /* "ns/callback" */
     int decimals;              /* digits after the point in the table */
     bench_target_t target;
+    bool urio_only;            /* a reference the urio side measures (a floor): no peer value */
 } bench_metric_t;
 
 typedef struct bench_def {
@@ -97,6 +120,16 @@ void bench_uv_dispatch_fanout(const bench_config_t *cfg, double *out);
 void bench_urio_dispatch_allocs(const bench_config_t *cfg, double *out);
 void bench_urio_timers(const bench_config_t *cfg, double *out);
 void bench_uv_timers(const bench_config_t *cfg, double *out);
+void bench_urio_crossthread_1p(const bench_config_t *cfg, double *out);
+void bench_uv_crossthread_1p(const bench_config_t *cfg, double *out);
+void bench_urio_crossthread_2p(const bench_config_t *cfg, double *out);
+void bench_uv_crossthread_2p(const bench_config_t *cfg, double *out);
+void bench_urio_wakeup(const bench_config_t *cfg, double *out);
+void bench_uv_wakeup(const bench_config_t *cfg, double *out);
+void bench_urio_pool_rtt(const bench_config_t *cfg, double *out);
+void bench_uv_pool_rtt(const bench_config_t *cfg, double *out);
+void bench_urio_pool_throughput(const bench_config_t *cfg, double *out);
+void bench_uv_pool_throughput(const bench_config_t *cfg, double *out);
 
 /* The metrics of the timer experiment, in out[] order. */
 enum {
@@ -109,6 +142,17 @@ enum {
     BENCH_TIMERS_LATE_P50,     /* µs past the deadline */
     BENCH_TIMERS_LATE_P99,
     BENCH_TIMERS_N_METRICS
+};
+
+/* The metrics of the wake-up experiment, in out[] order.  The floor is a
+ * raw eventfd ping-pong between two threads, measured by urio's side in
+ * the same run: the least any loop's wake-up round trip can cost. */
+enum {
+    BENCH_WAKEUP_RTT_P50,      /* µs per round trip */
+    BENCH_WAKEUP_RTT_P99,
+    BENCH_WAKEUP_FLOOR_P50,
+    BENCH_WAKEUP_FLOOR_P99,
+    BENCH_WAKEUP_N_METRICS
 };
 
 /* ------------------------------------------------------------------ */
@@ -134,6 +178,48 @@ void bench_timer_offsets(const bench_config_t *cfg, uint64_t *offsets);
 /* The lateness percentiles in µs of n samples in ns; sorts late[] in place.
  * Fills out[BENCH_TIMERS_LATE_P50] and out[BENCH_TIMERS_LATE_P99]. */
 void bench_lateness_percentiles(int64_t *late, size_t n, double *out);
+
+/* Sorts ns[0..n-1] and gives its 50th and 99th percentiles in µs. */
+void bench_percentiles_us(int64_t *ns, size_t n, double *p50, double *p99);
+
+/* Blocking eventfd helpers, dying on failure.  bench_efd_wait blocks in
+ * read(2) and returns the counter it read. */
+int bench_efd_new(void);
+void bench_efd_signal(int fd, uint64_t value);
+uint64_t bench_efd_wait(int fd);
+
+/*
+ * The client of a wake-up ping-pong, shared by every side of the wakeup
+ * experiment so that all of them are measured by the very same code.
+ *
+ * A thread of its own runs warmup + n round trips: pause gap_ns (spinning,
+ * so the client's CPU stays awake while the server's goes idle), read the
+ * clock, post(ctx) (which must make the server call bench_pingpong_reply),
+ * block in read(2) on the client's own eventfd, read the clock.  Then it
+ * calls finish(ctx), which must make the server stop, and exits.
+ */
+typedef struct bench_pingpong {
+    void (*post)(void *ctx);
+    void (*finish)(void *ctx);
+    void *ctx;
+    uint64_t warmup, n, gap_ns;
+    int efd;                   /* the client's: written by bench_pingpong_reply */
+    int64_t *rtt;              /* n samples, ns */
+    pthread_t thread;
+} bench_pingpong_t;
+
+/* Fills the sizes from cfg, makes the eventfd and the samples, starts the
+ * client thread. */
+void bench_pingpong_start(bench_pingpong_t *pp, const bench_config_t *cfg,
+                          void (*post)(void *ctx), void (*finish)(void *ctx), void *ctx);
+/* The server's reply: wakes the client.  Thread: the server's. */
+void bench_pingpong_reply(bench_pingpong_t *pp);
+/* Joins the client, gives the percentiles in µs, frees everything. */
+void bench_pingpong_join(bench_pingpong_t *pp, double *p50, double *p99);
+
+/* pthread_create and pthread_join, dying on failure. */
+pthread_t bench_thread_start(void *(*fn)(void *), void *arg);
+void bench_thread_join(pthread_t thread);
 
 /* ------------------------------------------------------------------ */
 /* Clocks and the PRNG: inline, since some sit on measured paths.      */

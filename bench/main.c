@@ -14,6 +14,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +25,9 @@
 static const char *const PEER_NAME = "libuv";
 
 enum { MAX_RUNS = 1000 };
+
+/* Seconds one side's run may take before the harness calls it hung. */
+enum { WATCHDOG_QUICK_S = 120, WATCHDOG_FULL_S = 900 };
 
 /* ------------------------------------------------------------------ */
 /* Command line                                                          */
@@ -159,6 +163,32 @@ static bool selected(const options_t *o, const bench_def_t *def)
 /* ------------------------------------------------------------------ */
 /* Targets                                                               */
 
+/* The benchmark a metric belongs to. */
+static const bench_def_t *def_of(const bench_metric_t *m)
+{
+    for (size_t i = 0; i < bench_registry_len; i++) {
+        const bench_def_t *def = &bench_registry[i];
+        if (m >= def->metrics && m < def->metrics + def->n_metrics)
+            return def;
+    }
+    bench_die("metric %s is not in the registry", m->name);
+}
+
+/* The metric a BENCH_TARGET_REF_MAX target compares with. */
+static const bench_metric_t *ref_metric(const bench_metric_t *m)
+{
+    const bench_def_t *def = def_of(m);
+    if (m->target.ref < 0 || (size_t)m->target.ref >= def->n_metrics)
+        bench_die("metric %s: target refers to metric %d of %zu", m->name, m->target.ref,
+                  def->n_metrics);
+    return &def->metrics[m->target.ref];
+}
+
+static bool has_peer(const bench_def_t *def, const bench_metric_t *m)
+{
+    return def->peer != NULL && !m->urio_only;
+}
+
 static void format_target(char *buf, size_t size, const bench_metric_t *m)
 {
     switch (m->target.kind) {
@@ -168,6 +198,10 @@ static void format_target(char *buf, size_t size, const bench_metric_t *m)
     case BENCH_TARGET_RATIO_MIN:
         snprintf(buf, size, "%s/urio >= %gx", PEER_NAME, m->target.value);
         break;
+    case BENCH_TARGET_REF_MAX:
+        snprintf(buf, size, "urio <= %gx %s", m->target.value,
+                 ref_metric(m)->name);
+        break;
     case BENCH_TARGET_NONE:
         snprintf(buf, size, "-");
         break;
@@ -176,14 +210,15 @@ static void format_target(char *buf, size_t size, const bench_metric_t *m)
 
 static void list_benchmarks(void)
 {
-    printf("%-10s %-18s %-16s %-6s %s\n", "group", "benchmark", "unit", "peer", "target");
+    printf("%-12s %-22s %-16s %-6s %s\n", "group", "benchmark", "unit", "peer", "target");
     for (size_t i = 0; i < bench_registry_len; i++) {
         const bench_def_t *def = &bench_registry[i];
         for (size_t m = 0; m < def->n_metrics; m++) {
             char target[96];
             format_target(target, sizeof target, &def->metrics[m]);
-            printf("%-10s %-18s %-16s %-6s %s\n", def->group, def->metrics[m].name,
-                   def->metrics[m].unit, def->peer ? PEER_NAME : "-", target);
+            printf("%-12s %-22s %-16s %-6s %s\n", def->group, def->metrics[m].name,
+                   def->metrics[m].unit, has_peer(def, &def->metrics[m]) ? PEER_NAME : "-",
+                   target);
         }
     }
 }
@@ -198,6 +233,7 @@ typedef struct row {
     double *urio, *peer, *ratio;   /* one per run; NAN where absent */
     double urio_med, peer_med;
     double ratio_med, ratio_min, ratio_max;
+    double ref_ratio_med;          /* BENCH_TARGET_REF_MAX: median of urio/ref per run */
     bool has_target, met;
 } row_t;
 
@@ -225,17 +261,30 @@ static void summarize(const double *v, size_t n, double *med, double *min, doubl
     *max = sorted[k - 1];
 }
 
-static void judge_target(row_t *r)
+/* rows: every row of r's benchmark, in metric order, already summarized. */
+static void judge_target(row_t *r, const row_t *rows, unsigned runs)
 {
     const bench_target_t *t = &r->metric->target;
     r->has_target = t->kind != BENCH_TARGET_NONE;
-    if (t->kind == BENCH_TARGET_URIO_MAX)
+    r->ref_ratio_med = NAN;
+    if (t->kind == BENCH_TARGET_URIO_MAX) {
         r->met = isfinite(r->urio_med) && r->urio_med <= t->value;
-    else if (t->kind == BENCH_TARGET_RATIO_MIN)
+    } else if (t->kind == BENCH_TARGET_RATIO_MIN) {
         r->met = isfinite(r->ratio_med) && r->ratio_med >= t->value;
+    } else if (t->kind == BENCH_TARGET_REF_MAX) {
+        /* Per run, like the peer ratio: both values come from one call of
+         * urio's side, taken at the same moment of the machine. */
+        const row_t *ref = &rows[ref_metric(r->metric) - r->def->metrics];
+        double rel[MAX_RUNS], lo, hi;
+        for (unsigned i = 0; i < runs; i++)
+            rel[i] = (isfinite(r->urio[i]) && ref->urio[i] > 0.0) ? r->urio[i] / ref->urio[i]
+                                                                   : NAN;
+        summarize(rel, runs, &r->ref_ratio_med, &lo, &hi);
+        r->met = isfinite(r->ref_ratio_med) && r->ref_ratio_med <= t->value;
+    }
 }
 
-static void finish_row(row_t *r, unsigned runs)
+static void summarize_row(row_t *r, unsigned runs)
 {
     double lo, hi;
     for (unsigned i = 0; i < runs; i++)
@@ -243,20 +292,55 @@ static void finish_row(row_t *r, unsigned runs)
     summarize(r->urio, runs, &r->urio_med, &lo, &hi);
     summarize(r->peer, runs, &r->peer_med, &lo, &hi);
     summarize(r->ratio, runs, &r->ratio_med, &r->ratio_min, &r->ratio_max);
-    judge_target(r);
 }
 
 /* ------------------------------------------------------------------ */
 /* Running                                                               */
 
+/*
+ * The watchdog: a side whose run hangs (a lost wake-up, a stop that never
+ * comes) must not hang the harness.  alarm(2) bounds each run; the handler
+ * writes a message prepared beforehand (only async-signal-safe calls) and
+ * exits.
+ */
+static char watchdog_msg[256];
+static size_t watchdog_len;
+
+static void watchdog_fired(int sig)
+{
+    (void)sig;
+    ssize_t r = write(STDERR_FILENO, watchdog_msg, watchdog_len);
+    (void)r;
+    _exit(3);
+}
+
+static void watchdog_install(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = watchdog_fired;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGALRM, &sa, NULL) != 0)
+        bench_die("sigaction: %s", strerror(errno));
+}
+
 static void run_side(const char *side, bench_fn fn, const bench_config_t *cfg,
                      const bench_def_t *def, unsigned run, unsigned runs, double *out)
 {
+    unsigned limit = cfg->quick ? WATCHDOG_QUICK_S : WATCHDOG_FULL_S;
+    int len = snprintf(watchdog_msg, sizeof watchdog_msg,
+                       "\nurio-bench: %s run %u/%u %s still running after %u s: hung, "
+                       "giving up\n", def->name, run + 1, runs, side, limit);
+    watchdog_len = len < 0 ? 0 : (size_t)len < sizeof watchdog_msg ? (size_t)len
+                                                                    : sizeof watchdog_msg - 1;
     fprintf(stderr, "  %-16s run %u/%u %-5s ...", def->name, run + 1, runs, side);
     fflush(stderr);
+    alarm(limit);
     uint64_t t0 = bench_now_ns();
     fn(cfg, out);
-    fprintf(stderr, " %.2f s\n", (double)(bench_now_ns() - t0) / 1e9);
+    uint64_t t1 = bench_now_ns();
+    alarm(0);
+    fprintf(stderr, " %.2f s\n", (double)(t1 - t0) / 1e9);
 }
 
 /* Runs one benchmark `runs` times per side and fills its rows.  Even runs
@@ -282,7 +366,9 @@ static void run_benchmark(const bench_def_t *def, const bench_config_t *cfg,
         }
     }
     for (size_t m = 0; m < def->n_metrics; m++)
-        finish_row(&rows[m], runs);
+        summarize_row(&rows[m], runs);
+    for (size_t m = 0; m < def->n_metrics; m++)
+        judge_target(&rows[m], rows, runs);
 }
 
 static row_t *alloc_rows(const options_t *o, size_t *n_rows)
@@ -348,7 +434,7 @@ static void print_row(const row_t *r)
         snprintf(ratio, sizeof ratio, "-");
         snprintf(spread, sizeof spread, "-");
     }
-    printf("%-18s | %-16s | %10s | %10s | %10s | %s\n", r->metric->name, r->metric->unit,
+    printf("%-22s | %-16s | %10s | %10s | %10s | %s\n", r->metric->name, r->metric->unit,
            u, p, ratio, spread);
 }
 
@@ -357,9 +443,9 @@ static void print_table(const row_t *rows, size_t n, const options_t *o)
     printf("\nurio-bench%s: median of %u runs per side; %s/urio > 1 means urio is faster;\n"
            "spread is the min-max of the per-run ratio.\n\n",
            o->quick ? " --quick" : "", o->runs, PEER_NAME);
-    printf("%-18s | %-16s | %10s | %10s | %10s | %s\n", "benchmark", "unit", "urio",
+    printf("%-22s | %-16s | %10s | %10s | %10s | %s\n", "benchmark", "unit", "urio",
            PEER_NAME, "libuv/urio", "spread");
-    printf("-------------------+------------------+------------+------------+------------+"
+    printf("-----------------------+------------------+------------+------------+------------+"
            "-----------\n");
     for (size_t i = 0; i < n; i++)
         print_row(&rows[i]);
@@ -374,11 +460,16 @@ static void print_targets(const row_t *rows, size_t n)
             continue;
         char target[96], got[48];
         format_target(target, sizeof target, r->metric);
-        if (r->metric->target.kind == BENCH_TARGET_RATIO_MIN)
+        if (r->metric->target.kind == BENCH_TARGET_RATIO_MIN) {
             format_value(got, sizeof got, r->ratio_med, 2);
-        else
+        } else if (r->metric->target.kind == BENCH_TARGET_REF_MAX) {
+            format_value(got, sizeof got - 1, r->ref_ratio_med, 2);
+            if (isfinite(r->ref_ratio_med))
+                strcat(got, "x");
+        } else {
             format_value(got, sizeof got, r->urio_med, r->metric->decimals);
-        printf("  %-18s %-30s got %-10s %s\n", r->metric->name, target, got,
+        }
+        printf("  %-22s %-34s got %-10s %s\n", r->metric->name, target, got,
                r->met ? "MET" : "MISSED");
     }
 }
@@ -413,15 +504,21 @@ static void json_target(FILE *f, const row_t *r)
         fputs("\"target\": null, \"met\": null", f);
         return;
     }
-    fprintf(f, "\"target\": {\"kind\": \"%s\", \"value\": ",
-            t->kind == BENCH_TARGET_URIO_MAX ? "urio_max" : "ratio_min");
+    const char *kind = t->kind == BENCH_TARGET_URIO_MAX   ? "urio_max"
+                       : t->kind == BENCH_TARGET_RATIO_MIN ? "ratio_min"
+                                                           : "ref_max";
+    fprintf(f, "\"target\": {\"kind\": \"%s\", \"value\": ", kind);
     json_number(f, t->value);
+    if (t->kind == BENCH_TARGET_REF_MAX) {
+        fprintf(f, ", \"ref\": \"%s\", \"got\": ", ref_metric(r->metric)->name);
+        json_number(f, r->ref_ratio_med);
+    }
     fprintf(f, "}, \"met\": %s", r->met ? "true" : "false");
 }
 
 static void json_row(FILE *f, const row_t *r, unsigned runs)
 {
-    bool peer = r->def->peer != NULL;
+    bool peer = has_peer(r->def, r->metric);
     fprintf(f, "    {\"name\": \"%s\", \"group\": \"%s\", \"unit\": \"%s\", \"peer\": ",
             r->metric->name, r->def->group, r->metric->unit);
     fprintf(f, peer ? "\"%s\",\n" : "null,\n", PEER_NAME);
@@ -451,12 +548,19 @@ static void json_config(FILE *f, const bench_config_t *c)
     fprintf(f,
             "  \"config\": {\"chain_n\": %llu, \"fanout_n\": %llu, \"fanout_round\": %llu, "
             "\"allocs_warmup\": %llu, \"allocs_n\": %llu, \"timer_n\": %llu, "
-            "\"timer_span_ns\": %llu, \"timer_lead_ns\": %llu, \"seed\": %llu},\n",
+            "\"timer_span_ns\": %llu, \"timer_lead_ns\": %llu, \"seed\": %llu,\n"
+            "             \"xthread_n\": %llu, \"wakeup_n\": %llu, \"wakeup_warmup\": %llu, "
+            "\"wakeup_gap_ns\": %llu, \"pool_rtt_n\": %llu, \"pool_n\": %llu, "
+            "\"pool_inflight\": %llu, \"pool_warmup\": %llu, \"pool_workers\": %u},\n",
             (unsigned long long)c->chain_n, (unsigned long long)c->fanout_n,
             (unsigned long long)c->fanout_round, (unsigned long long)c->allocs_warmup,
             (unsigned long long)c->allocs_n, (unsigned long long)c->timer_n,
             (unsigned long long)c->timer_span_ns, (unsigned long long)c->timer_lead_ns,
-            (unsigned long long)c->seed);
+            (unsigned long long)c->seed, (unsigned long long)c->xthread_n,
+            (unsigned long long)c->wakeup_n, (unsigned long long)c->wakeup_warmup,
+            (unsigned long long)c->wakeup_gap_ns, (unsigned long long)c->pool_rtt_n,
+            (unsigned long long)c->pool_n, (unsigned long long)c->pool_inflight,
+            (unsigned long long)c->pool_warmup, c->pool_workers);
 }
 
 static void write_json(const char *path, const row_t *rows, size_t n, const options_t *o,
@@ -492,6 +596,7 @@ int main(int argc, char **argv)
 
     bench_config_t cfg;
     bench_config_init(&cfg, o.quick);
+    watchdog_install();
 
     size_t n_rows;
     row_t *rows = alloc_rows(&o, &n_rows);
