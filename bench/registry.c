@@ -6,7 +6,17 @@
  */
 #include "bench.h"
 
-#define NO_TARGET { BENCH_TARGET_NONE, 0.0, 0 }
+/* Designated initializers: a field added to the structs needs no edit here. */
+#define METRIC(name_, unit_, decimals_, target_)                                  \
+    { .name = (name_), .unit = (unit_), .decimals = (decimals_), .target = target_ }
+/* A reference measured by urio's side only (no peer value): a floor. */
+#define URIO_ONLY_METRIC(name_, unit_, decimals_)                                 \
+    { .name = (name_), .unit = (unit_), .decimals = (decimals_), .urio_only = true }
+
+#define NO_TARGET { .kind = BENCH_TARGET_NONE }
+#define URIO_MAX(v) { .kind = BENCH_TARGET_URIO_MAX, .value = (v) }
+#define RATIO_MIN(v) { .kind = BENCH_TARGET_RATIO_MIN, .value = (v) }
+#define REF_MAX(v, metric) { .kind = BENCH_TARGET_REF_MAX, .value = (v), .ref = (metric) }
 
 const bench_def_t bench_registry[] = {
     {
@@ -16,7 +26,7 @@ const bench_def_t bench_registry[] = {
         .peer = bench_uv_dispatch_chain,
         .n_metrics = 1,
         .metrics = {
-            { "dispatch.chain", "ns/callback", 2, { BENCH_TARGET_URIO_MAX, 15.0, 0 } },
+            METRIC("dispatch.chain", "ns/callback", 2, URIO_MAX(15.0)),
         },
     },
     {
@@ -26,7 +36,7 @@ const bench_def_t bench_registry[] = {
         .peer = bench_uv_dispatch_fanout,
         .n_metrics = 1,
         .metrics = {
-            { "dispatch.fanout", "ns/callback", 2, NO_TARGET },
+            METRIC("dispatch.fanout", "ns/callback", 2, NO_TARGET),
         },
     },
     {
@@ -36,7 +46,7 @@ const bench_def_t bench_registry[] = {
         .peer = NULL,   /* libuv never allocates for an idle handle: nothing to compare */
         .n_metrics = 1,
         .metrics = {
-            { "dispatch.allocs", "allocs/callback", 4, { BENCH_TARGET_URIO_MAX, 0.0, 0 } },
+            METRIC("dispatch.allocs", "allocs/callback", 4, URIO_MAX(0.0)),
         },
     },
     {
@@ -46,12 +56,10 @@ const bench_def_t bench_registry[] = {
         .peer = bench_uv_timers,
         .n_metrics = BENCH_TIMERS_N_METRICS,
         .metrics = {
-            [BENCH_TIMERS_SCHEDULE] = { "timers.schedule", "ns/timer", 1,
-                                        { BENCH_TARGET_RATIO_MIN, 8.0, 0 } },
-            [BENCH_TIMERS_FIRE_CPU] = { "timers.fire_cpu", "cpu ns/timer", 1,
-                                        { BENCH_TARGET_RATIO_MIN, 8.0, 0 } },
-            [BENCH_TIMERS_LATE_P50] = { "timers.late_p50", "us late", 1, NO_TARGET },
-            [BENCH_TIMERS_LATE_P99] = { "timers.late_p99", "us late", 1, NO_TARGET },
+            [BENCH_TIMERS_SCHEDULE] = METRIC("timers.schedule", "ns/timer", 1, RATIO_MIN(8.0)),
+            [BENCH_TIMERS_FIRE_CPU] = METRIC("timers.fire_cpu", "cpu ns/timer", 1, RATIO_MIN(8.0)),
+            [BENCH_TIMERS_LATE_P50] = METRIC("timers.late_p50", "us late", 1, NO_TARGET),
+            [BENCH_TIMERS_LATE_P99] = METRIC("timers.late_p99", "us late", 1, NO_TARGET),
         },
     },
     /* Rates are reported as their inverse (ns per call, per job) so that,
@@ -64,7 +72,7 @@ const bench_def_t bench_registry[] = {
         .peer = bench_uv_crossthread_1p,
         .n_metrics = 1,
         .metrics = {
-            { "crossthread.calls_1p", "ns/call", 2, { BENCH_TARGET_RATIO_MIN, 2.5, 0 } },
+            METRIC("crossthread.calls_1p", "ns/call", 2, RATIO_MIN(2.5)),
         },
     },
     {
@@ -74,7 +82,7 @@ const bench_def_t bench_registry[] = {
         .peer = bench_uv_crossthread_2p,
         .n_metrics = 1,
         .metrics = {
-            { "crossthread.calls_2p", "ns/call", 2, { BENCH_TARGET_RATIO_MIN, 2.0, 0 } },
+            METRIC("crossthread.calls_2p", "ns/call", 2, RATIO_MIN(2.0)),
         },
     },
     {
@@ -84,14 +92,12 @@ const bench_def_t bench_registry[] = {
         .peer = bench_uv_wakeup,
         .n_metrics = BENCH_WAKEUP_N_METRICS,
         .metrics = {
-            [BENCH_WAKEUP_RTT_P50] = { "wakeup.rtt_p50", "us/round trip", 2,
-                                       { BENCH_TARGET_REF_MAX, 1.1, BENCH_WAKEUP_FLOOR_P50 } },
-            [BENCH_WAKEUP_RTT_P99] = { "wakeup.rtt_p99", "us/round trip", 2, NO_TARGET },
+            [BENCH_WAKEUP_RTT_P50] = METRIC("wakeup.rtt_p50", "us/round trip", 2,
+                                            REF_MAX(1.1, BENCH_WAKEUP_FLOOR_P50)),
+            [BENCH_WAKEUP_RTT_P99] = METRIC("wakeup.rtt_p99", "us/round trip", 2, NO_TARGET),
             /* The raw eventfd ping-pong, in urio's column: see wakeup.c. */
-            [BENCH_WAKEUP_FLOOR_P50] = { "wakeup.floor_p50", "us/round trip", 2, NO_TARGET,
-                                         .urio_only = true },
-            [BENCH_WAKEUP_FLOOR_P99] = { "wakeup.floor_p99", "us/round trip", 2, NO_TARGET,
-                                         .urio_only = true },
+            [BENCH_WAKEUP_FLOOR_P50] = URIO_ONLY_METRIC("wakeup.floor_p50", "us/round trip", 2),
+            [BENCH_WAKEUP_FLOOR_P99] = URIO_ONLY_METRIC("wakeup.floor_p99", "us/round trip", 2),
         },
     },
     {
@@ -101,7 +107,7 @@ const bench_def_t bench_registry[] = {
         .peer = bench_uv_pool_rtt,
         .n_metrics = 1,
         .metrics = {
-            { "threadpool.rtt", "us/job", 2, { BENCH_TARGET_RATIO_MIN, 1.0, 0 } },
+            METRIC("threadpool.rtt", "us/job", 2, RATIO_MIN(1.0)),
         },
     },
     {
@@ -111,7 +117,7 @@ const bench_def_t bench_registry[] = {
         .peer = bench_uv_pool_throughput,
         .n_metrics = 1,
         .metrics = {
-            { "threadpool.throughput", "ns/job", 1, { BENCH_TARGET_RATIO_MIN, 2.0, 0 } },
+            METRIC("threadpool.throughput", "ns/job", 1, RATIO_MIN(2.0)),
         },
     },
 };

@@ -8,15 +8,22 @@
  * (each callback scheduled with call_soon, in turn) without a ready entry
  * per callback.  The runner holds a reference on the future.
  *
- * References are plain counters: futures belong to their loop's thread
- * (thread-safe futures are a later layer).  Each future also holds a
- * reference on its loop's memory, so a future outliving urio_loop_close()
- * can still be read and released.
+ * Futures cross threads: an executor's job or another thread may hold a
+ * reference, wait for the outcome (urio_future_wait blocks on a futex) or
+ * cancel (through the loop's inbox).  So references are atomic, and the
+ * state is published with a release store after the outcome is written;
+ * readers on other threads load it with acquire.  Completing stays the loop
+ * thread's business.  Each future holds a reference on its loop's memory,
+ * so a future outliving urio_loop_close() can still be read and released.
  */
 #include "internal.h"
 
+#include <limits.h>
+#include <linux/futex.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 enum { F_PENDING, F_RESULT, F_ERROR, F_CANCELLED };
 
@@ -27,19 +34,27 @@ struct done_cb {
 
 struct urio_future {
     urio_loop_t *loop;
-    uint32_t refs;
-    uint8_t state;
-    bool retrieved;             /* the error was read (result, error_message, await) */
-    bool runner_scheduled;
-    bool reserved;              /* holds room in the loop's FIFO for its runner */
-    int err;
+    atomic_uint refs;
+    _Atomic uint32_t state;     /* F_*: set once, by the loop thread, with release */
+    atomic_uint waiters;        /* threads in urio_future_wait: wake them */
+    atomic_bool retrieved;      /* the error was read (result, error_message, await) */
+    bool runner_scheduled;      /* loop thread */
+    bool reserved;              /* loop thread: holds room in the FIFO for its runner */
+    int err;                    /* the outcome: written before state */
     void *value;
     char *errmsg;               /* urio__malloc'd, or NULL */
-    struct done_cb *cbs;        /* inl, or a urio__malloc'd array */
+    struct done_cb *cbs;        /* loop thread: inl, or a urio__malloc'd array */
     uint32_t ncbs, capcbs;
     struct done_cb inl[2];
+    urio__cancel_hook_fn cancel_hook;   /* loop thread: told synchronously of a cancel */
+    void *cancel_hook_arg;
     urio__stack_t *stack;       /* creation stack, debug mode only */
 };
+
+static inline uint32_t state_of(const urio_future_t *f)
+{
+    return atomic_load_explicit(&((urio_future_t *)f)->state, memory_order_acquire);
+}
 
 static bool check(const urio_future_t *f, const char *fn)
 {
@@ -67,7 +82,7 @@ URIO_EXPORT urio_future_t *urio_future_new(urio_loop_t *loop)
     }
     memset(f, 0, sizeof *f);
     f->loop = loop;
-    f->refs = 1;
+    atomic_init(&f->refs, 1);
     f->cbs = f->inl;
     f->capcbs = 2;
 #if URIO_DEBUG_CHECKS
@@ -78,14 +93,13 @@ URIO_EXPORT urio_future_t *urio_future_new(urio_loop_t *loop)
     }
 #endif
     urio__loop_ref(loop);
-    loop->live_futures++;
     return f;
 }
 
 URIO_EXPORT urio_future_t *urio_future_ref(urio_future_t *f)
 {
     if (f != NULL)
-        f->refs++;
+        atomic_fetch_add_explicit(&f->refs, 1, memory_order_relaxed);
     return f;
 }
 
@@ -106,12 +120,16 @@ static void report_unretrieved(urio_future_t *f)
 
 URIO_EXPORT void urio_future_unref(urio_future_t *f)
 {
-    if (f == NULL || --f->refs > 0)
+    /* acq_rel: the last one out sees every other thread's last use. */
+    if (f == NULL || atomic_fetch_sub_explicit(&f->refs, 1, memory_order_acq_rel) > 1)
         return;
-    if (f->state == F_ERROR && !f->retrieved) {
-        f->refs = 1;            /* valid while the handler looks at it */
+    if (state_of(f) == F_ERROR && !atomic_load(&f->retrieved)) {
+        atomic_store(&f->refs, 1);      /* valid while the handler looks at it */
+        atomic_store(&f->retrieved, true);  /* reported once */
         report_unretrieved(f);
-        f->refs = 0;
+        /* The handler may have kept it (urio_future_ref): then it lives on. */
+        if (atomic_fetch_sub_explicit(&f->refs, 1, memory_order_acq_rel) > 1)
+            return;
     }
     urio_loop_t *loop = f->loop;
     if (f->reserved)
@@ -121,7 +139,6 @@ URIO_EXPORT void urio_future_unref(urio_future_t *f)
     urio__free(f->errmsg);
     urio__free(f->stack);
     urio__free(f);
-    loop->live_futures--;
     urio__loop_unref(loop);
 }
 
@@ -187,22 +204,44 @@ static int schedule_runner(urio_future_t *f)
                       f->ncbs);
         return -ESHUTDOWN;
     }
-    f->refs++;
+    atomic_fetch_add_explicit(&f->refs, 1, memory_order_relaxed);
     urio__ready_push_reserved(loop, run_callbacks, f, &urio__future_runner_site);
     f->runner_scheduled = true;
     return 0;
 }
 
-static int complete(urio_future_t *f, int state, int err, void *value, const char *fn)
+static void futex_wake_all(_Atomic uint32_t *word)
+{
+    syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+}
+
+/* The one transition.  The caller checked the thread and that f is pending. */
+static void transition(urio_future_t *f, uint32_t state, int err, void *value)
+{
+    f->err = err;
+    f->value = value;
+    /*
+     * seq_cst: the outcome is published (release), and ordered before the
+     * load of `waiters`, which pairs with a waiter's increment-then-check.
+     */
+    atomic_store_explicit(&f->state, state, memory_order_seq_cst);
+    if (atomic_load_explicit(&f->waiters, memory_order_seq_cst) != 0)
+        futex_wake_all(&f->state);
+    if (state == F_CANCELLED && f->cancel_hook != NULL) {
+        urio__cancel_hook_fn hook = f->cancel_hook;
+        f->cancel_hook = NULL;
+        hook(f->cancel_hook_arg);
+    }
+    schedule_runner(f);
+}
+
+static int complete(urio_future_t *f, uint32_t state, int err, void *value, const char *fn)
 {
     if (!check(f, fn))
         return f ? -EPERM : -EINVAL;
-    if (f->state != F_PENDING)
+    if (state_of(f) != F_PENDING)
         return -EINVAL;
-    f->state = (uint8_t)state;
-    f->err = err;
-    f->value = value;
-    schedule_runner(f);
+    transition(f, state, err, value);
     return 0;
 }
 
@@ -217,7 +256,7 @@ URIO_EXPORT int urio_future_set_error(urio_future_t *f, int err, const char *fmt
         return -EINVAL;
     if (!check(f, "urio_future_set_error"))
         return f ? -EPERM : -EINVAL;
-    if (f->state != F_PENDING)
+    if (state_of(f) != F_PENDING)
         return -EINVAL;
     char *msg = NULL;
     int ret = 0;
@@ -230,30 +269,94 @@ URIO_EXPORT int urio_future_set_error(urio_future_t *f, int err, const char *fmt
             ret = -ENOMEM;      /* completed all the same, without the message */
     }
     f->errmsg = msg;
-    complete(f, err == -ECANCELED ? F_CANCELLED : F_ERROR, err, NULL, "urio_future_set_error");
+    transition(f, err == -ECANCELED ? F_CANCELLED : F_ERROR, err, NULL);
     return ret;
+}
+
+/* A cancel requested from another thread, run on the loop. */
+static void cancel_on_loop(void *arg)
+{
+    urio_future_t *f = arg;
+    if (state_of(f) == F_PENDING)
+        transition(f, F_CANCELLED, -ECANCELED, NULL);
+    urio_future_unref(f);
 }
 
 URIO_EXPORT bool urio_future_cancel(urio_future_t *f)
 {
-    return complete(f, F_CANCELLED, -ECANCELED, NULL, "urio_future_cancel") == 0;
+    if (f == NULL)
+        return false;
+    const void *owner = atomic_load_explicit(&f->loop->owner, memory_order_relaxed);
+    if (owner != NULL && owner != urio__thread_token()) {
+        /* Another thread: the loop cancels it, through its inbox. */
+        if (state_of(f) != F_PENDING)
+            return false;
+        urio_future_ref(f);
+        if (urio_call_soon_threadsafe(f->loop, cancel_on_loop, f) < 0) {
+            urio_future_unref(f);
+            return false;
+        }
+        return true;
+    }
+    if (state_of(f) != F_PENDING)
+        return false;
+    transition(f, F_CANCELLED, -ECANCELED, NULL);
+    return true;
+}
+
+void urio__future_set_cancel_hook(urio_future_t *f, urio__cancel_hook_fn fn, void *arg)
+{
+    f->cancel_hook = fn;
+    f->cancel_hook_arg = arg;
+}
+
+URIO_EXPORT int urio_future_wait(urio_future_t *f, int64_t timeout_ns, void **result)
+{
+    if (f == NULL)
+        return -EINVAL;
+    if (urio_loop_current() == f->loop) {
+        urio__log(URIO_LOG_ERROR, "urio_future_wait(): called from the thread running the "
+                  "future's loop, which would wait for itself");
+        return -EDEADLK;
+    }
+    uint64_t deadline = timeout_ns < 0 ? UINT64_MAX : urio__now() + (uint64_t)timeout_ns;
+    atomic_fetch_add_explicit(&f->waiters, 1, memory_order_seq_cst);
+    int ret = 0;
+    while (atomic_load_explicit(&f->state, memory_order_seq_cst) == F_PENDING) {
+        struct timespec ts, *tsp = NULL;
+        if (deadline != UINT64_MAX) {
+            uint64_t now = urio__now();
+            if (now >= deadline) {
+                ret = -ETIMEDOUT;
+                break;
+            }
+            uint64_t left = deadline - now;
+            ts.tv_sec = (time_t)(left / 1000000000u);
+            ts.tv_nsec = (long)(left % 1000000000u);
+            tsp = &ts;
+        }
+        /* Sleeps only while the state still reads pending: no lost wake-up. */
+        syscall(SYS_futex, &f->state, FUTEX_WAIT_PRIVATE, F_PENDING, tsp, NULL, 0);
+    }
+    atomic_fetch_sub_explicit(&f->waiters, 1, memory_order_relaxed);
+    return ret < 0 ? ret : urio_future_result(f, result);
 }
 
 URIO_EXPORT bool urio_future_done(const urio_future_t *f)
 {
-    return f != NULL && f->state != F_PENDING;
+    return f != NULL && state_of(f) != F_PENDING;
 }
 
 URIO_EXPORT bool urio_future_cancelled(const urio_future_t *f)
 {
-    return f != NULL && f->state == F_CANCELLED;
+    return f != NULL && state_of(f) == F_CANCELLED;
 }
 
 URIO_EXPORT int urio_future_result(urio_future_t *f, void **value)
 {
     if (f == NULL)
         return -EINVAL;
-    switch (f->state) {
+    switch (state_of(f)) {
     case F_PENDING:
         return URIO_ENOTDONE;
     case F_RESULT:
@@ -261,7 +364,7 @@ URIO_EXPORT int urio_future_result(urio_future_t *f, void **value)
             *value = f->value;
         return 0;
     case F_ERROR:
-        f->retrieved = true;
+        atomic_store_explicit(&f->retrieved, true, memory_order_relaxed);
         return f->err;
     default:
         return -ECANCELED;
@@ -272,9 +375,9 @@ URIO_EXPORT const char *urio_future_error_message(const urio_future_t *f)
 {
     if (f == NULL)
         return NULL;
-    if (f->state == F_ERROR)
-        ((urio_future_t *)f)->retrieved = true;
-    return f->errmsg;
+    if (state_of(f) == F_ERROR)
+        atomic_store_explicit(&((urio_future_t *)f)->retrieved, true, memory_order_relaxed);
+    return state_of(f) == F_PENDING ? NULL : f->errmsg;
 }
 
 URIO_EXPORT urio_loop_t *urio_future_loop(const urio_future_t *f)
@@ -301,14 +404,14 @@ URIO_EXPORT int urio_future_add_done_callback(urio_future_t *f, urio_future_done
         f->cbs = n;
         f->capcbs = cap;
     }
-    if (f->state == F_PENDING && !f->reserved) {
+    if (state_of(f) == F_PENDING && !f->reserved) {
         /* Room for the runner now, so completing f later cannot fail. */
         if (urio__ready_reserve(f->loop) < 0)
             return -ENOMEM;
         f->reserved = true;
     }
     f->cbs[f->ncbs++] = (struct done_cb){ fn, arg };
-    if (f->state != F_PENDING) {
+    if (state_of(f) != F_PENDING) {
         int ret = schedule_runner(f);
         if (ret < 0) {
             f->ncbs--;      /* failed: this callback never runs */
@@ -322,7 +425,7 @@ URIO_EXPORT int urio_future_remove_done_callback(urio_future_t *f, urio_future_d
 {
     if (f == NULL || !check(f, "urio_future_remove_done_callback"))
         return 0;
-    if (f->state != F_PENDING)
+    if (state_of(f) != F_PENDING)
         return 0;           /* done: its callbacks are scheduled, as in asyncio */
     uint32_t kept = 0;
     for (uint32_t i = 0; i < f->ncbs; i++)
@@ -339,7 +442,7 @@ URIO_EXPORT int urio_future_remove_done_callback(urio_future_t *f, urio_future_d
 
 const char *urio__future_describe(const urio_future_t *f, char *buf, size_t n)
 {
-    switch (f->state) {
+    switch (state_of(f)) {
     case F_PENDING:
         snprintf(buf, n, "<Future pending>");
         break;

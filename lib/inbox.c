@@ -256,10 +256,16 @@ uint32_t urio__inbox_drain(urio_loop_t *loop)
     urio__inbox_t *ib = &loop->inbox;
     struct batch b = { NULL, NULL };
     uint32_t moved = 0;
+    /*
+     * Take only what was there when the drain began: producers that keep
+     * pace with the loop must not keep it in this step, away from its timers
+     * and I/O (the rest waits for the next turn, which will not sleep).
+     */
+    urio__mpsc_node_t *last = atomic_load_explicit(&ib->q.back, memory_order_acquire);
+    bool busy = false;
     for (;;) {
         urio__inbox_node_t *n = ib->held;
         if (n == NULL) {
-            bool busy;
             urio__mpsc_node_t *link = urio__mpsc_pop(&ib->q, &busy);
             if (link == NULL)
                 break;      /* empty, or a push in progress: next turn */
@@ -271,11 +277,20 @@ uint32_t urio__inbox_drain(urio_loop_t *loop)
             break;
         }
         ib->held = NULL;
+        bool was_last = &n->link == last;
         batch_add(&b, n);
         moved++;
+        if (was_last)
+            break;
     }
     if (b.first)
         free_push(ib, b.first, b.last);
+    /*
+     * A producer stopped between its two steps and nothing else to do: let it
+     * run (it may share this CPU) rather than spin through empty turns.
+     */
+    if (busy && moved == 0 && urio__ready_count(loop) == 0)
+        sched_yield();
     return moved;
 }
 

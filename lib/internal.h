@@ -308,7 +308,6 @@ struct urio_loop {
 
     struct urio_loop *next_open, *prev_open;   /* the open loops: guarded by a mutex in loop.c */
     atomic_uint refs;            /* 1 for the open loop, 1 per live future, urio_loop_ref's */
-    uint32_t live_futures;
     uint64_t callbacks_run;      /* statistics */
 };
 
@@ -371,6 +370,12 @@ static inline bool urio__inbox_pending(urio__inbox_t *ib)
 /* Pushes a node its owner made (an executor's completion): no pool, no allocation. */
 int urio__inbox_push_node(urio_loop_t *loop, urio__inbox_node_t *n);
 
+/*
+ * future.c: a hook told synchronously, on the loop thread, when a future is
+ * cancelled (an executor's job that must not start; a task's pending op).
+ */
+typedef void (*urio__cancel_hook_fn)(void *arg);
+void urio__future_set_cancel_hook(urio_future_t *f, urio__cancel_hook_fn fn, void *arg);
 /* future.c: the runner's site marks its FIFO entries; close releases them. */
 extern const urio_site_t urio__future_runner_site;
 void urio__future_runner_dropped(void *arg);

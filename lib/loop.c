@@ -112,6 +112,10 @@ uint64_t urio__ready_push_reserved(urio_loop_t *loop, urio_callback_fn fn, void 
     return q;
 }
 
+/* A timer handle has 24 bits for the slot index (16M timers per loop). */
+#define SLOT_BITS  24
+#define SLOT_MASK  ((1ull << SLOT_BITS) - 1)
+
 /* ------------------------------------------------------------------ */
 /* Timers' slots                                                        */
 
@@ -127,8 +131,8 @@ static int slot_alloc(urio_loop_t *loop, urio_callback_fn fn, void *arg,
     } else {
         if (loop->nslots == loop->cap_slots) {
             uint32_t cap = loop->cap_slots * 2;
-            if (cap <= loop->cap_slots || cap > (1u << 30))
-                return -ENOMEM;
+            if (cap > (1u << SLOT_BITS) - 1)
+                return -ENOMEM;     /* a handle has 24 bits for the slot */
             struct urio__slot *s = urio__realloc(loop->slots, (size_t)cap * sizeof *s);
             if (s == NULL)
                 return -ENOMEM;
@@ -158,14 +162,14 @@ void urio__slot_release(urio_loop_t *loop, uint32_t i)
 
 /*
  * A handle's id: a call_soon's is its FIFO sequence number (bit 63 clear,
- * never 0: the FIFO starts at 1); a timer's is bit 63, the slot's
- * generation (31 bits) and the slot index + 1.
+ * never 0: the FIFO starts at 1); a timer's is bit 63, the slot's whole
+ * 32-bit generation and the slot index + 1 (24 bits).
  */
-#define TIMER_BIT (1ull << 63)
+#define TIMER_BIT  (1ull << 63)
 
 static inline urio_handle_t timer_handle(uint32_t slot, uint32_t gen)
 {
-    return (urio_handle_t){ TIMER_BIT | ((uint64_t)(gen & 0x7fffffffu) << 32) | (slot + 1ull) };
+    return (urio_handle_t){ TIMER_BIT | ((uint64_t)gen << SLOT_BITS) | (slot + 1ull) };
 }
 
 static inline urio_handle_t fail_handle(int err)
@@ -280,12 +284,12 @@ URIO_EXPORT bool urio_handle_cancel(urio_loop_t *loop, urio_handle_t h)
         e->fn = NULL;
         return true;
     }
-    uint64_t slot = (h.id & 0xffffffffu) - 1;
-    uint32_t gen = (uint32_t)(h.id >> 32) & 0x7fffffffu;
+    uint64_t slot = (h.id & SLOT_MASK) - 1;
+    uint32_t gen = (uint32_t)(h.id >> SLOT_BITS);
     if (slot >= loop->nslots)
         return false;
     struct urio__slot *s = &loop->slots[slot];
-    if ((s->gen & 0x7fffffffu) != gen || !(s->gen & 1))
+    if (s->gen != gen || !(gen & 1))
         return false;       /* ran or was cancelled */
     /*
      * Free the slot now.  Its entry in the wheel, the heap or the FIFO names
@@ -624,7 +628,7 @@ URIO_EXPORT bool urio_loop_get_debug(const urio_loop_t *loop)
 
 URIO_EXPORT void urio_loop_set_slow_callback_duration(urio_loop_t *loop, uint64_t ns)
 {
-    if (loop != NULL)
+    if (loop != NULL && urio__loop_check_thread(loop, "urio_loop_set_slow_callback_duration"))
         loop->slow_ns = ns;
 }
 
@@ -635,7 +639,7 @@ URIO_EXPORT uint64_t urio_loop_get_slow_callback_duration(const urio_loop_t *loo
 
 URIO_EXPORT void urio_loop_set_timer_slack(urio_loop_t *loop, uint64_t ns)
 {
-    if (loop != NULL)
+    if (loop != NULL && urio__loop_check_thread(loop, "urio_loop_set_timer_slack"))
         loop->timer_slack_ns = ns > 1000000000u ? 1000000000u : ns;
 }
 
@@ -725,7 +729,8 @@ URIO_EXPORT int urio_loop_close(urio_loop_t *loop)
 {
     if (loop == NULL)
         return -EINVAL;
-    if (loop->running)
+    /* owner, not running: close may come from another thread, and owner is atomic. */
+    if (atomic_load_explicit(&loop->owner, memory_order_acquire) != NULL)
         return -EBUSY;
     if (loop->closing)
         return 0;
@@ -776,7 +781,7 @@ URIO_EXPORT int urio_loop_close(urio_loop_t *loop)
 URIO_EXPORT void urio_loop_set_exception_handler(urio_loop_t *loop,
                                                  urio_exception_handler_fn fn, void *ud)
 {
-    if (loop == NULL)
+    if (loop == NULL || !urio__loop_check_thread(loop, "urio_loop_set_exception_handler"))
         return;
     loop->exc_fn = fn;
     loop->exc_ud = fn ? ud : NULL;

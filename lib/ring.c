@@ -156,8 +156,12 @@ int urio__ring_bind(urio__ring_t *r)
     }
     r->enabled = true;
     r->issuer = me;
-    /* Registered ring fds are per thread: the issuer's saves an fdget per enter. */
-    io_uring_register_ring_fd(&r->uring);
+    /*
+     * No io_uring_register_ring_fd: a registered ring fd belongs to the
+     * issuer thread and keeps the ring alive after urio_loop_close() from
+     * another thread has closed the fd.  Enters are rare (batched), so the
+     * fdget it would save is not worth a ring that outlives its close.
+     */
     return 0;
 }
 

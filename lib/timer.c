@@ -267,9 +267,12 @@ static int place(urio_loop_t *loop, const struct urio__timer *t)
 static void refill(urio_loop_t *loop)
 {
     heap_trim(loop);
-    while (loop->nheap > 0 && tick_of(loop->heap[0].when) - loop->tw_tick < URIO__TW_BUCKETS) {
+    while (loop->nheap > 0 && tick_of(loop->heap[0].when) < loop->tw_tick + URIO__TW_BUCKETS) {
         struct urio__timer t = loop->heap[0];
-        if (bucket_add(loop, (uint32_t)(tick_of(t.when) & TW_MASK), &t) < 0)
+        uint64_t tick = tick_of(t.when);
+        if (tick < loop->tw_tick)
+            tick = loop->tw_tick;       /* overdue: the wheel's first bucket */
+        if (bucket_add(loop, (uint32_t)(tick & TW_MASK), &t) < 0)
             return;     /* ENOMEM: it stays in the heap, fired from there later */
         heap_pop(loop);
         heap_trim(loop);
@@ -304,8 +307,15 @@ int urio__timer_push(urio_loop_t *loop, uint64_t when, uint32_t slot, uint32_t g
     if (URIO_UNLIKELY(loop->tw == NULL) && wheel_make(loop) < 0)
         return -ENOMEM;
     if (loop->tw_count == 0) {
-        /* An empty wheel may start anywhere not after now: start it at now. */
+        /*
+         * An empty wheel may start anywhere not after now, and not after the
+         * heap's first timer (which may be overdue): the heap must stay
+         * entirely beyond the wheel.
+         */
         uint64_t start = tick_of(loop->now_cache);
+        heap_trim(loop);
+        if (loop->nheap > 0 && tick_of(loop->heap[0].when) < start)
+            start = tick_of(loop->heap[0].when);
         if (start > loop->tw_tick) {
             loop->tw_tick = start;
             refill(loop);

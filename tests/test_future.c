@@ -823,7 +823,6 @@ static void test_future_wrong_thread_refused(void **state)
     x.new_errno = errno;
     x.set_result = urio_future_set_result(x.f, &x);
     x.set_error = urio_future_set_error(x.f, -EIO, "from %s", "elsewhere");
-    x.cancel = urio_future_cancel(x.f);
     x.add_cb = urio_future_add_done_callback(x.f, record_done, &t0);
     x.remove_cb = urio_future_remove_done_callback(x.f, record_done, &t0);
     x.result = urio_future_result(x.f, NULL);
@@ -837,7 +836,6 @@ static void test_future_wrong_thread_refused(void **state)
     assert_int_equal(x.new_errno, EPERM);
     assert_int_equal(x.set_result, -EPERM);
     assert_int_equal(x.set_error, -EPERM);
-    assert_false(x.cancel);
     assert_int_equal(x.add_cb, -EPERM);
     assert_int_equal(x.remove_cb, 0);
     assert_int_equal(x.result, URIO_ENOTDONE);
@@ -845,11 +843,10 @@ static void test_future_wrong_thread_refused(void **state)
 
     const char *what = "Non-thread-safe operation invoked on an event loop other than the "
                        "current one";
-    assert_true(test_log_count(what) >= 5);
+    assert_true(test_log_count(what) >= 4);
     assert_log_contains("ERROR urio_future_new(): Non-thread-safe operation");
     assert_log_contains("ERROR urio_future_set_result(): Non-thread-safe operation");
     assert_log_contains("ERROR urio_future_set_error(): Non-thread-safe operation");
-    assert_log_contains("ERROR urio_future_cancel(): Non-thread-safe operation");
     assert_log_contains("ERROR urio_future_add_done_callback(): Non-thread-safe operation");
     test_log_release();
 
@@ -862,6 +859,64 @@ static void test_future_wrong_thread_refused(void **state)
     assert_int_equal(urio_future_set_result(x.f, NULL), 0);
     urio_future_unref(x.f);
     assert_int_equal(s.n, 0);
+    test_loop_close(x.loop);
+}
+
+/* An exception handler may keep the future it is told about. */
+static urio_future_t *kept;
+static int kept_reports;
+static void keeping_handler(urio_loop_t *loop, const urio_error_context_t *ctx, void *ud)
+{
+    (void)loop;
+    (void)ud;
+    kept_reports++;
+    kept = urio_future_ref(ctx->future);
+}
+
+static void test_future_handler_may_keep_future(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_loop_set_exception_handler(loop, keeping_handler, NULL);
+    kept = NULL;
+    kept_reports = 0;
+    urio_future_t *f = urio_future_new(loop);
+    assert_int_equal(urio_future_set_error(f, -EIO, "kept"), 0);
+    urio_future_unref(f);
+    assert_int_equal(kept_reports, 1);
+    assert_ptr_equal(kept, f);
+    /* Still alive and readable; the last unref now reports nothing again. */
+    assert_true(urio_future_done(kept));
+    assert_string_equal(urio_future_error_message(kept), "kept");
+    urio_future_unref(kept);
+    assert_int_equal(kept_reports, 1);
+    test_loop_close(loop);
+}
+
+/* Cancelling from another thread reaches the loop through its inbox. */
+static void test_future_cancel_from_other_thread(void **state)
+{
+    (void)state;
+    struct seen s = { 0 };
+    struct tag t0 = { &s, 0 };
+    struct foreign x = { .loop = test_loop_new() };
+    s.loop = x.loop;
+    x.f = urio_future_new(x.loop);
+    assert_int_equal(urio_future_add_done_callback(x.f, record_done, &t0), 0);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, loop_thread, &x), 0);
+    while (!atomic_load(&x.loop_running))
+        usleep(100);
+    assert_true(urio_future_cancel(x.f));
+    /* The loop cancels it on its own thread, then runs the done callback there. */
+    void *res = &res;
+    assert_int_equal(urio_future_wait(x.f, 5000 * (int64_t)MS, &res), -ECANCELED);
+    assert_true(urio_future_cancelled(x.f));
+    assert_false(urio_future_cancel(x.f));      /* already done */
+    assert_int_equal(urio_call_soon_threadsafe(x.loop, test_stop_cb, x.loop), 0);
+    assert_int_equal(pthread_join(th, NULL), 0);
+    assert_int_equal(s.n, 1);
+    urio_future_unref(x.f);
     test_loop_close(x.loop);
 }
 
@@ -891,6 +946,8 @@ int main(void)
         URIO_TEST(test_future_outlives_loop_close),
         URIO_TEST(test_future_close_with_scheduled_callbacks_frees_all),
         URIO_TEST(test_future_wrong_thread_refused),
+        URIO_TEST(test_future_cancel_from_other_thread),
+        URIO_TEST(test_future_handler_may_keep_future),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

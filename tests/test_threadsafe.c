@@ -153,6 +153,51 @@ static void test_threadsafe_producers_race_close(void **state)
     }
 }
 
+/* Producers that keep pace with the loop must not starve its timers. */
+static atomic_bool flood_stop;
+static uint64_t flood_ran;
+static void flood_cb(void *arg)
+{
+    (void)arg;
+    flood_ran++;
+}
+
+static void *flood_main(void *arg)
+{
+    urio_loop_t *loop = arg;
+    while (!atomic_load(&flood_stop))
+        if (urio_call_soon_threadsafe(loop, flood_cb, NULL) == -ENOMEM)
+            usleep(100);
+    return NULL;
+}
+
+static uint64_t timer_fired_at;
+static void flood_timer_cb(void *arg)
+{
+    timer_fired_at = urio__now();
+    urio_loop_stop(arg);
+}
+
+static void test_threadsafe_flood_does_not_starve_timers(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    atomic_store(&flood_stop, false);
+    flood_ran = 0;
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, flood_main, loop), 0);
+    uint64_t t0 = urio__now();
+    urio_call_later(loop, 10 * MS, flood_timer_cb, loop);
+    urio_loop_run_forever(loop);
+    atomic_store(&flood_stop, true);
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    assert_true(timer_fired_at - t0 < 1000 * MS);   /* generous: a loaded, sanitized run */
+    assert_true(flood_ran > 0);
+    test_loop_close(loop);      /* runs what the flood left in the inbox */
+}
+
 static void *wake_later(void *arg)
 {
     usleep(30000);
@@ -221,6 +266,7 @@ int main(void)
         URIO_TEST(test_threadsafe_4_producers_exactly_once_in_order),
         URIO_TEST(test_threadsafe_8_producers_exactly_once_in_order),
         URIO_TEST(test_threadsafe_producers_race_close),
+        URIO_TEST(test_threadsafe_flood_does_not_starve_timers),
         URIO_TEST(test_threadsafe_wakes_sleeping_loop),
         URIO_TEST(test_threadsafe_close_runs_accepted_refuses_late),
         URIO_TEST(test_threadsafe_bad_input),

@@ -168,13 +168,50 @@ static void test_timer_stale_handle_after_slot_reuse(void **state)
     urio_handle_t ha = urio_call_later(f.loop, 1 * MS, timer_cb, &a);
     assert_true(urio_handle_cancel(f.loop, ha));
     urio_handle_t hb = urio_call_later(f.loop, 1 * MS, timer_cb, &b);
-    assert_int_equal(ha.id & 0xffffffffu, hb.id & 0xffffffffu);    /* the same slot */
+    assert_int_equal(ha.id & 0xffffffu, hb.id & 0xffffffu);        /* the same slot */
     assert_int_not_equal(ha.id, hb.id);
     assert_false(urio_handle_cancel(f.loop, ha));
     urio_loop_run_forever(f.loop);
     assert_int_equal(f.n, 1);
     assert_int_equal(f.order[0], 2);
     assert_false(urio_handle_cancel(f.loop, hb));       /* it ran */
+    test_loop_close(f.loop);
+}
+
+/*
+ * A timer beyond the wheel (in the far heap) comes due while a callback
+ * overruns and the wheel is empty; that callback then schedules a near
+ * timer.  The far timer must fire first, at once, not be stranded in the heap
+ * behind a wheel that has moved past it.  (Takes ~4.5 s: the wheel spans 4.3.)
+ */
+static void overrun_cb(void *arg)
+{
+    struct tmr *t = arg;
+    timer_cb(t);
+    usleep(4500 * 1000);            /* past the far timer's deadline */
+    static struct tmr near;
+    near = (struct tmr){ t->f, 3, urio_loop_time(t->f->loop) + 30 * MS };
+    urio_call_later(t->f->loop, 30 * MS, timer_cb, &near);
+}
+
+static void test_timer_far_heap_overdue_not_stranded(void **state)
+{
+    (void)state;
+    struct fired f = { .loop = test_loop_new(), .stop_at = 3 };
+    uint64_t now = urio_loop_time(f.loop);
+    struct tmr far = { &f, 2, now + 4400 * MS };    /* beyond the wheel: in the heap */
+    struct tmr a = { &f, 1, now + 1 * MS };
+    urio_call_at(f.loop, far.when, timer_cb, &far);
+    assert_int_equal(f.loop->nheap, 1);
+    urio_call_at(f.loop, a.when, overrun_cb, &a);
+    uint64_t t0 = urio__now();
+    urio_loop_run_forever(f.loop);
+    assert_int_equal(f.n, 3);
+    assert_int_equal(f.order[0], 1);
+    assert_int_equal(f.order[1], 2);        /* the overdue far timer, before the near one */
+    assert_int_equal(f.order[2], 3);
+    assert_int_equal(f.early, 0);
+    assert_true(urio__now() - t0 < 4500 * MS + 2000 * MS);
     test_loop_close(f.loop);
 }
 
@@ -282,6 +319,7 @@ int main(void)
         URIO_TEST(test_timer_stale_handle_after_slot_reuse),
         URIO_TEST(test_timer_huge_delay),
         URIO_TEST(test_timer_slack),
+        URIO_TEST(test_timer_far_heap_overdue_not_stranded),
         URIO_TEST(test_timer_fires_under_ready_load),
         URIO_TEST(test_timer_steady_state_allocates_nothing),
     };

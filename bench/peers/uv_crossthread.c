@@ -12,7 +12,8 @@
  * growth path (kept, as a user would) never runs: no malloc is measured.
  *
  * The callback is urio's, word for word: count, and the last call stops
- * the loop and reads the clock.
+ * the loop and reads the clock.  The same unmeasured warm-up round runs
+ * first (see crossthread.c).
  */
 #include "../bench.h"
 #include "uv_util.h"
@@ -47,8 +48,9 @@ struct uv_xt_run {
     pthread_mutex_t mu;
     uv_xt_queue_t pending; /* guarded by mu: what producers append to */
     uv_xt_queue_t spare;   /* the loop's: the batch being run */
-    uint64_t total;
-    uint64_t ran;          /* loop thread only */
+    uint64_t total;        /* per round */
+    uint64_t ran;          /* loop thread only, both rounds */
+    uint64_t stop_at;      /* ran at the end of the current round */
     uint64_t t1;
     pthread_barrier_t go;
     uv_xt_producer_t prod[UV_XT_MAX_PRODUCERS];
@@ -97,7 +99,7 @@ static void uv_xt_call(void *arg)
     uv_xt_producer_t *p = arg;
     uv_xt_run_t *run = p->run;
     p->ran++;
-    if (++run->ran == run->total) {
+    if (++run->ran == run->stop_at) {
         run->t1 = bench_now_ns();
         /* Not uv_close: a producer may still be inside uv_async_send for
          * its last call.  The handle is closed after the producers join. */
@@ -108,9 +110,11 @@ static void uv_xt_call(void *arg)
 static void *uv_xt_producer_main(void *arg)
 {
     uv_xt_producer_t *p = arg;
-    pthread_barrier_wait(&p->run->go);
-    for (uint64_t i = 0; i < p->n; i++)
-        uv_xt_call_soon_threadsafe(p->run, uv_xt_call, p);
+    for (int round = 0; round < 2; round++) {   /* the warm-up, then the measured one */
+        pthread_barrier_wait(&p->run->go);
+        for (uint64_t i = 0; i < p->n; i++)
+            uv_xt_call_soon_threadsafe(p->run, uv_xt_call, p);
+    }
     return NULL;
 }
 
@@ -145,6 +149,11 @@ static void uv_crossthread(const bench_config_t *cfg, unsigned producers, double
         run->prod[i].thread = bench_thread_start(uv_xt_producer_main, &run->prod[i]);
     }
 
+    run->stop_at = run->total;   /* the warm-up round */
+    pthread_barrier_wait(&run->go);
+    uv_run(&run->loop, UV_RUN_DEFAULT);
+
+    run->stop_at = 2 * run->total;   /* the measured round */
     pthread_barrier_wait(&run->go);
     uint64_t t0 = bench_now_ns();
     uv_run(&run->loop, UV_RUN_DEFAULT);   /* the last call stops it */
@@ -152,10 +161,10 @@ static void uv_crossthread(const bench_config_t *cfg, unsigned producers, double
     for (unsigned i = 0; i < producers; i++)
         bench_thread_join(run->prod[i].thread);
     for (unsigned i = 0; i < producers; i++)
-        if (run->prod[i].ran != run->prod[i].n)
+        if (run->prod[i].ran != 2 * run->prod[i].n)
             bench_die("libuv ran %llu of the %llu calls of producer %u",
                       (unsigned long long)run->prod[i].ran,
-                      (unsigned long long)run->prod[i].n, i);
+                      (unsigned long long)(2 * run->prod[i].n), i);
     out[0] = (double)(run->t1 - t0) / (double)run->total;
 
     bench_uv_loop_teardown(&run->loop);

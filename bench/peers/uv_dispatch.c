@@ -7,35 +7,9 @@
  * closest match to a call_soon callback, so both rows use idle handles.
  */
 #include "../bench.h"
+#include "uv_util.h"
 
 #include <stdlib.h>
-
-#include <uv.h>
-
-/* Creates a private loop: the benchmarks never share libuv's default one. */
-static void uv_loop_setup(uv_loop_t *loop)
-{
-    int err = uv_loop_init(loop);
-    if (err)
-        bench_die("uv_loop_init: %s", uv_strerror(err));
-}
-
-/* Closes every handle, lets the loop run their close callbacks, frees it. */
-static void close_walk_cb(uv_handle_t *h, void *arg)
-{
-    (void)arg;
-    if (!uv_is_closing(h))
-        uv_close(h, NULL);
-}
-
-static void uv_loop_teardown(uv_loop_t *loop)
-{
-    uv_walk(loop, close_walk_cb, NULL);
-    uv_run(loop, UV_RUN_DEFAULT);
-    int err = uv_loop_close(loop);
-    if (err)
-        bench_die("uv_loop_close: %s", uv_strerror(err));
-}
 
 /* ------------------------------------------------------------------ */
 /* dispatch.chain: one idle handle, one callback per loop pass.          */
@@ -58,7 +32,7 @@ void bench_uv_dispatch_chain(const bench_config_t *cfg, double *out)
     uv_loop_t loop;
     uv_chain_t c = { .left = cfg->chain_n };
 
-    uv_loop_setup(&loop);
+    bench_uv_loop_setup(&loop);
     uv_idle_init(&loop, &c.idle);
     c.idle.data = &c;
 
@@ -70,7 +44,7 @@ void bench_uv_dispatch_chain(const bench_config_t *cfg, double *out)
     if (c.left != 0)
         bench_die("libuv chain stopped with %llu callbacks left", (unsigned long long)c.left);
     out[0] = (double)(t1 - t0) / (double)cfg->chain_n;
-    uv_loop_teardown(&loop);
+    bench_uv_loop_teardown(&loop);
 }
 
 /* ------------------------------------------------------------------ */
@@ -112,7 +86,7 @@ void bench_uv_dispatch_fanout(const bench_config_t *cfg, double *out)
         .left = cfg->fanout_n,
     };
 
-    uv_loop_setup(&loop);
+    bench_uv_loop_setup(&loop);
     for (uint64_t i = 0; i < f.round; i++) {
         uv_idle_init(&loop, &f.idles[i]);
         f.idles[i].data = &f;
@@ -126,6 +100,6 @@ void bench_uv_dispatch_fanout(const bench_config_t *cfg, double *out)
     if (f.left != 0)
         bench_die("libuv fanout stopped with %llu callbacks left", (unsigned long long)f.left);
     out[0] = (double)(t1 - t0) / (double)cfg->fanout_n;
-    uv_loop_teardown(&loop);
+    bench_uv_loop_teardown(&loop);
     free(f.idles);
 }

@@ -7,10 +7,9 @@
  * ones urio gets (same seed), rounded up to whole milliseconds.
  */
 #include "../bench.h"
+#include "uv_util.h"
 
 #include <stdlib.h>
-
-#include <uv.h>
 
 typedef struct uv_tmr {
     uv_timer_t timer;      /* first: the callback casts the handle back */
@@ -56,13 +55,6 @@ static uint64_t uv_timers_schedule(uv_loop_t *loop, uv_timers_run_t *run,
     return bench_now_ns() - t0;
 }
 
-static void close_walk_cb(uv_handle_t *h, void *arg)
-{
-    (void)arg;
-    if (!uv_is_closing(h))
-        uv_close(h, NULL);
-}
-
 void bench_uv_timers(const bench_config_t *cfg, double *out)
 {
     uint64_t n = cfg->timer_n;
@@ -74,9 +66,7 @@ void bench_uv_timers(const bench_config_t *cfg, double *out)
     bench_timer_offsets(cfg, offsets);
 
     uv_loop_t loop;
-    int err = uv_loop_init(&loop);
-    if (err)
-        bench_die("uv_loop_init: %s", uv_strerror(err));
+    bench_uv_loop_setup(&loop);
 
     uint64_t sched_ns = uv_timers_schedule(&loop, &run, offsets, n);
     uint64_t cpu0 = bench_thread_cpu_ns();
@@ -90,11 +80,7 @@ void bench_uv_timers(const bench_config_t *cfg, double *out)
     out[BENCH_TIMERS_FIRE_CPU] = (double)(cpu1 - cpu0) / (double)n;
     bench_lateness_percentiles(run.late, n, out);
 
-    uv_walk(&loop, close_walk_cb, NULL);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    err = uv_loop_close(&loop);
-    if (err)
-        bench_die("uv_loop_close: %s", uv_strerror(err));
+    bench_uv_loop_teardown(&loop);
     free(run.late);
     free(run.tmrs);
     free(offsets);
