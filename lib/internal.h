@@ -303,6 +303,8 @@ struct urio_loop {
     urio__ring_t ring;
     urio__inbox_t inbox;
 
+    urio_executor_t *default_ex;     /* made by the first urio_run_in_executor(NULL) */
+
     urio_exception_handler_fn exc_fn;
     void *exc_ud;
 

@@ -735,6 +735,16 @@ URIO_EXPORT int urio_loop_close(urio_loop_t *loop)
     if (loop->closing)
         return 0;
     bool issuer = urio__ring_bind(&loop->ring) == 0;
+    /*
+     * The default pool first: jobs not started are cancelled, running ones
+     * finish, and every worker exits.  Their completions land in the inbox
+     * and run below, before the inbox closes.
+     */
+    if (loop->default_ex != NULL) {
+        urio_executor_shutdown(loop->default_ex, true, true);
+        urio_executor_free(loop->default_ex);
+        loop->default_ex = NULL;
+    }
     loop->closing = true;
     open_list_remove(loop);
     if (issuer)

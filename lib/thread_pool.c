@@ -1,0 +1,332 @@
+/*
+ * thread_pool.c — the thread pool executor.
+ *
+ * Jobs wait in a FIFO under the pool's mutex; workers, started on demand up
+ * to max_workers, block on a condition variable.  A job carries its own
+ * inbox node: when it finishes, the worker pushes that node into its loop's
+ * inbox (no allocation, no lock on the loop), and the loop completes the
+ * future in its next turn, together with every other completion that came
+ * meanwhile.
+ *
+ * A job's life: QUEUED -> RUNNING -> DONE, or QUEUED -> CANCELLED (its future
+ * was cancelled before a worker took it: the cancel hook flips the state, the
+ * worker that pops it skips it; or shutdown(cancel_futures) took it out).
+ * The job holds a reference on its future and on its loop's memory until the
+ * loop has consumed its completion, or it is dropped.
+ */
+#include "internal.h"
+
+#include <string.h>
+#include <unistd.h>
+
+enum { JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_CANCELLED };
+
+typedef struct job {
+    urio__inbox_node_t node;     /* first: the completion's trip to the loop */
+    struct job *next;            /* the pool's FIFO: guarded by ex->mu */
+    urio_executor_t *ex;
+    urio_loop_t *loop;
+    urio_future_t *f;
+    urio_blocking_fn fn;
+    void *arg;
+    urio_free_fn free_result;
+    void *result;                /* written by the worker before the push */
+    int err;
+    char *errmsg;
+    atomic_int state;
+} job_t;
+
+struct urio_executor {
+    pthread_mutex_t mu;
+    pthread_cond_t work;         /* a job came, or shutdown */
+    job_t *head, *tail;          /* guarded by mu */
+    unsigned max_workers;
+    unsigned nthreads;           /* guarded by mu: started, not yet joined */
+    unsigned idle;               /* guarded by mu: waiting on `work` */
+    bool shutdown;               /* guarded by mu */
+    pthread_t *threads;          /* guarded by mu: nthreads of them */
+};
+
+static _Thread_local job_t *tls_job;          /* the job this worker runs */
+static _Thread_local urio_executor_t *tls_ex; /* the pool this worker belongs to */
+
+/* ------------------------------------------------------------------ */
+/* Completion, on the loop                                              */
+
+static void job_free(job_t *j)
+{
+    urio__free(j->errmsg);
+    urio_future_unref(j->f);
+    urio__loop_unref(j->loop);
+    urio__free(j);
+}
+
+/* The loop's side: runs in the loop's turn, from its inbox. */
+static void job_complete(void *arg)
+{
+    job_t *j = arg;
+    urio__future_set_cancel_hook(j->f, NULL, NULL);
+    if (urio_future_done(j->f)) {
+        /* Cancelled after the job started: the result is nobody's. */
+        if (atomic_load(&j->state) == JOB_DONE && j->err == 0 && j->free_result)
+            j->free_result(j->result);
+    } else if (atomic_load(&j->state) == JOB_CANCELLED) {
+        urio_future_cancel(j->f);
+    } else if (j->err < 0) {
+        if (j->errmsg)
+            urio_future_set_error(j->f, j->err, "%s", j->errmsg);
+        else
+            urio_future_set_error(j->f, j->err, NULL);
+    } else {
+        urio_future_set_result(j->f, j->result);
+    }
+    job_free(j);
+}
+
+/* Sends a finished (or cancelled) job back to its loop; drops it if the loop is gone. */
+static void job_send(job_t *j)
+{
+    j->node.fn = job_complete;
+    j->node.arg = j;
+    if (urio__inbox_push_node(j->loop, &j->node) < 0) {
+        /* The loop closed: nobody will read the outcome. */
+        if (j->err == 0 && atomic_load(&j->state) == JOB_DONE && j->free_result)
+            j->free_result(j->result);
+        job_free(j);
+    }
+}
+
+/* The future was cancelled on the loop: if no worker took the job yet, it never will. */
+static void job_cancel_hook(void *arg)
+{
+    job_t *j = arg;
+    int queued = JOB_QUEUED;
+    atomic_compare_exchange_strong(&j->state, &queued, JOB_CANCELLED);
+}
+
+/* ------------------------------------------------------------------ */
+/* Workers                                                              */
+
+static void run_job(job_t *j)
+{
+    int queued = JOB_QUEUED;
+    if (!atomic_compare_exchange_strong(&j->state, &queued, JOB_RUNNING)) {
+        /* Cancelled while queued: its future is already cancelled; just let go. */
+        job_send(j);
+        return;
+    }
+    tls_job = j;
+    void *result = j->fn(j->arg);
+    tls_job = NULL;
+    j->result = j->err < 0 ? NULL : result;
+    atomic_store(&j->state, JOB_DONE);
+    job_send(j);
+}
+
+static void *worker_main(void *arg)
+{
+    urio_executor_t *ex = arg;
+    tls_ex = ex;
+    pthread_mutex_lock(&ex->mu);
+    for (;;) {
+        while (ex->head == NULL && !ex->shutdown) {
+            ex->idle++;
+            pthread_cond_wait(&ex->work, &ex->mu);
+            ex->idle--;
+        }
+        job_t *j = ex->head;
+        if (j == NULL)
+            break;          /* shut down and drained */
+        ex->head = j->next;
+        if (ex->head == NULL)
+            ex->tail = NULL;
+        pthread_mutex_unlock(&ex->mu);
+        run_job(j);
+        pthread_mutex_lock(&ex->mu);
+    }
+    pthread_mutex_unlock(&ex->mu);
+    return NULL;
+}
+
+/* Starts a worker if none is idle and the pool may grow.  Called with mu held. */
+static int maybe_spawn(urio_executor_t *ex)
+{
+    if (ex->idle > 0 || ex->nthreads >= ex->max_workers)
+        return 0;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, 256 * 1024);
+    int ret = pthread_create(&ex->threads[ex->nthreads], &attr, worker_main, ex);
+    pthread_attr_destroy(&attr);
+    if (ret != 0)
+        return ex->nthreads > 0 ? 0 : -ret;   /* others will get to it */
+    ex->nthreads++;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* The API                                                              */
+
+static unsigned default_workers(void)
+{
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    if (cores < 1)
+        cores = 1;
+    return cores + 4 < 32 ? (unsigned)cores + 4 : 32;
+}
+
+URIO_EXPORT int urio_thread_pool_new(urio_executor_t **out, unsigned max_workers)
+{
+    if (out == NULL || max_workers > 1024)
+        return -EINVAL;
+    *out = NULL;
+    urio_executor_t *ex = urio__calloc(1, sizeof *ex);
+    if (ex == NULL)
+        return -ENOMEM;
+    ex->max_workers = max_workers ? max_workers : default_workers();
+    ex->threads = urio__calloc(ex->max_workers, sizeof *ex->threads);
+    if (ex->threads == NULL) {
+        urio__free(ex);
+        return -ENOMEM;
+    }
+    pthread_mutex_init(&ex->mu, NULL);
+    pthread_cond_init(&ex->work, NULL);
+    *out = ex;
+    return 0;
+}
+
+static urio_future_t *fail(int err)
+{
+    errno = -err;
+    return NULL;
+}
+
+URIO_EXPORT urio_future_t *urio_run_in_executor_dtor(urio_loop_t *loop, urio_executor_t *ex,
+                                                     urio_blocking_fn fn, void *arg,
+                                                     urio_free_fn free_result)
+{
+    if (loop == NULL || fn == NULL)
+        return fail(-EINVAL);
+    if (!urio__loop_check_thread(loop, "urio_run_in_executor"))
+        return fail(-EPERM);
+    if (loop->closing)
+        return fail(-ESHUTDOWN);
+    if (ex == NULL) {
+        if (loop->default_ex == NULL) {
+            int ret = urio_thread_pool_new(&loop->default_ex, 0);
+            if (ret < 0)
+                return fail(ret);
+        }
+        ex = loop->default_ex;
+    }
+    job_t *j = urio__calloc(1, sizeof *j);
+    if (j == NULL)
+        return fail(-ENOMEM);
+    urio_future_t *f = urio_future_new(loop);
+    if (f == NULL) {
+        urio__free(j);
+        return NULL;    /* errno set */
+    }
+    j->node.idx = URIO__INBOX_FOREIGN;
+    j->ex = ex;
+    j->loop = loop;
+    j->f = urio_future_ref(f);
+    j->fn = fn;
+    j->arg = arg;
+    j->free_result = free_result;
+    atomic_init(&j->state, JOB_QUEUED);
+    urio__loop_ref(loop);
+
+    pthread_mutex_lock(&ex->mu);
+    int ret = ex->shutdown ? -ESHUTDOWN : maybe_spawn(ex);
+    if (ret == 0) {
+        if (ex->tail)
+            ex->tail->next = j;
+        else
+            ex->head = j;
+        ex->tail = j;
+        pthread_cond_signal(&ex->work);
+    }
+    pthread_mutex_unlock(&ex->mu);
+    if (ret < 0) {
+        urio__free(j->errmsg);
+        urio_future_unref(j->f);
+        urio__loop_unref(loop);
+        urio__free(j);
+        urio_future_unref(f);
+        return fail(ret);
+    }
+    urio__future_set_cancel_hook(f, job_cancel_hook, j);
+    return f;
+}
+
+URIO_EXPORT urio_future_t *urio_run_in_executor(urio_loop_t *loop, urio_executor_t *ex,
+                                                urio_blocking_fn fn, void *arg)
+{
+    return urio_run_in_executor_dtor(loop, ex, fn, arg, NULL);
+}
+
+URIO_EXPORT void *urio_executor_fail(int err, const char *fmt, ...)
+{
+    job_t *j = tls_job;
+    if (j == NULL) {
+        urio__log(URIO_LOG_ERROR, "urio_executor_fail(): called outside an executor job");
+        return NULL;
+    }
+    j->err = err < 0 ? err : -EINVAL;
+    urio__free(j->errmsg);
+    j->errmsg = NULL;
+    if (fmt) {
+        va_list ap;
+        va_start(ap, fmt);
+        j->errmsg = urio__vasprintf(fmt, ap);   /* NULL on ENOMEM: the error without text */
+        va_end(ap);
+    }
+    return NULL;
+}
+
+URIO_EXPORT int urio_executor_shutdown(urio_executor_t *ex, bool wait, bool cancel_futures)
+{
+    if (ex == NULL)
+        return -EINVAL;
+    if (wait && tls_ex == ex)
+        return -EDEADLK;
+    pthread_mutex_lock(&ex->mu);
+    ex->shutdown = true;
+    job_t *cancelled = NULL;
+    if (cancel_futures) {
+        /* Take every job not yet started; each goes back to its loop as cancelled. */
+        cancelled = ex->head;
+        ex->head = ex->tail = NULL;
+    }
+    pthread_cond_broadcast(&ex->work);
+    pthread_mutex_unlock(&ex->mu);
+    while (cancelled) {
+        job_t *j = cancelled;
+        cancelled = j->next;
+        atomic_store(&j->state, JOB_CANCELLED);
+        job_send(j);
+    }
+    if (!wait)
+        return 0;
+    pthread_mutex_lock(&ex->mu);
+    while (ex->nthreads > 0) {
+        pthread_t t = ex->threads[--ex->nthreads];
+        pthread_mutex_unlock(&ex->mu);
+        pthread_join(t, NULL);
+        pthread_mutex_lock(&ex->mu);
+    }
+    pthread_mutex_unlock(&ex->mu);
+    return 0;
+}
+
+URIO_EXPORT void urio_executor_free(urio_executor_t *ex)
+{
+    if (ex == NULL)
+        return;
+    urio_executor_shutdown(ex, true, false);
+    pthread_cond_destroy(&ex->work);
+    pthread_mutex_destroy(&ex->mu);
+    urio__free(ex->threads);
+    urio__free(ex);
+}

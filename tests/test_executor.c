@@ -1,0 +1,400 @@
+/*
+ * test_executor.c — the thread pool: results, errors, cancellation before
+ * and after a job starts, shutdown with and without wait and
+ * cancel_futures, one pool serving several loops, no thread left after close.
+ */
+#include "helpers.h"
+
+#include <dirent.h>
+#include <unistd.h>
+
+static void *nothing(void *arg)
+{
+    return arg;
+}
+
+/*
+ * Threads of this process, from /proc/self/task.  A thread is made and
+ * joined first, so a sanitizer's helper thread, started at the first
+ * pthread_create, is already counted.
+ */
+static int thread_count(void)
+{
+    static bool warmed;
+    if (!warmed) {
+        pthread_t t;
+        pthread_create(&t, NULL, nothing, NULL);
+        pthread_join(t, NULL);
+        warmed = true;
+    }
+    DIR *d = opendir("/proc/self/task");
+    int n = 0;
+    struct dirent *e;
+    while (d && (e = readdir(d)) != NULL)
+        n += e->d_name[0] != '.';
+    if (d)
+        closedir(d);
+    return n;
+}
+
+static void *square(void *arg)
+{
+    intptr_t v = (intptr_t)arg;
+    return (void *)(v * v);
+}
+
+static void *failing(void *arg)
+{
+    return urio_executor_fail(-EIO, "disk %s gone", (const char *)arg);
+}
+
+/* A job that blocks until released: to hold workers busy. */
+static pthread_mutex_t gate_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t gate_cv = PTHREAD_COND_INITIALIZER;
+static int gate_open, gate_started;
+
+static void *gated(void *arg)
+{
+    pthread_mutex_lock(&gate_mu);
+    gate_started++;
+    pthread_cond_broadcast(&gate_cv);
+    while (!gate_open)
+        pthread_cond_wait(&gate_cv, &gate_mu);
+    pthread_mutex_unlock(&gate_mu);
+    return arg;
+}
+
+static void gate_reset(void)
+{
+    pthread_mutex_lock(&gate_mu);
+    gate_open = 0;
+    gate_started = 0;
+    pthread_mutex_unlock(&gate_mu);
+}
+
+static void gate_wait_started(int n)
+{
+    pthread_mutex_lock(&gate_mu);
+    while (gate_started < n)
+        pthread_cond_wait(&gate_cv, &gate_mu);
+    pthread_mutex_unlock(&gate_mu);
+}
+
+static void gate_release(void)
+{
+    pthread_mutex_lock(&gate_mu);
+    gate_open = 1;
+    pthread_cond_broadcast(&gate_cv);
+    pthread_mutex_unlock(&gate_mu);
+}
+
+static atomic_int ran_count;
+static void *counting(void *arg)
+{
+    atomic_fetch_add(&ran_count, 1);
+    return arg;
+}
+
+static int freed_results;
+static void free_result(void *p)
+{
+    (void)p;
+    freed_results++;
+}
+
+/* Runs the loop until f is done (or 10 s). */
+static void run_until(urio_loop_t *loop, urio_future_t *f)
+{
+    int ret = urio_loop_run_until_complete(loop, f);
+    (void)ret;
+    assert_true(urio_future_done(f));
+}
+
+static void test_executor_default_pool_results(void **state)
+{
+    (void)state;
+    int threads0 = thread_count();
+    urio_loop_t *loop = test_loop_new();
+    urio_future_t *f[100];
+    for (intptr_t i = 0; i < 100; i++) {
+        f[i] = urio_run_in_executor(loop, NULL, square, (void *)i);
+        assert_non_null(f[i]);
+    }
+    for (int i = 0; i < 100; i++) {
+        run_until(loop, f[i]);
+        void *v = NULL;
+        assert_int_equal(urio_future_result(f[i], &v), 0);
+        assert_int_equal((intptr_t)v, (intptr_t)i * i);
+        urio_future_unref(f[i]);
+    }
+    assert_true(thread_count() > threads0);         /* the pool's workers */
+    test_loop_close(loop);
+    assert_int_equal(thread_count(), threads0);     /* none left after close */
+}
+
+static void test_executor_error_with_message(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_future_t *f = urio_run_in_executor(loop, NULL, failing, "sda");
+    assert_non_null(f);
+    assert_int_equal(urio_loop_run_until_complete(loop, f), -EIO);
+    assert_string_equal(urio_future_error_message(f), "disk sda gone");
+    urio_future_unref(f);
+    test_loop_close(loop);
+}
+
+/* Cancelled before it starts: the job never runs. */
+static void test_executor_cancel_before_start_never_runs(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_executor_t *ex;
+    assert_int_equal(urio_thread_pool_new(&ex, 1), 0);
+    gate_reset();
+    atomic_store(&ran_count, 0);
+    urio_future_t *busy = urio_run_in_executor(loop, ex, gated, NULL);
+    gate_wait_started(1);                       /* the only worker is busy */
+    urio_future_t *f = urio_run_in_executor(loop, ex, counting, NULL);
+    assert_true(urio_future_cancel(f));
+    gate_release();
+    run_until(loop, busy);
+    assert_int_equal(urio_loop_run_until_complete(loop, f), -ECANCELED);
+    urio_executor_shutdown(ex, true, false);    /* every queued job has been taken */
+    assert_int_equal(atomic_load(&ran_count), 0);
+    urio_future_unref(busy);
+    urio_future_unref(f);
+    /* Let the cancelled job's trip back through the inbox finish. */
+    urio_loop_stop(loop);
+    urio_loop_run_forever(loop);
+    urio_executor_free(ex);
+    test_loop_close(loop);
+}
+
+/* Cancelled after it started: it finishes, and its result is freed. */
+static void test_executor_cancel_after_start_discards_result(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    gate_reset();
+    freed_results = 0;
+    static int payload;
+    urio_future_t *f = urio_run_in_executor_dtor(loop, NULL, gated, &payload, free_result);
+    gate_wait_started(1);
+    assert_true(urio_future_cancel(f));
+    assert_true(urio_future_cancelled(f));
+    gate_release();
+    /* The job's completion comes back and is discarded. */
+    for (int i = 0; i < 200 && freed_results == 0; i++) {
+        urio_call_later(loop, 5 * MS, test_stop_cb, loop);
+        urio_loop_run_forever(loop);
+    }
+    assert_int_equal(freed_results, 1);
+    urio_future_unref(f);
+    test_loop_close(loop);
+}
+
+/* shutdown(cancel_futures): queued jobs are cancelled; the running one finishes. */
+static void test_executor_shutdown_cancel_futures(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_executor_t *ex;
+    assert_int_equal(urio_thread_pool_new(&ex, 1), 0);
+    gate_reset();
+    atomic_store(&ran_count, 0);
+    urio_future_t *busy = urio_run_in_executor(loop, ex, gated, (void *)7);
+    gate_wait_started(1);
+    urio_future_t *q[10];
+    for (int i = 0; i < 10; i++)
+        q[i] = urio_run_in_executor(loop, ex, counting, NULL);
+    assert_int_equal(urio_executor_shutdown(ex, false, true), 0);
+    /* Submitting after shutdown fails clearly. */
+    assert_null(urio_run_in_executor(loop, ex, counting, NULL));
+    assert_int_equal(errno, ESHUTDOWN);
+    gate_release();
+    void *v = NULL;
+    assert_int_equal(urio_loop_run_until_complete(loop, busy), 0);
+    assert_int_equal(urio_future_result(busy, &v), 0);
+    assert_int_equal((intptr_t)v, 7);
+    for (int i = 0; i < 10; i++) {
+        assert_int_equal(urio_loop_run_until_complete(loop, q[i]), -ECANCELED);
+        urio_future_unref(q[i]);
+    }
+    assert_int_equal(atomic_load(&ran_count), 0);
+    urio_future_unref(busy);
+    assert_int_equal(urio_executor_shutdown(ex, true, false), 0);   /* again: harmless */
+    urio_executor_free(ex);
+    test_loop_close(loop);
+}
+
+/* shutdown(wait) without cancel_futures: queued jobs still run. */
+static void test_executor_shutdown_wait_runs_queued(void **state)
+{
+    (void)state;
+    int threads0 = thread_count();
+    urio_loop_t *loop = test_loop_new();
+    urio_executor_t *ex;
+    assert_int_equal(urio_thread_pool_new(&ex, 2), 0);
+    atomic_store(&ran_count, 0);
+    urio_future_t *q[50];
+    for (int i = 0; i < 50; i++)
+        q[i] = urio_run_in_executor(loop, ex, counting, NULL);
+    assert_int_equal(urio_executor_shutdown(ex, true, false), 0);
+    assert_int_equal(atomic_load(&ran_count), 50);
+    assert_int_equal(thread_count(), threads0);    /* every worker exited */
+    for (int i = 0; i < 50; i++) {
+        assert_int_equal(urio_loop_run_until_complete(loop, q[i]), 0);
+        urio_future_unref(q[i]);
+    }
+    urio_executor_free(ex);
+    test_loop_close(loop);
+}
+
+/* One pool serves several loops, each on its own thread. */
+struct loop_user {
+    urio_executor_t *ex;
+    int ok;
+};
+
+static void *loop_user_main(void *arg)
+{
+    struct loop_user *u = arg;
+    urio_loop_t *loop = test_loop_new();
+    u->ok = 1;
+    for (intptr_t i = 0; i < 200; i++) {
+        urio_future_t *f = urio_run_in_executor(loop, u->ex, square, (void *)i);
+        void *v = NULL;
+        if (f == NULL || urio_loop_run_until_complete(loop, f) != 0 ||
+            urio_future_result(f, &v) != 0 || (intptr_t)v != i * i)
+            u->ok = 0;
+        urio_future_unref(f);
+    }
+    urio_loop_close(loop);
+    return NULL;
+}
+
+static void test_executor_shared_by_loops(void **state)
+{
+    (void)state;
+    urio_executor_t *ex;
+    assert_int_equal(urio_thread_pool_new(&ex, 3), 0);
+    struct loop_user u[4];
+    pthread_t t[4];
+    for (int i = 0; i < 4; i++) {
+        u[i] = (struct loop_user){ ex, 0 };
+        assert_int_equal(pthread_create(&t[i], NULL, loop_user_main, &u[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(t[i], NULL);
+        assert_int_equal(u[i].ok, 1);
+    }
+    urio_executor_free(ex);
+}
+
+/* From another thread, a loop-side executor future can be waited on. */
+static void *waiter_main(void *arg)
+{
+    urio_future_t *f = arg;
+    void *v = NULL;
+    intptr_t ret = urio_future_wait(f, 5000 * (int64_t)MS, &v);
+    return (void *)(ret == 0 ? (intptr_t)v : -1);
+}
+
+static void test_executor_future_wait_from_thread(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_future_t *f = urio_run_in_executor(loop, NULL, square, (void *)12);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, waiter_main, f), 0);
+    run_until(loop, f);
+    void *got;
+    pthread_join(t, &got);
+    assert_int_equal((intptr_t)got, 144);
+    /* From the loop's own thread, waiting is refused. */
+    urio_future_t *g = urio_future_new(loop);
+    assert_int_equal(urio_future_wait(g, 0, NULL), -ETIMEDOUT);   /* not running: a plain timeout */
+    urio_future_unref(g);
+    urio_future_unref(f);
+    test_loop_close(loop);
+}
+
+static urio_future_t *self_wait_f;
+static int self_wait_ret;
+static void self_wait_cb(void *arg)
+{
+    self_wait_ret = urio_future_wait(self_wait_f, 1000, NULL);
+    urio_loop_stop(arg);
+}
+
+static void test_executor_wait_on_loop_thread_refused(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    self_wait_f = urio_future_new(loop);
+    test_log_capture();
+    urio_call_soon(loop, self_wait_cb, loop);
+    urio_loop_run_forever(loop);
+    assert_int_equal(self_wait_ret, -EDEADLK);
+    assert_log_contains("urio_future_wait(): called from the thread running the future's loop");
+    urio_future_unref(self_wait_f);
+    test_loop_close(loop);
+}
+
+/* Closing the loop with jobs queued and running: no thread left, nothing leaked. */
+static void test_executor_close_with_jobs_in_flight(void **state)
+{
+    (void)state;
+    int threads0 = thread_count();
+    urio_loop_t *loop = test_loop_new();
+    gate_reset();
+    atomic_store(&ran_count, 0);
+    urio_future_t *busy = urio_run_in_executor(loop, NULL, gated, NULL);
+    gate_wait_started(1);
+    urio_future_t *q[20];
+    for (int i = 0; i < 20; i++)
+        q[i] = urio_run_in_executor(loop, NULL, counting, NULL);
+    urio_future_unref(busy);
+    for (int i = 0; i < 20; i++)
+        urio_future_unref(q[i]);
+    gate_release();
+    test_loop_close(loop);
+    assert_int_equal(thread_count(), threads0);
+}
+
+static void test_executor_bad_input(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    assert_null(urio_run_in_executor(NULL, NULL, square, NULL));
+    assert_int_equal(errno, EINVAL);
+    assert_null(urio_run_in_executor(loop, NULL, NULL, NULL));
+    assert_int_equal(errno, EINVAL);
+    assert_int_equal(urio_thread_pool_new(NULL, 1), -EINVAL);
+    urio_executor_t *ex = NULL;
+    assert_int_equal(urio_thread_pool_new(&ex, 5000), -EINVAL);
+    assert_int_equal(urio_executor_shutdown(NULL, true, true), -EINVAL);
+    test_log_capture();
+    assert_null(urio_executor_fail(-EIO, "outside"));
+    assert_log_contains("urio_executor_fail(): called outside an executor job");
+    test_loop_close(loop);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        URIO_TEST(test_executor_default_pool_results),
+        URIO_TEST(test_executor_error_with_message),
+        URIO_TEST(test_executor_cancel_before_start_never_runs),
+        URIO_TEST(test_executor_cancel_after_start_discards_result),
+        URIO_TEST(test_executor_shutdown_cancel_futures),
+        URIO_TEST(test_executor_shutdown_wait_runs_queued),
+        URIO_TEST(test_executor_shared_by_loops),
+        URIO_TEST(test_executor_future_wait_from_thread),
+        URIO_TEST(test_executor_wait_on_loop_thread_refused),
+        URIO_TEST(test_executor_close_with_jobs_in_flight),
+        URIO_TEST(test_executor_bad_input),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
