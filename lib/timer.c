@@ -383,6 +383,13 @@ uint32_t urio__timer_fire(urio_loop_t *loop, uint64_t now)
         }
         while (b->head < b->n && b->e[b->head].when <= now) {
             struct urio__timer *t = &b->e[b->head];
+            /*
+             * Slots are touched in deadline order, which is random in memory:
+             * fetch a few ahead so their misses overlap (measured: the miss
+             * on the slot was most of the cost of firing a timer).
+             */
+            if (b->head + 8 < b->n)
+                __builtin_prefetch(&loop->slots[b->e[b->head + 8].slot]);
             if (live(loop, t)) {
                 struct urio__slot *s = &loop->slots[t->slot];
                 /* If the FIFO cannot grow, the timer stays and fires next turn. */
