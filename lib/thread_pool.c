@@ -43,6 +43,7 @@ struct urio_executor {
     unsigned max_workers;
     unsigned nthreads;           /* guarded by mu: started, not yet joined */
     unsigned idle;               /* guarded by mu: waiting on `work` */
+    unsigned waking;             /* guarded by mu: signalled, not yet awake */
     bool shutdown;               /* guarded by mu */
     pthread_t *threads;          /* guarded by mu: nthreads of them */
 };
@@ -133,6 +134,8 @@ static void *worker_main(void *arg)
             ex->idle++;
             pthread_cond_wait(&ex->work, &ex->mu);
             ex->idle--;
+            if (ex->waking > 0)
+                ex->waking--;
         }
         job_t *j = ex->head;
         if (j == NULL)
@@ -239,13 +242,22 @@ URIO_EXPORT urio_future_t *urio_run_in_executor_dtor(urio_loop_t *loop, urio_exe
 
     pthread_mutex_lock(&ex->mu);
     int ret = ex->shutdown ? -ESHUTDOWN : maybe_spawn(ex);
+    
     if (ret == 0) {
         if (ex->tail)
             ex->tail->next = j;
         else
             ex->head = j;
         ex->tail = j;
-        pthread_cond_signal(&ex->work);
+        /*
+         * Wake one idle worker per queued job, no more: a worker already
+         * signalled, or busy, takes the job anyway.  Needless wake-ups cost
+         * context switches, which dominate a pool of short jobs.
+         */
+        if (ex->idle > ex->waking) {
+            ex->waking++;
+            pthread_cond_signal(&ex->work);
+        }
     }
     pthread_mutex_unlock(&ex->mu);
     if (ret < 0) {
