@@ -304,6 +304,7 @@ struct urio_loop {
     urio__inbox_t inbox;
 
     urio_executor_t *default_ex;     /* made by the first urio_run_in_executor(NULL) */
+    struct urio__job *jobs_head, *jobs_tail;   /* submitted this turn, not yet handed over */
 
     urio_exception_handler_fn exc_fn;
     void *exc_ud;
@@ -378,6 +379,8 @@ int urio__inbox_push_node(urio_loop_t *loop, urio__inbox_node_t *n);
  */
 typedef void (*urio__cancel_hook_fn)(void *arg);
 void urio__future_set_cancel_hook(urio_future_t *f, urio__cancel_hook_fn fn, void *arg);
+/* thread_pool.c: hands the jobs submitted this turn to their pools. */
+void urio__executor_flush(urio_loop_t *loop);
 /* future.c: the runner's site marks its FIFO entries; close releases them. */
 extern const urio_site_t urio__future_runner_site;
 void urio__future_runner_dropped(void *arg);

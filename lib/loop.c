@@ -398,6 +398,10 @@ static int loop_turn(urio_loop_t *loop)
     int64_t wait = 0;
     int ret = 0;
 
+    /* Jobs submitted outside a turn (before the run) go to their pools now. */
+    if (loop->jobs_head != NULL)
+        urio__executor_flush(loop);
+
     /* 1. How long may the kernel block? */
     if (urio__ready_count(loop) == 0 && !loop->stopping && !urio__inbox_pending(ib)) {
         wait = -1;
@@ -467,6 +471,9 @@ inbox:
         run_ready(loop, n);
     loop->cbs_since_enter += n;
     loop->callbacks_run += n;
+    /* Jobs the callbacks submitted: to their pools, a batch per pool. */
+    if (loop->jobs_head != NULL)
+        urio__executor_flush(loop);
     return 0;
 }
 
@@ -740,6 +747,8 @@ URIO_EXPORT int urio_loop_close(urio_loop_t *loop)
      * finish, and every worker exits.  Their completions land in the inbox
      * and run below, before the inbox closes.
      */
+    if (loop->jobs_head != NULL)
+        urio__executor_flush(loop);
     if (loop->default_ex != NULL) {
         urio_executor_shutdown(loop->default_ex, true, true);
         urio_executor_free(loop->default_ex);

@@ -21,9 +21,9 @@
 
 enum { JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_CANCELLED };
 
-typedef struct job {
+typedef struct urio__job {
     urio__inbox_node_t node;     /* first: the completion's trip to the loop */
-    struct job *next;            /* the pool's FIFO: guarded by ex->mu */
+    struct urio__job *next;      /* the loop's batch, then the pool's FIFO (under ex->mu) */
     urio_executor_t *ex;
     urio_loop_t *loop;
     urio_future_t *f;
@@ -45,6 +45,7 @@ struct urio_executor {
     unsigned idle;               /* guarded by mu: waiting on `work` */
     unsigned waking;             /* guarded by mu: signalled, not yet awake */
     bool shutdown;               /* guarded by mu */
+    atomic_bool closed;          /* shutdown, readable without mu */
     pthread_t *threads;          /* guarded by mu: nthreads of them */
 };
 
@@ -154,7 +155,7 @@ static void *worker_main(void *arg)
 /* Starts a worker if none is idle and the pool may grow.  Called with mu held. */
 static int maybe_spawn(urio_executor_t *ex)
 {
-    if (ex->idle > 0 || ex->nthreads >= ex->max_workers)
+    if (ex->idle > ex->waking || ex->nthreads >= ex->max_workers)
         return 0;
     pthread_attr_t attr;
     pthread_attr_init(&attr);
@@ -239,37 +240,84 @@ URIO_EXPORT urio_future_t *urio_run_in_executor_dtor(urio_loop_t *loop, urio_exe
     j->free_result = free_result;
     atomic_init(&j->state, JOB_QUEUED);
     urio__loop_ref(loop);
+    if (atomic_load_explicit(&ex->closed, memory_order_relaxed)) {
+        job_free(j);
+        urio_future_unref(f);
+        return fail(-ESHUTDOWN);
+    }
+    /*
+     * Queue it on the loop; the loop hands its batch to the pools once per
+     * turn (urio__executor_flush): one lock for many jobs, not one each, so
+     * the loop thread and the workers fight less over the pool's mutex.
+     */
+    j->next = NULL;
+    if (loop->jobs_tail)
+        loop->jobs_tail->next = j;
+    else
+        loop->jobs_head = j;
+    loop->jobs_tail = j;
+    urio__future_set_cancel_hook(f, job_cancel_hook, j);
+    /* Outside a run there is no end of turn to wait for: hand it over now. */
+    if (atomic_load_explicit(&loop->owner, memory_order_relaxed) == NULL)
+        urio__executor_flush(loop);
+    return f;
+}
 
-    pthread_mutex_lock(&ex->mu);
-    int ret = ex->shutdown ? -ESHUTDOWN : maybe_spawn(ex);
-    
-    if (ret == 0) {
-        if (ex->tail)
-            ex->tail->next = j;
-        else
-            ex->head = j;
-        ex->tail = j;
-        /*
-         * Wake one idle worker per queued job, no more: a worker already
-         * signalled, or busy, takes the job anyway.  Needless wake-ups cost
-         * context switches, which dominate a pool of short jobs.
-         */
-        if (ex->idle > ex->waking) {
-            ex->waking++;
-            pthread_cond_signal(&ex->work);
+void urio__executor_flush(urio_loop_t *loop)
+{
+    job_t *j = loop->jobs_head;
+    loop->jobs_head = loop->jobs_tail = NULL;
+    while (j != NULL) {
+        /* A run of jobs for the same pool goes in under one lock. */
+        urio_executor_t *ex = j->ex;
+        job_t *first = j, *last = j;
+        unsigned n = 1;
+        while (last->next != NULL && last->next->ex == ex) {
+            last = last->next;
+            n++;
+        }
+        j = last->next;
+        last->next = NULL;
+        pthread_mutex_lock(&ex->mu);
+        int ret = 0;
+        if (ex->shutdown) {
+            ret = -ESHUTDOWN;
+        } else {
+            /* Start a worker per job while none is idle, up to the pool's size. */
+            for (unsigned k = 0; k < n && ex->idle <= ex->waking; k++) {
+                int r = maybe_spawn(ex);
+                if (r < 0) {
+                    if (ex->nthreads == 0)
+                        ret = r;    /* no thread at all to run them */
+                    break;
+                }
+                if (ex->nthreads >= ex->max_workers)
+                    break;
+            }
+        }
+        if (ret == 0) {
+            if (ex->tail)
+                ex->tail->next = first;
+            else
+                ex->head = first;
+            ex->tail = last;
+            /* Wake one idle worker per job, no more: needless wake-ups cost context switches. */
+            for (unsigned k = 0; k < n && ex->idle > ex->waking; k++) {
+                ex->waking++;
+                pthread_cond_signal(&ex->work);
+            }
+        }
+        pthread_mutex_unlock(&ex->mu);
+        if (ret < 0) {
+            /* The pool shut down (or cannot start a thread) since the call: fail these jobs. */
+            for (job_t *k = first, *next; k != NULL; k = next) {
+                next = k->next;
+                k->err = ret;
+                atomic_store(&k->state, JOB_DONE);
+                job_complete(k);
+            }
         }
     }
-    pthread_mutex_unlock(&ex->mu);
-    if (ret < 0) {
-        urio__free(j->errmsg);
-        urio_future_unref(j->f);
-        urio__loop_unref(loop);
-        urio__free(j);
-        urio_future_unref(f);
-        return fail(ret);
-    }
-    urio__future_set_cancel_hook(f, job_cancel_hook, j);
-    return f;
 }
 
 URIO_EXPORT urio_future_t *urio_run_in_executor(urio_loop_t *loop, urio_executor_t *ex,
@@ -305,6 +353,7 @@ URIO_EXPORT int urio_executor_shutdown(urio_executor_t *ex, bool wait, bool canc
         return -EDEADLK;
     pthread_mutex_lock(&ex->mu);
     ex->shutdown = true;
+    atomic_store(&ex->closed, true);
     job_t *cancelled = NULL;
     if (cancel_futures) {
         /* Take every job not yet started; each goes back to its loop as cancelled. */

@@ -29,7 +29,9 @@ typedef void (*urio_free_fn)(void *p);
  * The future (a new reference) completes on the loop with fn's result, its
  * error, or -ECANCELED.  Cancelling it before the job starts means the job
  * never runs; after it starts, the job finishes and its result is discarded
- * (urio_run_in_executor_dtor frees it with free_result).
+ * (urio_run_in_executor_dtor frees it with free_result).  Jobs submitted
+ * by callbacks go to the pool together, when the callbacks of the loop's
+ * current step have run (one lock for the batch); outside a run, at once.
  * Returns: the future; NULL with errno EINVAL (NULL loop or fn), EPERM
  *          (wrong thread), ESHUTDOWN (executor shut down, loop closed), ENOMEM.
  *          When it fails, fn never runs.
