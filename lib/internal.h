@@ -141,6 +141,8 @@ static inline const void *urio__thread_token(void)
 
 int  urio__ring_init(urio__ring_t *r, unsigned entries);
 void urio__ring_exit(urio__ring_t *r);
+/* Closes the ring (the kernel cancels what is in flight) but keeps the op table. */
+void urio__ring_unmap(urio__ring_t *r);
 /*
  * Binds the ring to the calling thread (IORING_SETUP_SINGLE_ISSUER) the first
  * time; afterwards checks the caller is that thread.

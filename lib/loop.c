@@ -718,7 +718,7 @@ static void drain_ring(urio_loop_t *loop)
 static void abandon_ring(urio_loop_t *loop)
 {
     urio__ring_t *r = &loop->ring;
-    io_uring_queue_exit(&r->uring);
+    urio__ring_unmap(r);
     for (uint32_t s = 1; s < r->nops; s++) {
         urio__op_t *op = r->ops[s].op;
         if (op == NULL)
