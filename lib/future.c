@@ -49,6 +49,8 @@ struct urio_future {
     urio__cancel_hook_fn cancel_hook;   /* loop thread: told synchronously of a cancel */
     void *cancel_hook_arg;
     urio__stack_t *stack;       /* creation stack, debug mode only */
+    const urio__future_ops_t *ops;      /* a future of another kind (a task), or NULL */
+    _Alignas(16) unsigned char ext[];   /* the kind's own state */
 };
 
 static inline uint32_t state_of(const urio_future_t *f)
@@ -59,6 +61,68 @@ static inline uint32_t state_of(const urio_future_t *f)
 static bool check(const urio_future_t *f, const char *fn)
 {
     return f != NULL && urio__loop_check_thread(f->loop, fn);
+}
+
+static urio_future_t *future_alloc(urio_loop_t *loop, size_t ext, const urio__future_ops_t *ops)
+{
+    urio_future_t *f = urio__malloc(sizeof *f + ext);
+    if (f == NULL) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    memset(f, 0, sizeof *f + ext);
+    f->loop = loop;
+    atomic_init(&f->refs, 1);
+    f->cbs = f->inl;
+    f->capcbs = 2;
+    f->ops = ops;
+    urio__loop_ref(loop);
+    return f;
+}
+
+/*
+ * The creation stack, in debug mode: frames above the caller of the public
+ * function (urio__stack_capture finds its caller by return address, so this
+ * must be called from that public function itself).
+ */
+#define CAPTURE_CREATION_STACK(f, skip)                                            \
+    do {                                                                           \
+        if (URIO_DEBUG_CHECKS && (f)->loop->debug) {                               \
+            (f)->stack = urio__malloc(sizeof *(f)->stack);                         \
+            if ((f)->stack) /* none is a poorer report, not a failure */          \
+                urio__stack_capture((f)->stack, (skip));                           \
+        }                                                                          \
+    } while (0)
+
+urio_future_t *urio__future_new_ext(urio_loop_t *loop, size_t ext, const urio__future_ops_t *ops)
+{
+    return future_alloc(loop, ext, ops);
+}
+
+void urio__future_capture_stack(urio_future_t *f, urio__stack_t *st)
+{
+    f->stack = st;
+}
+
+urio_future_t *urio__future_new_foreign(urio_loop_t *loop, size_t ext, const urio__future_ops_t *ops)
+{
+    /* Any thread: touches only its own memory and the loop's atomic refcount. */
+    return future_alloc(loop, ext, ops);
+}
+
+void *urio__future_ext(urio_future_t *f)
+{
+    return f->ext;
+}
+
+const urio__future_ops_t *urio__future_ops(const urio_future_t *f)
+{
+    return f->ops;
+}
+
+const urio__stack_t *urio__future_stack(const urio_future_t *f)
+{
+    return f->stack;
 }
 
 URIO_EXPORT urio_future_t *urio_future_new(urio_loop_t *loop)
@@ -75,24 +139,9 @@ URIO_EXPORT urio_future_t *urio_future_new(urio_loop_t *loop)
         errno = ESHUTDOWN;
         return NULL;
     }
-    urio_future_t *f = urio__malloc(sizeof *f);
-    if (f == NULL) {
-        errno = ENOMEM;
-        return NULL;
-    }
-    memset(f, 0, sizeof *f);
-    f->loop = loop;
-    atomic_init(&f->refs, 1);
-    f->cbs = f->inl;
-    f->capcbs = 2;
-#if URIO_DEBUG_CHECKS
-    if (loop->debug) {
-        f->stack = urio__malloc(sizeof *f->stack);
-        if (f->stack)           /* no stack is a poorer report, not a failure */
-            urio__stack_capture(f->stack, 1);   /* from urio_future_new's caller */
-    }
-#endif
-    urio__loop_ref(loop);
+    urio_future_t *f = future_alloc(loop, 0, NULL);
+    if (f != NULL)
+        CAPTURE_CREATION_STACK(f, 1);
     return f;
 }
 
@@ -105,10 +154,13 @@ URIO_EXPORT urio_future_t *urio_future_ref(urio_future_t *f)
 
 static void report_unretrieved(urio_future_t *f)
 {
-    char *tb = f->stack ? urio__stack_format(f->stack, "Future created at (most recent call last):")
-                        : NULL;
+    const char *kind = f->ops ? f->ops->kind : "Future";
+    char header[64], message[64];
+    snprintf(header, sizeof header, "%s created at (most recent call last):", kind);
+    snprintf(message, sizeof message, "%s exception was never retrieved", kind);
+    char *tb = f->stack ? urio__stack_format(f->stack, header) : NULL;
     urio_error_context_t ctx = {
-        .message = "Future exception was never retrieved",
+        .message = message,
         .error = f->err,
         .error_message = f->errmsg,
         .future = f,
@@ -132,6 +184,8 @@ URIO_EXPORT void urio_future_unref(urio_future_t *f)
             return;
     }
     urio_loop_t *loop = f->loop;
+    if (f->ops && f->ops->finalize)
+        f->ops->finalize(f);
     if (f->reserved)
         urio__ready_unreserve(loop);
     if (f->cbs != f->inl)
@@ -274,11 +328,27 @@ URIO_EXPORT int urio_future_set_error(urio_future_t *f, int err, const char *fmt
 }
 
 /* A cancel requested from another thread, run on the loop. */
+/* The cancel itself, on the loop thread: a kind may do it its own way (a task). */
+static bool cancel_here(urio_future_t *f)
+{
+    if (state_of(f) != F_PENDING)
+        return false;
+    if (f->ops && f->ops->cancel)
+        return f->ops->cancel(f);
+    transition(f, F_CANCELLED, -ECANCELED, NULL);
+    return true;
+}
+
+void urio__future_cancel_now(urio_future_t *f)
+{
+    if (state_of(f) == F_PENDING)
+        transition(f, F_CANCELLED, -ECANCELED, NULL);
+}
+
 static void cancel_on_loop(void *arg)
 {
     urio_future_t *f = arg;
-    if (state_of(f) == F_PENDING)
-        transition(f, F_CANCELLED, -ECANCELED, NULL);
+    cancel_here(f);
     urio_future_unref(f);
 }
 
@@ -298,10 +368,7 @@ URIO_EXPORT bool urio_future_cancel(urio_future_t *f)
         }
         return true;
     }
-    if (state_of(f) != F_PENDING)
-        return false;
-    transition(f, F_CANCELLED, -ECANCELED, NULL);
-    return true;
+    return cancel_here(f);
 }
 
 void urio__future_set_cancel_hook(urio_future_t *f, urio__cancel_hook_fn fn, void *arg)
@@ -442,6 +509,10 @@ URIO_EXPORT int urio_future_remove_done_callback(urio_future_t *f, urio_future_d
 
 const char *urio__future_describe(const urio_future_t *f, char *buf, size_t n)
 {
+    if (f->ops && f->ops->describe) {
+        f->ops->describe(f, buf, n);
+        return buf;
+    }
     switch (state_of(f)) {
     case F_PENDING:
         snprintf(buf, n, "<Future pending>");
@@ -457,4 +528,14 @@ const char *urio__future_describe(const urio_future_t *f, char *buf, size_t n)
         break;
     }
     return buf;
+}
+
+const char *urio__future_state_name(const urio_future_t *f)
+{
+    switch (state_of(f)) {
+    case F_PENDING: return "pending";
+    case F_RESULT: return "finished";
+    case F_ERROR: return "finished";
+    default: return "cancelled";
+    }
 }

@@ -376,6 +376,28 @@ static inline bool urio__inbox_pending(urio__inbox_t *ib)
 int urio__inbox_push_node(urio_loop_t *loop, urio__inbox_node_t *n);
 
 /*
+ * future.c: futures of another kind (tasks) carry an ops table and their own
+ * state after the future's (urio__future_ext).
+ */
+typedef struct urio__future_ops {
+    const char *kind;                               /* "Task": in reports */
+    bool (*cancel)(urio_future_t *f);               /* replaces the plain cancel (loop thread) */
+    void (*describe)(const urio_future_t *f, char *buf, size_t n);
+    void (*finalize)(urio_future_t *f);             /* at the last unref, before the free */
+} urio__future_ops_t;
+urio_future_t *urio__future_new_ext(urio_loop_t *loop, size_t ext, const urio__future_ops_t *ops);
+/* The same from any thread (no creation stack): for run_coroutine_threadsafe. */
+urio_future_t *urio__future_new_foreign(urio_loop_t *loop, size_t ext, const urio__future_ops_t *ops);
+void *urio__future_ext(urio_future_t *f);
+/* Gives f a creation stack (urio__malloc'd; f frees it). */
+void urio__future_capture_stack(urio_future_t *f, urio__stack_t *st);
+const urio__future_ops_t *urio__future_ops(const urio_future_t *f);
+const urio__stack_t *urio__future_stack(const urio_future_t *f);
+/* Cancels f now, bypassing its kind's cancel (a task ending cancelled). */
+void urio__future_cancel_now(urio_future_t *f);
+const char *urio__future_state_name(const urio_future_t *f);
+
+/*
  * future.c: a hook told synchronously, on the loop thread, when a future is
  * cancelled (an executor's job that must not start; a task's pending op).
  */

@@ -1,0 +1,127 @@
+/*
+ * urio/task.h — coroutines and tasks.
+ *
+ * A task is a coroutine running on its own stack (stackful): its function
+ * calls urio's awaiting functions (urio_await, urio_sleep, ...) as plain
+ * calls, and they suspend only that task.  A task is a future: await it,
+ * cancel it, add done callbacks, unref it.
+ */
+#ifndef URIO_TASK_H
+#define URIO_TASK_H
+
+#include "base.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* A coroutine function: 0 or a negative error; its result in *result. */
+typedef int (*urio_coro_fn)(void *arg, void **result);
+typedef struct urio_coro urio_coro_t;
+
+/*
+ * A coroutine object: fn(arg) not started yet, with where it was made.  It
+ * must be given to urio_task_create, urio_await_coro, urio_run,
+ * urio_run_coroutine_threadsafe, or closed with urio_coro_close; one left
+ * alone is reported when its loop closes (or, made outside any loop, at
+ * exit): "coroutine 'fn' was never awaited".
+ * Returns: NULL with errno ENOMEM or EINVAL (NULL fn).
+ * Thread: any thread.
+ */
+URIO_EXPORT urio_coro_t *urio_coro_new(urio_coro_fn fn, void *arg, const urio_site_t *site);
+#define URIO_CORO(fn, arg) urio_coro_new((fn), (arg), URIO_SITE(fn))
+
+/* Frees a coroutine the program chose not to run, quietly (Python's coro.close()). */
+URIO_EXPORT void urio_coro_close(urio_coro_t *coro);
+
+typedef struct urio_task_opts {
+    size_t stack_size;       /* 0: the default (meson option task_stack_size) */
+    const char *name;        /* NULL: the coroutine's function name */
+} urio_task_opts_t;          /* may grow: zero-initialise it */
+
+/*
+ * Makes a task of coro on loop (it owns coro, also on failure) and schedules
+ * its first step.  Returns a new reference on the task.
+ * Returns: the task; NULL with errno EINVAL, EPERM (wrong thread),
+ *          ESHUTDOWN (closing loop), ENOMEM (memory, or a stack).
+ * Thread: the loop's thread.
+ */
+URIO_EXPORT urio_future_t *urio_task_create(urio_loop_t *loop, urio_coro_t *coro);
+URIO_EXPORT urio_future_t *urio_task_create_opts(urio_loop_t *loop, urio_coro_t *coro,
+                                                 const urio_task_opts_t *opts);
+#define urio_spawn(loop, fn, arg) urio_task_create((loop), URIO_CORO(fn, arg))
+
+/*
+ * In a task: suspends it until f is done, then gives f's outcome as
+ * urio_future_result does (0 and *result, f's error, or -ECANCELED).
+ * A cancelled task gets -ECANCELED from the await it is blocked in (the
+ * future it waited on is cancelled), and from every await after, unless
+ * shielded (urio_shield_begin).
+ * Returns: as above; -EPERM outside a task; -EINVAL for NULL, or a future of
+ *          another loop; -EDEADLK for the task awaiting itself.
+ */
+URIO_EXPORT int urio_await(urio_future_t *f, void **result);
+
+/* In a task: runs coro to its end on this task's stack ("await coro()"). */
+URIO_EXPORT int urio_await_coro(urio_coro_t *coro, void **result);
+
+/* In a task: sets its error message; returns err (for `return urio_task_fail(...)`). */
+URIO_EXPORT int urio_task_fail(int err, const char *fmt, ...) URIO_PRINTF(2, 3);
+
+/* In a task: sleeps ns.  Returns: 0, -ECANCELED, -EPERM outside a task. */
+URIO_EXPORT int urio_sleep(uint64_t ns);
+
+/* In a task: lets every other ready callback and task run once (asyncio.sleep(0)). */
+URIO_EXPORT int urio_yield(void);
+
+/*
+ * In a task: awaits f for at most timeout_ns; on time-out cancels f and
+ * returns -ETIMEDOUT.
+ */
+URIO_EXPORT int urio_wait_for(urio_future_t *f, uint64_t timeout_ns, void **result);
+
+/* The task running on this thread, or NULL (a borrowed pointer). */
+URIO_EXPORT urio_future_t *urio_task_current(void);
+/* A task's name ("fn" unless set); NULL for a plain future. */
+URIO_EXPORT const char *urio_task_name(const urio_future_t *task);
+/* True if f is a task. */
+URIO_EXPORT bool urio_future_is_task(const urio_future_t *f);
+
+/*
+ * Protects a critical section of the current task from cancellation
+ * (asyncio's shield, as a scope): between begin and end, awaits are not
+ * interrupted by a cancel; a cancel that came meanwhile is delivered at the
+ * first await after urio_shield_end.  Scopes nest.
+ * Returns: 0, -EPERM outside a task.
+ */
+URIO_EXPORT int urio_shield_begin(void);
+URIO_EXPORT int urio_shield_end(void);
+
+/* ------------------------------------------------------------------ */
+/* Running a program, and crossing threads                              */
+
+typedef struct urio_run_opts { int debug; } urio_run_opts_t;   /* 0 default, 1 on, -1 off */
+
+/*
+ * asyncio.run: a new loop, main as its task; when main is done, cancels the
+ * tasks left and waits for them, shuts the default executor down, reports
+ * never-awaited coroutines, closes the loop.
+ * Returns: main's outcome (0 with *result, its error, -ECANCELED), or the
+ *          loop's creation error (URIO_ENOURING...); -EBUSY inside a running loop.
+ * Thread: any thread without a running loop.  Owns main.
+ */
+URIO_EXPORT int urio_run(urio_coro_t *main, const urio_run_opts_t *opts, void **result);
+
+/*
+ * Runs coro as a task of loop, from any thread.  Returns a future any thread
+ * may wait on (urio_future_wait) or cancel (which cancels the task); the
+ * caller owns one reference.
+ * Returns: NULL with errno EINVAL, ESHUTDOWN (loop closed), ENOMEM.
+ * Thread: any thread.  Owns coro.
+ */
+URIO_EXPORT urio_future_t *urio_run_coroutine_threadsafe(urio_coro_t *coro, urio_loop_t *loop);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
