@@ -60,6 +60,8 @@ typedef struct bench_config {
     uint64_t pool_inflight;    /* threadpool.throughput: jobs kept in flight */
     uint64_t pool_warmup;      /* threadpool.*: jobs run at once before measuring */
     unsigned pool_workers;     /* threadpool.*: worker threads, the same on both sides */
+
+    uint64_t switch_n;         /* switch.*: context switches per ping-pong (two per round trip) */
 } bench_config_t;
 
 /* Also sets UV_THREADPOOL_SIZE to pool_workers when the environment does
@@ -105,6 +107,7 @@ typedef struct bench_def {
     const char *group;         /* the subcommand selecting it: "dispatch" */
     bench_fn urio;
     bench_fn peer;             /* NULL: no peer measures the same thing */
+    const char *peer_name;     /* who the peer is; NULL: libuv */
     size_t n_metrics;
     bench_metric_t metrics[BENCH_MAX_METRICS];
 } bench_def_t;
@@ -130,6 +133,8 @@ void bench_urio_pool_rtt(const bench_config_t *cfg, double *out);
 void bench_uv_pool_rtt(const bench_config_t *cfg, double *out);
 void bench_urio_pool_throughput(const bench_config_t *cfg, double *out);
 void bench_uv_pool_throughput(const bench_config_t *cfg, double *out);
+void bench_urio_switch(const bench_config_t *cfg, double *out);
+void bench_ucontext_switch(const bench_config_t *cfg, double *out);
 
 /* The metrics of the timer experiment, in out[] order. */
 enum {
@@ -154,6 +159,21 @@ enum {
     BENCH_WAKEUP_FLOOR_P99,
     BENCH_WAKEUP_N_METRICS
 };
+
+/* The metrics of the switch experiment, in out[] order.  The floor is a
+ * switch saving only the callee-saved general registers (switch_floor.S),
+ * measured by urio's side in the same run. */
+enum {
+    BENCH_SWITCH_CTX,          /* ns per switch */
+    BENCH_SWITCH_FLOOR,
+    BENCH_SWITCH_N_METRICS
+};
+
+/* The coroutine stacks of the switch experiment (switch.c): mmap'd, dying
+ * on failure. */
+void *bench_switch_stack_new(void);
+void bench_switch_stack_free(void *stack);
+size_t bench_switch_stack_size(void);
 
 /* ------------------------------------------------------------------ */
 /* Shared helpers (common.c)                                            */

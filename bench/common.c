@@ -66,6 +66,7 @@ void bench_config_init(bench_config_t *cfg, bool quick)
         .pool_inflight = 1000u,
         .pool_warmup = 1000u,
         .pool_workers = pool_workers(),
+        .switch_n = quick ? 2000000u : 10000000u,
     };
 }
 

@@ -189,6 +189,12 @@ static bool has_peer(const bench_def_t *def, const bench_metric_t *m)
     return def->peer != NULL && !m->urio_only;
 }
 
+/* Who the peer column of def's rows is: libuv unless the benchmark says. */
+static const char *peer_name(const bench_def_t *def)
+{
+    return def->peer_name ? def->peer_name : PEER_NAME;
+}
+
 static void format_target(char *buf, size_t size, const bench_metric_t *m)
 {
     switch (m->target.kind) {
@@ -196,7 +202,7 @@ static void format_target(char *buf, size_t size, const bench_metric_t *m)
         snprintf(buf, size, "urio <= %g %s", m->target.value, m->unit);
         break;
     case BENCH_TARGET_RATIO_MIN:
-        snprintf(buf, size, "%s/urio >= %gx", PEER_NAME, m->target.value);
+        snprintf(buf, size, "%s/urio >= %gx", peer_name(def_of(m)), m->target.value);
         break;
     case BENCH_TARGET_REF_MAX:
         snprintf(buf, size, "urio <= %gx %s", m->target.value,
@@ -210,14 +216,14 @@ static void format_target(char *buf, size_t size, const bench_metric_t *m)
 
 static void list_benchmarks(void)
 {
-    printf("%-12s %-22s %-16s %-6s %s\n", "group", "benchmark", "unit", "peer", "target");
+    printf("%-12s %-22s %-16s %-11s %s\n", "group", "benchmark", "unit", "peer", "target");
     for (size_t i = 0; i < bench_registry_len; i++) {
         const bench_def_t *def = &bench_registry[i];
         for (size_t m = 0; m < def->n_metrics; m++) {
             char target[96];
             format_target(target, sizeof target, &def->metrics[m]);
-            printf("%-12s %-22s %-16s %-6s %s\n", def->group, def->metrics[m].name,
-                   def->metrics[m].unit, has_peer(def, &def->metrics[m]) ? PEER_NAME : "-",
+            printf("%-12s %-22s %-16s %-11s %s\n", def->group, def->metrics[m].name,
+                   def->metrics[m].unit, has_peer(def, &def->metrics[m]) ? peer_name(def) : "-",
                    target);
         }
     }
@@ -357,7 +363,7 @@ static void run_benchmark(const bench_def_t *def, const bench_config_t *cfg,
         if (urio_first)
             run_side("urio", def->urio, cfg, def, run, runs, u);
         if (def->peer)
-            run_side(PEER_NAME, def->peer, cfg, def, run, runs, p);
+            run_side(peer_name(def), def->peer, cfg, def, run, runs, p);
         if (!urio_first)
             run_side("urio", def->urio, cfg, def, run, runs, u);
         for (size_t m = 0; m < def->n_metrics; m++) {
@@ -449,6 +455,10 @@ static void print_table(const row_t *rows, size_t n, const options_t *o)
            "-----------\n");
     for (size_t i = 0; i < n; i++)
         print_row(&rows[i]);
+    for (size_t i = 0; i < n; i++)
+        if (has_peer(rows[i].def, rows[i].metric) && rows[i].def->peer_name)
+            printf("  %s: the %s column is %s\n", rows[i].metric->name, PEER_NAME,
+                   rows[i].def->peer_name);
 }
 
 static void print_targets(const row_t *rows, size_t n)
@@ -521,7 +531,7 @@ static void json_row(FILE *f, const row_t *r, unsigned runs)
     bool peer = has_peer(r->def, r->metric);
     fprintf(f, "    {\"name\": \"%s\", \"group\": \"%s\", \"unit\": \"%s\", \"peer\": ",
             r->metric->name, r->def->group, r->metric->unit);
-    fprintf(f, peer ? "\"%s\",\n" : "null,\n", PEER_NAME);
+    fprintf(f, peer ? "\"%s\",\n" : "null,\n", peer_name(r->def));
     fputs("     \"urio_median\": ", f);
     json_number(f, r->urio_med);
     fputs(", \"peer_median\": ", f);
@@ -551,7 +561,8 @@ static void json_config(FILE *f, const bench_config_t *c)
             "\"timer_span_ns\": %llu, \"timer_lead_ns\": %llu, \"seed\": %llu,\n"
             "             \"xthread_n\": %llu, \"wakeup_n\": %llu, \"wakeup_warmup\": %llu, "
             "\"wakeup_gap_ns\": %llu, \"pool_rtt_n\": %llu, \"pool_n\": %llu, "
-            "\"pool_inflight\": %llu, \"pool_warmup\": %llu, \"pool_workers\": %u},\n",
+            "\"pool_inflight\": %llu, \"pool_warmup\": %llu, \"pool_workers\": %u, "
+            "\"switch_n\": %llu},\n",
             (unsigned long long)c->chain_n, (unsigned long long)c->fanout_n,
             (unsigned long long)c->fanout_round, (unsigned long long)c->allocs_warmup,
             (unsigned long long)c->allocs_n, (unsigned long long)c->timer_n,
@@ -560,7 +571,8 @@ static void json_config(FILE *f, const bench_config_t *c)
             (unsigned long long)c->wakeup_n, (unsigned long long)c->wakeup_warmup,
             (unsigned long long)c->wakeup_gap_ns, (unsigned long long)c->pool_rtt_n,
             (unsigned long long)c->pool_n, (unsigned long long)c->pool_inflight,
-            (unsigned long long)c->pool_warmup, c->pool_workers);
+            (unsigned long long)c->pool_warmup, c->pool_workers,
+            (unsigned long long)c->switch_n);
 }
 
 static void write_json(const char *path, const row_t *rows, size_t n, const options_t *o,

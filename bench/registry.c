@@ -120,6 +120,22 @@ const bench_def_t bench_registry[] = {
             METRIC("threadpool.throughput", "ns/job", 1, RATIO_MIN(2.0)),
         },
     },
+    /* The peer here is glibc's swapcontext, not libuv (which has no
+     * coroutines): what a C program without its own switch would use. */
+    {
+        .name = "switch",
+        .group = "switch",
+        .urio = bench_urio_switch,
+        .peer = bench_ucontext_switch,
+        .peer_name = "swapcontext",
+        .n_metrics = BENCH_SWITCH_N_METRICS,
+        .metrics = {
+            [BENCH_SWITCH_CTX] = METRIC("switch.ctx", "ns/switch", 2,
+                                        REF_MAX(1.2, BENCH_SWITCH_FLOOR)),
+            /* Callee-saved general registers only, in urio's column: see switch.c. */
+            [BENCH_SWITCH_FLOOR] = URIO_ONLY_METRIC("switch.floor", "ns/switch", 2),
+        },
+    },
 };
 
 const size_t bench_registry_len = sizeof bench_registry / sizeof bench_registry[0];

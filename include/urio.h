@@ -13,5 +13,6 @@
 #include "urio/loop.h"
 #include "urio/future.h"
 #include "urio/executor.h"
+#include "urio/task.h"
 
 #endif

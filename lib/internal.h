@@ -10,6 +10,7 @@
 #include "urio_config.h"
 #include "urio.h"
 #include "mpsc.h"
+#include "arch/switch.h"
 
 #include <liburing.h>
 #include <pthread.h>
@@ -305,6 +306,15 @@ struct urio_loop {
     urio__ring_t ring;
     urio__inbox_t inbox;
 
+    /* Tasks (task.c).  Loop thread only. */
+    struct urio__task *current_task;     /* the task running now, or NULL */
+    urio__ctx_t task_return;             /* the loop's context while a task runs */
+    struct urio__task *tasks;            /* every task not finished: a list */
+    uint32_t ntasks;
+    struct urio_coro *coros;             /* coroutines made here, not started nor closed */
+    struct urio__stack_pool *stacks;     /* task stacks kept for reuse */
+    void *san_fiber;                     /* the loop's own fiber (TSan), or NULL */
+
     urio_executor_t *default_ex;     /* made by the first urio_run_in_executor(NULL) */
     struct urio__job *jobs_head, *jobs_tail;   /* submitted this turn, not yet handed over */
 
@@ -403,6 +413,12 @@ const char *urio__future_state_name(const urio_future_t *f);
  */
 typedef void (*urio__cancel_hook_fn)(void *arg);
 void urio__future_set_cancel_hook(urio_future_t *f, urio__cancel_hook_fn fn, void *arg);
+/* task.c: at close, reports never-awaited coroutines and pending tasks, frees them. */
+void urio__tasks_close(urio_loop_t *loop);
+/* task.c: releases a dropped task step's reference; false if fn is not a step. */
+bool urio__task_step_dropped(urio_callback_fn fn, void *arg);
+/* task.c: names a task step for the slow-callback report; false if fn is not one. */
+bool urio__task_describe_step(urio_callback_fn fn, void *arg, char *buf, size_t n);
 /* thread_pool.c: hands the jobs submitted this turn to their pools. */
 void urio__executor_flush(urio_loop_t *loop);
 /* future.c: the runner's site marks its FIFO entries; close releases them. */

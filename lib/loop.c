@@ -306,12 +306,16 @@ URIO_EXPORT bool urio_handle_cancel(urio_loop_t *loop, urio_handle_t h)
 /* The turn                                                             */
 
 #if URIO_DEBUG_CHECKS
-static void log_slow_callback(urio_callback_fn fn, const urio_site_t *site, uint64_t took)
+static void log_slow_callback(urio_callback_fn fn, void *arg, const urio_site_t *site,
+                              uint64_t took)
 {
-    char desc[256];
-    urio__describe_callback((void (*)(void))fn, site, desc, sizeof desc);
-    urio__log(URIO_LOG_WARNING, "Executing <Handle %s> took %.3f seconds", desc,
-              (double)took / 1e9);
+    char desc[256], handle[300];
+    /* A task's step is named as the task: "<Task 'fn' created at file.c:42>". */
+    if (!urio__task_describe_step(fn, arg, handle, sizeof handle)) {
+        urio__describe_callback((void (*)(void))fn, site, desc, sizeof desc);
+        snprintf(handle, sizeof handle, "<Handle %s>", desc);
+    }
+    urio__log(URIO_LOG_WARNING, "Executing %s took %.3f seconds", handle, (double)took / 1e9);
 }
 #endif
 
@@ -353,7 +357,7 @@ static void run_ready_debug(urio_loop_t *loop, uint32_t n)
         e.fn(e.arg);
         uint64_t took = urio__now() - t0;
         if (took >= loop->slow_ns)
-            log_slow_callback(e.fn, e.site, took);
+            log_slow_callback(e.fn, e.arg, e.site, took);
     }
 }
 #endif
@@ -761,6 +765,8 @@ URIO_EXPORT int urio_loop_close(urio_loop_t *loop)
     else
         abandon_ring(loop);
     urio__inbox_close(loop);
+    /* Never-awaited coroutines and tasks still pending: reported, then freed. */
+    urio__tasks_close(loop);
 
     uint32_t dropped = 0, timers = 0;
     for (uint64_t q = loop->ready_head; q != loop->ready_tail; q++) {
@@ -770,6 +776,8 @@ URIO_EXPORT int urio_loop_close(urio_loop_t *loop)
             urio__future_runner_dropped(e->arg);
             continue;
         }
+        if (e->fn != NULL && urio__task_step_dropped(e->fn, e->arg))
+            continue;
         dropped += e->fn != NULL && (e->slot1 == 0 || loop->slots[e->slot1 - 1].gen == e->gen);
     }
     timers = urio__timer_count_live(loop);

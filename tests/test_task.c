@@ -1,0 +1,381 @@
+/*
+ * test_task.c — tasks: results and errors through await, ordering, sleep,
+ * cancellation at await points, shielding, wait_for, never-awaited
+ * coroutines, pending tasks at close, urio_run, run_coroutine_threadsafe.
+ */
+#include "helpers.h"
+
+#include <unistd.h>
+
+static int order[64], norder;
+
+static int child(void *arg, void **res)
+{
+    intptr_t n = (intptr_t)arg;
+    for (int i = 0; i < 3; i++) {
+        order[norder++] = (int)(n * 10 + i);
+        assert_int_equal(urio_sleep(1 * MS), 0);
+    }
+    *res = (void *)(n * 100);
+    return 0;
+}
+
+static int failing(void *arg, void **res)
+{
+    (void)res;
+    urio_sleep(1000);
+    return urio_task_fail(-EIO, "disk %s gone", (const char *)arg);
+}
+
+/* Runs coro as urio_run's main and returns its outcome. */
+static int run_main(urio_coro_fn fn, void *arg, void **res)
+{
+    return urio_run(urio_coro_new(fn, arg, URIO_SITE(fn)), NULL, res);
+}
+
+static int spawn_and_await(void *arg, void **res)
+{
+    (void)arg;
+    urio_loop_t *loop = urio_loop_current();
+    urio_future_t *a = urio_spawn(loop, child, (void *)1);
+    urio_future_t *b = urio_spawn(loop, child, (void *)2);
+    assert_true(urio_future_is_task(a));
+    assert_string_equal(urio_task_name(a), "child");
+    void *ra = NULL, *rb = NULL;
+    assert_int_equal(urio_await(a, &ra), 0);
+    assert_int_equal(urio_await(b, &rb), 0);
+    assert_int_equal((intptr_t)ra, 100);
+    assert_int_equal((intptr_t)rb, 200);
+    urio_future_unref(a);
+    urio_future_unref(b);
+    urio_future_t *c = urio_spawn(loop, failing, "sda");
+    assert_int_equal(urio_await(c, NULL), -EIO);
+    assert_string_equal(urio_future_error_message(c), "disk sda gone");
+    urio_future_unref(c);
+    *res = (void *)42;
+    return 0;
+}
+
+static void test_task_results_errors_and_order(void **state)
+{
+    (void)state;
+    norder = 0;
+    void *r = NULL;
+    assert_int_equal(run_main(spawn_and_await, NULL, &r), 0);
+    assert_int_equal((intptr_t)r, 42);
+    /* The two children interleave at each sleep: 10 20 11 21 12 22. */
+    static const int want[] = { 10, 20, 11, 21, 12, 22 };
+    assert_int_equal(norder, 6);
+    for (int i = 0; i < 6; i++)
+        assert_int_equal(order[i], want[i]);
+}
+
+static int sleeper(void *arg, void **res)
+{
+    (void)res;
+    int *got = arg;
+    *got = urio_sleep(10000 * MS);
+    /* Sticky: every await after the cancel also fails. */
+    got[1] = urio_sleep(1 * MS);
+    got[2] = urio_yield();
+    return got[0];
+}
+
+static int cancel_sleeper(void *arg, void **res)
+{
+    (void)res;
+    int *got = arg;
+    urio_future_t *t = urio_spawn(urio_loop_current(), sleeper, got);
+    assert_int_equal(urio_sleep(2 * MS), 0);
+    assert_true(urio_future_cancel(t));
+    assert_true(urio_future_cancel(t));         /* idempotent */
+    assert_int_equal(urio_await(t, NULL), -ECANCELED);
+    assert_true(urio_future_cancelled(t));
+    urio_future_unref(t);
+    return 0;
+}
+
+static void test_task_cancel_in_sleep(void **state)
+{
+    (void)state;
+    int got[3] = { 1, 1, 1 };
+    uint64_t t0 = urio__now();
+    assert_int_equal(run_main(cancel_sleeper, got, NULL), 0);
+    assert_true(urio__now() - t0 < 5000 * MS);
+    assert_int_equal(got[0], -ECANCELED);
+    assert_int_equal(got[1], -ECANCELED);
+    assert_int_equal(got[2], -ECANCELED);
+}
+
+static int shielded(void *arg, void **res)
+{
+    (void)res;
+    int *got = arg;
+    urio_shield_begin();
+    got[0] = urio_sleep(5 * MS);        /* a cancel now does not interrupt this */
+    urio_shield_end();
+    got[1] = urio_sleep(1 * MS);        /* but the next await gets it */
+    return got[1];
+}
+
+static int cancel_shielded(void *arg, void **res)
+{
+    (void)res;
+    urio_future_t *t = urio_spawn(urio_loop_current(), shielded, arg);
+    urio_sleep(1 * MS);
+    urio_future_cancel(t);
+    assert_int_equal(urio_await(t, NULL), -ECANCELED);
+    urio_future_unref(t);
+    return 0;
+}
+
+static void test_task_shield(void **state)
+{
+    (void)state;
+    int got[2] = { 1, 1 };
+    assert_int_equal(run_main(cancel_shielded, got, NULL), 0);
+    assert_int_equal(got[0], 0);
+    assert_int_equal(got[1], -ECANCELED);
+}
+
+static int waits_future(void *arg, void **res)
+{
+    (void)res;
+    urio_future_t *f = arg;
+    return urio_wait_for(f, 5 * MS, NULL);
+}
+
+static int wait_for_main(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    urio_loop_t *loop = urio_loop_current();
+    urio_future_t *f = urio_future_new(loop);
+    assert_int_equal(urio_await_coro(URIO_CORO(waits_future, f), NULL), -ETIMEDOUT);
+    assert_true(urio_future_cancelled(f));      /* wait_for cancelled it */
+    urio_future_unref(f);
+    return 0;
+}
+
+static void test_task_wait_for_times_out(void **state)
+{
+    (void)state;
+    assert_int_equal(run_main(wait_for_main, NULL, NULL), 0);
+}
+
+static void test_task_await_outside_task_refused(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_future_t *f = urio_future_new(loop);
+    test_log_capture();
+    assert_int_equal(urio_await(f, NULL), -EPERM);
+    assert_int_equal(urio_sleep(1), -EPERM);
+    assert_log_contains("urio_await(): called outside a task");
+    urio_future_unref(f);
+    test_loop_close(loop);
+}
+
+static int never_run(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    return 0;
+}
+
+/* A coroutine closed with urio_coro_close is not reported. */
+static void test_task_closed_coro_quiet(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    test_log_capture();
+    urio_coro_t *closed = URIO_CORO(never_run, NULL);
+    urio_coro_close(closed);                    /* closed: quiet */
+    test_loop_close(loop);
+    assert_int_equal(test_log_count("was never awaited"), 0);
+}
+
+static urio_coro_t *made_in_loop;
+static void make_coro_cb(void *arg)
+{
+    (void)arg;
+    made_in_loop = URIO_CORO(never_run, NULL);
+}
+
+static void test_task_never_awaited_in_loop(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    test_log_capture();
+    urio_call_soon(loop, make_coro_cb, NULL);
+    urio_loop_stop(loop);
+    urio_loop_run_forever(loop);
+    test_loop_close(loop);
+    assert_log_contains("RuntimeWarning: coroutine 'never_run' was never awaited");
+    assert_log_contains("test_task.c:");
+}
+
+static int sleeps_forever(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    return urio_sleep(3600ull * 1000 * MS);     /* -ECANCELED when cancelled: it ends cancelled */
+}
+
+/* A task still pending when its loop closes is reported. */
+static void test_task_destroyed_pending(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    test_log_capture();
+    urio_future_t *t = urio_spawn(loop, sleeps_forever, NULL);
+    urio_call_later(loop, 2 * MS, test_stop_cb, loop);
+    urio_loop_run_forever(loop);
+    test_loop_close(loop);
+    assert_log_contains("Task was destroyed but it is pending!");
+    assert_log_contains("<Task pending 'sleeps_forever' created at");
+    assert_true(urio_future_cancelled(t));
+    urio_future_unref(t);
+}
+
+/* urio_run cancels what main left behind. */
+static int leaves_sleeper(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    urio_future_t *t = urio_spawn(urio_loop_current(), sleeps_forever, NULL);
+    urio_future_unref(t);
+    return 0;
+}
+
+static void test_task_run_cancels_leftovers(void **state)
+{
+    (void)state;
+    test_log_capture();
+    uint64_t t0 = urio__now();
+    assert_int_equal(run_main(leaves_sleeper, NULL, NULL), 0);
+    assert_true(urio__now() - t0 < 5000 * MS);
+    assert_int_equal(test_log_count("destroyed but it is pending"), 0);
+}
+
+/* A task whose error nobody reads is reported, as a task. */
+static void test_task_exception_never_retrieved(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    test_log_capture();
+    urio_future_t *t = urio_spawn(loop, failing, "sdb");
+    urio_future_unref(t);
+    urio_call_later(loop, 20 * MS, test_stop_cb, loop);
+    urio_loop_run_forever(loop);
+    test_loop_close(loop);
+    assert_log_contains("Task exception was never retrieved");
+    assert_log_contains("<Task finished 'failing' created at");
+    assert_log_contains("error: EIO (Input/output error): disk sdb gone");
+}
+
+/* urio_run_coroutine_threadsafe from another thread, waited on there. */
+static int answer(void *arg, void **res)
+{
+    urio_sleep(1 * MS);
+    *res = arg;
+    return 0;
+}
+
+struct ts {
+    urio_loop_t *loop;
+    int ret;
+    void *res;
+    int cancel_ret;
+};
+
+static void *submitter(void *arg)
+{
+    struct ts *s = arg;
+    urio_future_t *f = urio_run_coroutine_threadsafe(URIO_CORO(answer, (void *)7), s->loop);
+    s->ret = urio_future_wait(f, 5000 * (int64_t)MS, &s->res);
+    urio_future_unref(f);
+    /* And cancelled from here: the task in the loop is cancelled. */
+    urio_future_t *g = urio_run_coroutine_threadsafe(URIO_CORO(sleeps_forever, NULL), s->loop);
+    usleep(5000);
+    urio_future_cancel(g);
+    s->cancel_ret = urio_future_wait(g, 5000 * (int64_t)MS, NULL);
+    urio_future_unref(g);
+    urio_call_soon_threadsafe(s->loop, test_stop_cb, s->loop);
+    return NULL;
+}
+
+static void test_task_run_coroutine_threadsafe(void **state)
+{
+    (void)state;
+    struct ts s = { .loop = test_loop_new() };
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, submitter, &s), 0);
+    urio_loop_run_forever(s.loop);
+    pthread_join(t, NULL);
+    assert_int_equal(s.ret, 0);
+    assert_int_equal((intptr_t)s.res, 7);
+    assert_int_equal(s.cancel_ret, -ECANCELED);
+    test_loop_close(s.loop);
+}
+
+/* Many tasks alive at once. */
+static int tiny(void *arg, void **res)
+{
+    (void)res;
+    urio_sleep(1 * MS);
+    (*(int *)arg)++;
+    return 0;
+}
+
+/* TSan counts fibers as threads (8,128 at most): fewer tasks there. */
+#if defined(__SANITIZE_THREAD__)
+#define MANY_TASKS 4000
+#else
+#define MANY_TASKS 100000
+#endif
+
+static int many_main(void *arg, void **res)
+{
+    (void)res;
+    enum { N = MANY_TASKS };
+    urio_loop_t *loop = urio_loop_current();
+    urio_future_t **t = malloc(N * sizeof *t);
+    for (int i = 0; i < N; i++) {
+        t[i] = urio_spawn(loop, tiny, arg);
+        assert_non_null(t[i]);
+    }
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(urio_await(t[i], NULL), 0);
+        urio_future_unref(t[i]);
+    }
+    free(t);
+    return 0;
+}
+
+static void test_task_100000_alive(void **state)
+{
+    (void)state;
+    int count = 0;
+    assert_int_equal(run_main(many_main, &count, NULL), 0);
+    assert_int_equal(count, MANY_TASKS);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        URIO_TEST(test_task_results_errors_and_order),
+        URIO_TEST(test_task_cancel_in_sleep),
+        URIO_TEST(test_task_shield),
+        URIO_TEST(test_task_wait_for_times_out),
+        URIO_TEST(test_task_await_outside_task_refused),
+        URIO_TEST(test_task_closed_coro_quiet),
+        URIO_TEST(test_task_never_awaited_in_loop),
+        URIO_TEST(test_task_destroyed_pending),
+        URIO_TEST(test_task_run_cancels_leftovers),
+        URIO_TEST(test_task_exception_never_retrieved),
+        URIO_TEST(test_task_run_coroutine_threadsafe),
+        URIO_TEST(test_task_100000_alive),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
