@@ -9,6 +9,7 @@
 #include "bench.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <sys/mman.h>
 
 #include "arch/switch.h"
@@ -45,7 +46,14 @@ size_t bench_switch_stack_size(void)
 }
 
 /* ------------------------------------------------------------------ */
-/* urio__ctx_switch                                                      */
+/* The ping-pongs                                                        */
+
+/* The two sides alternate in CHUNKS slices of the run, and each reports
+ * its median slice: a switch costs a few ns, so a preemption or a
+ * neighbour's burst inside one slice would otherwise move the whole
+ * number, and alternating gives urio and the floor the same moments of
+ * the machine. */
+enum { CHUNKS = 21 };
 
 typedef struct ctx_pp {
     urio__ctx_t main_ctx, co;
@@ -58,24 +66,15 @@ static void ctx_co(void *arg)
         urio__ctx_switch(&pp->co, &pp->main_ctx);
 }
 
-static double measure_ctx(uint64_t n)
+/* ns per switch over `trips` round trips (two switches each). */
+static double ctx_slice(ctx_pp_t *pp, uint64_t trips)
 {
-    ctx_pp_t pp;
-    void *stack = bench_switch_stack_new();
-    urio__ctx_make(&pp.co, stack, STACK_SIZE, ctx_co, &pp);
-    urio__ctx_switch(&pp.main_ctx, &pp.co);   /* first entry, outside the clock */
-
     uint64_t t0 = bench_now_ns();
-    for (uint64_t i = 0; i < n / 2; i++)
-        urio__ctx_switch(&pp.main_ctx, &pp.co);
+    for (uint64_t i = 0; i < trips; i++)
+        urio__ctx_switch(&pp->main_ctx, &pp->co);
     uint64_t t1 = bench_now_ns();
-
-    bench_switch_stack_free(stack);
-    return (double)(t1 - t0) / (double)(n / 2 * 2);
+    return (double)(t1 - t0) / (double)(trips * 2);
 }
-
-/* ------------------------------------------------------------------ */
-/* The floor                                                             */
 
 #if HAVE_FLOOR
 typedef struct floor_pp {
@@ -89,29 +88,59 @@ static void floor_co(void *arg)
         bench_floor_switch(&pp->co_sp, &pp->main_sp);
 }
 
-static double measure_floor(uint64_t n)
+static double floor_slice(floor_pp_t *pp, uint64_t trips)
 {
-    floor_pp_t pp;
-    void *stack = bench_switch_stack_new();
-    pp.co_sp = bench_floor_make((char *)stack + STACK_SIZE, floor_co, &pp);
-    bench_floor_switch(&pp.main_sp, &pp.co_sp);
-
     uint64_t t0 = bench_now_ns();
-    for (uint64_t i = 0; i < n / 2; i++)
-        bench_floor_switch(&pp.main_sp, &pp.co_sp);
+    for (uint64_t i = 0; i < trips; i++)
+        bench_floor_switch(&pp->main_sp, &pp->co_sp);
     uint64_t t1 = bench_now_ns();
-
-    bench_switch_stack_free(stack);
-    return (double)(t1 - t0) / (double)(n / 2 * 2);
+    return (double)(t1 - t0) / (double)(trips * 2);
 }
 #endif
 
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, size_t n)
+{
+    qsort(v, n, sizeof v[0], cmp_double);
+    return v[n / 2];
+}
+
 void bench_urio_switch(const bench_config_t *cfg, double *out)
 {
-    out[BENCH_SWITCH_CTX] = measure_ctx(cfg->switch_n);
+    uint64_t trips = cfg->switch_n / 2 / CHUNKS;
+    if (trips == 0)
+        trips = 1;
+    double ctx_ns[CHUNKS], floor_ns[CHUNKS];
+
+    ctx_pp_t cpp;
+    void *ctx_stack = bench_switch_stack_new();
+    urio__ctx_make(&cpp.co, ctx_stack, STACK_SIZE, ctx_co, &cpp);
+    urio__ctx_switch(&cpp.main_ctx, &cpp.co);   /* first entry, off the clock */
 #if HAVE_FLOOR
-    out[BENCH_SWITCH_FLOOR] = measure_floor(cfg->switch_n);
+    floor_pp_t fpp;
+    void *floor_stack = bench_switch_stack_new();
+    fpp.co_sp = bench_floor_make((char *)floor_stack + STACK_SIZE, floor_co, &fpp);
+    bench_floor_switch(&fpp.main_sp, &fpp.co_sp);
+#endif
+
+    for (size_t i = 0; i < CHUNKS; i++) {
+        ctx_ns[i] = ctx_slice(&cpp, trips);
+#if HAVE_FLOOR
+        floor_ns[i] = floor_slice(&fpp, trips);
 #else
-    out[BENCH_SWITCH_FLOOR] = NAN;
+        floor_ns[i] = NAN;
+#endif
+    }
+    out[BENCH_SWITCH_CTX] = median(ctx_ns, CHUNKS);
+    out[BENCH_SWITCH_FLOOR] = HAVE_FLOOR ? median(floor_ns, CHUNKS) : NAN;
+
+    bench_switch_stack_free(ctx_stack);
+#if HAVE_FLOOR
+    bench_switch_stack_free(floor_stack);
 #endif
 }

@@ -15,7 +15,7 @@
     .text
     .globl  bench_floor_switch
     .type   bench_floor_switch, @function
-    .p2align 4
+    .p2align 6
 bench_floor_switch:
     pushq   %rbp
     pushq   %rbx
@@ -63,7 +63,7 @@ bench_floor_make:
     .text
     .globl  bench_floor_switch
     .type   bench_floor_switch, %function
-    .p2align 4
+    .p2align 6
 bench_floor_switch:
     hint    #34
     sub     sp, sp, #96

@@ -356,8 +356,15 @@ URIO_EXPORT bool urio_future_cancel(urio_future_t *f)
 {
     if (f == NULL)
         return false;
-    const void *owner = atomic_load_explicit(&f->loop->owner, memory_order_relaxed);
-    if (owner != NULL && owner != urio__thread_token()) {
+    /*
+     * Only the loop's thread cancels directly: the one running it, or, when
+     * it is not running, its home thread.  Any other goes through the inbox,
+     * also while the loop is between runs (its state is not ours to touch).
+     */
+    const void *me = urio__thread_token();
+    const void *owner = atomic_load_explicit(&f->loop->owner, memory_order_acquire);
+    bool mine = owner != NULL ? owner == me : atomic_load(&f->loop->home) == me;
+    if (!mine) {
         /* Another thread: the loop cancels it, through its inbox. */
         if (state_of(f) != F_PENDING)
             return false;

@@ -139,14 +139,22 @@ static void efd_complete(urio__op_t *op, int res, uint32_t flags)
     efd_arm(loop);
 }
 
+bool urio__inbox_armed(urio_loop_t *loop)
+{
+    /* Not armed (arming failed for memory, say): try again before a sleep. */
+    if (loop->inbox.efd_op.state == URIO__OP_IDLE)
+        efd_arm(loop);
+    return loop->inbox.efd_op.state != URIO__OP_IDLE;
+}
+
 static void efd_arm(urio_loop_t *loop)
 {
     urio__inbox_t *ib = &loop->inbox;
     int err = 0;
     struct io_uring_sqe *sqe = urio__op_sqe(&loop->ring, &ib->efd_op, &err);
     if (sqe == NULL) {
-        urio__log(URIO_LOG_CRITICAL, "inbox: cannot arm the wake-up read (%s): "
-                  "cross-thread calls will wait for the loop's next turn", urio_strerror(err));
+        urio__log(URIO_LOG_ERROR, "inbox: cannot arm the wake-up read (%s): the loop will "
+                  "poll for cross-thread calls until it can", urio_strerror(err));
         return;
     }
     uint64_t ud = sqe->user_data;
@@ -263,8 +271,15 @@ uint32_t urio__inbox_drain(urio_loop_t *loop)
      */
     urio__mpsc_node_t *last = atomic_load_explicit(&ib->q.back, memory_order_acquire);
     bool busy = false;
-    for (;;) {
+    for (uint32_t budget = 65536; budget > 0; budget--) {
         urio__inbox_node_t *n = ib->held;
+        /*
+         * `last` is the stub when the consumer's own re-push of the stub was
+         * the newest node: then everything before the stub is the snapshot,
+         * and reaching the stub again is the end of it.
+         */
+        if (n == NULL && last == &ib->q.stub && ib->q.front == &ib->q.stub)
+            break;
         if (n == NULL) {
             urio__mpsc_node_t *link = urio__mpsc_pop(&ib->q, &busy);
             if (link == NULL)
@@ -301,7 +316,6 @@ uint32_t urio__inbox_close(urio_loop_t *loop)
     /* Wait out producers inside a push: after this, every accepted call is linked. */
     while ((atomic_load_explicit(&ib->state, memory_order_acquire) & ~CLOSED_BIT) != 0)
         sched_yield();
-    struct batch b = { NULL, NULL };
     uint32_t ran = 0;
     for (;;) {
         urio__inbox_node_t *n = ib->held;
@@ -319,13 +333,11 @@ uint32_t urio__inbox_close(urio_loop_t *loop)
             n = (urio__inbox_node_t *)(void *)link;
         }
         urio_callback_fn fn = n->fn;
-        void *arg = n->arg;
-        batch_add(&b, n);       /* before the call: a foreign node may be freed by it */
+        void *arg = n->arg;     /* read first: a foreign node may be freed by the call */
         fn(arg);
         ran++;
     }
-    (void)b;                    /* the pool is freed whole */
-    return ran;
+    return ran;                 /* the pool is freed whole: no need to return the nodes */
 }
 
 void urio__inbox_free(urio_loop_t *loop)

@@ -266,7 +266,8 @@ struct urio_loop {
     struct urio__ready *ready;
     uint64_t ready_head, ready_tail;   /* sequence numbers: the FIFO is [head, tail) */
     uint64_t ready_mask;
-    uint32_t ready_reserved;     /* room promised to futures' runners (future.c) */
+    atomic_uint ready_reserved;  /* room promised to futures' runners (future.c); a
+                                    future's last unref may give it back from any thread */
 
     /* Timers' slots and the stack of free ones.  Loop thread only. */
     struct urio__slot *slots;
@@ -300,6 +301,7 @@ struct urio_loop {
     bool closed;
     bool running;
     _Atomic(const void *) owner; /* thread token while running, else NULL */
+    _Atomic(const void *) home;  /* the thread that made it, then the ring's issuer */
     uint64_t slow_ns;
     uint64_t timer_slack_ns;     /* how late a wake-up for a timer may be */
 
@@ -317,6 +319,7 @@ struct urio_loop {
 
     urio_executor_t *default_ex;     /* made by the first urio_run_in_executor(NULL) */
     struct urio__job *jobs_head, *jobs_tail;   /* submitted this turn, not yet handed over */
+    struct urio__job *jobs_live;               /* every job whose future is not settled */
 
     urio_exception_handler_fn exc_fn;
     void *exc_ud;
@@ -347,7 +350,7 @@ uint64_t urio__ready_push(urio_loop_t *loop, urio_callback_fn fn, void *arg,
 int urio__ready_reserve(urio_loop_t *loop);
 static inline void urio__ready_unreserve(urio_loop_t *loop)
 {
-    loop->ready_reserved--;
+    atomic_fetch_sub_explicit(&loop->ready_reserved, 1, memory_order_relaxed);
 }
 /* Pushes into reserved room: cannot fail.  Returns: the sequence number. */
 uint64_t urio__ready_push_reserved(urio_loop_t *loop, urio_callback_fn fn, void *arg,
@@ -382,6 +385,8 @@ static inline bool urio__inbox_pending(urio__inbox_t *ib)
 {
     return ib->held != NULL || urio__mpsc_nonempty(&ib->q, memory_order_relaxed);
 }
+/* True if the wake-up read is in the ring (re-arming it if it failed before). */
+bool urio__inbox_armed(urio_loop_t *loop);
 /* Pushes a node its owner made (an executor's completion): no pool, no allocation. */
 int urio__inbox_push_node(urio_loop_t *loop, urio__inbox_node_t *n);
 
@@ -421,6 +426,10 @@ bool urio__task_step_dropped(urio_callback_fn fn, void *arg);
 bool urio__task_describe_step(urio_callback_fn fn, void *arg, char *buf, size_t n);
 /* thread_pool.c: hands the jobs submitted this turn to their pools. */
 void urio__executor_flush(urio_loop_t *loop);
+/* thread_pool.c: at close, cancels every job of the loop still in a pool. */
+void urio__executor_loop_closing(urio_loop_t *loop);
+/* thread_pool.c: true on one of ex's worker threads. */
+bool urio__executor_is_worker(const urio_executor_t *ex);
 /* future.c: the runner's site marks its FIFO entries; close releases them. */
 extern const urio_site_t urio__future_runner_site;
 void urio__future_runner_dropped(void *arg);

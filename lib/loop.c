@@ -85,8 +85,8 @@ uint64_t urio__ready_push(urio_loop_t *loop, urio_callback_fn fn, void *arg,
                           const urio_site_t *site, uint32_t slot1, uint32_t gen)
 {
     /* Leave the reserved room free. */
-    if (URIO_UNLIKELY(loop->ready_tail - loop->ready_head + loop->ready_reserved >
-                      loop->ready_mask) &&
+    uint32_t reserved = atomic_load_explicit(&loop->ready_reserved, memory_order_relaxed);
+    if (URIO_UNLIKELY(loop->ready_tail - loop->ready_head + reserved > loop->ready_mask) &&
         ready_grow(loop) < 0)
         return 0;
     uint64_t q = loop->ready_tail++;
@@ -96,17 +96,18 @@ uint64_t urio__ready_push(urio_loop_t *loop, urio_callback_fn fn, void *arg,
 
 int urio__ready_reserve(urio_loop_t *loop)
 {
-    if (loop->ready_tail - loop->ready_head + loop->ready_reserved > loop->ready_mask &&
+    uint32_t reserved = atomic_load_explicit(&loop->ready_reserved, memory_order_relaxed);
+    if (loop->ready_tail - loop->ready_head + reserved > loop->ready_mask &&
         ready_grow(loop) < 0)
         return -ENOMEM;
-    loop->ready_reserved++;
+    atomic_fetch_add_explicit(&loop->ready_reserved, 1, memory_order_relaxed);
     return 0;
 }
 
 uint64_t urio__ready_push_reserved(urio_loop_t *loop, urio_callback_fn fn, void *arg,
                                    const urio_site_t *site)
 {
-    loop->ready_reserved--;
+    atomic_fetch_sub_explicit(&loop->ready_reserved, 1, memory_order_relaxed);
     uint64_t q = loop->ready_tail++;
     loop->ready[q & loop->ready_mask] = (struct urio__ready){ fn, arg, site, 0, 0 };
     return q;
@@ -431,6 +432,9 @@ static int loop_turn(urio_loop_t *loop)
         else
             goto reap;      /* no system call: completions are peeked below */
     } else {
+        /* Without the armed read a producer could not wake us: sleep 1 ms at most. */
+        if (!urio__inbox_armed(loop) && (wait < 0 || wait > 1000000))
+            wait = 1000000;
         atomic_store(&ib->sleeping, 1);
         if (ib->held != NULL || urio__mpsc_nonempty(&ib->q, memory_order_seq_cst)) {
             atomic_store(&ib->sleeping, 0);
@@ -526,6 +530,7 @@ URIO_EXPORT int urio_loop_new(urio_loop_t **out, const urio_loop_opts_t *opts)
     }
     loop->last_enter_ns = urio__now();
     loop->now_cache = loop->last_enter_ns;
+    atomic_store(&loop->home, urio__thread_token());
     open_list_add(loop);
     *out = loop;
     return 0;
@@ -559,7 +564,8 @@ URIO_EXPORT int urio_loop_run_forever(urio_loop_t *loop)
     }
     loop->running = true;
     tls_current = loop;
-    atomic_store_explicit(&loop->owner, urio__thread_token(), memory_order_relaxed);
+    atomic_store(&loop->home, urio__thread_token());
+    atomic_store_explicit(&loop->owner, urio__thread_token(), memory_order_release);
     for (;;) {
         ret = loop_turn(loop);
         if (ret < 0) {
@@ -571,7 +577,7 @@ URIO_EXPORT int urio_loop_run_forever(urio_loop_t *loop)
             break;
     }
     loop->stopping = false;
-    atomic_store_explicit(&loop->owner, NULL, memory_order_relaxed);
+    atomic_store_explicit(&loop->owner, NULL, memory_order_release);
     tls_current = NULL;
     loop->running = false;
     return ret;
@@ -745,20 +751,25 @@ URIO_EXPORT int urio_loop_close(urio_loop_t *loop)
         return -EBUSY;
     if (loop->closing)
         return 0;
+    if (urio__executor_is_worker(loop->default_ex)) {
+        urio__log(URIO_LOG_ERROR, "urio_loop_close(): called from a worker of the loop's own "
+                  "thread pool, which close must wait for");
+        return -EDEADLK;
+    }
     bool issuer = urio__ring_bind(&loop->ring) == 0;
     /*
      * The default pool first: jobs not started are cancelled, running ones
      * finish, and every worker exits.  Their completions land in the inbox
      * and run below, before the inbox closes.
      */
-    if (loop->jobs_head != NULL)
-        urio__executor_flush(loop);
     if (loop->default_ex != NULL) {
         urio_executor_shutdown(loop->default_ex, true, true);
         urio_executor_free(loop->default_ex);
         loop->default_ex = NULL;
     }
     loop->closing = true;
+    /* Jobs in pools of the program's own: cancelled, their futures settled now. */
+    urio__executor_loop_closing(loop);
     open_list_remove(loop);
     if (issuer)
         drain_ring(loop);

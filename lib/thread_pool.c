@@ -9,10 +9,15 @@
  * meanwhile.
  *
  * A job's life: QUEUED -> RUNNING -> DONE, or QUEUED -> CANCELLED (its future
- * was cancelled before a worker took it: the cancel hook flips the state, the
- * worker that pops it skips it; or shutdown(cancel_futures) took it out).
- * The job holds a reference on its future and on its loop's memory until the
- * loop has consumed its completion, or it is dropped.
+ * was cancelled before a worker took it, or shutdown(cancel_futures) or the
+ * loop's close took it out: the worker that pops it skips it).
+ *
+ * Two sides hold a job, each with a reference: the loop (until it has
+ * "settled" the future: completed it, or cancelled it at close) and the pool
+ * (until the job's trip back to the loop is over, or failed because the loop
+ * closed).  Whoever drops the last reference frees the job, and the result if
+ * nobody received it.  Each job also holds its pool, its future and its
+ * loop's memory.
  */
 #include "internal.h"
 
@@ -24,6 +29,7 @@ enum { JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_CANCELLED };
 typedef struct urio__job {
     urio__inbox_node_t node;     /* first: the completion's trip to the loop */
     struct urio__job *next;      /* the loop's batch, then the pool's FIFO (under ex->mu) */
+    struct urio__job *lnext, *lprev;   /* loop thread: the loop's unsettled jobs */
     urio_executor_t *ex;
     urio_loop_t *loop;
     urio_future_t *f;
@@ -34,6 +40,9 @@ typedef struct urio__job {
     int err;
     char *errmsg;
     atomic_int state;
+    atomic_int refs;             /* the loop's side and the pool's side */
+    bool settled;                /* loop thread: the future has its outcome */
+    bool delivered;              /* loop thread: the result went to the future */
 } job_t;
 
 struct urio_executor {
@@ -45,35 +54,48 @@ struct urio_executor {
     unsigned idle;               /* guarded by mu: waiting on `work` */
     unsigned waking;             /* guarded by mu: signalled, not yet awake */
     bool shutdown;               /* guarded by mu */
-    atomic_bool closed;          /* shutdown, readable without mu */
+    atomic_bool closed;          /* shutdown, readable without mu (an early refusal) */
+    atomic_uint refs;            /* the owner's (urio_executor_free drops it) + one per job */
+    pthread_mutex_t join_mu;     /* one joiner at a time */
     pthread_t *threads;          /* guarded by mu: nthreads of them */
 };
 
 static _Thread_local job_t *tls_job;          /* the job this worker runs */
 static _Thread_local urio_executor_t *tls_ex; /* the pool this worker belongs to */
 
-/* ------------------------------------------------------------------ */
-/* Completion, on the loop                                              */
+static void executor_unref(urio_executor_t *ex);
 
-static void job_free(job_t *j)
+/* ------------------------------------------------------------------ */
+/* Settling, on the loop; the last reference, anywhere                  */
+
+static void job_unref(job_t *j)
 {
+    if (atomic_fetch_sub_explicit(&j->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    /* A result nobody received (cancelled after it started, or the loop closed). */
+    if (!j->delivered && atomic_load(&j->state) == JOB_DONE && j->err == 0 && j->free_result)
+        j->free_result(j->result);
     urio__free(j->errmsg);
     urio_future_unref(j->f);
     urio__loop_unref(j->loop);
+    executor_unref(j->ex);
     urio__free(j);
 }
 
-/* The loop's side: runs in the loop's turn, from its inbox. */
-static void job_complete(void *arg)
+/* Gives the future its outcome and lets go of the loop's side.  Loop thread. */
+static void job_settle(job_t *j, int forced_err)
 {
-    job_t *j = arg;
+    if (j->settled)
+        return;
+    j->settled = true;
     urio__future_set_cancel_hook(j->f, NULL, NULL);
+    int state = atomic_load(&j->state);
     if (urio_future_done(j->f)) {
-        /* Cancelled after the job started: the result is nobody's. */
-        if (atomic_load(&j->state) == JOB_DONE && j->err == 0 && j->free_result)
-            j->free_result(j->result);
-    } else if (atomic_load(&j->state) == JOB_CANCELLED) {
-        urio_future_cancel(j->f);
+        /* Cancelled after the job started: the result is nobody's (job_unref frees it). */
+    } else if (forced_err == -ECANCELED || state == JOB_CANCELLED) {
+        urio__future_cancel_now(j->f);
+    } else if (forced_err < 0) {
+        urio_future_set_error(j->f, forced_err, NULL);
     } else if (j->err < 0) {
         if (j->errmsg)
             urio_future_set_error(j->f, j->err, "%s", j->errmsg);
@@ -81,21 +103,33 @@ static void job_complete(void *arg)
             urio_future_set_error(j->f, j->err, NULL);
     } else {
         urio_future_set_result(j->f, j->result);
+        j->delivered = true;
     }
-    job_free(j);
+    urio_loop_t *loop = j->loop;
+    if (j->lprev)
+        j->lprev->lnext = j->lnext;
+    else
+        loop->jobs_live = j->lnext;
+    if (j->lnext)
+        j->lnext->lprev = j->lprev;
+    job_unref(j);
 }
 
-/* Sends a finished (or cancelled) job back to its loop; drops it if the loop is gone. */
+/* The completion's arrival on the loop (from its inbox): the pool's side ends here. */
+static void job_complete(void *arg)
+{
+    job_t *j = arg;
+    job_settle(j, 0);
+    job_unref(j);
+}
+
+/* Sends a finished (or skipped) job back to its loop.  Any thread. */
 static void job_send(job_t *j)
 {
     j->node.fn = job_complete;
     j->node.arg = j;
-    if (urio__inbox_push_node(j->loop, &j->node) < 0) {
-        /* The loop closed: nobody will read the outcome. */
-        if (j->err == 0 && atomic_load(&j->state) == JOB_DONE && j->free_result)
-            j->free_result(j->result);
-        job_free(j);
-    }
+    if (urio__inbox_push_node(j->loop, &j->node) < 0)
+        job_unref(j);       /* the loop closed, and settled the future then */
 }
 
 /* The future was cancelled on the loop: if no worker took the job yet, it never will. */
@@ -104,6 +138,24 @@ static void job_cancel_hook(void *arg)
     job_t *j = arg;
     int queued = JOB_QUEUED;
     atomic_compare_exchange_strong(&j->state, &queued, JOB_CANCELLED);
+}
+
+/* The loop closes: every job of it still out there is cancelled and let go. */
+void urio__executor_loop_closing(urio_loop_t *loop)
+{
+    if (loop->jobs_head != NULL)
+        urio__executor_flush(loop);
+    while (loop->jobs_live != NULL) {
+        job_t *j = loop->jobs_live;
+        int queued = JOB_QUEUED;
+        atomic_compare_exchange_strong(&j->state, &queued, JOB_CANCELLED);
+        job_settle(j, -ECANCELED);
+    }
+}
+
+bool urio__executor_is_worker(const urio_executor_t *ex)
+{
+    return ex != NULL && tls_ex == ex;
 }
 
 /* ------------------------------------------------------------------ */
@@ -194,7 +246,9 @@ URIO_EXPORT int urio_thread_pool_new(urio_executor_t **out, unsigned max_workers
         return -ENOMEM;
     }
     pthread_mutex_init(&ex->mu, NULL);
+    pthread_mutex_init(&ex->join_mu, NULL);
     pthread_cond_init(&ex->work, NULL);
+    atomic_init(&ex->refs, 1);
     *out = ex;
     return 0;
 }
@@ -239,9 +293,14 @@ URIO_EXPORT urio_future_t *urio_run_in_executor_dtor(urio_loop_t *loop, urio_exe
     j->arg = arg;
     j->free_result = free_result;
     atomic_init(&j->state, JOB_QUEUED);
+    atomic_init(&j->refs, 2);       /* the loop's side, the pool's side */
+    atomic_fetch_add_explicit(&ex->refs, 1, memory_order_relaxed);
     urio__loop_ref(loop);
     if (atomic_load_explicit(&ex->closed, memory_order_relaxed)) {
-        job_free(j);
+        /* An early answer; the check that counts is under the pool's lock, at the flush. */
+        j->settled = true;
+        j->refs = 1;
+        job_unref(j);
         urio_future_unref(f);
         return fail(-ESHUTDOWN);
     }
@@ -256,6 +315,11 @@ URIO_EXPORT urio_future_t *urio_run_in_executor_dtor(urio_loop_t *loop, urio_exe
     else
         loop->jobs_head = j;
     loop->jobs_tail = j;
+    j->lnext = loop->jobs_live;
+    j->lprev = NULL;
+    if (loop->jobs_live)
+        loop->jobs_live->lprev = j;
+    loop->jobs_live = j;
     urio__future_set_cancel_hook(f, job_cancel_hook, j);
     /* Outside a run there is no end of turn to wait for: hand it over now. */
     if (atomic_load_explicit(&loop->owner, memory_order_relaxed) == NULL)
@@ -312,9 +376,9 @@ void urio__executor_flush(urio_loop_t *loop)
             /* The pool shut down (or cannot start a thread) since the call: fail these jobs. */
             for (job_t *k = first, *next; k != NULL; k = next) {
                 next = k->next;
-                k->err = ret;
-                atomic_store(&k->state, JOB_DONE);
-                job_complete(k);
+                atomic_store(&k->state, JOB_CANCELLED);
+                job_settle(k, ret);
+                job_unref(k);       /* the pool's side: it never got the job */
             }
         }
     }
@@ -351,6 +415,10 @@ URIO_EXPORT int urio_executor_shutdown(urio_executor_t *ex, bool wait, bool canc
         return -EINVAL;
     if (wait && tls_ex == ex)
         return -EDEADLK;
+    /* Jobs this thread's loop accepted but has not handed over yet come first. */
+    urio_loop_t *cur = urio_loop_current();
+    if (cur != NULL && cur->jobs_head != NULL)
+        urio__executor_flush(cur);
     pthread_mutex_lock(&ex->mu);
     ex->shutdown = true;
     atomic_store(&ex->closed, true);
@@ -370,6 +438,8 @@ URIO_EXPORT int urio_executor_shutdown(urio_executor_t *ex, bool wait, bool canc
     }
     if (!wait)
         return 0;
+    /* One joiner at a time: a second caller returns when every worker is gone too. */
+    pthread_mutex_lock(&ex->join_mu);
     pthread_mutex_lock(&ex->mu);
     while (ex->nthreads > 0) {
         pthread_t t = ex->threads[--ex->nthreads];
@@ -378,7 +448,19 @@ URIO_EXPORT int urio_executor_shutdown(urio_executor_t *ex, bool wait, bool canc
         pthread_mutex_lock(&ex->mu);
     }
     pthread_mutex_unlock(&ex->mu);
+    pthread_mutex_unlock(&ex->join_mu);
     return 0;
+}
+
+static void executor_unref(urio_executor_t *ex)
+{
+    if (atomic_fetch_sub_explicit(&ex->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    pthread_cond_destroy(&ex->work);
+    pthread_mutex_destroy(&ex->join_mu);
+    pthread_mutex_destroy(&ex->mu);
+    urio__free(ex->threads);
+    urio__free(ex);
 }
 
 URIO_EXPORT void urio_executor_free(urio_executor_t *ex)
@@ -386,8 +468,6 @@ URIO_EXPORT void urio_executor_free(urio_executor_t *ex)
     if (ex == NULL)
         return;
     urio_executor_shutdown(ex, true, false);
-    pthread_cond_destroy(&ex->work);
-    pthread_mutex_destroy(&ex->mu);
-    urio__free(ex->threads);
-    urio__free(ex);
+    /* Jobs still held by loops keep the memory until they are let go. */
+    executor_unref(ex);
 }

@@ -378,6 +378,63 @@ static void test_executor_close_with_jobs_in_flight(void **state)
     assert_int_equal(settled_thread_count(threads0), threads0);
 }
 
+/*
+ * A loop closing with jobs in a pool of the program's own: their futures are
+ * cancelled at close (a waiter on another thread is released), jobs not
+ * started never run, and the pool outlives the loop.
+ */
+static void test_executor_loop_close_settles_jobs_in_own_pool(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_executor_t *ex;
+    assert_int_equal(urio_thread_pool_new(&ex, 1), 0);
+    gate_reset();
+    atomic_store(&ran_count, 0);
+    urio_future_t *busy = urio_run_in_executor(loop, ex, gated, NULL);
+    gate_wait_started(1);
+    urio_future_t *q = urio_run_in_executor(loop, ex, counting, NULL);
+    test_loop_close(loop);
+    assert_true(urio_future_cancelled(busy));
+    assert_true(urio_future_cancelled(q));
+    assert_int_equal(urio_future_wait(q, 0, NULL), -ECANCELED);
+    gate_release();
+    urio_executor_shutdown(ex, true, false);
+    assert_int_equal(atomic_load(&ran_count), 0);     /* the queued job was skipped */
+    /* Cancelling after close is harmless. */
+    assert_false(urio_future_cancel(q));
+    urio_future_unref(busy);
+    urio_future_unref(q);
+    urio_executor_free(ex);
+}
+
+/* A job a callback submitted is handed over even if the pool shuts down in the same turn. */
+static urio_executor_t *turn_ex;
+static urio_future_t *turn_f;
+static void submit_then_shutdown_cb(void *arg)
+{
+    turn_f = urio_run_in_executor(arg, turn_ex, square, (void *)3);
+    urio_executor_shutdown(turn_ex, true, false);
+}
+
+static void test_executor_shutdown_in_same_turn_runs_job(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    assert_int_equal(urio_thread_pool_new(&turn_ex, 2), 0);
+    urio_call_soon(loop, submit_then_shutdown_cb, loop);
+    urio_loop_stop(loop);
+    urio_loop_run_forever(loop);
+    assert_non_null(turn_f);
+    void *v = NULL;
+    assert_int_equal(urio_loop_run_until_complete(loop, turn_f), 0);
+    assert_int_equal(urio_future_result(turn_f, &v), 0);
+    assert_int_equal((intptr_t)v, 9);
+    urio_future_unref(turn_f);
+    urio_executor_free(turn_ex);
+    test_loop_close(loop);
+}
+
 static void test_executor_bad_input(void **state)
 {
     (void)state;
@@ -409,6 +466,8 @@ int main(void)
         URIO_TEST(test_executor_future_wait_from_thread),
         URIO_TEST(test_executor_wait_on_loop_thread_refused),
         URIO_TEST(test_executor_close_with_jobs_in_flight),
+        URIO_TEST(test_executor_loop_close_settles_jobs_in_own_pool),
+        URIO_TEST(test_executor_shutdown_in_same_turn_runs_job),
         URIO_TEST(test_executor_bad_input),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -29,7 +29,8 @@ typedef void (*urio_free_fn)(void *p);
  * The future (a new reference) completes on the loop with fn's result, its
  * error, or -ECANCELED.  Cancelling it before the job starts means the job
  * never runs; after it starts, the job finishes and its result is discarded
- * (urio_run_in_executor_dtor frees it with free_result).  Jobs submitted
+ * (urio_run_in_executor_dtor frees it with free_result, on whichever thread
+ * lets the job go: a worker, or the loop).  Jobs submitted
  * by callbacks go to the pool together, when the callbacks of the loop's
  * current step have run (one lock for the batch); outside a run, at once.
  * Returns: the future; NULL with errno EINVAL (NULL loop or fn), EPERM
@@ -63,6 +64,9 @@ URIO_EXPORT int urio_thread_pool_new(urio_executor_t **ex, unsigned max_workers)
  * ESHUTDOWN); with cancel_futures, jobs not yet started are cancelled (their
  * futures complete with -ECANCELED); jobs running finish.  With wait, returns
  * when every worker has exited.
+ * Jobs the calling thread's loop accepted in this turn are handed over
+ * first; a job another loop accepted but had not handed over yet fails with
+ * -ESHUTDOWN.
  * Returns: 0; -EINVAL for NULL; -EDEADLK if wait is asked from a worker.
  * Thread: any thread.  Calling it again is harmless.
  */
@@ -70,7 +74,8 @@ URIO_EXPORT int urio_executor_shutdown(urio_executor_t *ex, bool wait, bool canc
 
 /*
  * Shuts ex down (waiting, without cancelling, unless it already was) and
- * frees it.  No job of it may be pending in a loop that still runs.
+ * lets go of it; its memory goes when the last job a loop holds is settled.
+ * A loop that closes cancels its jobs still in a pool.
  * Thread: any thread but ex's workers.
  */
 URIO_EXPORT void urio_executor_free(urio_executor_t *ex);

@@ -196,7 +196,8 @@ URIO_EXPORT bool urio_handle_cancel(urio_loop_t *loop, urio_handle_t h);
 
 /*
  * Schedules fn(arg) on the loop from any thread; wakes the loop only when it
- * sleeps.  Every accepted call runs exactly once: on the loop, or during
+ * sleeps.  Lock-free: only growing the inbox's node pool takes a lock and
+ * allocates, which a steady state never does.  Every accepted call runs exactly once: on the loop, or during
  * urio_loop_close() if the loop closes first.
  * Returns: 0; -EINVAL (NULL loop or fn); -ESHUTDOWN once the loop's close
  *          has begun; -ENOMEM.  When it fails, fn never runs.

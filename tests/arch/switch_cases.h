@@ -209,10 +209,17 @@ typedef struct sw_fp {
 
 static volatile double sw_one = 1.0, sw_three = 3.0;
 
+/* Out of line, reading volatiles: without FENV_ACCESS (which GCC ignores)
+ * a compiler may otherwise move the division across fesetround(). */
+__attribute__((noinline)) static double sw_third(void)
+{
+    return sw_one / sw_three;
+}
+
 static inline void sw_fp_look(sw_fp_seen_t *s)
 {
     s->round = fegetround();
-    s->third = sw_one / sw_three;
+    s->third = sw_third();
 #if defined(__x86_64__)
     s->mxcsr = sw_mxcsr();
     s->x87cw = sw_x87cw();

@@ -27,7 +27,7 @@
     .globl  urio__ctx_switch
     .hidden urio__ctx_switch
     .type   urio__ctx_switch, %function
-    .p2align 4
+    .p2align 6                          /* like the C code: -falign-functions=64 */
 urio__ctx_switch:
     .cfi_startproc
     BTI_C
