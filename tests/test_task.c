@@ -361,6 +361,162 @@ static void test_task_100000_alive(void **state)
     assert_int_equal(count, MANY_TASKS);
 }
 
+/* gather: all results; or the first failure, with the others cancelled. */
+static int value_after(void *arg, void **res)
+{
+    intptr_t ms = (intptr_t)arg;
+    int ret = urio_sleep((uint64_t)ms * MS);
+    if (ret < 0)
+        return ret;
+    if (ms == 2)
+        return urio_task_fail(-EIO, "child %d failed", 2);
+    *res = arg;
+    return 0;
+}
+
+static int gather_main(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    urio_loop_t *loop = urio_loop_current();
+    urio_future_t *fs[3] = { urio_spawn(loop, value_after, (void *)3),
+                             urio_spawn(loop, value_after, (void *)1),
+                             urio_spawn(loop, value_after, (void *)4) };
+    void *r[3];
+    assert_int_equal(urio_gather(fs, 3, r, NULL), 0);
+    assert_int_equal((intptr_t)r[0], 3);
+    assert_int_equal((intptr_t)r[1], 1);
+    assert_int_equal((intptr_t)r[2], 4);
+    for (int i = 0; i < 3; i++)
+        urio_future_unref(fs[i]);
+    /* One fails: the slow sibling is cancelled, gather returns the failure. */
+    urio_future_t *gs[2] = { urio_spawn(loop, value_after, (void *)2),
+                             urio_spawn(loop, value_after, (void *)10000) };
+    size_t failed = 99;
+    uint64_t t0 = urio__now();
+    assert_int_equal(urio_gather(gs, 2, NULL, &failed), -EIO);
+    assert_int_equal(failed, 0);
+    assert_true(urio__now() - t0 < 5000 * MS);
+    assert_true(urio_future_cancelled(gs[1]));
+    assert_string_equal(urio_future_error_message(gs[0]), "child 2 failed");
+    for (int i = 0; i < 2; i++)
+        urio_future_unref(gs[i]);
+    return 0;
+}
+
+static void test_task_gather(void **state)
+{
+    (void)state;
+    assert_int_equal(run_main(gather_main, NULL, NULL), 0);
+}
+
+/* Task group: the first failure cancels the siblings and is named in the error. */
+static int group_main(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    urio_task_group_t *g;
+    assert_int_equal(urio_task_group_new(&g), 0);
+    urio_future_t *slow = urio_task_group_spawn(g, URIO_CORO(value_after, (void *)10000));
+    int line = __LINE__ + 1;
+    urio_future_t *bad = urio_task_group_spawn(g, URIO_CORO(value_after, (void *)2));
+    assert_non_null(slow);
+    assert_non_null(bad);
+    uint64_t t0 = urio__now();
+    assert_int_equal(urio_task_group_wait(g), -EIO);
+    assert_true(urio__now() - t0 < 5000 * MS);
+    assert_true(urio_future_cancelled(slow));
+    char want[256];
+    snprintf(want, sizeof want, "child 'value_after' (created at %s:%d) failed: EIO "
+             "(Input/output error): child 2 failed", __FILE__, line);
+    assert_string_equal(urio_task_group_error_message(g), want);
+    urio_task_group_free(g);
+    /* A group whose children all succeed. */
+    assert_int_equal(urio_task_group_new(&g), 0);
+    for (int i = 0; i < 10; i++)
+        urio_task_group_spawn(g, URIO_CORO(value_after, (void *)1));
+    assert_int_equal(urio_task_group_wait(g), 0);
+    assert_null(urio_task_group_error_message(g));
+    urio_task_group_free(g);
+    /* Freed without waiting: children are cancelled, not left running. */
+    assert_int_equal(urio_task_group_new(&g), 0);
+    urio_future_t *orphan = urio_task_group_spawn(g, URIO_CORO(value_after, (void *)10000));
+    urio_future_ref(orphan);
+    urio_task_group_free(g);
+    assert_true(urio_future_cancelled(orphan));
+    urio_future_unref(orphan);
+    return 0;
+}
+
+static void test_task_group(void **state)
+{
+    (void)state;
+    assert_int_equal(run_main(group_main, NULL, NULL), 0);
+}
+
+/* Cancelling a task blocked in gather / in a group's wait cancels the children too. */
+static int gathers_forever(void *arg, void **res)
+{
+    (void)res;
+    urio_loop_t *loop = urio_loop_current();
+    urio_future_t **kids = arg;
+    kids[0] = urio_spawn(loop, sleeps_forever, NULL);
+    kids[1] = urio_spawn(loop, sleeps_forever, NULL);
+    return urio_gather(kids, 2, NULL, NULL);
+}
+
+static int cancel_gatherer(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    urio_future_t *kids[2] = { NULL, NULL };
+    urio_future_t *t = urio_spawn(urio_loop_current(), gathers_forever, kids);
+    urio_sleep(2 * MS);
+    urio_future_cancel(t);
+    assert_int_equal(urio_await(t, NULL), -ECANCELED);
+    assert_true(urio_future_cancelled(kids[0]));
+    assert_true(urio_future_cancelled(kids[1]));
+    urio_future_unref(kids[0]);
+    urio_future_unref(kids[1]);
+    urio_future_unref(t);
+    return 0;
+}
+
+static void test_task_cancel_in_gather(void **state)
+{
+    (void)state;
+    assert_int_equal(run_main(cancel_gatherer, NULL, NULL), 0);
+}
+
+/* A slow task step is reported as the task. */
+static int slow_step(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    usleep(30000);
+    return 0;
+}
+
+static void test_task_slow_step_reported(void **state)
+{
+    (void)state;
+    if (!URIO_DEBUG_CHECKS)
+        skip();
+    urio_loop_opts_t on = { .debug = 1 };
+    urio_loop_t *loop = test_loop_new_opts(&on);
+    urio_loop_set_slow_callback_duration(loop, 10 * MS);
+    test_log_capture();
+    int line = __LINE__ + 1;
+    urio_future_t *t = urio_spawn(loop, slow_step, NULL);
+    assert_int_equal(urio_loop_run_until_complete(loop, t), 0);
+    char want[256];
+    snprintf(want, sizeof want, "WARNING Executing <Task 'slow_step' created at %s:%d> took 0.0",
+             __FILE__, line);
+    assert_log_contains(want);
+    urio_future_unref(t);
+    test_loop_close(loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -376,6 +532,10 @@ int main(void)
         URIO_TEST(test_task_exception_never_retrieved),
         URIO_TEST(test_task_run_coroutine_threadsafe),
         URIO_TEST(test_task_100000_alive),
+        URIO_TEST(test_task_slow_step_reported),
+        URIO_TEST(test_task_gather),
+        URIO_TEST(test_task_group),
+        URIO_TEST(test_task_cancel_in_gather),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

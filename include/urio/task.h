@@ -97,6 +97,36 @@ URIO_EXPORT bool urio_future_is_task(const urio_future_t *f);
 URIO_EXPORT int urio_shield_begin(void);
 URIO_EXPORT int urio_shield_end(void);
 
+/*
+ * In a task: awaits every future of fs.  All succeed: 0, with results[i]
+ * (results may be NULL).  One fails: the others are cancelled, gather waits
+ * for them to finish, and returns that first failure's error (in completion
+ * order), its index in *failed (may be NULL).  If the gathering task is
+ * cancelled, so are the futures, and gather returns -ECANCELED once all are
+ * done.  The futures stay the caller's (gather takes no reference).
+ */
+URIO_EXPORT int urio_gather(urio_future_t *const *fs, size_t n, void **results, size_t *failed);
+
+/*
+ * Task groups: structured concurrency (asyncio's TaskGroup, Trio's nursery).
+ * Children are spawned into the group; urio_task_group_wait returns when all
+ * have finished; the first child that fails cancels its siblings, and the
+ * group's error names it: "child 'fn' (created at file.c:42) failed: EIO
+ * (Input/output error): disk gone".  Children cannot outlive the group:
+ * urio_task_group_free cancels and awaits any still running.
+ * All calls: in a task, on its loop.
+ */
+typedef struct urio_task_group urio_task_group_t;
+URIO_EXPORT int urio_task_group_new(urio_task_group_t **group);
+/* Spawns coro in the group (owns it).  Returns: the child (the group's reference:
+ * valid until urio_task_group_free), or NULL with errno. */
+URIO_EXPORT urio_future_t *urio_task_group_spawn(urio_task_group_t *group, urio_coro_t *coro);
+/* Returns: 0; the first failed child's error; -ECANCELED if the waiter was cancelled. */
+URIO_EXPORT int urio_task_group_wait(urio_task_group_t *group);
+/* The group's error text, or NULL. */
+URIO_EXPORT const char *urio_task_group_error_message(const urio_task_group_t *group);
+URIO_EXPORT void urio_task_group_free(urio_task_group_t *group);
+
 /* ------------------------------------------------------------------ */
 /* Running a program, and crossing threads                              */
 
