@@ -19,6 +19,7 @@
  */
 #include "internal.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -345,6 +346,133 @@ static urio__task_t *task_of(urio_future_t *f)
     return urio__future_ext(f);
 }
 
+/* ------------------------------------------------------------------ */
+/* Stack overflow, in debug mode: say which task before the process dies */
+
+#if !defined(URIO_ASAN) && !defined(URIO_TSAN_FIBERS)
+static struct sigaction g_prev_segv;
+static pthread_once_t g_segv_once = PTHREAD_ONCE_INIT;
+static pthread_key_t g_altstack_key;
+static _Thread_local bool tls_altstack;
+
+/* Async-signal-safe formatting: strings and unsigned numbers only. */
+static size_t put_str(char *buf, size_t at, size_t cap, const char *s)
+{
+    while (s && *s && at + 1 < cap)
+        buf[at++] = *s++;
+    return at;
+}
+
+static size_t put_num(char *buf, size_t at, size_t cap, unsigned long v)
+{
+    char tmp[24];
+    int n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v && n < (int)sizeof tmp);
+    while (n > 0 && at + 1 < cap)
+        buf[at++] = tmp[--n];
+    return at;
+}
+
+static void segv_handler(int sig, siginfo_t *si, void *uctx)
+{
+    urio_loop_t *loop = urio_loop_current();
+    urio__task_t *t = loop ? loop->current_task : NULL;
+    uintptr_t addr = (uintptr_t)si->si_addr;
+    if (t != NULL && t->stack != NULL && addr >= (uintptr_t)t->stack->map &&
+        addr < (uintptr_t)t->stack->base) {
+        char buf[512];
+        size_t n = 0;
+        n = put_str(buf, n, sizeof buf, "urio: CRITICAL: task '");
+        n = put_str(buf, n, sizeof buf, t->name);
+        n = put_str(buf, n, sizeof buf, "' (created at ");
+        n = put_str(buf, n, sizeof buf, t->site ? t->site->file : "?");
+        n = put_str(buf, n, sizeof buf, ":");
+        n = put_num(buf, n, sizeof buf, t->site ? (unsigned long)t->site->line : 0);
+        n = put_str(buf, n, sizeof buf, ") overflowed its stack of ");
+        n = put_num(buf, n, sizeof buf, (unsigned long)(t->stack->size / 1024));
+        n = put_str(buf, n, sizeof buf, " KiB: give it a larger urio_task_opts_t.stack_size "
+                                        "(or -Dtask_stack_size)\n");
+        ssize_t w = write(STDERR_FILENO, buf, n);
+        (void)w;
+    }
+    /* Then what would have happened anyway: the previous handler, or death by SIGSEGV. */
+    if (g_prev_segv.sa_flags & SA_SIGINFO) {
+        if (g_prev_segv.sa_sigaction) {
+            g_prev_segv.sa_sigaction(sig, si, uctx);
+            return;
+        }
+    } else if (g_prev_segv.sa_handler != SIG_DFL && g_prev_segv.sa_handler != SIG_IGN) {
+        g_prev_segv.sa_handler(sig);
+        return;
+    }
+    signal(sig, SIG_DFL);       /* the faulting access runs again, and kills */
+}
+
+static void altstack_free(void *p)
+{
+    stack_t off = { .ss_flags = SS_DISABLE };
+    sigaltstack(&off, NULL);
+    munmap(p, 64 * 1024);
+}
+
+static void segv_key(void)
+{
+    pthread_key_create(&g_altstack_key, altstack_free);
+}
+
+/*
+ * Debug mode, at each task's creation: make sure the handler is ours (a
+ * library or a test harness may have installed its own since; it becomes
+ * the one we hand over to).  One sigaction read per task, in debug mode only.
+ */
+static void overflow_handler_on(void)
+{
+    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    struct sigaction cur;
+    if (sigaction(SIGSEGV, NULL, &cur) != 0 ||
+        ((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == segv_handler))
+        return;
+    pthread_mutex_lock(&mu);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = segv_handler;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, &g_prev_segv);
+    pthread_mutex_unlock(&mu);
+}
+
+/* Debug mode, at a task's step: an alternate signal stack for this thread (an
+ * overflowed stack has no room left to run a handler on). */
+static void overflow_reporting_on(void)
+{
+    pthread_once(&g_segv_once, segv_key);
+    if (tls_altstack)
+        return;
+    void *mem = mmap(NULL, 64 * 1024, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED)
+        return;
+    stack_t ss = { .ss_sp = mem, .ss_size = 64 * 1024 };
+    if (sigaltstack(&ss, NULL) != 0) {
+        munmap(mem, 64 * 1024);
+        return;
+    }
+    pthread_setspecific(g_altstack_key, mem);
+    tls_altstack = true;
+}
+#else
+/* Under ASan or TSan, the sanitizer reports stack overflows itself. */
+static void overflow_reporting_on(void)
+{
+}
+static void overflow_handler_on(void)
+{
+}
+#endif
+
 static bool task_cancel(urio_future_t *f);
 static void task_describe(const urio_future_t *f, char *buf, size_t n);
 static void task_finalize(urio_future_t *f);
@@ -461,6 +589,8 @@ static void task_entry(void *arg)
 static void task_step(void *arg)
 {
     urio__task_t *t = arg;
+    if (t->loop->debug)
+        overflow_reporting_on();
     if (t->state != T_DONE)
         switch_in(t);
     urio_future_unref(t->self);     /* the step's reference */
@@ -575,6 +705,8 @@ URIO_EXPORT urio_future_t *urio_task_create_opts(urio_loop_t *loop, urio_coro_t 
         }
     }
 #endif
+    if (loop->debug)
+        overflow_handler_on();
     urio_future_ref(f);             /* the loop's, until the task ends */
     if (schedule_step(t) < 0) {
         int e = errno;

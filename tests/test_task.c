@@ -5,6 +5,8 @@
  */
 #include "helpers.h"
 
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static int order[64], norder;
@@ -488,6 +490,64 @@ static void test_task_cancel_in_gather(void **state)
     assert_int_equal(run_main(cancel_gatherer, NULL, NULL), 0);
 }
 
+/* A task that overflows its stack hits the guard page: in debug mode the process
+ * says which task before it dies.  In a child process. */
+static int __attribute__((noinline)) recurse(volatile char *prev, int depth)
+{
+    volatile char frame[1024];
+    frame[0] = (char)depth;
+    frame[1023] = prev ? prev[0] : 0;
+    return depth > 1000000 ? frame[0] : recurse(frame, depth + 1) + frame[1023];
+}
+
+static int overflows(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    return recurse(NULL, 0);
+}
+
+static void test_task_stack_overflow_reported(void **state)
+{
+    (void)state;
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+    skip();     /* the sanitizer reports it itself */
+#endif
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(fds[1], STDERR_FILENO);
+        signal(SIGSEGV, SIG_DFL);   /* a plain program: not cmocka's crash handler */
+        urio_loop_opts_t on = { .debug = 1 };
+        urio_loop_t *loop;
+        if (urio_loop_new(&loop, &on) < 0)
+            _exit(77);
+        urio_task_opts_t small = { .stack_size = 64 * 1024 };
+        urio_future_t *t = urio_task_create_opts(loop, URIO_CORO(overflows, NULL), &small);
+        urio_loop_run_until_complete(loop, t);
+        _exit(0);       /* not reached: the guard page stops it */
+    }
+    close(fds[1]);
+    char buf[4096];
+    size_t len = 0;
+    ssize_t r;
+    while (len < sizeof buf - 1 && (r = read(fds[0], buf + len, sizeof buf - 1 - len)) > 0)
+        len += (size_t)r;
+    buf[len] = '\0';
+    close(fds[0]);
+    int status;
+    waitpid(pid, &status, 0);
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 77)
+        skip();
+    assert_true(WIFSIGNALED(status));
+    assert_int_equal(WTERMSIG(status), SIGSEGV);
+    if (strstr(buf, "task 'overflows' (created at ") == NULL ||
+        strstr(buf, "overflowed its stack of 64 KiB") == NULL)
+        fail_msg("no overflow report in: %s", buf);
+}
+
 /* A slow task step is reported as the task. */
 static int slow_step(void *arg, void **res)
 {
@@ -533,6 +593,7 @@ int main(void)
         URIO_TEST(test_task_run_coroutine_threadsafe),
         URIO_TEST(test_task_100000_alive),
         URIO_TEST(test_task_slow_step_reported),
+        cmocka_unit_test(test_task_stack_overflow_reported),
         URIO_TEST(test_task_gather),
         URIO_TEST(test_task_group),
         URIO_TEST(test_task_cancel_in_gather),
