@@ -548,6 +548,65 @@ static void test_task_stack_overflow_reported(void **state)
         fail_msg("no overflow report in: %s", buf);
 }
 
+/* Cancelled while awaiting a plain future, or another task: what it waited on is cancelled. */
+static int awaits_it(void *arg, void **res)
+{
+    (void)res;
+    return urio_await(arg, NULL);
+}
+
+static int cancel_awaiters(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    urio_loop_t *loop = urio_loop_current();
+    urio_future_t *f = urio_future_new(loop);
+    urio_future_t *a = urio_spawn(loop, awaits_it, f);
+    urio_future_t *inner = urio_spawn(loop, sleeps_forever, NULL);
+    urio_future_t *b = urio_spawn(loop, awaits_it, inner);
+    urio_sleep(2 * MS);
+    urio_future_cancel(a);
+    urio_future_cancel(b);
+    assert_int_equal(urio_await(a, NULL), -ECANCELED);
+    assert_int_equal(urio_await(b, NULL), -ECANCELED);
+    assert_true(urio_future_cancelled(f));
+    assert_true(urio_future_cancelled(inner));
+    urio_future_unref(f);
+    urio_future_unref(a);
+    urio_future_unref(inner);
+    urio_future_unref(b);
+    return 0;
+}
+
+static void test_task_cancel_at_future_and_task_awaits(void **state)
+{
+    (void)state;
+    assert_int_equal(run_main(cancel_awaiters, NULL, NULL), 0);
+}
+
+/* Debug mode (from urio_run's options): never-awaited reports carry the creation stack. */
+static int leaves_coro(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    urio_coro_t *c = URIO_CORO(never_run, NULL);
+    (void)c;
+    return 0;
+}
+
+static void test_task_never_awaited_debug_stack(void **state)
+{
+    (void)state;
+    if (!URIO_DEBUG_CHECKS)
+        skip();
+    test_log_capture();
+    urio_run_opts_t on = { .debug = 1 };
+    assert_int_equal(urio_run(URIO_CORO(leaves_coro, NULL), &on, NULL), 0);
+    assert_log_contains("RuntimeWarning: coroutine 'never_run' was never awaited");
+    assert_log_contains("Coroutine created at (most recent call last)");
+    assert_log_contains("in leaves_coro");
+}
+
 /* A slow task step is reported as the task. */
 static int slow_step(void *arg, void **res)
 {
@@ -597,6 +656,8 @@ int main(void)
         URIO_TEST(test_task_gather),
         URIO_TEST(test_task_group),
         URIO_TEST(test_task_cancel_in_gather),
+        URIO_TEST(test_task_cancel_at_future_and_task_awaits),
+        URIO_TEST(test_task_never_awaited_debug_stack),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
