@@ -134,6 +134,7 @@ void bench_uv_pool_rtt(const bench_config_t *cfg, double *out);
 void bench_urio_pool_throughput(const bench_config_t *cfg, double *out);
 void bench_uv_pool_throughput(const bench_config_t *cfg, double *out);
 void bench_urio_switch(const bench_config_t *cfg, double *out);
+void bench_urio_tasks(const bench_config_t *cfg, double *out);
 void bench_ucontext_switch(const bench_config_t *cfg, double *out);
 
 /* The metrics of the timer experiment, in out[] order. */

@@ -136,6 +136,19 @@ const bench_def_t bench_registry[] = {
             [BENCH_SWITCH_FLOOR] = URIO_ONLY_METRIC("switch.floor", "ns/switch", 2),
         },
     },
+    /* No peer: libuv has no coroutines. */
+    {
+        .name = "tasks",
+        .group = "tasks",
+        .urio = bench_urio_tasks,
+        .n_metrics = 2,
+        .metrics = {
+            { .name = "tasks.spawn_join", .unit = "ns/task", .decimals = 1, .urio_only = true,
+              .target = URIO_MAX(250.0) },
+            { .name = "tasks.idle_rss", .unit = "KiB/task", .decimals = 2, .urio_only = true,
+              .target = URIO_MAX(8.0) },
+        },
+    },
 };
 
 const size_t bench_registry_len = sizeof bench_registry / sizeof bench_registry[0];
