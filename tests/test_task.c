@@ -607,6 +607,71 @@ static void test_task_never_awaited_debug_stack(void **state)
     assert_log_contains("in leaves_coro");
 }
 
+/* Cancelled in a task group's wait: the children are cancelled and awaited. */
+static int waits_group(void *arg, void **res)
+{
+    (void)res;
+    urio_future_t **kid = arg;
+    urio_task_group_t *g;
+    assert_int_equal(urio_task_group_new(&g), 0);
+    *kid = urio_task_group_spawn(g, URIO_CORO(sleeps_forever, NULL));
+    urio_future_ref(*kid);
+    int ret = urio_task_group_wait(g);
+    urio_task_group_free(g);
+    return ret;
+}
+
+static int cancel_group_waiter(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    urio_future_t *kid = NULL;
+    urio_future_t *t = urio_spawn(urio_loop_current(), waits_group, &kid);
+    urio_sleep(2 * MS);
+    urio_future_cancel(t);
+    assert_int_equal(urio_await(t, NULL), -ECANCELED);
+    assert_true(urio_future_cancelled(kid));
+    urio_future_unref(kid);
+    urio_future_unref(t);
+    return 0;
+}
+
+static void test_task_cancel_in_group_wait(void **state)
+{
+    (void)state;
+    assert_int_equal(run_main(cancel_group_waiter, NULL, NULL), 0);
+}
+
+/* A coroutine made outside any loop and left alone is reported at exit. */
+static void test_task_never_awaited_at_exit(void **state)
+{
+    (void)state;
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(fds[1], STDERR_FILENO);
+        urio_log_set_handler(NULL, NULL);
+        urio_coro_t *c = URIO_CORO(never_run, NULL);
+        (void)c;
+        exit(0);
+    }
+    close(fds[1]);
+    char buf[2048];
+    size_t len = 0;
+    ssize_t r;
+    while (len < sizeof buf - 1 && (r = read(fds[0], buf + len, sizeof buf - 1 - len)) > 0)
+        len += (size_t)r;
+    buf[len] = '\0';
+    close(fds[0]);
+    int status;
+    waitpid(pid, &status, 0);
+    assert_true(WIFEXITED(status));
+    if (strstr(buf, "RuntimeWarning: coroutine 'never_run' was never awaited") == NULL)
+        fail_msg("no warning at exit in: %s", buf);
+}
+
 /* A slow task step is reported as the task. */
 static int slow_step(void *arg, void **res)
 {
@@ -656,6 +721,8 @@ int main(void)
         URIO_TEST(test_task_gather),
         URIO_TEST(test_task_group),
         URIO_TEST(test_task_cancel_in_gather),
+        URIO_TEST(test_task_cancel_in_group_wait),
+        cmocka_unit_test(test_task_never_awaited_at_exit),
         URIO_TEST(test_task_cancel_at_future_and_task_awaits),
         URIO_TEST(test_task_never_awaited_debug_stack),
     };
