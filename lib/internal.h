@@ -313,6 +313,7 @@ struct urio_loop {
     urio__ctx_t task_return;             /* the loop's context while a task runs */
     struct urio__task *tasks;            /* every task not finished: a list */
     uint32_t ntasks;
+    urio_future_t *tasks_drained;        /* urio_run: completed when the last task ends */
     struct urio_coro *coros;             /* coroutines made here, not started nor closed */
     struct urio__stack_pool *stacks;     /* task stacks kept for reuse */
     void *san_fiber;                     /* the loop's own fiber (TSan), or NULL */

@@ -618,6 +618,8 @@ static void task_list_remove(urio__task_t *t)
         t->next->prev = t->prev;
     t->next = t->prev = NULL;
     loop->ntasks--;
+    if (loop->ntasks == 0 && loop->tasks_drained != NULL && !urio_future_done(loop->tasks_drained))
+        urio_future_set_result(loop->tasks_drained, NULL);
 }
 
 /* The task's function returned: free its stack, complete its future. */
@@ -1244,12 +1246,21 @@ URIO_EXPORT int urio_run(urio_coro_t *main, const urio_run_opts_t *opts, void **
     if (ret == 0 && result)
         urio_future_result(f, result);
     urio_future_unref(f);
-    /* Cancel what is left and let it finish: tasks get -ECANCELED at every await. */
-    for (int round = 0; loop->tasks != NULL && round < 1000; round++) {
-        for (urio__task_t *t = loop->tasks; t != NULL; t = t->next)
-            urio_future_cancel(t->self);
-        urio_loop_stop(loop);
-        urio_loop_run_forever(loop);
+    /*
+     * Cancel what is left and wait for it, as asyncio.run does: tasks get
+     * -ECANCELED at every await, so they end unless a shield holds them (then
+     * this waits for the shielded work, sleeping in the kernel meanwhile).
+     */
+    if (loop->tasks != NULL) {
+        urio_future_t *drained = urio_future_new(loop);
+        if (drained != NULL) {
+            loop->tasks_drained = drained;
+            for (urio__task_t *t = loop->tasks; t != NULL; t = t->next)
+                urio_future_cancel(t->self);
+            urio_loop_run_until_complete(loop, drained);
+            loop->tasks_drained = NULL;
+            urio_future_unref(drained);
+        }
     }
     urio_loop_close(loop);          /* shuts the default pool down, reports what leaked */
     return ret;

@@ -260,6 +260,37 @@ static void test_task_run_cancels_leftovers(void **state)
     assert_int_equal(test_log_count("destroyed but it is pending"), 0);
 }
 
+/* urio_run waits for a leftover task that shields its work from the cancel. */
+static int shielded_work(void *arg, void **res)
+{
+    (void)res;
+    urio_shield_begin();
+    int ret = urio_sleep(20 * MS);
+    urio_shield_end();
+    *(int *)arg = ret == 0 ? 1 : -1;
+    return 0;
+}
+
+static int leaves_shielded(void *arg, void **res)
+{
+    (void)res;
+    urio_future_t *t = urio_spawn(urio_loop_current(), shielded_work, arg);
+    urio_future_unref(t);
+    return 0;
+}
+
+static void test_task_run_waits_for_shielded_leftover(void **state)
+{
+    (void)state;
+    int done = 0;
+    test_log_capture();
+    uint64_t t0 = urio__now();
+    assert_int_equal(run_main(leaves_shielded, &done, NULL), 0);
+    assert_int_equal(done, 1);
+    assert_true(urio__now() - t0 >= 19 * MS);
+    assert_int_equal(test_log_count("destroyed but it is pending"), 0);
+}
+
 /* A task whose error nobody reads is reported, as a task. */
 static void test_task_exception_never_retrieved(void **state)
 {
@@ -714,6 +745,7 @@ int main(void)
         URIO_TEST(test_task_destroyed_pending),
         URIO_TEST(test_task_run_cancels_leftovers),
         URIO_TEST(test_task_exception_never_retrieved),
+        URIO_TEST(test_task_run_waits_for_shielded_leftover),
         URIO_TEST(test_task_run_coroutine_threadsafe),
         URIO_TEST(test_task_100000_alive),
         URIO_TEST(test_task_slow_step_reported),
