@@ -310,6 +310,8 @@ struct urio_loop {
 
     /* Tasks (task.c).  Loop thread only. */
     struct urio__task *current_task;     /* the task running now, or NULL */
+    struct urio__task *stepped_task;     /* debug: the task the current callback resumed */
+    const void *task_thread;             /* the thread its tasks run (and are suspended) on */
     urio__ctx_t task_return;             /* the loop's context while a task runs */
     struct urio__task *tasks;            /* every task not finished: a list */
     uint32_t ntasks;
@@ -423,8 +425,8 @@ void urio__future_set_cancel_hook(urio_future_t *f, urio__cancel_hook_fn fn, voi
 void urio__tasks_close(urio_loop_t *loop);
 /* task.c: releases a dropped task step's reference; false if fn is not a step. */
 bool urio__task_step_dropped(urio_callback_fn fn, void *arg);
-/* task.c: names a task step for the slow-callback report; false if fn is not one. */
-bool urio__task_describe_step(urio_callback_fn fn, void *arg, char *buf, size_t n);
+/* task.c: names a task for the slow-callback report: "<Task 'fn' created at file.c:42>". */
+void urio__task_describe_short(const struct urio__task *t, char *buf, size_t n);
 /* thread_pool.c: hands the jobs submitted this turn to their pools. */
 void urio__executor_flush(urio_loop_t *loop);
 /* thread_pool.c: at close, cancels every job of the loop still in a pool. */

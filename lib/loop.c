@@ -307,12 +307,14 @@ URIO_EXPORT bool urio_handle_cancel(urio_loop_t *loop, urio_handle_t h)
 /* The turn                                                             */
 
 #if URIO_DEBUG_CHECKS
-static void log_slow_callback(urio_callback_fn fn, void *arg, const urio_site_t *site,
+static void log_slow_callback(urio_loop_t *loop, urio_callback_fn fn, const urio_site_t *site,
                               uint64_t took)
 {
     char desc[256], handle[300];
-    /* A task's step is named as the task: "<Task 'fn' created at file.c:42>". */
-    if (!urio__task_describe_step(fn, arg, handle, sizeof handle)) {
+    /* A callback that resumed a task ran the task's step: name the task. */
+    if (loop->stepped_task != NULL) {
+        urio__task_describe_short(loop->stepped_task, handle, sizeof handle);
+    } else {
         urio__describe_callback((void (*)(void))fn, site, desc, sizeof desc);
         snprintf(handle, sizeof handle, "<Handle %s>", desc);
     }
@@ -354,11 +356,12 @@ static void run_ready_debug(urio_loop_t *loop, uint32_t n)
     for (uint32_t k = 0; k < n; k++) {
         if (!ready_pop(loop, &e))
             continue;
+        loop->stepped_task = NULL;
         uint64_t t0 = urio__now();
         e.fn(e.arg);
         uint64_t took = urio__now() - t0;
         if (took >= loop->slow_ns)
-            log_slow_callback(e.fn, e.arg, e.site, took);
+            log_slow_callback(loop, e.fn, e.site, took);
     }
 }
 #endif
@@ -554,6 +557,12 @@ URIO_EXPORT int urio_loop_run_forever(urio_loop_t *loop)
                   loop->running ? "This event loop is already running"
                                 : "Cannot run the event loop while another loop is running");
         return -EBUSY;
+    }
+    if (loop->ntasks > 0 && loop->task_thread != NULL && loop->task_thread != urio__thread_token()) {
+        /* A suspended task must resume on the thread it was suspended on. */
+        urio__log(URIO_LOG_ERROR, "urio_loop_run_forever(): this loop has tasks suspended on "
+                  "another thread; run it on that thread");
+        return -EPERM;
     }
     int ret = urio__ring_bind(&loop->ring);
     if (ret < 0) {

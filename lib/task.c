@@ -184,6 +184,7 @@ struct urio_coro {
     const urio_site_t *site;
     urio_loop_t *loop;           /* the loop it was made in (its list), or NULL (the global list) */
     struct urio_coro *next, *prev;
+    bool listed;                 /* on its list: a never-awaited candidate */
     urio__stack_t *stack;        /* debug mode: where it was made */
 };
 
@@ -206,12 +207,16 @@ static void coro_link(urio_coro_t *c)
     if (*head)
         (*head)->prev = c;
     *head = c;
+    c->listed = true;
     if (c->loop == NULL)
         pthread_mutex_unlock(&g_coros_mu);
 }
 
 static void coro_unlink(urio_coro_t *c)
 {
+    if (!c->listed)
+        return;             /* handed over already */
+    c->listed = false;
     if (c->loop == NULL)
         pthread_mutex_lock(&g_coros_mu);
     if (c->prev)
@@ -327,6 +332,7 @@ typedef struct urio__task {
     task_stack_t *stack;
     urio_future_t *awaiting;     /* the future it is blocked on, with a reference */
     urio_handle_t sleep_timer;   /* in urio_sleep: the timer that resumes it */
+    urio_future_t *proxy;        /* run_coroutine_threadsafe's future mirroring it, or NULL */
     struct urio__task *next, *prev;   /* the loop's live tasks */
     uint8_t state;
     bool cancel_requested;
@@ -408,7 +414,10 @@ static void segv_handler(int sig, siginfo_t *si, void *uctx)
         g_prev_segv.sa_handler(sig);
         return;
     }
-    signal(sig, SIG_DFL);       /* the faulting access runs again, and kills */
+    signal(sig, SIG_DFL);
+    if (si->si_code <= 0)
+        raise(sig);             /* sent, not a fault: deliver it again, by default */
+    /* A fault: the faulting access runs again, and kills. */
 }
 
 static void altstack_free(void *p)
@@ -430,18 +439,24 @@ static void segv_key(void)
  */
 static void overflow_handler_on(void)
 {
+    /*
+     * Only where nobody else handles SIGSEGV: a crash reporter or a test
+     * harness keeps its handler (and ours never chains to itself).  Checked
+     * and installed under one lock, at each task's creation in debug mode.
+     */
     static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-    struct sigaction cur;
-    if (sigaction(SIGSEGV, NULL, &cur) != 0 ||
-        ((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == segv_handler))
-        return;
     pthread_mutex_lock(&mu);
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_sigaction = segv_handler;
-    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGSEGV, &sa, &g_prev_segv);
+    struct sigaction cur;
+    if (sigaction(SIGSEGV, NULL, &cur) == 0 && !(cur.sa_flags & SA_SIGINFO) &&
+        cur.sa_handler == SIG_DFL) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_sigaction = segv_handler;
+        sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+        sigemptyset(&sa.sa_mask);
+        g_prev_segv = cur;
+        sigaction(SIGSEGV, &sa, NULL);
+    }
     pthread_mutex_unlock(&mu);
 }
 
@@ -452,6 +467,10 @@ static void overflow_reporting_on(void)
     pthread_once(&g_segv_once, segv_key);
     if (tls_altstack)
         return;
+    tls_altstack = true;
+    stack_t old;
+    if (sigaltstack(NULL, &old) == 0 && !(old.ss_flags & SS_DISABLE))
+        return;                 /* the thread has one already: keep it */
     void *mem = mmap(NULL, 64 * 1024, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (mem == MAP_FAILED)
         return;
@@ -461,7 +480,6 @@ static void overflow_reporting_on(void)
         return;
     }
     pthread_setspecific(g_altstack_key, mem);
-    tls_altstack = true;
 }
 #else
 /* Under ASan or TSan, the sanitizer reports stack overflows itself. */
@@ -531,6 +549,8 @@ static void switch_in(urio__task_t *t)
 {
     urio_loop_t *loop = t->loop;
     loop->current_task = t;
+    loop->stepped_task = t;         /* whichever callback resumed it: the step is the task's */
+    loop->task_thread = urio__thread_token();
     t->state = T_RUNNING;
 #ifdef URIO_ASAN
     void *fake = NULL;
@@ -563,8 +583,9 @@ static void switch_out(urio__task_t *t, bool for_good)
     urio__ctx_switch(&t->ctx, &t->loop->task_return);
 #ifdef URIO_ASAN
     __sanitizer_finish_switch_fiber(t->asan_fake, &t->loop_stack_bottom, &t->loop_stack_size);
-#endif
+#else
     (void)for_good;
+#endif
 }
 
 /* The task's first frame, on its own stack. */
@@ -725,6 +746,8 @@ URIO_EXPORT urio_future_t *urio_task_create_opts(urio_loop_t *loop, urio_coro_t 
     }
     coro_claim(coro);
     t->coro = coro;
+    if (loop->tasks_drained != NULL)
+        t->cancel_requested = true;     /* urio_run is cancelling everything: this too */
     t->next = loop->tasks;
     if (loop->tasks)
         loop->tasks->prev = t;
@@ -912,8 +935,8 @@ URIO_EXPORT int urio_wait_for(urio_future_t *f, uint64_t timeout_ns, void **resu
         return -errno;
     int ret = urio_await(f, result);
     urio_handle_cancel(t->loop, h);
-    if (w.timed_out)
-        return -ETIMEDOUT;
+    if (w.timed_out && urio_future_cancelled(f))
+        return -ETIMEDOUT;      /* (a shielded f may finish anyway: then its outcome stands) */
     if (ret == -ECANCELED && cancel_pending(t))
         urio_future_cancel(f);      /* the waiter was cancelled: so is what it waited for */
     return ret;
@@ -984,6 +1007,12 @@ URIO_EXPORT int urio_gather(urio_future_t *const *fs, size_t n, void **results, 
         return -EPERM;
     if (n > 0 && fs == NULL)
         return -EINVAL;
+    for (size_t i = 0; i < n; i++) {
+        if (fs[i] == NULL || urio_future_loop(fs[i]) != t->loop)
+            return -EINVAL;
+        if (fs[i] == t->self)
+            return -EDEADLK;
+    }
     gather_t g = { .any = urio_future_new(t->loop), .left = n, .fs = fs, .n = n };
     if (g.any == NULL)
         return -errno;
@@ -1023,6 +1052,9 @@ URIO_EXPORT int urio_gather(urio_future_t *const *fs, size_t n, void **results, 
 }
 
 struct urio_task_group {
+    uint32_t refs;               /* the owner's + one per child whose callback has not run */
+    bool waiting;
+    bool freed;                  /* the owner called urio_task_group_free */
     urio_loop_t *loop;
     urio_future_t **children;
     size_t n, cap;
@@ -1042,15 +1074,31 @@ URIO_EXPORT int urio_task_group_new(urio_task_group_t **out)
     urio_task_group_t *g = urio__calloc(1, sizeof *g);
     if (g == NULL)
         return -ENOMEM;
+    g->refs = 1;
     g->loop = t->loop;
     *out = g;
     return 0;
+}
+
+static void group_unref(urio_task_group_t *g)
+{
+    if (--g->refs > 0)
+        return;
+    for (size_t i = 0; i < g->n; i++)
+        urio_future_unref(g->children[i]);
+    urio__free(g->children);
+    urio__free(g->errmsg);
+    urio__free(g);
 }
 
 static void group_child_done(urio_future_t *f, void *arg)
 {
     urio_task_group_t *g = arg;
     g->running--;
+    if (g->refs == 1 && g->freed) {
+        group_unref(g);     /* the owner let go: this was the last child */
+        return;
+    }
     int ret = urio_future_result(f, NULL);
     if (ret != 0 && ret != -ECANCELED && g->err == 0) {
         /* The first failure: say which child and why, then cancel the siblings. */
@@ -1067,6 +1115,7 @@ static void group_child_done(urio_future_t *f, void *arg)
     }
     if (g->changed && !urio_future_done(g->changed))
         urio_future_set_result(g->changed, NULL);
+    group_unref(g);         /* this child's callback has run */
 }
 
 URIO_EXPORT urio_future_t *urio_task_group_spawn(urio_task_group_t *g, urio_coro_t *coro)
@@ -1100,6 +1149,7 @@ URIO_EXPORT urio_future_t *urio_task_group_spawn(urio_task_group_t *g, urio_coro
         urio_future_cancel(child);  /* the group is failing already */
     g->children[g->n++] = child;
     g->running++;
+    g->refs++;              /* held by the child's done callback */
     return child;
 }
 
@@ -1110,6 +1160,9 @@ URIO_EXPORT int urio_task_group_wait(urio_task_group_t *g)
         return -EINVAL;
     if (t == NULL)
         return -EPERM;
+    if (g->waiting)
+        return -EBUSY;      /* one waiter at a time */
+    g->waiting = true;
     int ret = 0;
     while (g->running > 0) {
         g->changed = urio_future_new(g->loop);
@@ -1125,9 +1178,11 @@ URIO_EXPORT int urio_task_group_wait(urio_task_group_t *g)
             await_all_done(g->children, g->n);
             while (g->running > 0)
                 urio_yield();       /* the last callbacks, still queued, use g */
+            g->waiting = false;
             return -ECANCELED;
         }
     }
+    g->waiting = false;
     return g->err;
 }
 
@@ -1140,21 +1195,22 @@ URIO_EXPORT void urio_task_group_free(urio_task_group_t *g)
 {
     if (g == NULL)
         return;
-    if (g->running > 0 && current_task() != NULL) {
-        /* Children cannot outlive their group: cancel them and wait. */
+    if (g->running > 0) {
+        /* Children cannot outlive their group: cancel them, and in a task wait for them. */
         for (size_t i = 0; i < g->n; i++)
             urio_future_cancel(g->children[i]);
-        await_all_done(g->children, g->n);
-        while (g->running > 0)
-            urio_yield();
+        if (current_task() != NULL) {
+            await_all_done(g->children, g->n);
+            while (g->running > 0)
+                urio_yield();
+        } else {
+            urio__log(URIO_LOG_ERROR, "urio_task_group_free(): called outside a task with "
+                      "%zu children running: they are cancelled, not awaited", g->running);
+        }
     }
-    for (size_t i = 0; i < g->n; i++) {
-        urio_future_remove_done_callback(g->children[i], group_child_done, g);
-        urio_future_unref(g->children[i]);
-    }
-    urio__free(g->children);
-    urio__free(g->errmsg);
-    urio__free(g);
+    /* Callbacks still queued hold the group: the last one frees it. */
+    g->freed = true;
+    group_unref(g);
 }
 
 bool urio__task_step_dropped(urio_callback_fn fn, void *arg)
@@ -1165,20 +1221,24 @@ bool urio__task_step_dropped(urio_callback_fn fn, void *arg)
     return true;
 }
 
-bool urio__task_describe_step(urio_callback_fn fn, void *arg, char *buf, size_t n)
+void urio__task_describe_short(const struct urio__task *t, char *buf, size_t n)
 {
-    if (fn != task_step)
-        return false;
-    urio__task_t *t = arg;
     if (t->site)
         snprintf(buf, n, "<Task '%s' created at %s:%d>", t->name, t->site->file, t->site->line);
     else
         snprintf(buf, n, "<Task '%s'>", t->name);
-    return true;
 }
 
 /* ------------------------------------------------------------------ */
 /* Closing                                                              */
+
+/* The future run_coroutine_threadsafe returns: it mirrors the task's outcome. */
+typedef struct proxy {
+    urio_future_t *task;            /* loop thread: the task, once made */
+    urio_coro_t *coro;              /* until the loop starts it */
+} proxy_t;
+
+static void proxy_task_done(urio_future_t *task, void *arg);
 
 void urio__tasks_close(urio_loop_t *loop)
 {
@@ -1198,6 +1258,18 @@ void urio__tasks_close(urio_loop_t *loop)
         };
         urio_loop_call_exception_handler(loop, &ctx);
         task_list_remove(t);
+        if (t->proxy != NULL) {
+            /* The other thread's future: cancelled now (its done callback won't run). */
+            urio_future_t *task = t->self;
+            if (urio_future_remove_done_callback(task, proxy_task_done, t->proxy) > 0) {
+                urio_future_t *proxy = t->proxy;
+                ((proxy_t *)urio__future_ext(proxy))->task = NULL;
+                t->proxy = NULL;
+                urio__future_cancel_now(proxy);
+                urio_future_unref(task);        /* the proxy's reference on the task */
+                urio_future_unref(proxy);       /* the done callback's reference */
+            }
+        }
         if (t->awaiting) {
             urio_future_remove_done_callback(t->awaiting, await_done, t);
             urio_future_unref(t->awaiting);
@@ -1266,12 +1338,6 @@ URIO_EXPORT int urio_run(urio_coro_t *main, const urio_run_opts_t *opts, void **
     return ret;
 }
 
-/* The future run_coroutine_threadsafe returns: it mirrors the task's outcome. */
-typedef struct proxy {
-    urio_future_t *task;            /* loop thread: the task, once made */
-    urio_coro_t *coro;              /* until the loop starts it */
-} proxy_t;
-
 static bool proxy_cancel(urio_future_t *f)
 {
     proxy_t *p = urio__future_ext(f);
@@ -1309,6 +1375,7 @@ static void proxy_task_done(urio_future_t *task, void *arg)
             urio_future_set_error(proxy, ret, NULL);
     }
     p->task = NULL;
+    task_of(task)->proxy = NULL;
     urio_future_unref(task);
     urio_future_unref(proxy);
 }
@@ -1332,6 +1399,7 @@ static void proxy_start(void *arg)
         return;
     }
     p->task = task;
+    task_of(task)->proxy = proxy;
     if (urio_future_add_done_callback(task, proxy_task_done, proxy) < 0) {
         urio_future_cancel(task);
         p->task = NULL;
@@ -1354,6 +1422,11 @@ URIO_EXPORT urio_future_t *urio_run_coroutine_threadsafe(urio_coro_t *coro, urio
         errno = ENOMEM;
         return NULL;
     }
+    /*
+     * Handed over now, on the calling thread (which made it, or owns it): the
+     * list it sits on belongs to this thread's loop, not to `loop`'s thread.
+     */
+    coro_claim(coro);
     proxy_t *p = urio__future_ext(proxy);
     p->coro = coro;
     urio_future_ref(proxy);         /* proxy_start's */

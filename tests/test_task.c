@@ -703,12 +703,108 @@ static void test_task_never_awaited_at_exit(void **state)
         fail_msg("no warning at exit in: %s", buf);
 }
 
+/* Robustness found by review: each of these used to hang, leak or crash. */
+static int gathers_self(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    urio_future_t *self = urio_task_current();
+    return urio_gather(&self, 1, NULL, NULL);
+}
+
+static int spawns_in_cleanup(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    int ret = urio_sleep(3600ull * 1000 * MS);      /* cancelled by urio_run's drain */
+    urio_future_t *late = urio_spawn(urio_loop_current(), sleeps_forever, NULL);
+    urio_future_unref(late);                        /* must be cancelled too */
+    return ret;
+}
+
+static int leaves_spawner(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    urio_future_t *t = urio_spawn(urio_loop_current(), spawns_in_cleanup, NULL);
+    urio_future_unref(t);
+    return 0;
+}
+
+static urio_task_group_t *loose_group;
+static int makes_loose_group(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    urio_task_group_new(&loose_group);
+    urio_task_group_spawn(loose_group, URIO_CORO(tiny, arg));
+    urio_task_group_spawn(loose_group, URIO_CORO(sleeps_forever, NULL));
+    return 0;
+}
+
+static void free_loose_group_cb(void *arg)
+{
+    (void)arg;
+    urio_task_group_free(loose_group);      /* outside a task: cancels, does not wait */
+}
+
+static void test_task_review_regressions(void **state)
+{
+    (void)state;
+    /* gather with the gathering task itself: refused. */
+    assert_int_equal(run_main(gathers_self, NULL, NULL), -EDEADLK);
+    /* urio_run: a task spawned while the leftovers are being cancelled is cancelled too. */
+    uint64_t t0 = urio__now();
+    assert_int_equal(run_main(leaves_spawner, NULL, NULL), 0);
+    assert_true(urio__now() - t0 < 5000 * MS);
+    /* A group freed outside a task: no use after free when the children end later. */
+    urio_loop_t *loop = test_loop_new();
+    test_log_capture();
+    int count = 0;
+    urio_future_t *m = urio_spawn(loop, makes_loose_group, &count);
+    assert_int_equal(urio_loop_run_until_complete(loop, m), 0);
+    urio_call_soon(loop, free_loose_group_cb, NULL);
+    urio_call_later(loop, 20 * MS, test_stop_cb, loop);
+    urio_loop_run_forever(loop);
+    assert_log_contains("urio_task_group_free(): called outside a task");
+    urio_future_unref(m);
+    test_loop_close(loop);
+}
+
+/* A run_coroutine_threadsafe task pending when its loop closes: the other thread's future is cancelled. */
+static void *waits_proxy(void *arg)
+{
+    urio_future_t *f = arg;
+    return (void *)(intptr_t)urio_future_wait(f, 5000 * (int64_t)MS, NULL);
+}
+
+static void test_task_threadsafe_future_settled_at_close(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    test_log_capture();
+    urio_future_t *f = urio_run_coroutine_threadsafe(URIO_CORO(sleeps_forever, NULL), loop);
+    assert_non_null(f);
+    urio_call_later(loop, 5 * MS, test_stop_cb, loop);
+    urio_loop_run_forever(loop);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, waits_proxy, f), 0);
+    usleep(5000);
+    test_loop_close(loop);
+    void *ret;
+    pthread_join(t, &ret);
+    assert_int_equal((intptr_t)ret, -ECANCELED);
+    urio_future_unref(f);
+}
+
 /* A slow task step is reported as the task. */
 static int slow_step(void *arg, void **res)
 {
     (void)arg;
     (void)res;
-    usleep(30000);
+    usleep(30000);                  /* the first step */
+    urio_sleep(1 * MS);
+    usleep(30000);                  /* a step resumed by the sleep's timer */
     return 0;
 }
 
@@ -727,7 +823,8 @@ static void test_task_slow_step_reported(void **state)
     char want[256];
     snprintf(want, sizeof want, "WARNING Executing <Task 'slow_step' created at %s:%d> took 0.0",
              __FILE__, line);
-    assert_log_contains(want);
+    assert_int_equal(test_log_count(want), 2);      /* both steps are the task's */
+    assert_int_equal(test_log_count("Executing <Handle"), 0);
     urio_future_unref(t);
     test_loop_close(loop);
 }
@@ -749,6 +846,8 @@ int main(void)
         URIO_TEST(test_task_run_coroutine_threadsafe),
         URIO_TEST(test_task_100000_alive),
         URIO_TEST(test_task_slow_step_reported),
+        URIO_TEST(test_task_review_regressions),
+        URIO_TEST(test_task_threadsafe_future_settled_at_close),
         cmocka_unit_test(test_task_stack_overflow_reported),
         URIO_TEST(test_task_gather),
         URIO_TEST(test_task_group),
