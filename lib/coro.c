@@ -1,0 +1,151 @@
+/*
+ * coro.c — coroutine objects (URIO_CORO) and the never-awaited check: each
+ * sits on its loop's list (or, made outside any loop, a global one checked
+ * at exit) until it is started, handed over or closed.
+ */
+#include "task.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------ */
+/* Coroutine objects and the never-awaited check                        */
+
+/* Coroutines made outside any loop: checked at exit.  Guarded by g_coros_mu. */
+static pthread_mutex_t g_coros_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct urio_coro *g_coros;
+
+static struct urio_coro **list_of(urio_coro_t *c)
+{
+    return c->loop ? &c->loop->coros : &g_coros;
+}
+
+static void coro_link(urio_coro_t *c)
+{
+    if (c->loop == NULL)
+        pthread_mutex_lock(&g_coros_mu);
+    struct urio_coro **head = list_of(c);
+    c->prev = NULL;
+    c->next = *head;
+    if (*head)
+        (*head)->prev = c;
+    *head = c;
+    c->listed = true;
+    if (c->loop == NULL)
+        pthread_mutex_unlock(&g_coros_mu);
+}
+
+static void coro_unlink(urio_coro_t *c)
+{
+    if (!c->listed)
+        return;             /* handed over already */
+    c->listed = false;
+    if (c->loop == NULL)
+        pthread_mutex_lock(&g_coros_mu);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        *list_of(c) = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->next = c->prev = NULL;
+    if (c->loop == NULL)
+        pthread_mutex_unlock(&g_coros_mu);
+}
+
+static bool debug_for_new_coro(urio_loop_t *loop)
+{
+    if (loop != NULL)
+        return loop->debug;
+    const char *v = getenv("URIO_DEBUG");
+    return (v != NULL && *v != '\0' && strcmp(v, "0") != 0) || URIO_DEBUG_BUILD;
+}
+
+URIO_EXPORT urio_coro_t *urio_coro_new(urio_coro_fn fn, void *arg, const urio_site_t *site)
+{
+    if (fn == NULL) {
+        errno = EINVAL;
+        return NULL;
+    }
+    urio_coro_t *c = urio__calloc(1, sizeof *c);
+    if (c == NULL) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    c->fn = fn;
+    c->arg = arg;
+    c->site = site;
+    c->loop = urio_loop_current();
+#if URIO_DEBUG_CHECKS
+    if (debug_for_new_coro(c->loop)) {
+        c->stack = urio__malloc(sizeof *c->stack);
+        if (c->stack)
+            urio__stack_capture(c->stack, 1);
+    }
+#else
+    (void)debug_for_new_coro;
+#endif
+    coro_link(c);
+    return c;
+}
+
+void urio__coro_free(urio_coro_t *c)
+{
+    urio__free(c->stack);
+    urio__free(c);
+}
+
+/* The coroutine is started (or handed over): no longer a candidate for the warning. */
+void urio__coro_claim(urio_coro_t *c)
+{
+    coro_unlink(c);
+}
+
+URIO_EXPORT void urio_coro_close(urio_coro_t *c)
+{
+    if (c == NULL)
+        return;
+    coro_unlink(c);
+    urio__coro_free(c);
+}
+
+const char *urio__coro_name(const urio_coro_t *c)
+{
+    return c->site && c->site->name ? c->site->name : "?";
+}
+
+/* "file.c:42: RuntimeWarning: coroutine 'fn' was never awaited" (+ the stack). */
+static void report_never_awaited(urio_coro_t *c)
+{
+    char *tb = c->stack ? urio__stack_format(c->stack, "Coroutine created at (most recent call last)")
+                        : NULL;
+    urio__log(URIO_LOG_WARNING, "%s:%d: RuntimeWarning: coroutine '%s' was never awaited%s%s",
+              c->site ? c->site->file : "?", c->site ? c->site->line : 0, urio__coro_name(c),
+              tb ? "\n" : "", tb ? tb : "");
+    urio__free(tb);
+}
+
+__attribute__((destructor)) static void check_coros_at_exit(void)
+{
+    pthread_mutex_lock(&g_coros_mu);
+    urio_coro_t *c = g_coros;
+    g_coros = NULL;
+    pthread_mutex_unlock(&g_coros_mu);
+    while (c) {
+        urio_coro_t *next = c->next;
+        report_never_awaited(c);
+        urio__coro_free(c);
+        c = next;
+    }
+}
+
+void urio__coros_close(urio_loop_t *loop)
+{
+    /* Coroutines made in this loop and never started. */
+    while (loop->coros) {
+        urio_coro_t *c = loop->coros;
+        coro_unlink(c);
+        report_never_awaited(c);
+        urio__coro_free(c);
+    }
+}

@@ -1,0 +1,185 @@
+/*
+ * run.c — running a program (urio_run, asyncio.run) and submitting a
+ * coroutine from another thread (urio_run_coroutine_threadsafe).
+ */
+#include "task.h"
+
+#include <stdio.h>
+
+/* The future run_coroutine_threadsafe returns: it mirrors the task's outcome. */
+typedef struct proxy {
+    urio_future_t *task;            /* loop thread: the task, once made */
+    urio_coro_t *coro;              /* until the loop starts it */
+} proxy_t;
+
+
+static void proxy_task_done(urio_future_t *task, void *arg);
+
+void urio__proxy_settle_at_close(urio__task_t *t)
+{
+    if (t->proxy != NULL) {
+            /* The other thread's future: cancelled now (its done callback won't run). */
+            urio_future_t *task = t->self;
+            if (urio_future_remove_done_callback(task, proxy_task_done, t->proxy) > 0) {
+                urio_future_t *proxy = t->proxy;
+                ((proxy_t *)urio__future_ext(proxy))->task = NULL;
+                t->proxy = NULL;
+                urio__future_cancel_now(proxy);
+                urio_future_unref(task);        /* the proxy's reference on the task */
+                urio_future_unref(proxy);       /* the done callback's reference */
+            }
+        }
+}
+
+/* ------------------------------------------------------------------ */
+/* urio_run and run_coroutine_threadsafe                                */
+
+URIO_EXPORT int urio_run(urio_coro_t *main, const urio_run_opts_t *opts, void **result)
+{
+    if (main == NULL)
+        return -EINVAL;
+    if (urio_loop_current() != NULL) {
+        urio_coro_close(main);
+        urio__log(URIO_LOG_ERROR, "urio_run(): cannot be called from a running event loop");
+        return -EBUSY;
+    }
+    urio_loop_opts_t lo = { .debug = opts ? opts->debug : 0 };
+    urio_loop_t *loop;
+    int ret = urio_loop_new(&loop, &lo);
+    if (ret < 0) {
+        urio_coro_close(main);
+        return ret;
+    }
+    urio_future_t *f = urio_task_create(loop, main);
+    if (f == NULL) {
+        ret = -errno;
+        urio_loop_close(loop);
+        return ret;
+    }
+    ret = urio_loop_run_until_complete(loop, f);
+    if (ret == 0 && result)
+        urio_future_result(f, result);
+    urio_future_unref(f);
+    /*
+     * Cancel what is left and wait for it, as asyncio.run does: tasks get
+     * -ECANCELED at every await, so they end unless a shield holds them (then
+     * this waits for the shielded work, sleeping in the kernel meanwhile).
+     */
+    if (loop->tasks != NULL) {
+        urio_future_t *drained = urio_future_new(loop);
+        if (drained != NULL) {
+            loop->tasks_drained = drained;
+            for (urio__task_t *t = loop->tasks; t != NULL; t = t->next)
+                urio_future_cancel(t->self);
+            urio_loop_run_until_complete(loop, drained);
+            loop->tasks_drained = NULL;
+            urio_future_unref(drained);
+        }
+    }
+    urio_loop_close(loop);          /* shuts the default pool down, reports what leaked */
+    return ret;
+}
+
+static bool proxy_cancel(urio_future_t *f)
+{
+    proxy_t *p = urio__future_ext(f);
+    if (p->task != NULL)
+        return urio_future_cancel(p->task);     /* the task's end completes the proxy */
+    urio__future_cancel_now(f);     /* not started yet: it never will */
+    return true;
+}
+
+static void proxy_describe(const urio_future_t *f, char *buf, size_t n)
+{
+    snprintf(buf, n, "<Future %s (run_coroutine_threadsafe)>", urio__future_state_name(f));
+}
+
+static const urio__future_ops_t proxy_ops = {
+    .kind = "Future",
+    .cancel = proxy_cancel,
+    .describe = proxy_describe,
+};
+
+static void proxy_task_done(urio_future_t *task, void *arg)
+{
+    urio_future_t *proxy = arg;
+    proxy_t *p = urio__future_ext(proxy);
+    if (!urio_future_done(proxy)) {
+        void *value = NULL;
+        int ret = urio_future_result(task, &value);
+        if (ret == 0)
+            urio_future_set_result(proxy, value);
+        else if (ret == -ECANCELED)
+            urio__future_cancel_now(proxy);
+        else if (urio_future_error_message(task))
+            urio_future_set_error(proxy, ret, "%s", urio_future_error_message(task));
+        else
+            urio_future_set_error(proxy, ret, NULL);
+    }
+    p->task = NULL;
+    urio__task_of(task)->proxy = NULL;
+    urio_future_unref(task);
+    urio_future_unref(proxy);
+}
+
+static void proxy_start(void *arg)
+{
+    urio_future_t *proxy = arg;
+    proxy_t *p = urio__future_ext(proxy);
+    urio_coro_t *coro = p->coro;
+    p->coro = NULL;
+    if (urio_future_done(proxy)) {
+        urio_coro_close(coro);      /* cancelled before it started: the caller decided */
+        urio_future_unref(proxy);
+        return;
+    }
+    urio_future_t *task = urio_task_create(urio_future_loop(proxy), coro);
+    if (task == NULL) {
+        urio_future_set_error(proxy, -errno, "urio_run_coroutine_threadsafe: %s",
+                              urio_strerror(-errno));
+        urio_future_unref(proxy);
+        return;
+    }
+    p->task = task;
+    urio__task_of(task)->proxy = proxy;
+    if (urio_future_add_done_callback(task, proxy_task_done, proxy) < 0) {
+        urio_future_cancel(task);
+        p->task = NULL;
+        urio_future_set_error(proxy, -ENOMEM, NULL);
+        urio_future_unref(task);
+        urio_future_unref(proxy);
+    }
+}
+
+URIO_EXPORT urio_future_t *urio_run_coroutine_threadsafe(urio_coro_t *coro, urio_loop_t *loop)
+{
+    if (coro == NULL || loop == NULL) {
+        urio_coro_close(coro);
+        errno = EINVAL;
+        return NULL;
+    }
+    urio_future_t *proxy = urio__future_new_foreign(loop, sizeof(proxy_t), &proxy_ops);
+    if (proxy == NULL) {
+        urio_coro_close(coro);
+        errno = ENOMEM;
+        return NULL;
+    }
+    /*
+     * Handed over now, on the calling thread (which made it, or owns it): the
+     * list it sits on belongs to this thread's loop, not to `loop`'s thread.
+     */
+    urio__coro_claim(coro);
+    proxy_t *p = urio__future_ext(proxy);
+    p->coro = coro;
+    urio_future_ref(proxy);         /* proxy_start's */
+    int ret = urio_call_soon_threadsafe(loop, proxy_start, proxy);
+    if (ret < 0) {
+        p->coro = NULL;
+        urio_coro_close(coro);
+        urio_future_unref(proxy);
+        urio_future_unref(proxy);
+        errno = -ret;
+        return NULL;
+    }
+    return proxy;
+}
