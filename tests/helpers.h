@@ -164,4 +164,36 @@ static inline void test_stop_cb(void *arg)
     urio_loop_stop((urio_loop_t *)arg);
 }
 
+/*
+ * Runs child(arg) in a forked process with its stderr captured into buf
+ * (NUL-terminated, at most n - 1 bytes); the child's return value is its
+ * exit status.  Returns the wait status (WIFEXITED, WIFSIGNALED...).
+ */
+#include <sys/wait.h>
+#include <unistd.h>
+
+static inline int test_child(int (*child)(void *), void *arg, char *buf, size_t n)
+{
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(fds[0]);
+        dup2(fds[1], STDERR_FILENO);
+        urio_log_set_handler(NULL, NULL);   /* the default handler: to stderr */
+        exit(child(arg));
+    }
+    close(fds[1]);
+    size_t len = 0;
+    ssize_t r;
+    while (len < n - 1 && (r = read(fds[0], buf + len, n - 1 - len)) > 0)
+        len += (size_t)r;
+    buf[len] = '\0';
+    close(fds[0]);
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    return status;
+}
+
 #endif

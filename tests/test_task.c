@@ -538,38 +538,28 @@ static int overflows(void *arg, void **res)
     return recurse(NULL, 0);
 }
 
+static int overflow_child(void *arg)
+{
+    (void)arg;
+    signal(SIGSEGV, SIG_DFL);   /* a plain program: not cmocka's crash handler */
+    urio_loop_opts_t on = { .debug = 1 };
+    urio_loop_t *loop;
+    if (urio_loop_new(&loop, &on) < 0)
+        return 77;
+    urio_task_opts_t small = { .stack_size = 64 * 1024 };
+    urio_future_t *t = urio_task_create_opts(loop, URIO_CORO(overflows, NULL), &small);
+    urio_loop_run_until_complete(loop, t);
+    return 0;                   /* not reached: the guard page stops it */
+}
+
 static void test_task_stack_overflow_reported(void **state)
 {
     (void)state;
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
     skip();     /* the sanitizer reports it itself */
 #endif
-    int fds[2];
-    assert_int_equal(pipe(fds), 0);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        dup2(fds[1], STDERR_FILENO);
-        signal(SIGSEGV, SIG_DFL);   /* a plain program: not cmocka's crash handler */
-        urio_loop_opts_t on = { .debug = 1 };
-        urio_loop_t *loop;
-        if (urio_loop_new(&loop, &on) < 0)
-            _exit(77);
-        urio_task_opts_t small = { .stack_size = 64 * 1024 };
-        urio_future_t *t = urio_task_create_opts(loop, URIO_CORO(overflows, NULL), &small);
-        urio_loop_run_until_complete(loop, t);
-        _exit(0);       /* not reached: the guard page stops it */
-    }
-    close(fds[1]);
     char buf[4096];
-    size_t len = 0;
-    ssize_t r;
-    while (len < sizeof buf - 1 && (r = read(fds[0], buf + len, sizeof buf - 1 - len)) > 0)
-        len += (size_t)r;
-    buf[len] = '\0';
-    close(fds[0]);
-    int status;
-    waitpid(pid, &status, 0);
+    int status = test_child(overflow_child, NULL, buf, sizeof buf);
     if (WIFEXITED(status) && WEXITSTATUS(status) == 77)
         skip();
     assert_true(WIFSIGNALED(status));
@@ -674,30 +664,19 @@ static void test_task_cancel_in_group_wait(void **state)
 }
 
 /* A coroutine made outside any loop and left alone is reported at exit. */
+static int leaves_coro_at_exit(void *arg)
+{
+    (void)arg;
+    urio_coro_t *c = URIO_CORO(never_run, NULL);
+    (void)c;
+    return 0;
+}
+
 static void test_task_never_awaited_at_exit(void **state)
 {
     (void)state;
-    int fds[2];
-    assert_int_equal(pipe(fds), 0);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        dup2(fds[1], STDERR_FILENO);
-        urio_log_set_handler(NULL, NULL);
-        urio_coro_t *c = URIO_CORO(never_run, NULL);
-        (void)c;
-        exit(0);
-    }
-    close(fds[1]);
     char buf[2048];
-    size_t len = 0;
-    ssize_t r;
-    while (len < sizeof buf - 1 && (r = read(fds[0], buf + len, sizeof buf - 1 - len)) > 0)
-        len += (size_t)r;
-    buf[len] = '\0';
-    close(fds[0]);
-    int status;
-    waitpid(pid, &status, 0);
+    int status = test_child(leaves_coro_at_exit, NULL, buf, sizeof buf);
     assert_true(WIFEXITED(status));
     if (strstr(buf, "RuntimeWarning: coroutine 'never_run' was never awaited") == NULL)
         fail_msg("no warning at exit in: %s", buf);
