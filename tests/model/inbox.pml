@@ -18,6 +18,9 @@
  *                                 at once if the counter is already non-zero
  *   state / closed                inbox.c: ib->state, producers inside a push
  *                                 and CLOSED_BIT
+ *   last                          inbox.c: the drain's snapshot of `back`; the
+ *                                 drain may also stop before it (its budget, or
+ *                                 a node held when the ready FIFO cannot grow)
  * spin interleaves statements with sequential consistency.  That is exact
  * for the two Dekker pairs (exchange(back) then load(sleeping) against
  * store(sleeping) then load(back); fetch_add(state) then the closed bit
@@ -80,12 +83,17 @@ proctype producer(byte id) {
 }
 
 active proctype loop() {
+    byte last;
     do
     :: loop_done -> break
     :: else ->
-        /* step 4: drain what is linked */
+        /* step 4: drain what is linked, up to what was queued when the drain
+           began (inbox.c's `last` snapshot), or less (the budget, or a
+           ready FIFO that cannot grow: the node is held for the next turn) */
+        last = back;
         do
-        :: front < back && linked[front + 1] -> run_next()
+        :: front < last && linked[front + 1] -> run_next()
+        :: front < last && linked[front + 1] -> break      /* stopped early: held, or budget */
         :: else -> break
         od;
         if
