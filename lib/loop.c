@@ -81,14 +81,29 @@ static int ready_grow(urio_loop_t *loop)
     return 0;
 }
 
+/*
+ * The FIFO must grow first: out of line, as a tail call from the fast path,
+ * so the fast path keeps nothing live across a call (no registers to save).
+ */
+__attribute__((cold, noinline)) static uint64_t ready_push_slow(urio_loop_t *loop,
+                                                                urio_callback_fn fn, void *arg,
+                                                                const urio_site_t *site,
+                                                                uint32_t slot1, uint32_t gen)
+{
+    if (ready_grow(loop) < 0)
+        return 0;
+    uint64_t q = loop->ready_tail++;
+    loop->ready[q & loop->ready_mask] = (struct urio__ready){ fn, arg, site, slot1, gen };
+    return q;
+}
+
 uint64_t urio__ready_push(urio_loop_t *loop, urio_callback_fn fn, void *arg,
                           const urio_site_t *site, uint32_t slot1, uint32_t gen)
 {
     /* Leave the reserved room free. */
     uint32_t reserved = atomic_load_explicit(&loop->ready_reserved, memory_order_relaxed);
-    if (URIO_UNLIKELY(loop->ready_tail - loop->ready_head + reserved > loop->ready_mask) &&
-        ready_grow(loop) < 0)
-        return 0;
+    if (URIO_UNLIKELY(loop->ready_tail - loop->ready_head + reserved > loop->ready_mask))
+        return ready_push_slow(loop, fn, arg, site, slot1, gen);
     uint64_t q = loop->ready_tail++;
     loop->ready[q & loop->ready_mask] = (struct urio__ready){ fn, arg, site, slot1, gen };
     return q;
@@ -173,7 +188,8 @@ static inline urio_handle_t timer_handle(uint32_t slot, uint32_t gen)
     return (urio_handle_t){ TIMER_BIT | ((uint64_t)gen << SLOT_BITS) | (slot + 1ull) };
 }
 
-static inline urio_handle_t fail_handle(int err)
+/* Out of line and cold: the scheduling fast paths then need few registers. */
+__attribute__((cold, noinline)) static urio_handle_t fail_handle(int err)
 {
     errno = -err;
     return (urio_handle_t){ 0 };
@@ -190,15 +206,20 @@ urio_handle_t urio__call_soon(urio_loop_t *loop, urio_callback_fn fn, void *arg,
     return (urio_handle_t){ q };
 }
 
+__attribute__((cold, noinline)) static bool wrong_thread(const char *fn)
+{
+    urio__log(URIO_LOG_ERROR,
+              "%s(): Non-thread-safe operation invoked on an event loop other than the "
+              "current one", fn);
+    return false;
+}
+
 bool urio__loop_check_thread(const urio_loop_t *loop, const char *fn)
 {
     const void *owner = atomic_load_explicit(&loop->owner, memory_order_relaxed);
     if (URIO_LIKELY(owner == NULL || owner == urio__thread_token()))
         return true;
-    urio__log(URIO_LOG_ERROR,
-              "%s(): Non-thread-safe operation invoked on an event loop other than the "
-              "current one", fn);
-    return false;
+    return wrong_thread(fn);
 }
 
 URIO_EXPORT urio_handle_t urio_call_soon_site(urio_loop_t *loop, urio_callback_fn fn, void *arg,
