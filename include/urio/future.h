@@ -24,13 +24,14 @@ extern "C" {
  */
 URIO_EXPORT urio_future_t *urio_future_new(urio_loop_t *loop);
 
-/* Adds a reference and returns f (NULL stays NULL). */
+/* Adds a reference and returns f (NULL stays NULL).  Thread: any thread. */
 URIO_EXPORT urio_future_t *urio_future_ref(urio_future_t *f);
 
 /*
  * Drops a reference.  At the last one, a future that failed and whose error
  * nobody read is reported through its loop's exception handler as
  * "Future exception was never retrieved", then freed.
+ * Thread: any thread (the report runs on the thread dropping the last one).
  */
 URIO_EXPORT void urio_future_unref(urio_future_t *f);
 
@@ -48,8 +49,11 @@ URIO_EXPORT int urio_future_set_error(urio_future_t *f, int err, const char *fmt
     URIO_PRINTF(3, 4);
 
 /*
- * Cancels f: it completes with -ECANCELED.
+ * Cancels f: it completes with -ECANCELED (a task is asked to stop: see
+ * urio/task.h).  From a thread other than the loop's, the cancel goes through
+ * the loop's inbox and happens in its next turn.
  * Returns: true if it was pending, false if already done.
+ * Thread: any thread.
  */
 URIO_EXPORT bool urio_future_cancel(urio_future_t *f);
 
