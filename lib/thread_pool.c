@@ -12,12 +12,12 @@
  * was cancelled before a worker took it, or shutdown(cancel_futures) or the
  * loop's close took it out: the worker that pops it skips it).
  *
- * Two sides hold a job, each with a reference: the loop (until it has
- * "settled" the future: completed it, or cancelled it at close) and the pool
- * (until the job's trip back to the loop is over, or failed because the loop
- * closed).  Whoever drops the last reference frees the job, and the result if
- * nobody received it.  Each job also holds its pool, its future and its
- * loop's memory.
+ * The job lives inside its future (a future kind, future.c), so a
+ * submission is one allocation.  Two sides hold the future, each with a
+ * reference: the loop (until it has "settled" it: completed it, or cancelled
+ * it at close) and the pool (until the job's trip back to the loop is over,
+ * or failed because the loop closed); the caller holds a third.  The last
+ * reference frees the result if nobody received it, and lets go of the pool.
  */
 #include "internal.h"
 
@@ -40,9 +40,8 @@ typedef struct urio__job {
     int err;
     char *errmsg;
     atomic_int state;
-    atomic_int refs;             /* the loop's side and the pool's side */
     bool settled;                /* loop thread: the future has its outcome */
-    bool delivered;              /* loop thread: the result went to the future */
+    bool delivered;              /* the result went to the future, or was freed */
 } job_t;
 
 struct urio_executor {
@@ -68,19 +67,25 @@ static void executor_unref(urio_executor_t *ex);
 /* ------------------------------------------------------------------ */
 /* Settling, on the loop; the last reference, anywhere                  */
 
+/* Drops one side's reference: the job is the future's extension. */
 static void job_unref(job_t *j)
 {
-    if (atomic_fetch_sub_explicit(&j->refs, 1, memory_order_acq_rel) != 1)
-        return;
-    /* A result nobody received (cancelled after it started, or the loop closed). */
-    if (!j->delivered && atomic_load(&j->state) == JOB_DONE && j->err == 0 && j->free_result)
-        j->free_result(j->result);
-    urio__free(j->errmsg);
     urio_future_unref(j->f);
-    urio__loop_unref(j->loop);
-    executor_unref(j->ex);
-    urio__free(j);
 }
+
+/* The future's last reference went (any thread): what the job still holds. */
+static void job_finalize(urio_future_t *f)
+{
+    job_t *j = urio__future_ext(f);
+    urio__free(j->errmsg);
+    if (j->ex != NULL)
+        executor_unref(j->ex);
+}
+
+static const urio__future_ops_t job_ops = {
+    .kind = "Future",
+    .finalize = job_finalize,
+};
 
 /* Gives the future its outcome and lets go of the loop's side.  Loop thread. */
 static void job_settle(job_t *j, int forced_err)
@@ -91,7 +96,10 @@ static void job_settle(job_t *j, int forced_err)
     urio__future_set_cancel_hook(j->f, NULL, NULL);
     int state = atomic_load(&j->state);
     if (urio_future_done(j->f)) {
-        /* Cancelled after the job started: the result is nobody's (job_unref frees it). */
+        /* Cancelled after the job started: the result is nobody's. */
+        if (state == JOB_DONE && j->err == 0 && j->free_result && !j->delivered)
+            j->free_result(j->result);
+        j->delivered = true;
     } else if (forced_err == -ECANCELED || state == JOB_CANCELLED) {
         urio__future_cancel_now(j->f);
     } else if (forced_err < 0) {
@@ -128,8 +136,17 @@ static void job_send(job_t *j)
 {
     j->node.fn = job_complete;
     j->node.arg = j;
-    if (urio__inbox_push_node(j->loop, &j->node) < 0)
-        job_unref(j);       /* the loop closed, and settled the future then */
+    if (urio__inbox_push_node(j->loop, &j->node) < 0) {
+        /*
+         * The loop closed, and settled the future then (before it closed its
+         * inbox, so what it did is visible here): free a result it never got.
+         */
+        if (atomic_load(&j->state) == JOB_DONE && j->err == 0 && j->free_result &&
+            !j->delivered)
+            j->free_result(j->result);
+        j->delivered = true;
+        job_unref(j);
+    }
 }
 
 /* The future was cancelled on the loop: if no worker took the job yet, it never will. */
@@ -277,31 +294,36 @@ URIO_EXPORT urio_future_t *urio_run_in_executor_dtor(urio_loop_t *loop, urio_exe
         }
         ex = loop->default_ex;
     }
-    job_t *j = urio__calloc(1, sizeof *j);
-    if (j == NULL)
+    urio_future_t *f = urio__future_new_ext(loop, sizeof(job_t), &job_ops);
+    if (f == NULL)
         return fail(-ENOMEM);
-    urio_future_t *f = urio_future_new(loop);
-    if (f == NULL) {
-        urio__free(j);
-        return NULL;    /* errno set */
+#if URIO_DEBUG_CHECKS
+    if (loop->debug) {
+        urio__stack_t *st = urio__malloc(sizeof *st);
+        if (st) {
+            urio__stack_capture(st, 1);     /* from the submitting caller */
+            urio__future_capture_stack(f, st);
+        }
     }
+#endif
+    job_t *j = urio__future_ext(f);
     j->node.idx = URIO__INBOX_FOREIGN;
     j->ex = ex;
     j->loop = loop;
-    j->f = urio_future_ref(f);
+    j->f = f;
     j->fn = fn;
     j->arg = arg;
     j->free_result = free_result;
     atomic_init(&j->state, JOB_QUEUED);
-    atomic_init(&j->refs, 2);       /* the loop's side, the pool's side */
+    urio_future_ref(f);             /* the loop's side */
+    urio_future_ref(f);             /* the pool's side */
     atomic_fetch_add_explicit(&ex->refs, 1, memory_order_relaxed);
-    urio__loop_ref(loop);
     if (atomic_load_explicit(&ex->closed, memory_order_relaxed)) {
         /* An early answer; the check that counts is under the pool's lock, at the flush. */
         j->settled = true;
-        j->refs = 1;
-        job_unref(j);
-        urio_future_unref(f);
+        urio_future_unref(f);       /* the loop's side */
+        urio_future_unref(f);       /* the pool's side */
+        urio_future_unref(f);       /* the caller's: nobody gets it */
         return fail(-ESHUTDOWN);
     }
     /*
