@@ -292,7 +292,7 @@ struct urio_loop {
 
     /* When the loop last entered the kernel, to bound how long ready work may keep it out. */
     uint32_t cbs_since_enter;
-    uint32_t cbs_at_clock;
+    uint32_t cbs_next_check;     /* cbs_since_enter at which to look at the bounds again */
     uint64_t last_enter_ns;
 
     bool debug;

@@ -195,14 +195,28 @@ __attribute__((cold, noinline)) static urio_handle_t fail_handle(int err)
     return (urio_handle_t){ 0 };
 }
 
+/* The FIFO is full: grow it (out of line), or fail with ENOMEM. */
+__attribute__((cold, noinline)) static urio_handle_t call_soon_slow(urio_loop_t *loop,
+                                                                   urio_callback_fn fn, void *arg,
+                                                                   const urio_site_t *site)
+{
+    uint64_t q = ready_push_slow(loop, fn, arg, site, 0, 0);
+    if (q == 0)
+        return fail_handle(-ENOMEM);
+    return (urio_handle_t){ q };
+}
+
 urio_handle_t urio__call_soon(urio_loop_t *loop, urio_callback_fn fn, void *arg,
                               const urio_site_t *site)
 {
     if (URIO_UNLIKELY(loop->closing))
         return fail_handle(-ESHUTDOWN);
-    uint64_t q = urio__ready_push(loop, fn, arg, site, 0, 0);
-    if (URIO_UNLIKELY(q == 0))
-        return fail_handle(-ENOMEM);
+    /* urio__ready_push's fast path, here so that success needs no further test. */
+    uint32_t reserved = atomic_load_explicit(&loop->ready_reserved, memory_order_relaxed);
+    if (URIO_UNLIKELY(loop->ready_tail - loop->ready_head + reserved > loop->ready_mask))
+        return call_soon_slow(loop, fn, arg, site);
+    uint64_t q = loop->ready_tail++;
+    loop->ready[q & loop->ready_mask] = (struct urio__ready){ fn, arg, site, 0, 0 };
     return (urio_handle_t){ q };
 }
 
@@ -389,19 +403,25 @@ static void run_ready_debug(urio_loop_t *loop, uint32_t n)
 
 /*
  * Ready work is waiting: enter the kernel only if something must be
- * submitted, or ready work has kept the loop out of it for too long.
+ * submitted, or ready work has kept the loop out of it for too long.  The
+ * common answer ("no") costs two compares; the bounds are checked, with a
+ * clock read, only every URIO__CLOCK_EVERY_CALLBACKS callbacks.
  */
-static bool must_enter(urio_loop_t *loop)
+__attribute__((noinline)) static bool enter_due(urio_loop_t *loop)
+{
+    if (loop->cbs_since_enter >= URIO__ENTER_EVERY_CALLBACKS)
+        return true;
+    loop->cbs_next_check = loop->cbs_since_enter + URIO__CLOCK_EVERY_CALLBACKS;
+    return urio__now() - loop->last_enter_ns >= URIO__ENTER_EVERY_NS;
+}
+
+static inline bool must_enter(urio_loop_t *loop)
 {
     if (loop->ring.sq_pending)
         return true;
-    if (loop->cbs_since_enter >= URIO__ENTER_EVERY_CALLBACKS)
-        return true;
-    if (loop->cbs_since_enter - loop->cbs_at_clock >= URIO__CLOCK_EVERY_CALLBACKS) {
-        loop->cbs_at_clock = loop->cbs_since_enter;
-        return urio__now() - loop->last_enter_ns >= URIO__ENTER_EVERY_NS;
-    }
-    return false;
+    if (URIO_LIKELY(loop->cbs_since_enter < loop->cbs_next_check))
+        return false;
+    return enter_due(loop);
 }
 
 static void log_poll(urio_loop_t *loop, int64_t wait_ns, uint64_t took)
@@ -426,10 +446,6 @@ static int loop_turn(urio_loop_t *loop)
     urio__inbox_t *ib = &loop->inbox;
     int64_t wait = 0;
     int ret = 0;
-
-    /* Jobs submitted outside a turn (before the run) go to their pools now. */
-    if (loop->jobs_head != NULL)
-        urio__executor_flush(loop);
 
     /* 1. How long may the kernel block? */
     if (urio__ready_count(loop) == 0 && !loop->stopping && !urio__inbox_pending(ib)) {
@@ -470,7 +486,7 @@ static int loop_turn(urio_loop_t *loop)
         atomic_store(&ib->sleeping, 0);
     }
     loop->cbs_since_enter = 0;
-    loop->cbs_at_clock = 0;
+    loop->cbs_next_check = URIO__CLOCK_EVERY_CALLBACKS;
     loop->last_enter_ns = urio__now();
     if (URIO_UNLIKELY(ret < 0))
         return ret;
