@@ -215,6 +215,90 @@ static void test_timer_far_heap_overdue_not_stranded(void **state)
     test_loop_close(f.loop);
 }
 
+/*
+ * Random schedules and cancels across the wheel, the far heap and overdue
+ * deadlines, with a reference record: every live timer fires exactly once,
+ * never early and not long after its deadline; cancelled ones never fire.
+ * (About 5 s: deadlines reach past the wheel's 4.3 s.)
+ */
+enum { RND_N = 3000 };
+struct rnd_timer {
+    uint64_t when;
+    urio_handle_t h;
+    int fired;
+    bool cancelled;
+    uint64_t fired_at;
+};
+static struct rnd_timer rnd[RND_N];
+static int rnd_live, rnd_done, rnd_scheduled;
+static uint64_t rnd_x = 0x9E3779B97F4A7C15ull;
+static uint64_t rnd_next(void)
+{
+    rnd_x ^= rnd_x << 13;
+    rnd_x ^= rnd_x >> 7;
+    rnd_x ^= rnd_x << 17;
+    return rnd_x;
+}
+
+static void rnd_fire(void *arg)
+{
+    struct rnd_timer *t = arg;
+    t->fired++;
+    t->fired_at = urio__now();
+    if (++rnd_done == rnd_live && rnd_scheduled == RND_N)
+        urio_loop_stop(urio_loop_current());
+}
+
+/* A burst of random work from inside the loop: schedules and cancels. */
+static void rnd_burst(void *arg)
+{
+    urio_loop_t *loop = arg;
+    int next = rnd_scheduled;
+    uint64_t now = urio_loop_time(loop);
+    for (int k = 0; k < 300 && next < RND_N; k++, next = ++rnd_scheduled) {
+        struct rnd_timer *t = &rnd[next];
+        uint64_t r = rnd_next() % 100;
+        /* Mostly near (the wheel), some far (the heap), some already due. */
+        uint64_t delay = r < 70 ? rnd_next() % (200 * MS)
+                       : r < 90 ? 4300 * MS + rnd_next() % (700 * MS)
+                       : 0;
+        t->when = r < 90 ? now + delay : now - rnd_next() % MS;
+        t->h = urio_call_at(loop, t->when, rnd_fire, t);
+        assert_int_not_equal(t->h.id, 0);
+        rnd_live++;
+        /* Cancel an earlier one now and then (fired or not: both are fine). */
+        if (next > 0 && rnd_next() % 4 == 0) {
+            struct rnd_timer *v = &rnd[rnd_next() % (uint64_t)next];
+            if (!v->cancelled && urio_handle_cancel(loop, v->h)) {
+                assert_int_equal(v->fired, 0);
+                v->cancelled = true;
+                rnd_live--;
+            }
+        }
+    }
+    if (next < RND_N)
+        urio_call_later(loop, rnd_next() % (50 * MS), rnd_burst, loop);
+}
+
+static void test_timer_randomized_against_record(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_call_soon(loop, rnd_burst, loop);
+    urio_loop_run_forever(loop);
+    for (int i = 0; i < RND_N; i++) {
+        struct rnd_timer *t = &rnd[i];
+        if (t->cancelled) {
+            assert_int_equal(t->fired, 0);
+            continue;
+        }
+        assert_int_equal(t->fired, 1);
+        assert_true(t->fired_at >= t->when);                 /* never early */
+        assert_true(t->fired_at - t->when < 500 * MS);        /* generous: never stranded */
+    }
+    test_loop_close(loop);
+}
+
 static void test_timer_slack(void **state)
 {
     (void)state;
@@ -319,6 +403,7 @@ int main(void)
         URIO_TEST(test_timer_stale_handle_after_slot_reuse),
         URIO_TEST(test_timer_huge_delay),
         URIO_TEST(test_timer_slack),
+        URIO_TEST(test_timer_randomized_against_record),
         URIO_TEST(test_timer_far_heap_overdue_not_stranded),
         URIO_TEST(test_timer_fires_under_ready_load),
         URIO_TEST(test_timer_steady_state_allocates_nothing),
