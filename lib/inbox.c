@@ -15,7 +15,7 @@
  *   producer                          loop, before it waits in the kernel
  *   --------                          -----------------------------------
  *   exchange(back, node)   seq_cst    sleeping = 1                 seq_cst
- *   link prev -> node      release    if back != stub (or front does not
+ *   link prev -> node      release    if back != sentinel (or front does not
  *   if sleeping            seq_cst      show empty): sleeping = 0, no sleep
  *     and exchange(sleeping, 0) == 1  else wait (the eventfd read is armed)
  *       write(eventfd)                sleeping = 0
@@ -274,11 +274,11 @@ uint32_t urio__inbox_drain(urio_loop_t *loop)
     for (uint32_t budget = 65536; budget > 0; budget--) {
         urio__inbox_node_t *n = ib->held;
         /*
-         * `last` is the stub when the consumer's own re-push of the stub was
-         * the newest node: then everything before the stub is the snapshot,
-         * and reaching the stub again is the end of it.
+         * `last` is the sentinel when the consumer's own re-push of the sentinel was
+         * the newest node: then everything before the sentinel is the snapshot,
+         * and reaching the sentinel again is the end of it.
          */
-        if (n == NULL && last == &ib->q.stub && ib->q.front == &ib->q.stub)
+        if (n == NULL && last == &ib->q.sentinel && ib->q.front == &ib->q.sentinel)
             break;
         if (n == NULL) {
             urio__mpsc_node_t *link = urio__mpsc_pop(&ib->q, &busy);

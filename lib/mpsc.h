@@ -1,6 +1,7 @@
 /*
  * mpsc.h — an intrusive lock-free multi-producer single-consumer queue
- * (Dmitry Vyukov's design, written from its description).
+ * (Dmitry Vyukov's design, written from its description; the always-present
+ * dummy node he describes is the `sentinel` here).
  *
  * A push is one atomic exchange and one store; a pop is plain loads and
  * stores, plus one exchange when the queue drains to its last node.  Nodes
@@ -35,14 +36,14 @@ typedef struct urio__mpsc_node {
 typedef struct urio__mpsc {
     _Alignas(64) _Atomic(urio__mpsc_node_t *) back;   /* producers: the newest node */
     _Alignas(64) urio__mpsc_node_t *front;            /* consumer only: the oldest */
-    urio__mpsc_node_t stub;                           /* keeps the queue never-empty */
+    urio__mpsc_node_t sentinel;                           /* keeps the queue never-empty */
 } urio__mpsc_t;
 
 static inline void urio__mpsc_init(urio__mpsc_t *q)
 {
-    atomic_store_explicit(&q->stub.next, NULL, memory_order_relaxed);
-    atomic_store_explicit(&q->back, &q->stub, memory_order_relaxed);
-    q->front = &q->stub;
+    atomic_store_explicit(&q->sentinel.next, NULL, memory_order_relaxed);
+    atomic_store_explicit(&q->back, &q->sentinel, memory_order_relaxed);
+    q->front = &q->sentinel;
 }
 
 /* Any thread. */
@@ -59,7 +60,7 @@ static inline void urio__mpsc_push(urio__mpsc_t *q, urio__mpsc_node_t *n)
  */
 static inline bool urio__mpsc_nonempty(urio__mpsc_t *q, memory_order order)
 {
-    return atomic_load_explicit(&q->back, order) != &q->stub || q->front != &q->stub;
+    return atomic_load_explicit(&q->back, order) != &q->sentinel || q->front != &q->sentinel;
 }
 
 /* Consumer only.  NULL when empty, or (with *busy true) while a push is in progress. */
@@ -68,10 +69,10 @@ static inline urio__mpsc_node_t *urio__mpsc_pop(urio__mpsc_t *q, bool *busy)
     urio__mpsc_node_t *front = q->front;
     urio__mpsc_node_t *next = atomic_load_explicit(&front->next, memory_order_acquire);
     *busy = false;
-    if (front == &q->stub) {
+    if (front == &q->sentinel) {
         if (next == NULL) {
             /* Empty, unless a producer has exchanged but not linked yet. */
-            *busy = atomic_load_explicit(&q->back, memory_order_acquire) != &q->stub;
+            *busy = atomic_load_explicit(&q->back, memory_order_acquire) != &q->sentinel;
             return NULL;
         }
         q->front = next;
@@ -87,8 +88,8 @@ static inline urio__mpsc_node_t *urio__mpsc_pop(urio__mpsc_t *q, bool *busy)
         *busy = true;       /* a producer is between its exchange and its link */
         return NULL;
     }
-    /* Put the stub behind it, so front can be handed out. */
-    urio__mpsc_push(q, &q->stub);
+    /* Put the sentinel behind it, so front can be handed out. */
+    urio__mpsc_push(q, &q->sentinel);
     next = atomic_load_explicit(&front->next, memory_order_acquire);
     if (next != NULL) {
         q->front = next;

@@ -14,8 +14,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#define SW_CHECK(cond) assert_true(cond)
-#define SW_CHECK_EQ(a, b) assert_int_equal((a), (b))
+#define sw_assert_true(cond) assert_true(cond)
+#define sw_assert_eq(a, b) assert_int_equal((a), (b))
 #include "arch/switch_cases.h"
 
 static void test_switch_ping_pong(void **state)

@@ -26,8 +26,8 @@ static void entry(unsigned hi, unsigned lo)
 
 void urio__ctx_make(urio__ctx_t *ctx, void *base, size_t size, void (*fn)(void *), void *arg)
 {
-    /* getcontext fails only where it is not implemented at all (ENOSYS
-     * stubs); nothing can run then. */
+    /* getcontext fails only where the C library does not implement it at all
+     * (it returns ENOSYS); nothing can run then. */
     if (getcontext(&ctx->uc) != 0)
         abort();
     uintptr_t lo = ((uintptr_t)base + 15) & ~(uintptr_t)15;

@@ -3,7 +3,7 @@
  * by tests/test_switch.c (cmocka, native) and tests/arch/switch_selftest.c
  * (a plain program, also cross-built for AArch64 and run under qemu).
  *
- * The includer defines SW_CHECK(cond) and SW_CHECK_EQ(a, b) (integers),
+ * The includer defines sw_assert_true(cond) and sw_assert_eq(a, b) (integers),
  * each failing the test when false.  Checks run on the main stack only:
  * contexts record what they saw and the main context judges it, so a
  * failure never unwinds (or longjmps) out of a coroutine stack.
@@ -107,7 +107,7 @@ static inline void sw_case_ping_pong(void)
     sw_ping_t *p = calloc(1, sizeof *p);
     sw_ping_arg_t args[SW_PING_N];
     sw_stack_t stacks[SW_PING_N];
-    SW_CHECK(p != NULL);
+    sw_assert_true(p != NULL);
     for (int i = 0; i < SW_PING_N; i++) {
         stacks[i] = sw_stack_new(64 * 1024);
         args[i] = (sw_ping_arg_t){ p, i };
@@ -116,18 +116,18 @@ static inline void sw_case_ping_pong(void)
     for (int step = 0; step < SW_PING_ROUNDS; step++) {
         for (int i = 0; i < SW_PING_N; i++) {
             urio__ctx_switch(&p->main_ctx, &p->ctx[i]);
-            SW_CHECK_EQ(p->n, step * SW_PING_N + i + 1);
-            SW_CHECK_EQ(p->trace[p->n - 1], i * 1000 + step);
+            sw_assert_eq(p->n, step * SW_PING_N + i + 1);
+            sw_assert_eq(p->trace[p->n - 1], i * 1000 + step);
         }
     }
     p->n = 0;
     for (int step = 0; step < SW_PING_ROUNDS / SW_PING_N; step++) {
         urio__ctx_switch(&p->main_ctx, &p->ctx[0]);
-        SW_CHECK_EQ(p->n, (step + 1) * SW_PING_N);
+        sw_assert_eq(p->n, (step + 1) * SW_PING_N);
         for (int i = 0; i < SW_PING_N; i++)
-            SW_CHECK_EQ(p->trace[step * SW_PING_N + i], i * 1000 + step);
+            sw_assert_eq(p->trace[step * SW_PING_N + i], i * 1000 + step);
     }
-    SW_CHECK_EQ(p->bad_arg, 0);
+    sw_assert_eq(p->bad_arg, 0);
     for (int i = 0; i < SW_PING_N; i++)
         sw_stack_free(&stacks[i]);
     free(p);
@@ -162,12 +162,12 @@ static inline void sw_case_callee_saved(void)
     urio__ctx_make(&k.ctx, st.base, st.size, sw_keep_fn, &k);
     /* main -> ctx (which pins its values and switches back) -> main. */
     uint64_t main_mask = sw_switch_keep(&k.main_ctx, &k.ctx, SW_SEED_MAIN);
-    SW_CHECK_EQ(main_mask, 0);
-    SW_CHECK_EQ(k.ctx_done, 0);
+    sw_assert_eq(main_mask, 0);
+    sw_assert_eq(k.ctx_done, 0);
     /* main -> ctx, whose sw_switch_keep now returns its own verdict. */
     urio__ctx_switch(&k.main_ctx, &k.ctx);
-    SW_CHECK_EQ(k.ctx_done, 1);
-    SW_CHECK_EQ(k.ctx_mask, 0);
+    sw_assert_eq(k.ctx_done, 1);
+    sw_assert_eq(k.ctx_mask, 0);
     sw_stack_free(&st);
 }
 
@@ -251,39 +251,39 @@ static inline void sw_case_fp_control(void)
     sw_fp_look(&nearest);
     fesetround(FE_UPWARD);
     sw_fp_look(&up);
-    SW_CHECK(up.third > nearest.third);       /* the mode really changes results */
+    sw_assert_true(up.third > nearest.third);       /* the mode really changes results */
     urio__ctx_make(&f.ctx, st.base, st.size, sw_fp_fn, &f);
     fesetround(FE_TONEAREST);
 
     /* The context starts with its creator's state at make time: upward. */
     urio__ctx_switch(&f.main_ctx, &f.ctx);
-    SW_CHECK_EQ(f.at_start.round, FE_UPWARD);
-    SW_CHECK(f.at_start.third == up.third);
+    sw_assert_eq(f.at_start.round, FE_UPWARD);
+    sw_assert_true(f.at_start.third == up.third);
 #if defined(__x86_64__)
-    SW_CHECK_EQ(f.at_start.mxcsr, up.mxcsr);
-    SW_CHECK_EQ(f.at_start.x87cw, up.x87cw);
+    sw_assert_eq(f.at_start.mxcsr, up.mxcsr);
+    sw_assert_eq(f.at_start.x87cw, up.x87cw);
 #endif
 
     /* It set downward (and the x87 precision); main is still nearest. */
     sw_fp_seen_t back;
     sw_fp_look(&back);
-    SW_CHECK_EQ(back.round, FE_TONEAREST);
-    SW_CHECK(back.third == nearest.third);
+    sw_assert_eq(back.round, FE_TONEAREST);
+    sw_assert_true(back.third == nearest.third);
 #if defined(__x86_64__)
-    SW_CHECK_EQ(back.mxcsr, nearest.mxcsr);
-    SW_CHECK_EQ(back.x87cw, nearest.x87cw);
+    sw_assert_eq(back.mxcsr, nearest.mxcsr);
+    sw_assert_eq(back.x87cw, nearest.x87cw);
 #endif
 
     /* And the context still has its own when resumed. */
     urio__ctx_switch(&f.main_ctx, &f.ctx);
-    SW_CHECK_EQ(f.after.round, FE_DOWNWARD);
-    SW_CHECK(f.after.third < up.third);
+    sw_assert_eq(f.after.round, FE_DOWNWARD);
+    sw_assert_true(f.after.third < up.third);
 #if defined(__x86_64__)
-    SW_CHECK_EQ(f.after.mxcsr & 0x6000u, 0x2000u);   /* RC = round down */
-    SW_CHECK_EQ(f.after.x87cw & 0xf00u, 0x600u);     /* RC down, PC 53 bits */
+    sw_assert_eq(f.after.mxcsr & 0x6000u, 0x2000u);   /* RC = round down */
+    sw_assert_eq(f.after.x87cw & 0xf00u, 0x600u);     /* RC down, PC 53 bits */
 #endif
     sw_fp_look(&back);
-    SW_CHECK_EQ(back.round, FE_TONEAREST);
+    sw_assert_eq(back.round, FE_TONEAREST);
 
     fesetround(saved);
     sw_stack_free(&st);
@@ -335,17 +335,17 @@ static inline void sw_case_entry_alignment(void)
         urio__ctx_switch(&p.main_ctx, &p.ctx);
 
 #if defined(__x86_64__)
-        SW_CHECK_EQ(p.entry_sp % 16, 8);       /* as after a call */
+        sw_assert_eq(p.entry_sp % 16, 8);       /* as after a call */
 #else
-        SW_CHECK_EQ(p.entry_sp % 16, 0);
+        sw_assert_eq(p.entry_sp % 16, 0);
 #endif
-        SW_CHECK(p.entry_sp > (uintptr_t)base);
-        SW_CHECK(p.entry_sp <= (uintptr_t)(base + size));
-        SW_CHECK(strcmp(p.text, "5.000|ok") == 0);
-        SW_CHECK(p.unwind_end);
-        SW_CHECK(p.frames >= 2 && p.frames <= 8);
+        sw_assert_true(p.entry_sp > (uintptr_t)base);
+        sw_assert_true(p.entry_sp <= (uintptr_t)(base + size));
+        sw_assert_true(strcmp(p.text, "5.000|ok") == 0);
+        sw_assert_true(p.unwind_end);
+        sw_assert_true(p.frames >= 2 && p.frames <= 8);
         for (size_t i = 0; i < 256; i++)
-            SW_CHECK_EQ((unsigned char)base[size + i], 0xa5);
+            sw_assert_eq((unsigned char)base[size + i], 0xa5);
         sw_stack_free(&st);
     }
 }
@@ -388,7 +388,7 @@ static inline void sw_case_many(void)
     sw_many_arg_t *args = calloc(SW_MANY_N, sizeof *args);
     uint64_t *expect = calloc(SW_MANY_N, sizeof *expect);
     sw_stack_t *stacks = calloc(SW_MANY_N, sizeof *stacks);
-    SW_CHECK(m.ctx && m.seen && args && expect && stacks);
+    sw_assert_true(m.ctx && m.seen && args && expect && stacks);
     for (unsigned i = 0; i < SW_MANY_N; i++) {
         stacks[i] = sw_stack_new(16 * 1024);
         args[i] = (sw_many_arg_t){ &m, i };
@@ -403,7 +403,7 @@ static inline void sw_case_many(void)
             wrong += m.seen[i] != (expect[i] ^ round);
         }
     }
-    SW_CHECK_EQ(wrong, 0);
+    sw_assert_eq(wrong, 0);
     for (unsigned i = 0; i < SW_MANY_N; i++)
         sw_stack_free(&stacks[i]);
     free(stacks);
@@ -429,7 +429,7 @@ static inline void sw_case_return_aborts(void)
 {
     fflush(NULL);
     pid_t pid = fork();
-    SW_CHECK(pid >= 0);
+    sw_assert_true(pid >= 0);
     if (pid == 0) {
         struct rlimit no_core = { 0, 0 };
         setrlimit(RLIMIT_CORE, &no_core);
@@ -440,9 +440,9 @@ static inline void sw_case_return_aborts(void)
         _exit(0);                       /* unreachable: came back by magic */
     }
     int status = 0;
-    SW_CHECK_EQ(waitpid(pid, &status, 0), pid);
-    SW_CHECK(WIFSIGNALED(status));
-    SW_CHECK_EQ(WTERMSIG(status), SIGABRT);
+    sw_assert_eq(waitpid(pid, &status, 0), pid);
+    sw_assert_true(WIFSIGNALED(status));
+    sw_assert_eq(WTERMSIG(status), SIGABRT);
 }
 
 #endif

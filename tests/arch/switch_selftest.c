@@ -7,14 +7,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#define SW_CHECK(cond)                                                            \
+#define sw_assert_true(cond)                                                            \
     do {                                                                          \
         if (!(cond)) {                                                            \
             fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
             exit(1);                                                              \
         }                                                                         \
     } while (0)
-#define SW_CHECK_EQ(a, b)                                                         \
+#define sw_assert_eq(a, b)                                                         \
     do {                                                                          \
         long long a_ = (long long)(a), b_ = (long long)(b);                       \
         if (a_ != b_) {                                                           \
