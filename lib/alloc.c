@@ -6,7 +6,7 @@
  * glibc's), counts blocks for urio_mem_stats(), and lets tests fail
  * allocations on purpose to prove every ENOMEM path.
  */
-#include "internal.h"
+#include "common.h"
 
 #include <stdio.h>
 #include <stdlib.h>

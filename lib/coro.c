@@ -17,12 +17,12 @@ static struct urio_coro *g_coros;
 
 static struct urio_coro **list_of(urio_coro_t *c)
 {
-    return c->loop ? &c->loop->coros : &g_coros;
+    return c->tasks ? &c->tasks->coros : &g_coros;
 }
 
 static void coro_link(urio_coro_t *c)
 {
-    if (c->loop == NULL)
+    if (c->tasks == NULL)
         pthread_mutex_lock(&g_coros_mu);
     struct urio_coro **head = list_of(c);
     c->prev = NULL;
@@ -31,7 +31,7 @@ static void coro_link(urio_coro_t *c)
         (*head)->prev = c;
     *head = c;
     c->listed = true;
-    if (c->loop == NULL)
+    if (c->tasks == NULL)
         pthread_mutex_unlock(&g_coros_mu);
 }
 
@@ -40,7 +40,7 @@ static void coro_unlink(urio_coro_t *c)
     if (!c->listed)
         return;             /* handed over already */
     c->listed = false;
-    if (c->loop == NULL)
+    if (c->tasks == NULL)
         pthread_mutex_lock(&g_coros_mu);
     if (c->prev)
         c->prev->next = c->next;
@@ -49,16 +49,8 @@ static void coro_unlink(urio_coro_t *c)
     if (c->next)
         c->next->prev = c->prev;
     c->next = c->prev = NULL;
-    if (c->loop == NULL)
+    if (c->tasks == NULL)
         pthread_mutex_unlock(&g_coros_mu);
-}
-
-static bool debug_for_new_coro(urio_loop_t *loop)
-{
-    if (loop != NULL)
-        return loop->debug;
-    const char *v = getenv("URIO_DEBUG");
-    return (v != NULL && *v != '\0' && strcmp(v, "0") != 0) || URIO_DEBUG_BUILD;
 }
 
 URIO_EXPORT urio_coro_t *urio_coro_new(urio_coro_fn fn, void *arg, const urio_site_t *site)
@@ -75,15 +67,22 @@ URIO_EXPORT urio_coro_t *urio_coro_new(urio_coro_fn fn, void *arg, const urio_si
     c->fn = fn;
     c->arg = arg;
     c->site = site;
-    c->loop = urio_loop_current();
+    urio_loop_t *loop = urio_loop_current();
+    if (loop != NULL) {
+        /* Made in a running loop: it belongs to that loop, checked at its close. */
+        c->tasks = urio__tasks_get(loop);
+        if (c->tasks == NULL) {
+            urio__free(c);
+            errno = ENOMEM;
+            return NULL;
+        }
+    }
 #if URIO_DEBUG_CHECKS
-    if (debug_for_new_coro(c->loop)) {
+    if (loop != NULL ? loop->debug : urio__debug_default()) {
         c->stack = urio__malloc(sizeof *c->stack);
         if (c->stack)
-            urio__stack_capture(c->stack, 1);
+            urio__backtrace_capture(c->stack, 1);
     }
-#else
-    (void)debug_for_new_coro;
 #endif
     coro_link(c);
     return c;
@@ -117,7 +116,7 @@ const char *urio__coro_name(const urio_coro_t *c)
 /* "file.c:42: RuntimeWarning: coroutine 'fn' was never awaited" (+ the stack). */
 static void report_never_awaited(urio_coro_t *c)
 {
-    char *tb = c->stack ? urio__stack_format(c->stack, "Coroutine created at (most recent call last)")
+    char *tb = c->stack ? urio__backtrace_format(c->stack, "Coroutine created at (most recent call last)")
                         : NULL;
     urio__log(URIO_LOG_WARNING, "%s:%d: RuntimeWarning: coroutine '%s' was never awaited%s%s",
               c->site ? c->site->file : "?", c->site ? c->site->line : 0, urio__coro_name(c),
@@ -139,11 +138,11 @@ __attribute__((destructor)) static void check_coros_at_exit(void)
     }
 }
 
-void urio__coros_close(urio_loop_t *loop)
+void urio__coros_close(urio__tasks_t *ts)
 {
     /* Coroutines made in this loop and never started. */
-    while (loop->coros) {
-        urio_coro_t *c = loop->coros;
+    while (ts->coros) {
+        urio_coro_t *c = ts->coros;
         coro_unlink(c);
         report_never_awaited(c);
         urio__coro_free(c);

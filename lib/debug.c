@@ -6,10 +6,11 @@
  * function, file and line where the build has it and the binary has debug
  * information; dladdr gives at least the exported symbol names.
  */
-#include "internal.h"
+#include "common.h"
 
 #include <dlfcn.h>
 #include <execinfo.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -18,9 +19,24 @@
 #include <elfutils/libdwfl.h>
 #endif
 
-__attribute__((noinline)) void urio__stack_capture(urio__stack_t *st, int skip)
+bool urio__debug_default(void)
 {
-    void *frames[URIO__STACK_DEPTH + 16];
+    const char *v = getenv("URIO_DEBUG");
+    return (v != NULL && *v != '\0' && strcmp(v, "0") != 0) || URIO_DEBUG_BUILD;
+}
+
+#if URIO_DEBUG_CHECKS
+void urio__assert_failed(const char *cond, const char *file, int line, const char *fn)
+{
+    urio__log(URIO_LOG_CRITICAL, "%s:%d: %s(): internal invariant broken: %s; aborting",
+              file, line, fn, cond);
+    abort();
+}
+#endif
+
+__attribute__((noinline)) void urio__backtrace_capture(urio__backtrace_t *st, int skip)
+{
+    void *frames[URIO__BACKTRACE_DEPTH + 16];
     int n = backtrace(frames, (int)(sizeof frames / sizeof frames[0]));
     /*
      * Find our caller's frame by its return address rather than counting:
@@ -36,7 +52,7 @@ __attribute__((noinline)) void urio__stack_capture(urio__stack_t *st, int skip)
     }
     first += skip;
     st->n = 0;
-    for (int i = first; i < n && st->n < URIO__STACK_DEPTH; i++)
+    for (int i = first; i < n && st->n < URIO__BACKTRACE_DEPTH; i++)
         st->frames[st->n++] = frames[i];
 }
 
@@ -116,7 +132,7 @@ static bool runtime_frame(const char *fn)
     return false;
 }
 
-char *urio__stack_format(const urio__stack_t *st, const char *header)
+char *urio__backtrace_format(const urio__backtrace_t *st, const char *header)
 {
     symbolizer_t sym;
     sym_open(&sym);

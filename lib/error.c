@@ -1,7 +1,7 @@
 /*
  * error.c — names and texts of error codes.
  */
-#include "internal.h"
+#include "common.h"
 
 #include <stdio.h>
 #include <string.h>

@@ -16,7 +16,7 @@
  * thread's business.  Each future holds a reference on its loop's memory,
  * so a future outliving urio_loop_close() can still be read and released.
  */
-#include "internal.h"
+#include "future.h"
 
 #include <limits.h>
 #include <linux/futex.h>
@@ -48,7 +48,7 @@ struct urio_future {
     struct done_cb inl[2];
     urio__cancel_hook_fn cancel_hook;   /* loop thread: told synchronously of a cancel */
     void *cancel_hook_arg;
-    urio__stack_t *stack;       /* creation stack, debug mode only */
+    urio__backtrace_t *stack;   /* creation stack, debug mode only */
     const urio__future_ops_t *ops;      /* a future of another kind (a task), or NULL */
     _Alignas(16) unsigned char ext[];   /* the kind's own state */
 };
@@ -63,13 +63,11 @@ static bool check(const urio_future_t *f, const char *fn)
     return f != NULL && urio__loop_check_thread(f->loop, fn);
 }
 
-static urio_future_t *future_alloc(urio_loop_t *loop, size_t ext, const urio__future_ops_t *ops)
+urio_future_t *urio__future_new_kind(urio_loop_t *loop, size_t ext, const urio__future_ops_t *ops)
 {
     urio_future_t *f = urio__malloc(sizeof *f + ext);
-    if (f == NULL) {
-        errno = ENOMEM;
+    if (f == NULL)
         return NULL;
-    }
     memset(f, 0, sizeof *f + ext);
     f->loop = loop;
     atomic_init(&f->refs, 1);
@@ -81,33 +79,32 @@ static urio_future_t *future_alloc(urio_loop_t *loop, size_t ext, const urio__fu
 }
 
 /*
- * The creation stack, in debug mode: frames above the caller of the public
- * function (urio__stack_capture finds its caller by return address, so this
- * must be called from that public function itself).
+ * The creation stack, in debug mode: frames above the public function that
+ * called this one, and `skip` more (urio__backtrace_capture finds its caller
+ * by return address, so this must not be inlined).
  */
-#define CAPTURE_CREATION_STACK(f, skip)                                            \
-    do {                                                                           \
-        if (URIO_DEBUG_CHECKS && (f)->loop->debug) {                               \
-            (f)->stack = urio__malloc(sizeof *(f)->stack);                         \
-            if ((f)->stack) /* none is a poorer report, not a failure */          \
-                urio__stack_capture((f)->stack, (skip));                           \
-        }                                                                          \
-    } while (0)
-
-urio_future_t *urio__future_new_ext(urio_loop_t *loop, size_t ext, const urio__future_ops_t *ops)
+__attribute__((noinline)) void urio__future_capture_stack(urio_future_t *f, int skip)
 {
-    return future_alloc(loop, ext, ops);
+#if URIO_DEBUG_CHECKS
+    if (!f->loop->debug || f->stack != NULL)
+        return;
+    f->stack = urio__malloc(sizeof *f->stack);
+    if (f->stack)   /* none is a poorer report, not a failure */
+        urio__backtrace_capture(f->stack, skip + 1);
+    URIO_NO_TAILCALL();
+#else
+    (void)f;
+    (void)skip;
+#endif
 }
 
-void urio__future_capture_stack(urio_future_t *f, urio__stack_t *st)
+void urio__future_copy_stack(urio_future_t *f, const urio__backtrace_t *bt)
 {
-    f->stack = st;
-}
-
-urio_future_t *urio__future_new_foreign(urio_loop_t *loop, size_t ext, const urio__future_ops_t *ops)
-{
-    /* Any thread: touches only its own memory and the loop's atomic refcount. */
-    return future_alloc(loop, ext, ops);
+    if (f->stack != NULL)
+        return;
+    f->stack = urio__malloc(sizeof *f->stack);
+    if (f->stack)
+        *f->stack = *bt;
 }
 
 void *urio__future_ext(urio_future_t *f)
@@ -120,29 +117,28 @@ const urio__future_ops_t *urio__future_ops(const urio_future_t *f)
     return f->ops;
 }
 
-const urio__stack_t *urio__future_stack(const urio_future_t *f)
+const urio__backtrace_t *urio__future_stack(const urio_future_t *f)
 {
     return f->stack;
 }
 
-URIO_EXPORT urio_future_t *urio_future_new(urio_loop_t *loop)
+URIO_EXPORT int urio_future_new(urio_future_t **out, urio_loop_t *loop)
 {
-    if (loop == NULL) {
-        errno = EINVAL;
-        return NULL;
-    }
-    if (!urio__loop_check_thread(loop, "urio_future_new")) {
-        errno = EPERM;
-        return NULL;
-    }
-    if (loop->closing) {
-        errno = ESHUTDOWN;
-        return NULL;
-    }
-    urio_future_t *f = future_alloc(loop, 0, NULL);
-    if (f != NULL)
-        CAPTURE_CREATION_STACK(f, 1);
-    return f;
+    if (out == NULL)
+        return -EINVAL;
+    *out = NULL;
+    if (loop == NULL)
+        return -EINVAL;
+    if (!urio__loop_check_thread(loop, "urio_future_new"))
+        return -EPERM;
+    if (loop->closing)
+        return -ESHUTDOWN;
+    urio_future_t *f = urio__future_new_kind(loop, 0, NULL);
+    if (f == NULL)
+        return -ENOMEM;
+    urio__future_capture_stack(f, 1);
+    *out = f;
+    return 0;
 }
 
 URIO_EXPORT urio_future_t *urio_future_ref(urio_future_t *f)
@@ -158,7 +154,7 @@ static void report_unretrieved(urio_future_t *f)
     char header[64], message[64];
     snprintf(header, sizeof header, "%s created at (most recent call last):", kind);
     snprintf(message, sizeof message, "%s exception was never retrieved", kind);
-    char *tb = f->stack ? urio__stack_format(f->stack, header) : NULL;
+    char *tb = f->stack ? urio__backtrace_format(f->stack, header) : NULL;
     urio_error_context_t ctx = {
         .message = message,
         .error = f->err,
@@ -187,7 +183,7 @@ URIO_EXPORT void urio_future_unref(urio_future_t *f)
     if (f->ops && f->ops->finalize)
         f->ops->finalize(f);
     if (f->reserved)
-        urio__ready_unreserve(loop);
+        urio__ready_unreserve(&loop->ready);
     if (f->cbs != f->inl)
         urio__free(f->cbs);
     urio__free(f->errmsg);
@@ -220,10 +216,8 @@ static void run_callbacks(void *arg)
     urio_future_unref(f);
 }
 
-const urio_site_t urio__future_runner_site = { "<future done callbacks>", __FILE__, __LINE__ };
-
 /* The loop closed with f's runner still queued: drop the runner's reference. */
-void urio__future_runner_dropped(void *arg)
+static void runner_dropped(void *arg)
 {
     urio_future_t *f = arg;
     f->runner_scheduled = false;
@@ -239,6 +233,11 @@ void urio__future_runner_dropped(void *arg)
  * for want of memory), or reserves now for a future already done.
  * Returns: 0, -ENOMEM, or -ESHUTDOWN (the loop is closing).
  */
+static const urio__ready_kind_t runner_kind = {
+    { "<future done callbacks>", __FILE__, __LINE__ },
+    runner_dropped,
+};
+
 static int schedule_runner(urio_future_t *f)
 {
     if (f->runner_scheduled || f->ncbs == 0)
@@ -247,19 +246,19 @@ static int schedule_runner(urio_future_t *f)
     if (!f->reserved) {
         if (loop->closing)
             return -ESHUTDOWN;
-        if (urio__ready_reserve(loop) < 0)
+        if (urio__ready_reserve(&loop->ready) < 0)
             return -ENOMEM;
     }
     f->reserved = false;
     if (loop->closing) {
-        urio__ready_unreserve(loop);
+        urio__ready_unreserve(&loop->ready);
         if (loop->debug)
             urio__log(URIO_LOG_DEBUG, "future: %u done callbacks dropped: the loop is closing",
                       f->ncbs);
         return -ESHUTDOWN;
     }
     atomic_fetch_add_explicit(&f->refs, 1, memory_order_relaxed);
-    urio__ready_push_reserved(loop, run_callbacks, f, &urio__future_runner_site);
+    urio__ready_push_reserved(&loop->ready, run_callbacks, f, &runner_kind);
     f->runner_scheduled = true;
     return 0;
 }
@@ -327,7 +326,6 @@ URIO_EXPORT int urio_future_set_error(urio_future_t *f, int err, const char *fmt
     return ret;
 }
 
-/* A cancel requested from another thread, run on the loop. */
 /* The cancel itself, on the loop thread: a kind may do it its own way (a task). */
 static bool cancel_here(urio_future_t *f)
 {
@@ -361,10 +359,7 @@ URIO_EXPORT bool urio_future_cancel(urio_future_t *f)
      * it is not running, its home thread.  Any other goes through the inbox,
      * also while the loop is between runs (its state is not ours to touch).
      */
-    const void *me = urio__thread_token();
-    const void *owner = atomic_load_explicit(&f->loop->owner, memory_order_acquire);
-    bool mine = owner != NULL ? owner == me : atomic_load(&f->loop->home) == me;
-    if (!mine) {
+    if (!urio__loop_is_mine(f->loop)) {
         /* Another thread: the loop cancels it, through its inbox. */
         if (state_of(f) != F_PENDING)
             return false;
@@ -480,7 +475,7 @@ URIO_EXPORT int urio_future_add_done_callback(urio_future_t *f, urio_future_done
     }
     if (state_of(f) == F_PENDING && !f->reserved) {
         /* Room for the runner now, so completing f later cannot fail. */
-        if (urio__ready_reserve(f->loop) < 0)
+        if (urio__ready_reserve(&f->loop->ready) < 0)
             return -ENOMEM;
         f->reserved = true;
     }
@@ -508,7 +503,7 @@ URIO_EXPORT int urio_future_remove_done_callback(urio_future_t *f, urio_future_d
     int removed = (int)(f->ncbs - kept);
     f->ncbs = kept;
     if (kept == 0 && f->reserved) {
-        urio__ready_unreserve(f->loop);
+        urio__ready_unreserve(&f->loop->ready);
         f->reserved = false;
     }
     return removed;
@@ -545,4 +540,32 @@ const char *urio__future_state_name(const urio_future_t *f)
     case F_ERROR: return "finished";
     default: return "cancelled";
     }
+}
+
+/* ------------------------------------------------------------------ */
+/* Running the loop until a future is done                              */
+
+static void stop_on_done(urio_future_t *f, void *arg)
+{
+    (void)f;
+    urio_loop_stop(arg);
+}
+
+URIO_EXPORT int urio_loop_run_until_complete(urio_loop_t *loop, urio_future_t *f)
+{
+    if (loop == NULL || f == NULL || f->loop != loop)
+        return -EINVAL;
+    if (!urio_future_done(f)) {
+        int ret = urio_future_add_done_callback(f, stop_on_done, loop);
+        if (ret < 0)
+            return ret;
+        ret = urio_loop_run_forever(loop);
+        if (!urio_future_done(f)) {
+            urio_future_remove_done_callback(f, stop_on_done, loop);
+            return ret < 0 ? ret : URIO_ESTOPPED;
+        }
+        if (ret < 0)
+            return ret;
+    }
+    return urio_future_result(f, NULL);
 }

@@ -59,9 +59,10 @@ URIO_EXPORT int urio_gather(urio_future_t *const *fs, size_t n, void **results, 
         if (fs[i] == t->self)
             return -EDEADLK;
     }
-    gather_t g = { .any = urio_future_new(t->loop), .left = n, .fs = fs, .n = n };
-    if (g.any == NULL)
-        return -errno;
+    gather_t g = { .left = n, .fs = fs, .n = n };
+    int err = urio_future_new(&g.any, t->loop);
+    if (err < 0)
+        return err;
     size_t registered = 0;
     int ret = 0;
     for (; registered < n; registered++) {
@@ -211,9 +212,11 @@ URIO_EXPORT int urio_task_group_wait(urio_task_group_t *g)
     g->waiting = true;
     int ret = 0;
     while (g->running > 0) {
-        g->changed = urio_future_new(g->loop);
-        if (g->changed == NULL)
-            return -errno;
+        ret = urio_future_new(&g->changed, g->loop);
+        if (ret < 0) {
+            g->waiting = false;     /* the next wait may try again */
+            return ret;
+        }
         ret = urio_await(g->changed, NULL);
         urio_future_unref(g->changed);
         g->changed = NULL;

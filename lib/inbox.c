@@ -32,7 +32,7 @@
  * that no producer can push, every accepted call is linked, and close runs
  * them all: every accepted call runs exactly once.
  */
-#include "internal.h"
+#include "loop.h"
 
 #include <sched.h>
 #include <string.h>
@@ -129,8 +129,8 @@ static void efd_arm(urio_loop_t *loop);
 static void efd_complete(urio__op_t *op, int res, uint32_t flags)
 {
     (void)flags;
-    urio__inbox_t *ib = (urio__inbox_t *)((char *)op - offsetof(urio__inbox_t, efd_op));
-    urio_loop_t *loop = (urio_loop_t *)((char *)ib - offsetof(urio_loop_t, inbox));
+    urio__inbox_t *ib = urio__container_of(op, urio__inbox_t, efd_op);
+    urio_loop_t *loop = urio__container_of(ib, urio_loop_t, inbox);
     if (res == -ECANCELED || loop->closing)
         return;
     if (res < 0 && res != -EAGAIN && res != -EINTR)
@@ -287,7 +287,7 @@ uint32_t urio__inbox_drain(urio_loop_t *loop)
             n = (urio__inbox_node_t *)(void *)link;
         }
         /* Copy it into the ready FIFO; if that cannot grow, hold it for the next turn. */
-        if (urio__ready_push(loop, n->fn, n->arg, NULL, 0, 0) == 0) {
+        if (urio__ready_push(&loop->ready, n->fn, n->arg, NULL, 0, 0) == 0) {
             ib->held = n;
             break;
         }
@@ -304,9 +304,57 @@ uint32_t urio__inbox_drain(urio_loop_t *loop)
      * A producer stopped between its two steps and nothing else to do: let it
      * run (it may share this CPU) rather than spin through empty turns.
      */
-    if (busy && moved == 0 && urio__ready_count(loop) == 0)
+    if (busy && moved == 0 && urio__ready_count(&loop->ready) == 0)
         sched_yield();
     return moved;
+}
+
+uint32_t urio__inbox_run_accepted(urio_loop_t *loop)
+{
+    urio__inbox_t *ib = &loop->inbox;
+    struct batch b = { NULL, NULL };
+    uint32_t ran = 0;
+    /* What was accepted before now: everything up to the newest node pushed. */
+    urio__mpsc_node_t *last = atomic_load_explicit(&ib->q.back, memory_order_acquire);
+    for (;;) {
+        urio__inbox_node_t *n = ib->held;
+        ib->held = NULL;
+        if (n == NULL && last == &ib->q.sentinel && ib->q.front == &ib->q.sentinel)
+            break;      /* the snapshot ended at the sentinel (see urio__inbox_drain) */
+        if (n == NULL) {
+            bool busy;
+            urio__mpsc_node_t *link = urio__mpsc_pop(&ib->q, &busy);
+            if (link == NULL) {
+                if (!busy)
+                    break;
+                sched_yield();  /* a producer of the snapshot is between its two steps */
+                continue;
+            }
+            n = (urio__inbox_node_t *)(void *)link;
+        }
+        bool was_last = &n->link == last;
+        urio_callback_fn fn = n->fn;
+        void *arg = n->arg;     /* read first: a foreign node may be freed by the call */
+        batch_add(&b, n);       /* a pool node goes back; its fields were read */
+        fn(arg);
+        ran++;
+        if (was_last)
+            break;
+    }
+    if (b.first)
+        free_push(ib, b.first, b.last);
+    return ran;
+}
+
+bool urio__inbox_sleep_begin(urio_loop_t *loop)
+{
+    urio__inbox_t *ib = &loop->inbox;
+    atomic_store(&ib->sleeping, 1);
+    if (ib->held != NULL || urio__mpsc_nonempty(&ib->q, memory_order_seq_cst)) {
+        atomic_store(&ib->sleeping, 0);
+        return false;       /* a producer got in first: no sleep */
+    }
+    return true;
 }
 
 uint32_t urio__inbox_close(urio_loop_t *loop)

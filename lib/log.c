@@ -6,7 +6,7 @@
  * without deadlocking.  The default handler formats the whole line first and
  * writes it with one write(2), so lines from several threads never mix.
  */
-#include "internal.h"
+#include "common.h"
 
 #include <stdio.h>
 #include <stdlib.h>

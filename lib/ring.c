@@ -7,14 +7,12 @@
  * a CQ overflow) and dispatches them to their ops.  Nothing here runs user
  * code: an op's completion is urio's own and at most schedules a callback.
  */
-#include "internal.h"
+#include "ring.h"
 
 #include <stdio.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
-
-_Thread_local char urio__tls_token __attribute__((tls_model("initial-exec")));
 
 /*
  * ThreadSanitizer does not see liburing's raw mmap of the rings, so a ring
@@ -22,13 +20,6 @@ _Thread_local char urio__tls_token __attribute__((tls_model("initial-exec")));
  * without synchronisation.  The kernel orders the old munmap before the new
  * mmap; tell TSan with a release at exit and an acquire at setup.
  */
-#if defined(__SANITIZE_THREAD__)
-#define URIO_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define URIO_TSAN 1
-#endif
-#endif
 #ifdef URIO_TSAN
 void __tsan_acquire(void *addr);
 void __tsan_release(void *addr);
@@ -150,7 +141,7 @@ int urio__ring_init(urio__ring_t *r, unsigned entries)
     return 0;
 }
 
-void urio__ring_unmap(urio__ring_t *r)
+static void ring_unmap(urio__ring_t *r)
 {
     TSAN_RING_RELEASE();
     io_uring_queue_exit(&r->uring);
@@ -158,7 +149,8 @@ void urio__ring_unmap(urio__ring_t *r)
 
 void urio__ring_exit(urio__ring_t *r)
 {
-    urio__ring_unmap(r);
+    URIO_ASSERT(r->ops == NULL || r->inflight == 0);
+    ring_unmap(r);
     urio__free(r->ops);
     r->ops = NULL;
 }
@@ -271,6 +263,7 @@ struct io_uring_sqe *urio__ring_sqe(urio__ring_t *r, int *err)
 
 struct io_uring_sqe *urio__op_sqe(urio__ring_t *r, urio__op_t *op, int *err)
 {
+    URIO_ASSERT(op->complete != NULL);
     if (op->state != URIO__OP_IDLE) {
         *err = -EBUSY;
         return NULL;
@@ -377,9 +370,11 @@ static void dispatch(urio__ring_t *r, uint64_t ud, int res, uint32_t flags)
         /* Can't happen unless an op was reused before its final CQE: say so loudly. */
         urio__log(URIO_LOG_CRITICAL, "io_uring: completion for a stale op (slot %u, "
                   "generation %u, res %d): an op was released before its final CQE", s, gen, res);
+        URIO_ASSERT(!"a CQE for a released op");
         return;
     }
     urio__op_t *op = r->ops[s].op;
+    URIO_ASSERT(op->slot == s && op->state != URIO__OP_IDLE);
     if (!(flags & IORING_CQE_F_MORE)) {
         op_slot_release(r, s);
         op->state = URIO__OP_IDLE;
@@ -426,4 +421,49 @@ unsigned urio__ring_reap(urio__ring_t *r)
     r->cqes += total;
     r->last_reaped = total;
     return total;
+}
+
+/* ------------------------------------------------------------------ */
+/* Closing                                                              */
+
+void urio__ring_drain(urio__ring_t *r)
+{
+    for (uint32_t s = 1; s < r->nops; s++) {
+        urio__op_t *op = r->ops[s].op;
+        if (op != NULL && op->state == URIO__OP_INFLIGHT)
+            urio__op_cancel(r, op);
+    }
+    uint64_t deadline = urio__now() + 10ull * 1000000000u;
+    bool warned = false;
+    while (r->inflight > 0) {
+        int ret = urio__ring_enter(r, 100 * 1000000);
+        urio__ring_reap(r);
+        if (ret < 0) {
+            urio__log(URIO_LOG_CRITICAL, "urio_loop_close(): io_uring_enter failed (%s) with "
+                      "%u operations in flight; closing the ring anyway", urio_strerror(ret),
+                      r->inflight);
+            return;
+        }
+        if (!warned && urio__now() > deadline) {
+            urio__log(URIO_LOG_WARNING, "urio_loop_close(): still waiting for %u cancelled "
+                      "operations to complete after 10 s", r->inflight);
+            warned = true;
+        }
+    }
+}
+
+void urio__ring_abandon(urio__ring_t *r)
+{
+    ring_unmap(r);
+    for (uint32_t s = 1; s < r->nops; s++) {
+        urio__op_t *op = r->ops[s].op;
+        if (op == NULL)
+            continue;
+        r->ops[s].op = NULL;
+        op->state = URIO__OP_IDLE;
+        r->inflight--;
+        op->complete(op, -ECANCELED, 0);
+    }
+    urio__free(r->ops);
+    r->ops = NULL;
 }

@@ -12,23 +12,34 @@ typedef struct proxy {
     urio_coro_t *coro;              /* until the loop starts it */
 } proxy_t;
 
-
-static void proxy_task_done(urio_future_t *task, void *arg);
-
-void urio__proxy_settle_at_close(urio__task_t *t)
+/*
+ * The task ended (or the loop destroys it pending at close): the proxy gets
+ * the task's outcome now, synchronously, so no queued callback can be lost
+ * to a close that comes before it runs.
+ */
+void urio__proxy_task_ended(urio__task_t *t)
 {
-    if (t->proxy != NULL) {
-            /* The other thread's future: cancelled now (its done callback won't run). */
-            urio_future_t *task = t->self;
-            if (urio_future_remove_done_callback(task, proxy_task_done, t->proxy) > 0) {
-                urio_future_t *proxy = t->proxy;
-                ((proxy_t *)urio__future_ext(proxy))->task = NULL;
-                t->proxy = NULL;
-                urio__future_cancel_now(proxy);
-                urio_future_unref(task);        /* the proxy's reference on the task */
-                urio_future_unref(proxy);       /* the done callback's reference */
-            }
-        }
+    urio_future_t *proxy = t->proxy;
+    if (proxy == NULL)
+        return;
+    t->proxy = NULL;
+    ((proxy_t *)urio__future_ext(proxy))->task = NULL;
+    urio_future_t *task = t->self;
+    if (!urio_future_done(proxy)) {
+        void *value = NULL;
+        int ret = urio_future_result(task, &value);
+        const char *msg = ret < 0 && ret != -ECANCELED ? urio_future_error_message(task) : NULL;
+        if (ret == 0)
+            urio_future_set_result(proxy, value);
+        else if (ret == -ECANCELED)
+            urio__future_cancel_now(proxy);
+        else if (msg)
+            urio_future_set_error(proxy, ret, "%s", msg);
+        else
+            urio_future_set_error(proxy, ret, NULL);
+    }
+    urio_future_unref(task);        /* the proxy's reference on the task */
+    urio_future_unref(proxy);       /* the task's reference on the proxy */
 }
 
 /* ------------------------------------------------------------------ */
@@ -65,16 +76,15 @@ URIO_EXPORT int urio_run(urio_coro_t *main, const urio_run_opts_t *opts, void **
      * -ECANCELED at every await, so they end unless a shield holds them (then
      * this waits for the shielded work, sleeping in the kernel meanwhile).
      */
-    if (loop->tasks != NULL) {
-        urio_future_t *drained = urio_future_new(loop);
-        if (drained != NULL) {
-            loop->tasks_drained = drained;
-            for (urio__task_t *t = loop->tasks; t != NULL; t = t->next)
-                urio_future_cancel(t->self);
-            urio_loop_run_until_complete(loop, drained);
-            loop->tasks_drained = NULL;
-            urio_future_unref(drained);
-        }
+    urio__tasks_t *ts = urio__tasks_find(loop);
+    urio_future_t *drained;
+    if (ts != NULL && ts->list != NULL && urio_future_new(&drained, loop) == 0) {
+        ts->drained = drained;
+        for (urio__task_t *t = ts->list; t != NULL; t = t->next)
+            urio_future_cancel(t->self);
+        urio_loop_run_until_complete(loop, drained);
+        ts->drained = NULL;
+        urio_future_unref(drained);
     }
     urio_loop_close(loop);          /* shuts the default pool down, reports what leaked */
     return ret;
@@ -83,8 +93,10 @@ URIO_EXPORT int urio_run(urio_coro_t *main, const urio_run_opts_t *opts, void **
 static bool proxy_cancel(urio_future_t *f)
 {
     proxy_t *p = urio__future_ext(f);
-    if (p->task != NULL)
-        return urio_future_cancel(p->task);     /* the task's end completes the proxy */
+    if (p->task != NULL) {
+        urio_future_cancel(p->task);    /* the task's end completes the proxy */
+        return true;
+    }
     urio__future_cancel_now(f);     /* not started yet: it never will */
     return true;
 }
@@ -99,28 +111,6 @@ static const urio__future_ops_t proxy_ops = {
     .cancel = proxy_cancel,
     .describe = proxy_describe,
 };
-
-static void proxy_task_done(urio_future_t *task, void *arg)
-{
-    urio_future_t *proxy = arg;
-    proxy_t *p = urio__future_ext(proxy);
-    if (!urio_future_done(proxy)) {
-        void *value = NULL;
-        int ret = urio_future_result(task, &value);
-        if (ret == 0)
-            urio_future_set_result(proxy, value);
-        else if (ret == -ECANCELED)
-            urio__future_cancel_now(proxy);
-        else if (urio_future_error_message(task))
-            urio_future_set_error(proxy, ret, "%s", urio_future_error_message(task));
-        else
-            urio_future_set_error(proxy, ret, NULL);
-    }
-    p->task = NULL;
-    urio__task_of(task)->proxy = NULL;
-    urio_future_unref(task);
-    urio_future_unref(proxy);
-}
 
 static void proxy_start(void *arg)
 {
@@ -140,15 +130,9 @@ static void proxy_start(void *arg)
         urio_future_unref(proxy);
         return;
     }
+    /* The task holds proxy_start's reference on the proxy, the proxy ours on the task. */
     p->task = task;
     urio__task_of(task)->proxy = proxy;
-    if (urio_future_add_done_callback(task, proxy_task_done, proxy) < 0) {
-        urio_future_cancel(task);
-        p->task = NULL;
-        urio_future_set_error(proxy, -ENOMEM, NULL);
-        urio_future_unref(task);
-        urio_future_unref(proxy);
-    }
 }
 
 URIO_EXPORT urio_future_t *urio_run_coroutine_threadsafe(urio_coro_t *coro, urio_loop_t *loop)
@@ -158,7 +142,7 @@ URIO_EXPORT urio_future_t *urio_run_coroutine_threadsafe(urio_coro_t *coro, urio
         errno = EINVAL;
         return NULL;
     }
-    urio_future_t *proxy = urio__future_new_foreign(loop, sizeof(proxy_t), &proxy_ops);
+    urio_future_t *proxy = urio__future_new_kind(loop, sizeof(proxy_t), &proxy_ops);
     if (proxy == NULL) {
         urio_coro_close(coro);
         errno = ENOMEM;

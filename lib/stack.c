@@ -14,11 +14,6 @@
 /* ------------------------------------------------------------------ */
 /* Stacks: mmap'd with a guard page below, pooled per loop              */
 
-struct urio__stack_pool {
-    task_stack_t *free;
-    uint32_t nfree;
-};
-
 #define POOL_MAX 256             /* stacks kept for reuse per loop */
 #ifndef MADV_GUARD_INSTALL
 #define URIO__MADV_GUARD_INSTALL 102     /* Linux 6.13; Debian 12's headers predate it */
@@ -34,33 +29,37 @@ static size_t page_size(void)
     return ps;
 }
 
-task_stack_t *urio__stack_get(urio_loop_t *loop, size_t size)
+/* The largest stack a task may ask for: far beyond any real need, far below overflow. */
+#define STACK_MAX ((size_t)1 << 40)
+
+urio__task_stack_t *urio__stack_get(urio__stack_pool_t *pool, size_t size, int *err)
 {
     size_t ps = page_size();
-    size = (size + ps - 1) & ~(ps - 1);
-    struct urio__stack_pool *pool = loop->stacks;
-    if (pool == NULL) {
-        pool = loop->stacks = urio__calloc(1, sizeof *pool);
-        if (pool == NULL)
-            return NULL;
+    if (size > STACK_MAX) {
+        *err = -EINVAL;     /* rounding it up, adding the guard page, would wrap */
+        return NULL;
     }
+    size = (size + ps - 1) & ~(ps - 1);
     /* Reuse one of the right size (the pool holds mostly default-sized stacks). */
-    for (task_stack_t **p = &pool->free; *p != NULL; p = &(*p)->next) {
+    for (urio__task_stack_t **p = &pool->free; *p != NULL; p = &(*p)->next) {
         if ((*p)->size == size) {
-            task_stack_t *st = *p;
+            urio__task_stack_t *st = *p;
             *p = st->next;
             pool->nfree--;
             return st;
         }
     }
-    task_stack_t *st = urio__calloc(1, sizeof *st);
-    if (st == NULL)
+    urio__task_stack_t *st = urio__calloc(1, sizeof *st);
+    if (st == NULL) {
+        *err = -ENOMEM;
         return NULL;
+    }
     st->map_size = size + ps;
     st->map = mmap(NULL, st->map_size, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
     if (st->map == MAP_FAILED) {
         urio__free(st);
+        *err = -ENOMEM;
         return NULL;
     }
     /*
@@ -73,6 +72,7 @@ task_stack_t *urio__stack_get(urio_loop_t *loop, size_t size)
         mprotect(st->map, ps, PROT_NONE) != 0) {
         munmap(st->map, st->map_size);
         urio__free(st);
+        *err = -ENOMEM;
         return NULL;
     }
     st->base = (char *)st->map + ps;
@@ -83,7 +83,7 @@ task_stack_t *urio__stack_get(urio_loop_t *loop, size_t size)
     return st;
 }
 
-void urio__stack_free(task_stack_t *st)
+void urio__stack_free(urio__task_stack_t *st)
 {
 #ifdef URIO_VALGRIND
     VALGRIND_STACK_DEREGISTER(st->valgrind_id);
@@ -92,9 +92,8 @@ void urio__stack_free(task_stack_t *st)
     urio__free(st);
 }
 
-void urio__stack_put(urio_loop_t *loop, task_stack_t *st)
+void urio__stack_put(urio__stack_pool_t *pool, urio__task_stack_t *st)
 {
-    struct urio__stack_pool *pool = loop->stacks;
     if (pool->nfree >= POOL_MAX) {
         urio__stack_free(st);
         return;
@@ -104,24 +103,20 @@ void urio__stack_put(urio_loop_t *loop, task_stack_t *st)
     pool->nfree++;
 }
 
-void urio__stack_pool_free(urio_loop_t *loop)
+void urio__stack_pool_free(urio__stack_pool_t *pool)
 {
-    struct urio__stack_pool *pool = loop->stacks;
-    if (pool == NULL)
-        return;
     while (pool->free) {
-        task_stack_t *st = pool->free;
+        urio__task_stack_t *st = pool->free;
         pool->free = st->next;
         urio__stack_free(st);
     }
-    urio__free(pool);
-    loop->stacks = NULL;
+    pool->nfree = 0;
 }
 
 /* ------------------------------------------------------------------ */
 /* Stack overflow, in debug mode: say which task before the process dies */
 
-#if !defined(URIO_ASAN) && !defined(URIO_TSAN_FIBERS)
+#if !defined(URIO_ASAN) && !defined(URIO_TSAN)
 static struct sigaction g_prev_segv;
 static pthread_once_t g_segv_once = PTHREAD_ONCE_INIT;
 static pthread_key_t g_altstack_key;
@@ -150,8 +145,7 @@ static size_t put_num(char *buf, size_t at, size_t cap, unsigned long v)
 
 static void segv_handler(int sig, siginfo_t *si, void *uctx)
 {
-    urio_loop_t *loop = urio_loop_current();
-    urio__task_t *t = loop ? loop->current_task : NULL;
+    urio__task_t *t = urio__tls_task;
     uintptr_t addr = (uintptr_t)si->si_addr;
     if (t != NULL && t->stack != NULL && addr >= (uintptr_t)t->stack->map &&
         addr < (uintptr_t)t->stack->base) {

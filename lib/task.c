@@ -22,6 +22,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+_Thread_local urio__task_t *urio__tls_task __attribute__((tls_model("initial-exec")));
+
 static bool task_cancel(urio_future_t *f);
 static void task_describe(const urio_future_t *f, char *buf, size_t n);
 static void task_finalize(urio_future_t *f);
@@ -63,8 +65,18 @@ static void task_finalize(urio_future_t *f)
 
 URIO_EXPORT urio_future_t *urio_task_current(void)
 {
-    urio_loop_t *loop = urio_loop_current();
-    return loop && loop->current_task ? loop->current_task->self : NULL;
+    urio__task_t *t = urio__tls_task;
+    return t ? t->self : NULL;
+}
+
+/* "<Task 'fn' created at file.c:42>": names a task's step in the slow-callback report. */
+static void task_describe_short(const void *obj, char *buf, size_t n)
+{
+    const urio__task_t *t = obj;
+    if (t->site)
+        snprintf(buf, n, "<Task '%s' created at %s:%d>", t->name, t->site->file, t->site->line);
+    else
+        snprintf(buf, n, "<Task '%s'>", t->name);
 }
 
 /* Switches from the loop's stack into t, until t suspends or ends. */
@@ -73,25 +85,27 @@ static void task_finish(urio__task_t *t);
 static void switch_in(urio__task_t *t)
 {
     urio_loop_t *loop = t->loop;
-    loop->current_task = t;
-    loop->stepped_task = t;         /* whichever callback resumed it: the step is the task's */
-    loop->task_thread = urio__thread_token();
-    t->state = T_RUNNING;
+    urio__tasks_t *ts = t->tasks;
+    urio__tls_task = t;
+    /* Whichever callback resumed it, the step is the task's: reports name the task. */
+    urio__loop_attribute(loop, task_describe_short, t);
+    ts->thread = urio__thread_token();
+    t->state = URIO__TASK_RUNNING;
 #ifdef URIO_ASAN
     void *fake = NULL;
     __sanitizer_start_switch_fiber(&fake, t->stack->base, t->stack->size);
 #endif
-#ifdef URIO_TSAN_FIBERS
-    if (loop->san_fiber == NULL)
-        loop->san_fiber = __tsan_get_current_fiber();
+#ifdef URIO_TSAN
+    if (ts->san_fiber == NULL)
+        ts->san_fiber = __tsan_get_current_fiber();
     __tsan_switch_to_fiber(t->tsan_fiber, 0);
 #endif
-    urio__ctx_switch(&loop->task_return, &t->ctx);
+    urio__ctx_switch(&ts->task_return, &t->ctx);
 #ifdef URIO_ASAN
     __sanitizer_finish_switch_fiber(fake, NULL, NULL);
 #endif
-    loop->current_task = NULL;
-    if (t->state == T_DONE)
+    urio__tls_task = NULL;
+    if (t->state == URIO__TASK_DONE)
         task_finish(t);
 }
 
@@ -102,10 +116,10 @@ static void switch_out(urio__task_t *t, bool for_good)
     __sanitizer_start_switch_fiber(for_good ? NULL : &t->asan_fake, t->loop_stack_bottom,
                                    t->loop_stack_size);
 #endif
-#ifdef URIO_TSAN_FIBERS
-    __tsan_switch_to_fiber(t->loop->san_fiber, 0);
+#ifdef URIO_TSAN
+    __tsan_switch_to_fiber(t->tasks->san_fiber, 0);
 #endif
-    urio__ctx_switch(&t->ctx, &t->loop->task_return);
+    urio__ctx_switch(&t->ctx, &t->tasks->task_return);
 #ifdef URIO_ASAN
     __sanitizer_finish_switch_fiber(t->asan_fake, &t->loop_stack_bottom, &t->loop_stack_size);
 #else
@@ -126,7 +140,7 @@ static void task_entry(void *arg)
         urio_coro_t *c = t->coro;
         t->ret = c->fn(c->arg, &t->result);
     }
-    t->state = T_DONE;
+    t->state = URIO__TASK_DONE;
     switch_out(t, true);
     abort();                        /* a finished task is never resumed */
 }
@@ -137,46 +151,54 @@ static void task_step(void *arg)
     urio__task_t *t = arg;
     if (t->loop->debug)
         urio__overflow_reporting_on();
-    if (t->state != T_DONE)
+    if (t->state != URIO__TASK_DONE)
         switch_in(t);
     urio_future_unref(t->self);     /* the step's reference */
 }
 
+/* The loop closed with a step queued: release the step's reference. */
+static void step_dropped(void *arg)
+{
+    urio_future_unref(((urio__task_t *)arg)->self);
+}
+
+static const urio__ready_kind_t step_kind = {
+    { "<task step>", __FILE__, __LINE__ },
+    step_dropped,
+};
+
 static int schedule_step(urio__task_t *t)
 {
-    static const urio_site_t step_site = { "<task step>", __FILE__, __LINE__ };
     urio_future_ref(t->self);
-    if (urio__call_soon(t->loop, task_step, t, &step_site).id == 0) {
+    int ret = urio__call_soon_kind(t->loop, task_step, t, &step_kind);
+    if (ret < 0)
         urio_future_unref(t->self);
-        return -errno;
-    }
-    return 0;
+    return ret;
 }
 
 static void task_list_remove(urio__task_t *t)
 {
-    urio_loop_t *loop = t->loop;
+    urio__tasks_t *ts = t->tasks;
     if (t->prev)
         t->prev->next = t->next;
     else
-        loop->tasks = t->next;
+        ts->list = t->next;
     if (t->next)
         t->next->prev = t->prev;
     t->next = t->prev = NULL;
-    loop->ntasks--;
-    if (loop->ntasks == 0 && loop->tasks_drained != NULL && !urio_future_done(loop->tasks_drained))
-        urio_future_set_result(loop->tasks_drained, NULL);
+    ts->n--;
+    if (ts->n == 0 && ts->drained != NULL && !urio_future_done(ts->drained))
+        urio_future_set_result(ts->drained, NULL);
 }
 
 /* The task's function returned: free its stack, complete its future. */
 static void task_finish(urio__task_t *t)
 {
-    urio_loop_t *loop = t->loop;
-#ifdef URIO_TSAN_FIBERS
+#ifdef URIO_TSAN
     __tsan_destroy_fiber(t->tsan_fiber);
     t->tsan_fiber = NULL;
 #endif
-    urio__stack_put(loop, t->stack);
+    urio__stack_put(&t->tasks->stacks, t->stack);
     t->stack = NULL;
     urio__coro_free(t->coro);
     t->coro = NULL;
@@ -190,6 +212,7 @@ static void task_finish(urio__task_t *t)
         urio_future_set_error(f, t->ret < 0 ? t->ret : -EINVAL, "%s", t->errmsg);
     else
         urio_future_set_error(f, t->ret < 0 ? t->ret : -EINVAL, NULL);
+    urio__proxy_task_ended(t);
     urio_future_unref(f);           /* the loop's reference, held while it ran */
 }
 
@@ -201,18 +224,21 @@ URIO_EXPORT urio_future_t *urio_task_create_opts(urio_loop_t *loop, urio_coro_t 
         return NULL;
     }
     int err = 0;
+    urio__tasks_t *ts = NULL;
     if (loop == NULL)
         err = EINVAL;
     else if (!urio__loop_check_thread(loop, "urio_task_create"))
         err = EPERM;
     else if (loop->closing)
         err = ESHUTDOWN;
+    else if ((ts = urio__tasks_get(loop)) == NULL)
+        err = ENOMEM;
     if (err) {
         urio_coro_close(coro);      /* it owns coro, also on failure */
         errno = err;
         return NULL;
     }
-    urio_future_t *f = urio__future_new_ext(loop, sizeof(urio__task_t), &task_ops);
+    urio_future_t *f = urio__future_new_kind(loop, sizeof(urio__task_t), &task_ops);
     if (f == NULL) {
         urio_coro_close(coro);
         errno = ENOMEM;
@@ -221,6 +247,7 @@ URIO_EXPORT urio_future_t *urio_task_create_opts(urio_loop_t *loop, urio_coro_t 
     urio__task_t *t = urio__task_of(f);
     t->self = f;
     t->loop = loop;
+    t->tasks = ts;
     t->site = coro->site;
     t->name = urio__coro_name(coro);
     if (opts && opts->name) {
@@ -229,55 +256,47 @@ URIO_EXPORT urio_future_t *urio_task_create_opts(urio_loop_t *loop, urio_coro_t 
             t->name = t->name_owned;
     }
     size_t size = opts && opts->stack_size ? opts->stack_size : URIO_DEFAULT_STACK_SIZE;
-    t->stack = urio__stack_get(loop, size);
+    t->stack = urio__stack_get(&ts->stacks, size, &err);
     if (t->stack == NULL) {
         urio_coro_close(coro);
         urio_future_unref(f);
-        errno = ENOMEM;
+        errno = -err;
         return NULL;
     }
     urio__ctx_make(&t->ctx, t->stack->base, t->stack->size, task_entry, t);
-#ifdef URIO_TSAN_FIBERS
+#ifdef URIO_TSAN
     t->tsan_fiber = __tsan_create_fiber(0);
 #endif
-#if URIO_DEBUG_CHECKS
-    if (loop->debug) {
-        /* The task reports where it was created: its coroutine's stack, or here. */
-        urio__stack_t *st = urio__malloc(sizeof *st);
-        if (st) {
-            if (coro->stack)
-                *st = *coro->stack;
-            else
-                urio__stack_capture(st, 1);
-            urio__future_capture_stack(f, st);
-        }
-    }
-#endif
+    /* The task reports where it was created: its coroutine's stack, or here. */
+    if (coro->stack)
+        urio__future_copy_stack(f, coro->stack);
+    else
+        urio__future_capture_stack(f, 1);
     if (loop->debug)
         urio__overflow_handler_on();
     urio_future_ref(f);             /* the loop's, until the task ends */
-    if (schedule_step(t) < 0) {
-        int e = errno;
-        urio__stack_put(loop, t->stack);
+    int ret = schedule_step(t);
+    if (ret < 0) {
+        urio__stack_put(&ts->stacks, t->stack);
         t->stack = NULL;
         urio_coro_close(coro);
-#ifdef URIO_TSAN_FIBERS
+#ifdef URIO_TSAN
         __tsan_destroy_fiber(t->tsan_fiber);
 #endif
         urio_future_unref(f);
         urio_future_unref(f);
-        errno = e;
+        errno = -ret;
         return NULL;
     }
     urio__coro_claim(coro);
     t->coro = coro;
-    if (loop->tasks_drained != NULL)
+    if (ts->drained != NULL)
         t->cancel_requested = true;     /* urio_run is cancelling everything: this too */
-    t->next = loop->tasks;
-    if (loop->tasks)
-        loop->tasks->prev = t;
-    loop->tasks = t;
-    loop->ntasks++;
+    t->next = ts->list;
+    if (ts->list)
+        ts->list->prev = t;
+    ts->list = t;
+    ts->n++;
     return f;
 }
 
@@ -294,7 +313,7 @@ URIO_EXPORT urio_future_t *urio_task_create(urio_loop_t *loop, urio_coro_t *coro
 static void await_done(urio_future_t *f, void *arg)
 {
     urio__task_t *t = arg;
-    if (t->awaiting != f || t->state != T_SUSPENDED)
+    if (t->awaiting != f || t->state != URIO__TASK_SUSPENDED)
         return;
     switch_in(t);
 }
@@ -302,12 +321,12 @@ static void await_done(urio_future_t *f, void *arg)
 static bool task_cancel(urio_future_t *f)
 {
     urio__task_t *t = urio__task_of(f);
-    if (t->state == T_DONE)
+    if (t->state == URIO__TASK_DONE)
         return false;
     if (t->cancel_requested)
         return true;                /* idempotent */
     t->cancel_requested = true;
-    if (t->state != T_SUSPENDED || t->shield != 0)
+    if (t->state != URIO__TASK_SUSPENDED || t->shield != 0)
         return true;                /* delivered at its next await */
     if (t->awaiting != NULL) {
         /* Blocked in an await: cancel what it waits on; its completion resumes the task. */
@@ -339,7 +358,7 @@ URIO_EXPORT int urio_await(urio_future_t *f, void **result)
         if (ret < 0)
             return ret;
         t->awaiting = urio_future_ref(f);
-        t->state = T_SUSPENDED;
+        t->state = URIO__TASK_SUSPENDED;
         switch_out(t, false);
         t->awaiting = NULL;
         urio_future_unref(f);
@@ -387,7 +406,7 @@ URIO_EXPORT int urio_task_fail(int err, const char *fmt, ...)
 static void sleep_wake(void *arg)
 {
     urio__task_t *t = arg;
-    if (t->sleep_timer.id != 0 && t->state == T_SUSPENDED) {
+    if (t->sleep_timer.id != 0 && t->state == URIO__TASK_SUSPENDED) {
         t->sleep_timer.id = 0;
         switch_in(t);
     }
@@ -407,7 +426,7 @@ URIO_EXPORT int urio_sleep(uint64_t ns)
     if (h.id == 0)
         return -errno;
     t->sleep_timer = h;
-    t->state = T_SUSPENDED;
+    t->state = URIO__TASK_SUSPENDED;
     switch_out(t, false);
     /* Resumed by the timer, or early by a cancel (which cancelled the timer). */
     t->sleep_timer.id = 0;
@@ -422,7 +441,7 @@ URIO_EXPORT int urio_yield(void)
     int ret = schedule_step(t);
     if (ret < 0)
         return ret;
-    t->state = T_SUSPENDED;
+    t->state = URIO__TASK_SUSPENDED;
     switch_out(t, false);
     return urio__task_cancel_pending(t) ? -ECANCELED : 0;
 }
@@ -480,54 +499,90 @@ URIO_EXPORT int urio_shield_end(void)
     return 0;
 }
 
-bool urio__task_step_dropped(urio_callback_fn fn, void *arg)
-{
-    if (fn != task_step)
-        return false;
-    urio_future_unref(((urio__task_t *)arg)->self);    /* the step's reference */
-    return true;
-}
-
-void urio__task_describe_short(const struct urio__task *t, char *buf, size_t n)
-{
-    if (t->site)
-        snprintf(buf, n, "<Task '%s' created at %s:%d>", t->name, t->site->file, t->site->line);
-    else
-        snprintf(buf, n, "<Task '%s'>", t->name);
-}
-
 /* ------------------------------------------------------------------ */
-/* Closing                                                              */
+/* The tasks subsystem on a loop                                        */
 
-void urio__tasks_close(urio_loop_t *loop)
+/* A suspended task must resume on the thread it was suspended on. */
+static int tasks_may_run(urio_loop_t *loop, void *state)
 {
-    urio__coros_close(loop);
+    (void)loop;
+    urio__tasks_t *ts = state;
+    if (ts->n > 0 && ts->thread != NULL && ts->thread != urio__thread_token()) {
+        urio__log(URIO_LOG_ERROR, "urio_loop_run_forever(): this loop has tasks suspended on "
+                  "another thread; run it on that thread");
+        return -EPERM;
+    }
+    return 0;
+}
+
+/*
+ * Close, last: never-awaited coroutines and tasks still pending are
+ * reported, then freed.  The ring is drained by now: no op of a task's can
+ * still write into its stack.
+ */
+static void tasks_release(urio_loop_t *loop, void *state)
+{
+    urio__tasks_t *ts = state;
+    urio__coros_close(ts);
     /* Tasks still pending: their stacks hold frames that will never run again. */
-    while (loop->tasks) {
-        urio__task_t *t = loop->tasks;
+    while (ts->list) {
+        urio__task_t *t = ts->list;
+        char *tb = NULL;
+        const urio__backtrace_t *bt = urio__future_stack(t->self);
+        if (bt)
+            tb = urio__backtrace_format(bt, "Task created at (most recent call last):");
         urio_error_context_t ctx = {
             .message = "Task was destroyed but it is pending!",
             .future = t->self,
+            .source_traceback = tb,
         };
         urio_loop_call_exception_handler(loop, &ctx);
+        urio__free(tb);
         task_list_remove(t);
-        urio__proxy_settle_at_close(t);
         if (t->awaiting) {
             urio_future_remove_done_callback(t->awaiting, await_done, t);
             urio_future_unref(t->awaiting);
             t->awaiting = NULL;
         }
-#ifdef URIO_TSAN_FIBERS
+#ifdef URIO_TSAN
         __tsan_destroy_fiber(t->tsan_fiber);
 #endif
         urio__stack_free(t->stack);
         t->stack = NULL;
         urio__coro_free(t->coro);
         t->coro = NULL;
-        t->state = T_DONE;
+        t->state = URIO__TASK_DONE;
         urio__future_cancel_now(t->self);   /* waiters on other threads are released */
+        urio__proxy_task_ended(t);
         urio_future_unref(t->self);         /* the loop's reference */
     }
-    urio__stack_pool_free(loop);
+    urio__stack_pool_free(&ts->stacks);
+    urio__free(ts);
 }
 
+static const urio__subsystem_t tasks_subsystem = {
+    .name = "tasks",
+    .may_run = tasks_may_run,
+    .release = tasks_release,
+};
+
+urio__tasks_t *urio__tasks_find(const urio_loop_t *loop)
+{
+    return urio__loop_state(loop, &tasks_subsystem);
+}
+
+urio__tasks_t *urio__tasks_get(urio_loop_t *loop)
+{
+    urio__tasks_t *ts = urio__loop_state(loop, &tasks_subsystem);
+    if (URIO_LIKELY(ts != NULL))
+        return ts;
+    ts = urio__calloc(1, sizeof *ts);
+    if (ts == NULL)
+        return NULL;
+    ts->loop = loop;
+    if (urio__loop_register(loop, &tasks_subsystem, ts) < 0) {
+        urio__free(ts);
+        return NULL;
+    }
+    return ts;
+}

@@ -2,99 +2,118 @@
  * lib/task.h — what task.c, stack.c, coro.c, group.c and run.c share.
  *
  * A task is a future of the "Task" kind (future.c) whose extension is a
- * struct urio__task.  Loop thread only, unless a comment says otherwise.
+ * struct urio__task.  The tasks of a loop, its coroutines and its stack
+ * pool are the "tasks" subsystem's state on that loop (urio__tasks_t),
+ * registered with the loop at its first coroutine or task.  Loop thread
+ * only, unless a comment says otherwise.
  */
 #ifndef URIO_TASK_INTERNAL_H
 #define URIO_TASK_INTERNAL_H
 
-#include "internal.h"
-
-#if defined(__SANITIZE_ADDRESS__)
-#define URIO_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define URIO_ASAN 1
-#endif
-#endif
-#if defined(__SANITIZE_THREAD__)
-#define URIO_TSAN_FIBERS 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define URIO_TSAN_FIBERS 1
-#endif
-#endif
+#include "future.h"
+#include "arch/switch.h"
 
 #ifdef URIO_ASAN
 void __sanitizer_start_switch_fiber(void **fake_stack_save, const void *bottom, size_t size);
 void __sanitizer_finish_switch_fiber(void *fake_stack_save, const void **bottom_old,
                                      size_t *size_old);
 #endif
-#ifdef URIO_TSAN_FIBERS
+#ifdef URIO_TSAN
 void *__tsan_get_current_fiber(void);
 void *__tsan_create_fiber(unsigned flags);
 void __tsan_destroy_fiber(void *fiber);
 void __tsan_switch_to_fiber(void *fiber, unsigned flags);
 #endif
-#if defined(__has_include)
-#if __has_include(<valgrind/valgrind.h>)
+#ifdef URIO_VALGRIND
 #include <valgrind/valgrind.h>
-#define URIO_VALGRIND 1
 #endif
-#endif
-
 
 /* stack.c: a task's stack, mmap'd with a guard page below. */
-typedef struct task_stack {
-    struct task_stack *next;     /* in the pool */
+typedef struct urio__task_stack {
+    struct urio__task_stack *next;   /* in the pool */
     void *map;                   /* the mapping: guard page, then the stack */
     size_t map_size;
     void *base;                  /* the usable stack's lowest address */
     size_t size;
     unsigned valgrind_id;
-} task_stack_t;
+} urio__task_stack_t;
 
-task_stack_t *urio__stack_get(urio_loop_t *loop, size_t size);
-void urio__stack_put(urio_loop_t *loop, task_stack_t *st);
-void urio__stack_free(task_stack_t *st);
-void urio__stack_pool_free(urio_loop_t *loop);
+typedef struct urio__stack_pool {
+    urio__task_stack_t *free;
+    uint32_t nfree;
+} urio__stack_pool_t;
+
+/*
+ * A stack of at least `size` bytes (rounded up to pages), from the pool or
+ * new.  Returns: the stack; NULL with *err -EINVAL (a size that cannot be
+ * mapped) or -ENOMEM.
+ */
+urio__task_stack_t *urio__stack_get(urio__stack_pool_t *pool, size_t size, int *err);
+void urio__stack_put(urio__stack_pool_t *pool, urio__task_stack_t *st);
+void urio__stack_free(urio__task_stack_t *st);
+void urio__stack_pool_free(urio__stack_pool_t *pool);
 /* stack.c, debug mode: the overflow report's handler, and this thread's alternate stack. */
 void urio__overflow_handler_on(void);
 void urio__overflow_reporting_on(void);
+
+/* The tasks subsystem's state on one loop. */
+typedef struct urio__tasks {
+    urio_loop_t *loop;
+    urio__ctx_t task_return;             /* the loop's context while a task runs */
+    const void *thread;                  /* the thread its tasks run (and are suspended) on */
+    struct urio__task *list;             /* every task not finished */
+    uint32_t n;
+    urio_future_t *drained;              /* urio_run: completed when the last task ends */
+    struct urio_coro *coros;             /* coroutines made here, not started nor closed */
+    urio__stack_pool_t stacks;           /* task stacks kept for reuse */
+    void *san_fiber;                     /* the loop's own fiber (TSan), or NULL */
+} urio__tasks_t;
+
+/* The loop's tasks state, registering the subsystem at first use.  NULL on ENOMEM. */
+urio__tasks_t *urio__tasks_get(urio_loop_t *loop);
+/* The loop's tasks state, or NULL if it never had a coroutine or task. */
+urio__tasks_t *urio__tasks_find(const urio_loop_t *loop);
 
 /* coro.c: a coroutine object. */
 struct urio_coro {
     urio_coro_fn fn;
     void *arg;
     const urio_site_t *site;
-    urio_loop_t *loop;           /* the loop it was made in (its list), or NULL (the global list) */
+    urio__tasks_t *tasks;        /* its loop's list, or NULL (the global list) */
     struct urio_coro *next, *prev;
     bool listed;                 /* on its list: a never-awaited candidate */
-    urio__stack_t *stack;        /* debug mode: where it was made */
+    urio__backtrace_t *stack;    /* debug mode: where it was made */
 };
 
 void urio__coro_claim(urio_coro_t *c);
 void urio__coro_free(urio_coro_t *c);
 const char *urio__coro_name(const urio_coro_t *c);
 /* coro.c, at close: reports and frees the loop's never-awaited coroutines. */
-void urio__coros_close(urio_loop_t *loop);
+void urio__coros_close(urio__tasks_t *ts);
 
 /* task.c: tasks. */
-enum { T_NEW, T_RUNNING, T_SUSPENDED, T_DONE };
+enum urio__task_state {
+    URIO__TASK_NEW,
+    URIO__TASK_RUNNING,
+    URIO__TASK_SUSPENDED,
+    URIO__TASK_DONE,
+};
 
 typedef struct urio__task {
     urio_future_t *self;         /* the task's future (this is its extension) */
     urio_loop_t *loop;
+    urio__tasks_t *tasks;        /* its loop's tasks state */
     urio_coro_t *coro;           /* owned until the task ends */
     const urio_site_t *site;     /* the coroutine's: names the task */
     const char *name;
     char *name_owned;
     urio__ctx_t ctx;             /* the task, while suspended */
-    task_stack_t *stack;
+    urio__task_stack_t *stack;
     urio_future_t *awaiting;     /* the future it is blocked on, with a reference */
     urio_handle_t sleep_timer;   /* in urio_sleep: the timer that resumes it */
     urio_future_t *proxy;        /* run_coroutine_threadsafe's future mirroring it, or NULL */
     struct urio__task *next, *prev;   /* the loop's live tasks */
-    uint8_t state;
+    uint8_t state;               /* enum urio__task_state */
     bool cancel_requested;
     uint32_t shield;             /* urio_shield_begin depth */
     int ret;                     /* what the function returned */
@@ -112,11 +131,11 @@ static inline urio__task_t *urio__task_of(urio_future_t *f)
     return urio__future_ext(f);
 }
 
-/* The task running on this thread, or NULL. */
+/* The task running on this thread, or NULL.  Any thread (a thread-local). */
+extern _Thread_local urio__task_t *urio__tls_task __attribute__((tls_model("initial-exec")));
 static inline urio__task_t *urio__task_running(void)
 {
-    urio_loop_t *loop = urio_loop_current();
-    return loop ? loop->current_task : NULL;
+    return urio__tls_task;
 }
 
 /* True if a cancel must interrupt the task's awaits now (requested, not shielded). */
@@ -125,7 +144,7 @@ static inline bool urio__task_cancel_pending(const urio__task_t *t)
     return t->cancel_requested && t->shield == 0;
 }
 
-/* run.c: at close, cancels the run_coroutine_threadsafe future mirroring t. */
-void urio__proxy_settle_at_close(urio__task_t *t);
+/* run.c: the task ended (or is destroyed at close): settles the run_coroutine_threadsafe future. */
+void urio__proxy_task_ended(urio__task_t *t);
 
 #endif

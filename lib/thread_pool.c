@@ -19,19 +19,23 @@
  * or failed because the loop closed); the caller holds a third.  The last
  * reference frees the result if nobody received it, and lets go of the pool.
  */
-#include "internal.h"
+#include "executor.h"
 
 #include <string.h>
 #include <unistd.h>
 
 enum { JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_CANCELLED };
 
-typedef struct urio__job {
+typedef struct pool pool_t;
+typedef struct loop_side loop_side_t;
+
+typedef struct job {
     urio__inbox_node_t node;     /* first: the completion's trip to the loop */
-    struct urio__job *next;      /* the loop's batch, then the pool's FIFO (under ex->mu) */
-    struct urio__job *lnext, *lprev;   /* loop thread: the loop's unsettled jobs */
-    urio_executor_t *ex;
+    struct job *next;            /* the loop's batch, then the pool's FIFO (under ex->mu) */
+    struct job *lnext, *lprev;   /* loop thread: the loop's unsettled jobs */
+    pool_t *ex;
     urio_loop_t *loop;
+    loop_side_t *ls;             /* the loop's side of the pools (loop thread) */
     urio_future_t *f;
     urio_blocking_fn fn;
     void *arg;
@@ -44,7 +48,8 @@ typedef struct urio__job {
     bool delivered;              /* the result went to the future, or was freed */
 } job_t;
 
-struct urio_executor {
+struct pool {
+    urio_executor_t base;        /* first: the executor's kind */
     pthread_mutex_t mu;
     pthread_cond_t work;         /* a job came, or shutdown */
     job_t *head, *tail;          /* guarded by mu */
@@ -59,10 +64,23 @@ struct urio_executor {
     pthread_t *threads;          /* guarded by mu: nthreads of them */
 };
 
-static _Thread_local job_t *tls_job;          /* the job this worker runs */
-static _Thread_local urio_executor_t *tls_ex; /* the pool this worker belongs to */
+/*
+ * A loop's side of the thread pools, registered with the loop as a
+ * subsystem at its first job: the default pool, the jobs submitted this
+ * step, and every job whose future is not settled.  Loop thread only.
+ */
+struct loop_side {
+    int index;                   /* the subsystem's, for the step_end flag */
+    pool_t *default_ex;          /* made by the first urio_run_in_executor(NULL) */
+    job_t *jobs_head, *jobs_tail;   /* submitted this step, not yet handed over */
+    job_t *jobs_live;            /* every job whose future is not settled */
+};
 
-static void executor_unref(urio_executor_t *ex);
+static _Thread_local job_t *tls_job;          /* the job this worker runs */
+static _Thread_local pool_t *tls_ex;          /* the pool this worker belongs to */
+
+static void executor_unref(pool_t *ex);
+static void flush(urio_loop_t *loop, loop_side_t *ls);
 
 /* ------------------------------------------------------------------ */
 /* Settling, on the loop; the last reference, anywhere                  */
@@ -113,11 +131,11 @@ static void job_settle(job_t *j, int forced_err)
         urio_future_set_result(j->f, j->result);
         j->delivered = true;
     }
-    urio_loop_t *loop = j->loop;
+    loop_side_t *ls = j->ls;
     if (j->lprev)
         j->lprev->lnext = j->lnext;
     else
-        loop->jobs_live = j->lnext;
+        ls->jobs_live = j->lnext;
     if (j->lnext)
         j->lnext->lprev = j->lprev;
     job_unref(j);
@@ -157,24 +175,6 @@ static void job_cancel_hook(void *arg)
     atomic_compare_exchange_strong(&j->state, &queued, JOB_CANCELLED);
 }
 
-/* The loop closes: every job of it still out there is cancelled and let go. */
-void urio__executor_loop_closing(urio_loop_t *loop)
-{
-    if (loop->jobs_head != NULL)
-        urio__executor_flush(loop);
-    while (loop->jobs_live != NULL) {
-        job_t *j = loop->jobs_live;
-        int queued = JOB_QUEUED;
-        atomic_compare_exchange_strong(&j->state, &queued, JOB_CANCELLED);
-        job_settle(j, -ECANCELED);
-    }
-}
-
-bool urio__executor_is_worker(const urio_executor_t *ex)
-{
-    return ex != NULL && tls_ex == ex;
-}
-
 /* ------------------------------------------------------------------ */
 /* Workers                                                              */
 
@@ -196,7 +196,7 @@ static void run_job(job_t *j)
 
 static void *worker_main(void *arg)
 {
-    urio_executor_t *ex = arg;
+    pool_t *ex = arg;
     tls_ex = ex;
     pthread_mutex_lock(&ex->mu);
     for (;;) {
@@ -222,7 +222,7 @@ static void *worker_main(void *arg)
 }
 
 /* Starts a worker if none is idle and the pool may grow.  Called with mu held. */
-static int maybe_spawn(urio_executor_t *ex)
+static int maybe_spawn(pool_t *ex)
 {
     if (ex->idle > ex->waking || ex->nthreads >= ex->max_workers)
         return 0;
@@ -248,14 +248,21 @@ static unsigned default_workers(void)
     return cores + 4 < 32 ? (unsigned)cores + 4 : 32;
 }
 
-URIO_EXPORT int urio_thread_pool_new(urio_executor_t **out, unsigned max_workers)
+static int pool_shutdown(urio_executor_t *base, bool wait, bool cancel_futures);
+static void pool_free(urio_executor_t *base);
+
+static const urio__executor_ops_t pool_ops = {
+    .kind = "thread pool",
+    .shutdown = pool_shutdown,
+    .free = pool_free,
+};
+
+static int pool_new(pool_t **out, unsigned max_workers)
 {
-    if (out == NULL || max_workers > 1024)
-        return -EINVAL;
-    *out = NULL;
-    urio_executor_t *ex = urio__calloc(1, sizeof *ex);
+    pool_t *ex = urio__calloc(1, sizeof *ex);
     if (ex == NULL)
         return -ENOMEM;
+    ex->base.ops = &pool_ops;
     ex->max_workers = max_workers ? max_workers : default_workers();
     ex->threads = urio__calloc(ex->max_workers, sizeof *ex->threads);
     if (ex->threads == NULL) {
@@ -270,50 +277,151 @@ URIO_EXPORT int urio_thread_pool_new(urio_executor_t **out, unsigned max_workers
     return 0;
 }
 
+URIO_EXPORT int urio_thread_pool_new(urio_executor_t **out, unsigned max_workers)
+{
+    if (out == NULL || max_workers > 1024)
+        return -EINVAL;
+    *out = NULL;
+    pool_t *ex;
+    int ret = pool_new(&ex, max_workers);
+    if (ret == 0)
+        *out = &ex->base;
+    return ret;
+}
+
+/* ------------------------------------------------------------------ */
+/* The loop's side                                                      */
+
+static void side_step_end(urio_loop_t *loop, void *state)
+{
+    flush(loop, state);
+}
+
+static int side_may_close(urio_loop_t *loop, void *state)
+{
+    (void)loop;
+    loop_side_t *ls = state;
+    if (ls->default_ex != NULL && tls_ex == ls->default_ex) {
+        urio__log(URIO_LOG_ERROR, "urio_loop_close(): called from a worker of the loop's own "
+                  "thread pool, which close must wait for");
+        return -EDEADLK;
+    }
+    return 0;
+}
+
+/*
+ * Close, first: the default pool shuts down; jobs not started are cancelled,
+ * running ones finish, and every worker exits.  Their completions are in the
+ * inbox, whose accepted calls the loop runs next: they settle with their
+ * real outcome.
+ */
+static void side_shutdown(urio_loop_t *loop, void *state)
+{
+    (void)loop;
+    loop_side_t *ls = state;
+    if (ls->default_ex != NULL)
+        pool_shutdown(&ls->default_ex->base, true, true);
+}
+
+/* Close, then: jobs still in pools of the program's own are cancelled, their futures settled. */
+static void side_close(urio_loop_t *loop, void *state)
+{
+    loop_side_t *ls = state;
+    if (ls->jobs_head != NULL)
+        flush(loop, ls);
+    while (ls->jobs_live != NULL) {
+        job_t *j = ls->jobs_live;
+        int queued = JOB_QUEUED;
+        atomic_compare_exchange_strong(&j->state, &queued, JOB_CANCELLED);
+        job_settle(j, -ECANCELED);
+    }
+}
+
+static void side_release(urio_loop_t *loop, void *state)
+{
+    (void)loop;
+    loop_side_t *ls = state;
+    if (ls->default_ex != NULL)
+        pool_free(&ls->default_ex->base);
+    urio__free(ls);
+}
+
+static const urio__subsystem_t side_subsystem = {
+    .name = "thread pool",
+    .step_end = side_step_end,
+    .may_close = side_may_close,
+    .shutdown = side_shutdown,
+    .close = side_close,
+    .release = side_release,
+};
+
+/* The loop's side, registered at its first job.  Returns: NULL on ENOMEM. */
+static loop_side_t *side_of(urio_loop_t *loop)
+{
+    loop_side_t *ls = urio__loop_state(loop, &side_subsystem);
+    if (URIO_LIKELY(ls != NULL))
+        return ls;
+    ls = urio__calloc(1, sizeof *ls);
+    if (ls == NULL)
+        return NULL;
+    int index = urio__loop_register(loop, &side_subsystem, ls);
+    if (index < 0) {
+        urio__free(ls);
+        return NULL;
+    }
+    ls->index = index;
+    return ls;
+}
+
+/* ------------------------------------------------------------------ */
+/* Submitting                                                           */
+
 static urio_future_t *fail(int err)
 {
     errno = -err;
     return NULL;
 }
 
-URIO_EXPORT urio_future_t *urio_run_in_executor_dtor(urio_loop_t *loop, urio_executor_t *ex,
+URIO_EXPORT urio_future_t *urio_run_in_executor_opts(urio_loop_t *loop, urio_executor_t *base,
                                                      urio_blocking_fn fn, void *arg,
-                                                     urio_free_fn free_result)
+                                                     const urio_job_opts_t *opts)
 {
     if (loop == NULL || fn == NULL)
         return fail(-EINVAL);
+    if (base != NULL && base->ops != &pool_ops) {
+        urio__log(URIO_LOG_ERROR, "urio_run_in_executor(): a %s runs registered functions, "
+                  "not function pointers", base->ops->kind);
+        return fail(-EINVAL);
+    }
     if (!urio__loop_check_thread(loop, "urio_run_in_executor"))
         return fail(-EPERM);
     if (loop->closing)
         return fail(-ESHUTDOWN);
+    loop_side_t *ls = side_of(loop);
+    if (ls == NULL)
+        return fail(-ENOMEM);
+    pool_t *ex = (pool_t *)base;
     if (ex == NULL) {
-        if (loop->default_ex == NULL) {
-            int ret = urio_thread_pool_new(&loop->default_ex, 0);
+        if (ls->default_ex == NULL) {
+            int ret = pool_new(&ls->default_ex, 0);
             if (ret < 0)
                 return fail(ret);
         }
-        ex = loop->default_ex;
+        ex = ls->default_ex;
     }
-    urio_future_t *f = urio__future_new_ext(loop, sizeof(job_t), &job_ops);
+    urio_future_t *f = urio__future_new_kind(loop, sizeof(job_t), &job_ops);
     if (f == NULL)
         return fail(-ENOMEM);
-#if URIO_DEBUG_CHECKS
-    if (loop->debug) {
-        urio__stack_t *st = urio__malloc(sizeof *st);
-        if (st) {
-            urio__stack_capture(st, 1);     /* from the submitting caller */
-            urio__future_capture_stack(f, st);
-        }
-    }
-#endif
+    urio__future_capture_stack(f, 1);      /* from the submitting caller */
     job_t *j = urio__future_ext(f);
     j->node.idx = URIO__INBOX_FOREIGN;
     j->ex = ex;
     j->loop = loop;
+    j->ls = ls;
     j->f = f;
     j->fn = fn;
     j->arg = arg;
-    j->free_result = free_result;
+    j->free_result = opts ? opts->free_result : NULL;
     atomic_init(&j->state, JOB_QUEUED);
     urio_future_ref(f);             /* the loop's side */
     urio_future_ref(f);             /* the pool's side */
@@ -328,34 +436,44 @@ URIO_EXPORT urio_future_t *urio_run_in_executor_dtor(urio_loop_t *loop, urio_exe
     }
     /*
      * Queue it on the loop; the loop hands its batch to the pools once per
-     * turn (urio__executor_flush): one lock for many jobs, not one each, so
+     * step (the step_end hook): one lock for many jobs, not one each, so
      * the loop thread and the workers fight less over the pool's mutex.
      */
     j->next = NULL;
-    if (loop->jobs_tail)
-        loop->jobs_tail->next = j;
+    if (ls->jobs_tail)
+        ls->jobs_tail->next = j;
     else
-        loop->jobs_head = j;
-    loop->jobs_tail = j;
-    j->lnext = loop->jobs_live;
+        ls->jobs_head = j;
+    ls->jobs_tail = j;
+    j->lnext = ls->jobs_live;
     j->lprev = NULL;
-    if (loop->jobs_live)
-        loop->jobs_live->lprev = j;
-    loop->jobs_live = j;
+    if (ls->jobs_live)
+        ls->jobs_live->lprev = j;
+    ls->jobs_live = j;
     urio__future_set_cancel_hook(f, job_cancel_hook, j);
-    /* Outside a run there is no end of turn to wait for: hand it over now. */
+    /* Outside a run there is no end of step to wait for: hand it over now. */
     if (atomic_load_explicit(&loop->owner, memory_order_relaxed) == NULL)
-        urio__executor_flush(loop);
+        flush(loop, ls);
+    else
+        urio__loop_want_step_end(loop, ls->index);
     return f;
 }
 
-void urio__executor_flush(urio_loop_t *loop)
+URIO_EXPORT urio_future_t *urio_run_in_executor(urio_loop_t *loop, urio_executor_t *ex,
+                                                urio_blocking_fn fn, void *arg)
 {
-    job_t *j = loop->jobs_head;
-    loop->jobs_head = loop->jobs_tail = NULL;
+    return urio_run_in_executor_opts(loop, ex, fn, arg, NULL);
+}
+
+/* Hands the jobs submitted this step to their pools, a batch per pool. */
+static void flush(urio_loop_t *loop, loop_side_t *ls)
+{
+    (void)loop;
+    job_t *j = ls->jobs_head;
+    ls->jobs_head = ls->jobs_tail = NULL;
     while (j != NULL) {
         /* A run of jobs for the same pool goes in under one lock. */
-        urio_executor_t *ex = j->ex;
+        pool_t *ex = j->ex;
         job_t *first = j, *last = j;
         unsigned n = 1;
         while (last->next != NULL && last->next->ex == ex) {
@@ -406,12 +524,6 @@ void urio__executor_flush(urio_loop_t *loop)
     }
 }
 
-URIO_EXPORT urio_future_t *urio_run_in_executor(urio_loop_t *loop, urio_executor_t *ex,
-                                                urio_blocking_fn fn, void *arg)
-{
-    return urio_run_in_executor_dtor(loop, ex, fn, arg, NULL);
-}
-
 URIO_EXPORT void *urio_executor_fail(int err, const char *fmt, ...)
 {
     job_t *j = tls_job;
@@ -431,16 +543,16 @@ URIO_EXPORT void *urio_executor_fail(int err, const char *fmt, ...)
     return NULL;
 }
 
-URIO_EXPORT int urio_executor_shutdown(urio_executor_t *ex, bool wait, bool cancel_futures)
+static int pool_shutdown(urio_executor_t *base, bool wait, bool cancel_futures)
 {
-    if (ex == NULL)
-        return -EINVAL;
+    pool_t *ex = (pool_t *)base;
     if (wait && tls_ex == ex)
         return -EDEADLK;
     /* Jobs this thread's loop accepted but has not handed over yet come first. */
     urio_loop_t *cur = urio_loop_current();
-    if (cur != NULL && cur->jobs_head != NULL)
-        urio__executor_flush(cur);
+    loop_side_t *ls = cur ? urio__loop_state(cur, &side_subsystem) : NULL;
+    if (ls != NULL && ls->jobs_head != NULL)
+        flush(cur, ls);
     pthread_mutex_lock(&ex->mu);
     ex->shutdown = true;
     atomic_store(&ex->closed, true);
@@ -474,7 +586,7 @@ URIO_EXPORT int urio_executor_shutdown(urio_executor_t *ex, bool wait, bool canc
     return 0;
 }
 
-static void executor_unref(urio_executor_t *ex)
+static void executor_unref(pool_t *ex)
 {
     if (atomic_fetch_sub_explicit(&ex->refs, 1, memory_order_acq_rel) != 1)
         return;
@@ -485,11 +597,10 @@ static void executor_unref(urio_executor_t *ex)
     urio__free(ex);
 }
 
-URIO_EXPORT void urio_executor_free(urio_executor_t *ex)
+static void pool_free(urio_executor_t *base)
 {
-    if (ex == NULL)
-        return;
-    urio_executor_shutdown(ex, true, false);
+    pool_t *ex = (pool_t *)base;
+    pool_shutdown(base, true, false);
     /* Jobs still held by loops keep the memory until they are let go. */
     executor_unref(ex);
 }

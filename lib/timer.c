@@ -1,5 +1,6 @@
 /*
- * timer.c — timers: a wheel of 1 ms buckets for the next ~4.3 s, and a
+ * timer.c — timers: urio_call_at/urio_call_later, their slots and handles,
+ * and where they wait: a wheel of 1 ms buckets for the next ~4.3 s, and a
  * 4-ary heap for deadlines beyond it.
  *
  * Scheduling appends to a bucket (no ordering work at all); a bucket is
@@ -16,7 +17,7 @@
  * entries outnumber live ones (an O(n) sweep paid for by those cancels).
  * No SQE per timer: the earliest deadline is the loop's wait timeout.
  */
-#include "internal.h"
+#include "loop.h"
 
 #include <string.h>
 
@@ -30,9 +31,9 @@ static inline bool before(const struct urio__timer *a, const struct urio__timer 
     return a->when < b->when || (a->when == b->when && a->seq < b->seq);
 }
 
-static inline bool live(const urio_loop_t *loop, const struct urio__timer *t)
+static inline bool live(const urio__timers_t *tm, const struct urio__timer *t)
 {
-    return loop->slots[t->slot].gen == t->gen;
+    return tm->slots[t->slot].gen == t->gen;
 }
 
 static inline uint64_t tick_of(uint64_t when)
@@ -135,52 +136,55 @@ static void sift_down(struct urio__timer *h, uint32_t n, uint32_t i)
     h[i] = t;
 }
 
-static int heap_push(urio_loop_t *loop, const struct urio__timer *t)
+static int heap_push(urio__timers_t *tm, const struct urio__timer *t)
 {
-    if (URIO_UNLIKELY(loop->nheap == loop->cap_heap)) {
-        uint32_t cap = loop->cap_heap ? loop->cap_heap * 2 : 64;
-        if (cap <= loop->cap_heap)
+    if (URIO_UNLIKELY(tm->nheap == tm->cap_heap)) {
+        uint32_t cap = tm->cap_heap ? tm->cap_heap * 2 : 64;
+        if (cap <= tm->cap_heap)
             return -ENOMEM;
-        struct urio__timer *h = urio__realloc(loop->heap, (size_t)cap * sizeof *h);
+        struct urio__timer *h = urio__realloc(tm->heap, (size_t)cap * sizeof *h);
         if (h == NULL)
             return -ENOMEM;
-        loop->heap = h;
-        loop->cap_heap = cap;
+        tm->heap = h;
+        tm->cap_heap = cap;
     }
-    loop->heap[loop->nheap] = *t;
-    sift_up(loop->heap, loop->nheap++);
+    tm->heap[tm->nheap] = *t;
+    sift_up(tm->heap, tm->nheap++);
     return 0;
 }
 
-static void heap_pop(urio_loop_t *loop)
+static void heap_pop(urio__timers_t *tm)
 {
-    if (--loop->nheap > 0) {
-        loop->heap[0] = loop->heap[loop->nheap];
-        sift_down(loop->heap, loop->nheap, 0);
+    if (--tm->nheap > 0) {
+        tm->heap[0] = tm->heap[tm->nheap];
+        sift_down(tm->heap, tm->nheap, 0);
     }
+    /* The heap property at its top: no child of the root comes before it. */
+    for (uint32_t k = 1; k <= ARITY && k < tm->nheap; k++)
+        URIO_ASSERT(!before(&tm->heap[k], &tm->heap[0]));
 }
 
 /* Drops cancelled entries from the heap's top. */
-static void heap_trim(urio_loop_t *loop)
+static void heap_trim(urio__timers_t *tm)
 {
-    while (loop->nheap > 0 && !live(loop, &loop->heap[0])) {
-        heap_pop(loop);
-        loop->timers--;
-        loop->timer_stale--;
+    while (tm->nheap > 0 && !live(tm, &tm->heap[0])) {
+        heap_pop(tm);
+        tm->count--;
+        tm->stale--;
     }
 }
 
 /* ------------------------------------------------------------------ */
 /* The wheel                                                            */
 
-static int wheel_make(urio_loop_t *loop)
+static int wheel_make(urio__timers_t *tm)
 {
-    loop->tw = urio__calloc(URIO__TW_BUCKETS, sizeof *loop->tw);
-    if (loop->tw == NULL)
+    tm->tw = urio__calloc(URIO__TW_BUCKETS, sizeof *tm->tw);
+    if (tm->tw == NULL)
         return -ENOMEM;
     for (uint32_t i = 0; i < URIO__TW_BUCKETS; i++) {
-        loop->tw[i].sorted = true;
-        loop->tw[i].min = UINT64_MAX;
+        tm->tw[i].sorted = true;
+        tm->tw[i].min = UINT64_MAX;
     }
     return 0;
 }
@@ -191,36 +195,36 @@ static int wheel_make(urio_loop_t *loop)
  * allocates only while the number of busy buckets grows: in steady state,
  * scheduling allocates nothing.
  */
-struct spare {
-    struct spare *next;
+struct urio__tw_spare {
+    struct urio__tw_spare *next;
     uint32_t cap;
 };
-_Static_assert(sizeof(struct spare) <= 16 * sizeof(struct urio__timer),
+_Static_assert(sizeof(struct urio__tw_spare) <= 16 * sizeof(struct urio__timer),
                "a spare bucket array holds its link");
 
-static void bucket_clear(urio_loop_t *loop, uint32_t bi)
+static void bucket_clear(urio__timers_t *tm, uint32_t bi)
 {
-    struct urio__tw_bucket *b = &loop->tw[bi];
+    struct urio__tw_bucket *b = &tm->tw[bi];
     if (b->e != NULL) {
-        struct spare *sp = (struct spare *)(void *)b->e;
-        sp->next = loop->tw_spare;
+        struct urio__tw_spare *sp = (struct urio__tw_spare *)(void *)b->e;
+        sp->next = tm->tw_spare;
         sp->cap = b->cap;
-        loop->tw_spare = sp;
+        tm->tw_spare = sp;
         b->e = NULL;
         b->cap = 0;
     }
     b->head = b->n = 0;
     b->sorted = true;
     b->min = UINT64_MAX;
-    loop->tw_bits[bi / 64] &= ~(1ull << (bi % 64));
+    tm->tw_bits[bi / 64] &= ~(1ull << (bi % 64));
 }
 
-static int bucket_add(urio_loop_t *loop, uint32_t bi, const struct urio__timer *t)
+static int bucket_add(urio__timers_t *tm, uint32_t bi, const struct urio__timer *t)
 {
-    struct urio__tw_bucket *b = &loop->tw[bi];
-    if (b->cap == 0 && loop->tw_spare != NULL) {
-        struct spare *sp = loop->tw_spare;
-        loop->tw_spare = sp->next;
+    struct urio__tw_bucket *b = &tm->tw[bi];
+    if (b->cap == 0 && tm->tw_spare != NULL) {
+        struct urio__tw_spare *sp = tm->tw_spare;
+        tm->tw_spare = sp->next;
         b->e = (struct urio__timer *)(void *)sp;
         b->cap = sp->cap;
     }
@@ -247,136 +251,141 @@ static int bucket_add(urio_loop_t *loop, uint32_t bi, const struct urio__timer *
     b->e[b->n++] = *t;
     if (t->when < b->min)
         b->min = t->when;
-    loop->tw_bits[bi / 64] |= 1ull << (bi % 64);
-    loop->tw_count++;
+    tm->tw_bits[bi / 64] |= 1ull << (bi % 64);
+    tm->tw_count++;
     return 0;
 }
 
 /* Adds t to the wheel if its tick is inside it, else to the heap. */
-static int place(urio_loop_t *loop, const struct urio__timer *t)
+static int place(urio__timers_t *tm, const struct urio__timer *t)
 {
     uint64_t tick = tick_of(t->when);
-    if (tick < loop->tw_tick)
-        tick = loop->tw_tick;           /* already due: the wheel's first bucket */
-    if (tick - loop->tw_tick >= URIO__TW_BUCKETS)
-        return heap_push(loop, t);
-    return bucket_add(loop, (uint32_t)(tick & TW_MASK), t);
+    if (tick < tm->tw_tick)
+        tick = tm->tw_tick;           /* already due: the wheel's first bucket */
+    if (tick - tm->tw_tick >= URIO__TW_BUCKETS)
+        return heap_push(tm, t);
+    return bucket_add(tm, (uint32_t)(tick & TW_MASK), t);
 }
 
 /* Moves heap entries that the wheel now spans into it. */
-static void refill(urio_loop_t *loop)
+static void refill(urio__timers_t *tm)
 {
-    heap_trim(loop);
-    while (loop->nheap > 0 && tick_of(loop->heap[0].when) < loop->tw_tick + URIO__TW_BUCKETS) {
-        struct urio__timer t = loop->heap[0];
+    heap_trim(tm);
+    while (tm->nheap > 0 && tick_of(tm->heap[0].when) < tm->tw_tick + URIO__TW_BUCKETS) {
+        struct urio__timer t = tm->heap[0];
         uint64_t tick = tick_of(t.when);
-        if (tick < loop->tw_tick)
-            tick = loop->tw_tick;       /* overdue: the wheel's first bucket */
-        if (bucket_add(loop, (uint32_t)(tick & TW_MASK), &t) < 0)
+        if (tick < tm->tw_tick)
+            tick = tm->tw_tick;       /* overdue: the wheel's first bucket */
+        if (bucket_add(tm, (uint32_t)(tick & TW_MASK), &t) < 0)
             return;     /* ENOMEM: it stays in the heap, fired from there later */
-        heap_pop(loop);
-        heap_trim(loop);
+        heap_pop(tm);
+        heap_trim(tm);
     }
+    /* The invariant: every heap entry lies beyond the wheel. */
+    URIO_ASSERT(tm->nheap == 0 || tick_of(tm->heap[0].when) >= tm->tw_tick + URIO__TW_BUCKETS);
 }
 
 /* The first non-empty bucket at or after tw_tick (tw_count must be > 0). */
-static uint32_t first_bucket(const urio_loop_t *loop, uint64_t *tick)
+static uint32_t first_bucket(const urio__timers_t *tm, uint64_t *tick)
 {
-    uint32_t pos = (uint32_t)(loop->tw_tick & TW_MASK);
+    uint32_t pos = (uint32_t)(tm->tw_tick & TW_MASK);
     uint32_t w = pos / 64;
-    uint64_t bits = loop->tw_bits[w] & (~0ull << (pos % 64));
+    uint64_t bits = tm->tw_bits[w] & (~0ull << (pos % 64));
     /* TW_WORDS + 1 steps: the last revisits the first word for bits below pos. */
     for (uint32_t k = 0; k <= TW_WORDS; k++) {
         if (bits) {
             uint32_t bi = w * 64 + (uint32_t)__builtin_ctzll(bits);
-            *tick = loop->tw_tick + ((bi - pos) & TW_MASK);
+            *tick = tm->tw_tick + ((bi - pos) & TW_MASK);
             return bi;
         }
         w = (w + 1) % TW_WORDS;
-        bits = loop->tw_bits[w];
+        bits = tm->tw_bits[w];
     }
     *tick = UINT64_MAX;     /* can't happen while tw_count > 0 */
     return 0;
 }
 
 /* ------------------------------------------------------------------ */
-/* The loop's interface                                                 */
+/* Where timers wait                                                    */
 
-int urio__timer_push(urio_loop_t *loop, uint64_t when, uint32_t slot, uint32_t gen)
+static int timer_push(urio__timers_t *tm, uint64_t when, uint32_t slot, uint32_t gen)
 {
-    if (URIO_UNLIKELY(loop->tw == NULL) && wheel_make(loop) < 0)
+    if (URIO_UNLIKELY(tm->tw == NULL) && wheel_make(tm) < 0)
         return -ENOMEM;
-    if (loop->tw_count == 0) {
+    if (tm->tw_count == 0) {
         /*
          * An empty wheel may start anywhere not after now, and not after the
          * heap's first timer (which may be overdue): the heap must stay
          * entirely beyond the wheel.
          */
-        uint64_t start = tick_of(loop->now_cache);
-        heap_trim(loop);
-        if (loop->nheap > 0 && tick_of(loop->heap[0].when) < start)
-            start = tick_of(loop->heap[0].when);
-        if (start > loop->tw_tick) {
-            loop->tw_tick = start;
-            refill(loop);
+        uint64_t start = tick_of(tm->now_cache);
+        heap_trim(tm);
+        if (tm->nheap > 0 && tick_of(tm->heap[0].when) < start)
+            start = tick_of(tm->heap[0].when);
+        if (start > tm->tw_tick) {
+            tm->tw_tick = start;
+            refill(tm);
         }
     }
-    struct urio__timer t = { when, loop->timer_seq++, slot, gen };
-    int ret = place(loop, &t);
+    struct urio__timer t = { when, tm->seq++, slot, gen };
+    int ret = place(tm, &t);
     if (ret == 0)
-        loop->timers++;
+        tm->count++;
     return ret;
 }
 
-uint64_t urio__timer_next(urio_loop_t *loop)
+uint64_t urio__timer_next(urio__timers_t *tm)
 {
-    while (loop->tw_count > 0) {
+    while (tm->tw_count > 0) {
         uint64_t tick;
-        uint32_t bi = first_bucket(loop, &tick);
-        struct urio__tw_bucket *b = &loop->tw[bi];
+        uint32_t bi = first_bucket(tm, &tick);
+        struct urio__tw_bucket *b = &tm->tw[bi];
         if (!b->sorted)
             return b->min;  /* maybe a cancelled timer's: an early wake-up at worst */
-        while (b->head < b->n && !live(loop, &b->e[b->head])) {
+        while (b->head < b->n && !live(tm, &b->e[b->head])) {
             b->head++;
-            loop->tw_count--;
-            loop->timers--;
-            loop->timer_stale--;
+            tm->tw_count--;
+            tm->count--;
+            tm->stale--;
         }
-        if (b->head < b->n)
+        if (b->head < b->n) {
+            URIO_ASSERT(b->min <= b->e[b->head].when);
             return b->min = b->e[b->head].when;
-        bucket_clear(loop, bi);
+        }
+        bucket_clear(tm, bi);
     }
-    heap_trim(loop);
-    return loop->nheap > 0 ? loop->heap[0].when : UINT64_MAX;
+    heap_trim(tm);
+    return tm->nheap > 0 ? tm->heap[0].when : UINT64_MAX;
 }
 
 uint32_t urio__timer_fire(urio_loop_t *loop, uint64_t now)
 {
+    urio__timers_t *tm = &loop->timers;
     uint64_t now_tick = tick_of(now);
     uint32_t fired = 0;
-    if (now > loop->now_cache)
-        loop->now_cache = now;
+    if (now > tm->now_cache)
+        tm->now_cache = now;
     for (;;) {
-        if (loop->tw_count == 0) {
-            heap_trim(loop);
-            if (loop->nheap == 0 || tick_of(loop->heap[0].when) > now_tick)
+        if (tm->tw_count == 0) {
+            heap_trim(tm);
+            if (tm->nheap == 0 || tick_of(tm->heap[0].when) > now_tick)
                 break;
             /* The wheel is empty and the heap's first timer is due: turn to it. */
-            loop->tw_tick = tick_of(loop->heap[0].when);
-            refill(loop);
-            if (loop->tw_count == 0)
+            tm->tw_tick = tick_of(tm->heap[0].when);
+            refill(tm);
+            if (tm->tw_count == 0)
                 break;      /* out of memory for the bucket; next turn */
             continue;
         }
         uint64_t tick;
-        uint32_t bi = first_bucket(loop, &tick);
+        uint32_t bi = first_bucket(tm, &tick);
         if (tick > now_tick)
             break;
-        if (tick > loop->tw_tick) {
-            loop->tw_tick = tick;
-            refill(loop);
+        if (tick > tm->tw_tick) {
+            tm->tw_tick = tick;
+            refill(tm);
         }
-        struct urio__tw_bucket *b = &loop->tw[bi];
+        struct urio__tw_bucket *b = &tm->tw[bi];
         if (!b->sorted) {
             sort_timers(b->e + b->head, b->n - b->head);
             b->sorted = true;
@@ -389,96 +398,249 @@ uint32_t urio__timer_fire(urio_loop_t *loop, uint64_t now)
              * on the slot was most of the cost of firing a timer).
              */
             if (b->head + 8 < b->n)
-                __builtin_prefetch(&loop->slots[b->e[b->head + 8].slot]);
-            if (live(loop, t)) {
-                struct urio__slot *s = &loop->slots[t->slot];
+                __builtin_prefetch(&tm->slots[b->e[b->head + 8].slot]);
+            if (live(tm, t)) {
+                struct urio__slot *s = &tm->slots[t->slot];
                 /* If the FIFO cannot grow, the timer stays and fires next turn. */
-                if (URIO_UNLIKELY(urio__ready_push(loop, s->fn, s->arg, s->site, t->slot + 1,
+                if (URIO_UNLIKELY(urio__ready_push(&loop->ready, s->fn, s->arg, s->site, t->slot + 1,
                                                    t->gen) == 0))
                     return fired;
                 s->where = URIO__SLOT_READY;
                 fired++;
             } else {
-                loop->timer_stale--;
+                tm->stale--;
             }
             b->head++;
-            loop->tw_count--;
-            loop->timers--;
+            tm->tw_count--;
+            tm->count--;
         }
         if (b->head < b->n) {
             b->min = b->e[b->head].when;
             break;          /* the rest of this tick is not due yet */
         }
-        bucket_clear(loop, bi);
+        bucket_clear(tm, bi);
     }
     return fired;
 }
 
-uint32_t urio__timer_count_live(const urio_loop_t *loop)
+uint32_t urio__timer_count_live(const urio__timers_t *tm)
 {
     uint32_t n = 0;
-    for (uint32_t i = 0; loop->tw && i < URIO__TW_BUCKETS; i++)
-        for (uint32_t k = loop->tw[i].head; k < loop->tw[i].n; k++)
-            n += live(loop, &loop->tw[i].e[k]);
-    for (uint32_t k = 0; k < loop->nheap; k++)
-        n += live(loop, &loop->heap[k]);
+    for (uint32_t i = 0; tm->tw && i < URIO__TW_BUCKETS; i++)
+        for (uint32_t k = tm->tw[i].head; k < tm->tw[i].n; k++)
+            n += live(tm, &tm->tw[i].e[k]);
+    for (uint32_t k = 0; k < tm->nheap; k++)
+        n += live(tm, &tm->heap[k]);
     return n;
 }
 
 /* Drops every stale entry, from the wheel and the heap. */
-static void sweep(urio_loop_t *loop)
+static void sweep(urio__timers_t *tm)
 {
-    for (uint32_t bi = 0; loop->tw && bi < URIO__TW_BUCKETS; bi++) {
-        struct urio__tw_bucket *b = &loop->tw[bi];
+    for (uint32_t bi = 0; tm->tw && bi < URIO__TW_BUCKETS; bi++) {
+        struct urio__tw_bucket *b = &tm->tw[bi];
         if (b->head == b->n)
             continue;
         uint32_t kept = 0;
         uint64_t min = UINT64_MAX;
         for (uint32_t k = b->head; k < b->n; k++) {
-            if (!live(loop, &b->e[k]))
+            if (!live(tm, &b->e[k]))
                 continue;
             if (b->e[k].when < min)
                 min = b->e[k].when;
             b->e[kept++] = b->e[k];     /* order kept: a sorted bucket stays sorted */
         }
-        loop->tw_count -= (b->n - b->head) - kept;
+        tm->tw_count -= (b->n - b->head) - kept;
         b->head = 0;
         b->n = kept;
         b->min = min;
         if (kept == 0)
-            bucket_clear(loop, bi);
+            bucket_clear(tm, bi);
     }
     uint32_t n = 0;
-    for (uint32_t i = 0; i < loop->nheap; i++)
-        if (live(loop, &loop->heap[i]))
-            loop->heap[n++] = loop->heap[i];
-    loop->nheap = n;
+    for (uint32_t i = 0; i < tm->nheap; i++)
+        if (live(tm, &tm->heap[i]))
+            tm->heap[n++] = tm->heap[i];
+    tm->nheap = n;
     if (n > 1)
         for (uint32_t i = (n - 2) / ARITY + 1; i-- > 0;)
-            sift_down(loop->heap, n, i);
-    loop->timers = loop->tw_count + loop->nheap;
-    loop->timer_stale = 0;
+            sift_down(tm->heap, n, i);
+    tm->count = tm->tw_count + tm->nheap;
+    tm->stale = 0;
 }
 
-void urio__timer_cancelled(urio_loop_t *loop)
+static void timer_cancelled(urio__timers_t *tm)
 {
-    loop->timer_stale++;
-    if (loop->timer_stale >= 1024 && loop->timer_stale * 2 >= loop->timers)
-        sweep(loop);
+    tm->stale++;
+    if (tm->stale >= 1024 && tm->stale * 2 >= tm->count)
+        sweep(tm);
 }
 
-void urio__timer_free_all(urio_loop_t *loop)
+int urio__timers_init(urio__timers_t *tm, uint64_t now)
 {
-    for (uint32_t i = 0; loop->tw && i < URIO__TW_BUCKETS; i++)
-        urio__free(loop->tw[i].e);
-    while (loop->tw_spare != NULL) {
-        struct spare *sp = loop->tw_spare;
-        loop->tw_spare = sp->next;
+    memset(tm, 0, sizeof *tm);
+    tm->cap_slots = 64;
+    tm->slots = urio__malloc(tm->cap_slots * sizeof *tm->slots);
+    tm->free_slots = urio__malloc(tm->cap_slots * sizeof *tm->free_slots);
+    if (tm->slots == NULL || tm->free_slots == NULL) {
+        urio__timers_free(tm);
+        return -ENOMEM;
+    }
+    tm->now_cache = now;
+    return 0;
+}
+
+void urio__timers_free(urio__timers_t *tm)
+{
+    for (uint32_t i = 0; tm->tw && i < URIO__TW_BUCKETS; i++)
+        urio__free(tm->tw[i].e);
+    while (tm->tw_spare != NULL) {
+        struct urio__tw_spare *sp = tm->tw_spare;
+        tm->tw_spare = sp->next;
         urio__free(sp);
     }
-    urio__free(loop->tw);
-    urio__free(loop->heap);
-    loop->tw = NULL;
-    loop->heap = NULL;
-    loop->nheap = loop->cap_heap = loop->tw_count = loop->timers = loop->timer_stale = 0;
+    urio__free(tm->tw);
+    urio__free(tm->heap);
+    urio__free(tm->slots);
+    urio__free(tm->free_slots);
+    tm->tw = NULL;
+    tm->heap = NULL;
+    tm->slots = NULL;
+    tm->free_slots = NULL;
+    tm->nheap = tm->cap_heap = tm->tw_count = tm->count = tm->stale = 0;
+    tm->nslots = tm->nfree = tm->cap_slots = 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Slots and handles                                                    */
+
+static int slot_alloc(urio__timers_t *tm, urio_callback_fn fn, void *arg,
+                      const urio_site_t *site, uint32_t *out)
+{
+    uint32_t i, gen;
+    if (URIO_LIKELY(tm->nfree > 0)) {
+        /* The stack holds the generation: allocating reads no cold slot. */
+        struct urio__free_slot f = tm->free_slots[--tm->nfree];
+        i = f.idx;
+        gen = f.gen + 1;
+    } else {
+        if (tm->nslots == tm->cap_slots) {
+            uint32_t cap = tm->cap_slots * 2;
+            if (cap > (1u << URIO__TIMER_SLOT_BITS) - 1)
+                return -ENOMEM;     /* a handle has 24 bits for the slot */
+            struct urio__slot *s = urio__realloc(tm->slots, (size_t)cap * sizeof *s);
+            if (s == NULL)
+                return -ENOMEM;
+            tm->slots = s;
+            struct urio__free_slot *f = urio__realloc(tm->free_slots, (size_t)cap * sizeof *f);
+            if (f == NULL)
+                return -ENOMEM;     /* slots grew, cap_slots did not: harmless */
+            tm->free_slots = f;
+            tm->cap_slots = cap;
+        }
+        i = tm->nslots++;
+        gen = 1;
+    }
+    URIO_ASSERT(gen & 1);
+    tm->slots[i] = (struct urio__slot){ fn, arg, site, gen, URIO__SLOT_WHEEL };
+    *out = i;
+    return 0;
+}
+
+static void slot_release(urio__timers_t *tm, uint32_t i)
+{
+    uint32_t gen = ++tm->slots[i].gen;    /* even: free */
+    URIO_ASSERT(!(gen & 1));
+    tm->free_slots[tm->nfree++] = (struct urio__free_slot){ i, gen };
+}
+
+/*
+ * A timer handle's id: bit 63, the slot's whole 32-bit generation and the
+ * slot index + 1 (24 bits).
+ */
+#define TIMER_BIT  (1ull << 63)
+#define SLOT_MASK  ((1ull << URIO__TIMER_SLOT_BITS) - 1)
+
+static inline urio_handle_t timer_handle(uint32_t slot, uint32_t gen)
+{
+    return (urio_handle_t){ TIMER_BIT | ((uint64_t)gen << URIO__TIMER_SLOT_BITS) | (slot + 1ull) };
+}
+
+__attribute__((cold, noinline)) static urio_handle_t fail_handle(int err)
+{
+    errno = -err;
+    return (urio_handle_t){ 0 };
+}
+
+static urio_handle_t call_at(urio_loop_t *loop, uint64_t when, urio_callback_fn fn, void *arg,
+                             const urio_site_t *site, const char *name)
+{
+    if (URIO_UNLIKELY(loop == NULL || fn == NULL))
+        return fail_handle(-EINVAL);
+    if (URIO_UNLIKELY(!urio__loop_check_thread(loop, name)))
+        return fail_handle(-EPERM);
+    if (URIO_UNLIKELY(loop->closing))
+        return fail_handle(-ESHUTDOWN);
+    urio__timers_t *tm = &loop->timers;
+    uint32_t slot;
+    if (URIO_UNLIKELY(slot_alloc(tm, fn, arg, site, &slot) < 0))
+        return fail_handle(-ENOMEM);
+    uint32_t gen = tm->slots[slot].gen;
+    if (URIO_UNLIKELY(timer_push(tm, when, slot, gen) < 0)) {
+        slot_release(tm, slot);
+        return fail_handle(-ENOMEM);
+    }
+    return timer_handle(slot, gen);
+}
+
+URIO_EXPORT urio_handle_t urio_call_at_site(urio_loop_t *loop, uint64_t when_ns,
+                                            urio_callback_fn fn, void *arg,
+                                            const urio_site_t *site)
+{
+    return call_at(loop, when_ns, fn, arg, site, "urio_call_at");
+}
+
+URIO_EXPORT urio_handle_t urio_call_later_site(urio_loop_t *loop, uint64_t delay_ns,
+                                               urio_callback_fn fn, void *arg,
+                                               const urio_site_t *site)
+{
+    uint64_t now = urio__now();
+    uint64_t when = delay_ns > UINT64_MAX - now ? UINT64_MAX : now + delay_ns;
+    if (loop != NULL && loop->owner == urio__thread_token())
+        loop->timers.now_cache = now;      /* a fresher start for the timer wheel */
+    return call_at(loop, when, fn, arg, site, "urio_call_later");
+}
+
+#undef urio_call_at
+URIO_EXPORT urio_handle_t urio_call_at(urio_loop_t *loop, uint64_t when_ns,
+                                       urio_callback_fn fn, void *arg)
+{
+    return call_at(loop, when_ns, fn, arg, NULL, "urio_call_at");
+}
+
+#undef urio_call_later
+URIO_EXPORT urio_handle_t urio_call_later(urio_loop_t *loop, uint64_t delay_ns,
+                                          urio_callback_fn fn, void *arg)
+{
+    return urio_call_later_site(loop, delay_ns, fn, arg, NULL);
+}
+
+bool urio__timer_cancel(urio__timers_t *tm, uint64_t id)
+{
+    uint64_t slot = (id & SLOT_MASK) - 1;
+    uint32_t gen = (uint32_t)(id >> URIO__TIMER_SLOT_BITS);
+    if (slot >= tm->nslots)
+        return false;
+    struct urio__slot *s = &tm->slots[slot];
+    if (s->gen != gen || !(gen & 1))
+        return false;       /* ran or was cancelled */
+    /*
+     * Free the slot now.  Its entry in the wheel, the heap or the FIFO names
+     * the old generation and is skipped when it comes up.
+     */
+    bool in_wheel = s->where == URIO__SLOT_WHEEL;
+    slot_release(tm, (uint32_t)slot);
+    if (in_wheel)
+        timer_cancelled(tm);    /* the wheel counts its stale entries */
+    return true;
 }

@@ -16,7 +16,7 @@
 #include <pthread.h>
 #include <cmocka.h>
 
-#include "internal.h"
+#include "loop.h"   /* lib/: the loop's and the core's internals (tests only) */
 
 #define MS 1000000ull
 #define US 1000ull
@@ -151,6 +151,15 @@ static inline int test_teardown_leaks(void **state)
 
 /* A test case with the leak check around it. */
 #define URIO_TEST(fn) cmocka_unit_test_setup_teardown(fn, test_setup_leaks, test_teardown_leaks)
+
+/* A new future of loop that must succeed (the test's own, one reference). */
+static inline urio_future_t *test_future_new(urio_loop_t *loop)
+{
+    urio_future_t *f = NULL;
+    assert_int_equal(urio_future_new(&f, loop), 0);
+    assert_non_null(f);
+    return f;
+}
 
 /* Closes the loop and asserts it closed. */
 static inline void test_loop_close(urio_loop_t *loop)

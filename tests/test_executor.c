@@ -194,7 +194,7 @@ static void test_executor_cancel_after_start_discards_result(void **state)
     gate_reset();
     freed_results = 0;
     static int payload;
-    urio_future_t *f = urio_run_in_executor_dtor(loop, NULL, gated, &payload, free_result);
+    urio_future_t *f = urio_run_in_executor_opts(loop, NULL, gated, &payload, &(urio_job_opts_t){ .free_result = free_result });
     gate_wait_started(1);
     assert_true(urio_future_cancel(f));
     assert_true(urio_future_cancelled(f));
@@ -328,7 +328,7 @@ static void test_executor_future_wait_from_thread(void **state)
     pthread_join(t, &got);
     assert_int_equal((intptr_t)got, 144);
     /* From the loop's own thread, waiting is refused. */
-    urio_future_t *g = urio_future_new(loop);
+    urio_future_t *g = test_future_new(loop);
     assert_int_equal(urio_future_wait(g, 0, NULL), -ETIMEDOUT);   /* not running: a plain timeout */
     urio_future_unref(g);
     urio_future_unref(f);
@@ -347,7 +347,7 @@ static void test_executor_wait_on_loop_thread_refused(void **state)
 {
     (void)state;
     urio_loop_t *loop = test_loop_new();
-    self_wait_f = urio_future_new(loop);
+    self_wait_f = test_future_new(loop);
     test_log_capture();
     urio_call_soon(loop, self_wait_cb, loop);
     urio_loop_run_forever(loop);

@@ -102,7 +102,7 @@ static void test_future_new_ref_unref(void **state)
     urio_loop_t *loop = test_loop_new();
     uint64_t before = test_live_blocks();
 
-    urio_future_t *f = urio_future_new(loop);
+    urio_future_t *f = test_future_new(loop);
     assert_non_null(f);
     assert_ptr_equal(urio_future_loop(f), loop);
     assert_false(urio_future_done(f));
@@ -130,9 +130,10 @@ static void test_future_new_ref_unref(void **state)
     assert_int_equal(urio_future_result(NULL, NULL), -EINVAL);
     assert_null(urio_future_error_message(NULL));
     assert_null(urio_future_loop(NULL));
-    errno = 0;
-    assert_null(urio_future_new(NULL));
-    assert_int_equal(errno, EINVAL);
+    urio_future_t *none;
+    assert_int_equal(urio_future_new(&none, NULL), -EINVAL);
+    assert_null(none);
+    assert_int_equal(urio_future_new(NULL, loop), -EINVAL);
     test_loop_close(loop);
 }
 
@@ -143,7 +144,7 @@ static void test_future_set_result_then_result(void **state)
 {
     (void)state;
     urio_loop_t *loop = test_loop_new();
-    urio_future_t *f = urio_future_new(loop);
+    urio_future_t *f = test_future_new(loop);
     int payload = 42;
     assert_int_equal(urio_future_result(f, NULL), URIO_ENOTDONE);
     assert_int_equal(urio_future_set_result(f, &payload), 0);
@@ -157,7 +158,7 @@ static void test_future_set_result_then_result(void **state)
     urio_future_unref(f);
 
     /* A NULL result is a result too. */
-    f = urio_future_new(loop);
+    f = test_future_new(loop);
     assert_int_equal(urio_future_set_result(f, NULL), 0);
     v = &payload;
     assert_int_equal(urio_future_result(f, &v), 0);
@@ -171,7 +172,7 @@ static void test_future_set_error_with_message(void **state)
 {
     (void)state;
     urio_loop_t *loop = test_loop_new();
-    urio_future_t *f = urio_future_new(loop);
+    urio_future_t *f = test_future_new(loop);
     assert_int_equal(urio_future_set_error(f, -EIO, "disk %d failed: %s", 3, "bad sector"), 0);
     assert_true(urio_future_done(f));
     assert_false(urio_future_cancelled(f));
@@ -182,7 +183,7 @@ static void test_future_set_error_with_message(void **state)
     urio_future_unref(f);
 
     /* urio's own codes are errors too; a NULL format means no message. */
-    f = urio_future_new(loop);
+    f = test_future_new(loop);
     assert_int_equal(urio_future_set_error(f, URIO_EBROKENWORKER, NULL), 0);
     assert_null(urio_future_error_message(f));
     assert_int_equal(urio_future_result(f, NULL), URIO_EBROKENWORKER);
@@ -196,7 +197,7 @@ static void test_future_second_transition_refused(void **state)
     urio_loop_t *loop = test_loop_new();
     int a = 1, b = 2;
 
-    urio_future_t *f = urio_future_new(loop);
+    urio_future_t *f = test_future_new(loop);
     assert_int_equal(urio_future_set_result(f, &a), 0);
     assert_int_equal(urio_future_set_result(f, &b), -EINVAL);
     assert_int_equal(urio_future_set_error(f, -EIO, "late %d", 1), -EINVAL);
@@ -208,7 +209,7 @@ static void test_future_second_transition_refused(void **state)
     assert_null(urio_future_error_message(f));
     urio_future_unref(f);
 
-    f = urio_future_new(loop);
+    f = test_future_new(loop);
     assert_int_equal(urio_future_set_error(f, -EPIPE, "first"), 0);
     assert_int_equal(urio_future_set_result(f, &b), -EINVAL);
     assert_int_equal(urio_future_set_error(f, -EIO, "second"), -EINVAL);
@@ -217,7 +218,7 @@ static void test_future_second_transition_refused(void **state)
     assert_string_equal(urio_future_error_message(f), "first");
     urio_future_unref(f);
 
-    f = urio_future_new(loop);
+    f = test_future_new(loop);
     assert_true(urio_future_cancel(f));
     assert_int_equal(urio_future_set_result(f, &b), -EINVAL);
     assert_int_equal(urio_future_set_error(f, -EIO, "after cancel"), -EINVAL);
@@ -231,7 +232,7 @@ static void test_future_set_error_rejects_non_negative(void **state)
 {
     (void)state;
     urio_loop_t *loop = test_loop_new();
-    urio_future_t *f = urio_future_new(loop);
+    urio_future_t *f = test_future_new(loop);
     assert_int_equal(urio_future_set_error(f, 0, "zero"), -EINVAL);
     assert_int_equal(urio_future_set_error(f, EIO, "positive"), -EINVAL);
     assert_int_equal(urio_future_set_error(NULL, -EIO, NULL), -EINVAL);
@@ -248,7 +249,7 @@ static void test_future_cancel(void **state)
 {
     (void)state;
     urio_loop_t *loop = test_loop_new();
-    urio_future_t *f = urio_future_new(loop);
+    urio_future_t *f = test_future_new(loop);
     assert_true(urio_future_cancel(f));
     assert_false(urio_future_cancel(f));
     assert_true(urio_future_done(f));
@@ -260,7 +261,7 @@ static void test_future_cancel(void **state)
     assert_false(urio_future_cancel(NULL));
 
     /* set_error with -ECANCELED is a cancellation. */
-    f = urio_future_new(loop);
+    f = test_future_new(loop);
     assert_int_equal(urio_future_set_error(f, -ECANCELED, "shutting down"), 0);
     assert_true(urio_future_cancelled(f));
     assert_false(urio_future_cancel(f));
@@ -273,7 +274,7 @@ static void test_future_result_pending_is_enotdone(void **state)
 {
     (void)state;
     urio_loop_t *loop = test_loop_new();
-    urio_future_t *f = urio_future_new(loop);
+    urio_future_t *f = test_future_new(loop);
     void *v = &v;
     assert_int_equal(urio_future_result(f, &v), URIO_ENOTDONE);
     assert_ptr_equal(v, &v);
@@ -292,7 +293,7 @@ static void test_future_callbacks_never_inline(void **state)
     struct seen s = { .loop = test_loop_new() };
     struct tag t0 = { &s, 0 }, t1 = { &s, 1 };
     int payload = 7;
-    urio_future_t *f = urio_future_new(s.loop);
+    urio_future_t *f = test_future_new(s.loop);
     assert_int_equal(urio_future_add_done_callback(f, record_done, &t0), 0);
     assert_int_equal(urio_future_set_result(f, &payload), 0);
     assert_int_equal(s.n, 0);                   /* not by set_result itself */
@@ -320,7 +321,7 @@ static void test_future_callbacks_run_in_order_added(void **state)
     (void)state;
     struct seen s = { .loop = test_loop_new() };
     struct tag t[9];
-    urio_future_t *f = urio_future_new(s.loop);
+    urio_future_t *f = test_future_new(s.loop);
     for (int i = 0; i < 9; i++) {   /* past the inline two, and past a regrowth */
         t[i] = (struct tag){ &s, i };
         assert_int_equal(urio_future_add_done_callback(f, record_done, &t[i]), 0);
@@ -343,7 +344,7 @@ static void test_future_callback_added_after_completion_runs(void **state)
     (void)state;
     struct seen s = { .loop = test_loop_new() };
     struct tag t0 = { &s, 10 }, t1 = { &s, 11 };
-    urio_future_t *f = urio_future_new(s.loop);
+    urio_future_t *f = test_future_new(s.loop);
     assert_true(urio_future_cancel(f));
     run_turns(s.loop, 2);                       /* nothing registered: nothing runs */
     assert_int_equal(s.n, 0);
@@ -373,7 +374,7 @@ static void test_future_callback_added_from_callback_runs(void **state)
     struct seen s = { .loop = test_loop_new() };
     struct tag outer = { &s, 1 }, after = { &s, 2 };
     nested_inner = (struct tag){ &s, 3 };
-    urio_future_t *f = urio_future_new(s.loop);
+    urio_future_t *f = test_future_new(s.loop);
     assert_int_equal(urio_future_add_done_callback(f, adds_from_inside, &outer), 0);
     assert_int_equal(urio_future_add_done_callback(f, record_done, &after), 0);
     assert_int_equal(urio_future_set_result(f, NULL), 0);
@@ -397,7 +398,7 @@ static void test_future_remove_done_callback(void **state)
     (void)state;
     struct seen s = { .loop = test_loop_new() };
     struct tag a = { &s, 1 }, b = { &s, 2 }, c = { &s, 3 };
-    urio_future_t *f = urio_future_new(s.loop);
+    urio_future_t *f = test_future_new(s.loop);
     assert_int_equal(urio_future_add_done_callback(f, record_done, &a), 0);
     assert_int_equal(urio_future_add_done_callback(f, record_done, &b), 0);
     assert_int_equal(urio_future_add_done_callback(f, record_done, &a), 0);
@@ -418,7 +419,7 @@ static void test_future_remove_done_callback(void **state)
 
     /* Removing everything: nothing runs, and the future still completes. */
     s.n = 0;
-    f = urio_future_new(s.loop);
+    f = test_future_new(s.loop);
     assert_int_equal(urio_future_add_done_callback(f, record_done, &a), 0);
     assert_int_equal(urio_future_remove_done_callback(f, record_done, &a), 1);
     assert_true(urio_future_cancel(f));
@@ -427,7 +428,7 @@ static void test_future_remove_done_callback(void **state)
     urio_future_unref(f);
 
     assert_int_equal(urio_future_add_done_callback(NULL, record_done, &a), -EINVAL);
-    f = urio_future_new(s.loop);
+    f = test_future_new(s.loop);
     assert_int_equal(urio_future_add_done_callback(f, NULL, &a), -EINVAL);
     urio_future_unref(f);
     test_loop_close(s.loop);
@@ -440,7 +441,7 @@ static void test_future_runner_holds_reference(void **state)
     struct tag t0 = { &s, 0 }, t1 = { &s, 1 };
     uint64_t before = test_live_blocks();
     int payload = 5;
-    urio_future_t *f = urio_future_new(s.loop);
+    urio_future_t *f = test_future_new(s.loop);
     assert_int_equal(urio_future_add_done_callback(f, record_done, &t0), 0);
     assert_int_equal(urio_future_add_done_callback(f, record_done, &t1), 0);
     assert_int_equal(urio_future_set_result(f, &payload), 0);
@@ -459,7 +460,7 @@ static void test_future_runner_holds_reference(void **state)
     struct reports r = { 0 };
     urio_loop_set_exception_handler(s.loop, keep_report, &r);
     s.n = 0;
-    f = urio_future_new(s.loop);
+    f = test_future_new(s.loop);
     assert_int_equal(urio_future_add_done_callback(f, record_done, &t0), 0);
     assert_int_equal(urio_future_set_error(f, -EIO, "x"), 0);
     urio_future_unref(f);
@@ -500,7 +501,7 @@ static void test_future_run_until_complete_outcomes(void **state)
     int payload = 9;
     const int expect[3] = { 0, -ECONNRESET, -ECANCELED };
     for (int how = 0; how < 3; how++) {
-        urio_future_t *f = urio_future_new(loop);
+        urio_future_t *f = test_future_new(loop);
         struct completer c = { f, how, &payload };
         /* Completed a few turns in, by a timer. */
         assert_int_not_equal(urio_call_later(loop, 2 * MS, complete_cb, &c).id, 0);
@@ -513,7 +514,7 @@ static void test_future_run_until_complete_outcomes(void **state)
         urio_future_unref(f);
     }
     /* Already done: the outcome, at once. */
-    urio_future_t *f = urio_future_new(loop);
+    urio_future_t *f = test_future_new(loop);
     assert_int_equal(urio_future_set_error(f, -EIO, NULL), 0);
     assert_int_equal(urio_loop_run_until_complete(loop, f), -EIO);
     urio_future_unref(f);
@@ -528,7 +529,7 @@ static void test_future_run_until_complete_stopped(void **state)
 {
     (void)state;
     struct seen s = { .loop = test_loop_new() };
-    urio_future_t *f = urio_future_new(s.loop);
+    urio_future_t *f = test_future_new(s.loop);
     assert_int_not_equal(urio_call_soon(s.loop, test_stop_cb, s.loop).id, 0);
     assert_int_equal(urio_loop_run_until_complete(s.loop, f), URIO_ESTOPPED);
     assert_false(urio_future_done(f));
@@ -543,7 +544,7 @@ static void test_future_run_until_complete_stopped(void **state)
     urio_future_unref(f);
 
     /* Stopped by a timer while f stays pending, then completed by a later run. */
-    f = urio_future_new(s.loop);
+    f = test_future_new(s.loop);
     assert_int_not_equal(urio_call_later(s.loop, 1 * MS, test_stop_cb, s.loop).id, 0);
     assert_int_equal(urio_loop_run_until_complete(s.loop, f), URIO_ESTOPPED);
     c = (struct completer){ f, 2, NULL };
@@ -558,7 +559,7 @@ static void test_future_run_until_complete_other_loop(void **state)
     (void)state;
     urio_loop_t *a = test_loop_new();
     urio_loop_t *b = test_loop_new();
-    urio_future_t *f = urio_future_new(b);
+    urio_future_t *f = test_future_new(b);
     assert_int_equal(urio_loop_run_until_complete(a, f), -EINVAL);
     assert_false(urio_future_done(f));
     /* Nothing was registered on f by the refused call. */
@@ -578,7 +579,7 @@ static void test_future_unretrieved_error_reported(void **state)
     urio_loop_t *loop = test_loop_new();
     struct reports r = { 0 };
     urio_loop_set_exception_handler(loop, keep_report, &r);
-    urio_future_t *f = urio_future_new(loop);
+    urio_future_t *f = test_future_new(loop);
     assert_int_equal(urio_future_set_error(f, -EIO, "read of %s failed", "/dev/sda"), 0);
     urio_future_ref(f);
     urio_future_unref(f);
@@ -598,7 +599,7 @@ static void test_future_unretrieved_error_reported(void **state)
 
     /* Without a message: error_message is NULL. */
     r = (struct reports){ 0 };
-    f = urio_future_new(loop);
+    f = test_future_new(loop);
     assert_int_equal(urio_future_set_error(f, -ENOENT, NULL), 0);
     urio_future_unref(f);
     assert_int_equal(r.n, 1);
@@ -615,29 +616,29 @@ static void test_future_retrieved_error_not_reported(void **state)
     struct reports r = { 0 };
     urio_loop_set_exception_handler(loop, keep_report, &r);
 
-    urio_future_t *f = urio_future_new(loop);       /* read by result */
+    urio_future_t *f = test_future_new(loop);       /* read by result */
     assert_int_equal(urio_future_set_error(f, -EIO, "a"), 0);
     assert_int_equal(urio_future_result(f, NULL), -EIO);
     urio_future_unref(f);
 
-    f = urio_future_new(loop);                      /* read by error_message */
+    f = test_future_new(loop);                      /* read by error_message */
     assert_int_equal(urio_future_set_error(f, -EIO, "b"), 0);
     assert_string_equal(urio_future_error_message(f), "b");
     urio_future_unref(f);
 
-    f = urio_future_new(loop);                      /* cancelled */
+    f = test_future_new(loop);                      /* cancelled */
     assert_true(urio_future_cancel(f));
     urio_future_unref(f);
 
-    f = urio_future_new(loop);                      /* cancelled through set_error */
+    f = test_future_new(loop);                      /* cancelled through set_error */
     assert_int_equal(urio_future_set_error(f, -ECANCELED, "c"), 0);
     urio_future_unref(f);
 
-    f = urio_future_new(loop);                      /* a result */
+    f = test_future_new(loop);                      /* a result */
     assert_int_equal(urio_future_set_result(f, NULL), 0);
     urio_future_unref(f);
 
-    f = urio_future_new(loop);                      /* never completed */
+    f = test_future_new(loop);                      /* never completed */
     urio_future_unref(f);
 
     assert_int_equal(r.n, 0);
@@ -649,7 +650,7 @@ static void test_future_default_handler_logs_report(void **state)
     (void)state;
     urio_loop_t *loop = test_loop_new();
     test_log_capture();
-    urio_future_t *f = urio_future_new(loop);
+    urio_future_t *f = test_future_new(loop);
     assert_int_equal(urio_future_set_error(f, -EIO, "write to %s failed", "disk0"), 0);
     urio_future_unref(f);
     assert_int_equal(test_log_count("\n"), 3);  /* one message of three lines ... */
@@ -671,7 +672,7 @@ static void __attribute__((noinline)) test_future_debug_traceback(void **state)
     assert_true(urio_loop_get_debug(loop));
     struct reports r = { 0 };
     urio_loop_set_exception_handler(loop, keep_report, &r);
-    urio_future_t *f = urio_future_new(loop);
+    urio_future_t *f = test_future_new(loop);
     assert_int_equal(urio_future_set_error(f, -EPIPE, "broken"), 0);
     urio_future_unref(f);
     assert_int_equal(r.n, 1);
@@ -696,7 +697,7 @@ static void __attribute__((noinline)) test_future_debug_traceback(void **state)
     /* The default handler prints it after the report. */
     test_log_capture();
     urio_loop_set_exception_handler(loop, NULL, NULL);
-    f = urio_future_new(loop);
+    f = test_future_new(loop);
     assert_int_equal(urio_future_set_error(f, -EPIPE, "broken"), 0);
     urio_future_unref(f);
     assert_int_equal(test_log_.count, 1);
@@ -716,9 +717,9 @@ static void test_future_outlives_loop_close(void **state)
     uint64_t before = test_live_blocks();
     urio_loop_t *loop = test_loop_new();
     int payload = 3;
-    urio_future_t *done = urio_future_new(loop);
-    urio_future_t *failed = urio_future_new(loop);
-    urio_future_t *pending = urio_future_new(loop);
+    urio_future_t *done = test_future_new(loop);
+    urio_future_t *failed = test_future_new(loop);
+    urio_future_t *pending = test_future_new(loop);
     assert_int_equal(urio_future_set_result(done, &payload), 0);
     assert_int_equal(urio_future_set_error(failed, -EBADF, "closed fd %d", 4), 0);
     struct reports r = { 0 };
@@ -734,9 +735,8 @@ static void test_future_outlives_loop_close(void **state)
     assert_false(urio_future_done(pending));
     assert_int_equal(urio_future_result(pending, NULL), URIO_ENOTDONE);
     /* The closed loop makes no new futures and takes no callbacks. */
-    errno = 0;
-    assert_null(urio_future_new(loop));
-    assert_int_equal(errno, ESHUTDOWN);
+    urio_future_t *none;
+    assert_int_equal(urio_future_new(&none, loop), -ESHUTDOWN);
     assert_int_equal(urio_future_add_done_callback(done, record_done, NULL), -ESHUTDOWN);
     /* A pending one can still complete (no callbacks to run). */
     assert_true(urio_future_cancel(pending));
@@ -760,7 +760,7 @@ static void test_future_close_with_scheduled_callbacks_frees_all(void **state)
     uint64_t before = test_live_blocks();
     struct seen s = { .loop = test_loop_new() };
     struct tag t0 = { &s, 0 };
-    urio_future_t *f = urio_future_new(s.loop);
+    urio_future_t *f = test_future_new(s.loop);
     assert_int_equal(urio_future_add_done_callback(f, record_done, &t0), 0);
     assert_int_equal(urio_future_set_result(f, NULL), 0);   /* the runner is scheduled */
     test_loop_close(s.loop);
@@ -808,7 +808,7 @@ static void test_future_wrong_thread_refused(void **state)
     struct tag t0 = { &s, 0 };
     struct foreign x = { .loop = test_loop_new() };
     s.loop = x.loop;
-    x.f = urio_future_new(x.loop);
+    x.f = test_future_new(x.loop);
     assert_int_equal(urio_future_add_done_callback(x.f, record_done, &t0), 0);
     test_log_capture();
 
@@ -818,9 +818,7 @@ static void test_future_wrong_thread_refused(void **state)
         usleep(100);
 
     /* The loop runs on th: every loop-thread call from here is refused. */
-    errno = 0;
-    x.new_f = urio_future_new(x.loop);
-    x.new_errno = errno;
+    x.new_errno = -urio_future_new(&x.new_f, x.loop);
     x.set_result = urio_future_set_result(x.f, &x);
     x.set_error = urio_future_set_error(x.f, -EIO, "from %s", "elsewhere");
     x.add_cb = urio_future_add_done_callback(x.f, record_done, &t0);
@@ -880,7 +878,7 @@ static void test_future_handler_may_keep_future(void **state)
     urio_loop_set_exception_handler(loop, keeping_handler, NULL);
     kept = NULL;
     kept_reports = 0;
-    urio_future_t *f = urio_future_new(loop);
+    urio_future_t *f = test_future_new(loop);
     assert_int_equal(urio_future_set_error(f, -EIO, "kept"), 0);
     urio_future_unref(f);
     assert_int_equal(kept_reports, 1);
@@ -901,7 +899,7 @@ static void test_future_cancel_from_other_thread(void **state)
     struct tag t0 = { &s, 0 };
     struct foreign x = { .loop = test_loop_new() };
     s.loop = x.loop;
-    x.f = urio_future_new(x.loop);
+    x.f = test_future_new(x.loop);
     assert_int_equal(urio_future_add_done_callback(x.f, record_done, &t0), 0);
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, loop_thread, &x), 0);

@@ -152,7 +152,7 @@ static int wait_for_main(void *arg, void **res)
     (void)arg;
     (void)res;
     urio_loop_t *loop = urio_loop_current();
-    urio_future_t *f = urio_future_new(loop);
+    urio_future_t *f = test_future_new(loop);
     assert_int_equal(urio_await_coro(URIO_CORO(waits_future, f), NULL), -ETIMEDOUT);
     assert_true(urio_future_cancelled(f));      /* wait_for cancelled it */
     urio_future_unref(f);
@@ -169,7 +169,7 @@ static void test_task_await_outside_task_refused(void **state)
 {
     (void)state;
     urio_loop_t *loop = test_loop_new();
-    urio_future_t *f = urio_future_new(loop);
+    urio_future_t *f = test_future_new(loop);
     test_log_capture();
     assert_int_equal(urio_await(f, NULL), -EPERM);
     assert_int_equal(urio_sleep(1), -EPERM);
@@ -581,7 +581,7 @@ static int cancel_awaiters(void *arg, void **res)
     (void)arg;
     (void)res;
     urio_loop_t *loop = urio_loop_current();
-    urio_future_t *f = urio_future_new(loop);
+    urio_future_t *f = test_future_new(loop);
     urio_future_t *a = urio_spawn(loop, awaits_it, f);
     urio_future_t *inner = urio_spawn(loop, sleeps_forever, NULL);
     urio_future_t *b = urio_spawn(loop, awaits_it, inner);

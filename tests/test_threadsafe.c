@@ -237,7 +237,7 @@ static void test_threadsafe_close_runs_accepted_refuses_late(void **state)
     for (int i = 0; i < 100; i++)
         assert_int_equal(urio_call_soon_threadsafe(loop, count_cb, NULL), 0);
     /* Keep the loop's memory alive past close with a future, to call it after. */
-    urio_future_t *f = urio_future_new(loop);
+    urio_future_t *f = test_future_new(loop);
     test_loop_close(loop);
     assert_int_equal(ran_at_close, 100);
     assert_int_equal(urio_call_soon_threadsafe(loop, count_cb, NULL), -ESHUTDOWN);

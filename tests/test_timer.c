@@ -147,11 +147,11 @@ static void test_timer_cancel_compacts_heap(void **state)
         t[i] = (struct tmr){ &f, i, now + 5 * MS + (uint64_t)(N - i) * 1000 };
         h[i] = urio_call_at(f.loop, t[i].when, timer_cb, &t[i]);
     }
-    assert_int_equal(f.loop->timers, N);
+    assert_int_equal(f.loop->timers.count, N);
     for (int i = 0; i < N; i++)
         if (i % 10)
             assert_true(urio_handle_cancel(f.loop, h[i]));
-    assert_true(f.loop->timers < N / 2);    /* compacted, not 10,000 stale entries */
+    assert_true(f.loop->timers.count < N / 2);    /* compacted, not 10,000 stale entries */
     urio_loop_run_forever(f.loop);
     assert_int_equal(f.n, N / 10);
     for (int i = 0; i < N / 10; i++)
@@ -202,7 +202,7 @@ static void test_timer_far_heap_overdue_not_stranded(void **state)
     struct tmr far = { &f, 2, now + 4400 * MS };    /* beyond the wheel: in the heap */
     struct tmr a = { &f, 1, now + 1 * MS };
     urio_call_at(f.loop, far.when, timer_cb, &far);
-    assert_int_equal(f.loop->nheap, 1);
+    assert_int_equal(f.loop->timers.nheap, 1);
     urio_call_at(f.loop, a.when, overrun_cb, &a);
     uint64_t t0 = urio__now();
     urio_loop_run_forever(f.loop);

@@ -29,7 +29,7 @@ typedef void (*urio_free_fn)(void *p);
  * The future (a new reference) completes on the loop with fn's result, its
  * error, or -ECANCELED.  Cancelling it before the job starts means the job
  * never runs; after it starts, the job finishes and its result is discarded
- * (urio_run_in_executor_dtor frees it with free_result, on whichever thread
+ * (with urio_run_in_executor_opts, free_result frees it, on whichever thread
  * lets the job go: a worker, or the loop).  Jobs submitted
  * by callbacks go to the pool together, when the callbacks of the loop's
  * current step have run (one lock for the batch); outside a run, at once.
@@ -40,9 +40,14 @@ typedef void (*urio_free_fn)(void *p);
  */
 URIO_EXPORT urio_future_t *urio_run_in_executor(urio_loop_t *loop, urio_executor_t *ex,
                                                 urio_blocking_fn fn, void *arg);
-URIO_EXPORT urio_future_t *urio_run_in_executor_dtor(urio_loop_t *loop, urio_executor_t *ex,
+
+/* What urio_run_in_executor_opts adds: zero-initialise it (zero means "none"). */
+typedef struct urio_job_opts {
+    urio_free_fn free_result;    /* frees a result nobody received (a cancelled job's) */
+} urio_job_opts_t;
+URIO_EXPORT urio_future_t *urio_run_in_executor_opts(urio_loop_t *loop, urio_executor_t *ex,
                                                      urio_blocking_fn fn, void *arg,
-                                                     urio_free_fn free_result);
+                                                     const urio_job_opts_t *opts);
 
 /*
  * Inside a job: fails it with err (negative) and a formatted message.

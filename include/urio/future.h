@@ -17,12 +17,13 @@ extern "C" {
 #endif
 
 /*
- * A new pending future of loop, with one reference (the caller's).
- * Returns: the future; NULL with errno ENOMEM, EINVAL (NULL loop), ESHUTDOWN
- *          (closed loop) or EPERM (wrong thread).
+ * A new pending future of loop, with one reference (the caller's), in *f.
+ * Returns: 0; -EINVAL (NULL f or loop), -ESHUTDOWN (closed loop), -EPERM
+ *          (wrong thread), -ENOMEM.  *f is NULL on failure.
+ * Ownership: the caller owns the reference (urio_future_unref).
  * Thread: the loop's thread.
  */
-URIO_EXPORT urio_future_t *urio_future_new(urio_loop_t *loop);
+URIO_EXPORT int urio_future_new(urio_future_t **f, urio_loop_t *loop);
 
 /* Adds a reference and returns f (NULL stays NULL).  Thread: any thread. */
 URIO_EXPORT urio_future_t *urio_future_ref(urio_future_t *f);

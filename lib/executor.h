@@ -1,0 +1,23 @@
+/*
+ * lib/executor.h — what every executor is (executor.c dispatches the
+ * public calls common to all of them): a table of operations first in the
+ * executor's own struct.
+ */
+#ifndef URIO_EXECUTOR_INTERNAL_H
+#define URIO_EXECUTOR_INTERNAL_H
+
+#include "future.h"
+
+typedef struct urio__executor_ops {
+    const char *kind;                            /* "thread pool": in messages */
+    /* Python's Executor.shutdown; see urio_executor_shutdown. */
+    int  (*shutdown)(urio_executor_t *ex, bool wait, bool cancel_futures);
+    /* Shuts down (waiting) and drops the owner's reference. */
+    void (*free)(urio_executor_t *ex);
+} urio__executor_ops_t;
+
+struct urio_executor {
+    const urio__executor_ops_t *ops;
+};
+
+#endif

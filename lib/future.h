@@ -1,0 +1,50 @@
+/*
+ * lib/future.h — what future.c offers the layers built on futures: future
+ * *kinds* (a task, an executor's job, a cross-thread proxy are futures with
+ * an ops table and their own state after the future's), and hooks.
+ */
+#ifndef URIO_FUTURE_INTERNAL_H
+#define URIO_FUTURE_INTERNAL_H
+
+#include "loop.h"
+
+typedef struct urio__future_ops {
+    const char *kind;                               /* "Task": in reports */
+    bool (*cancel)(urio_future_t *f);               /* replaces the plain cancel (loop thread) */
+    void (*describe)(const urio_future_t *f, char *buf, size_t n);
+    void (*finalize)(urio_future_t *f);             /* at the last unref, before the free */
+} urio__future_ops_t;
+
+/*
+ * A future of a kind, with `ext` bytes of the kind's own state (zeroed).
+ * Any thread: it touches only its own memory and the loop's atomic refcount
+ * (run_coroutine_threadsafe makes its proxy on the caller's thread).
+ * Returns: the future (one reference), or NULL on ENOMEM.
+ */
+urio_future_t *urio__future_new_kind(urio_loop_t *loop, size_t ext, const urio__future_ops_t *ops);
+void *urio__future_ext(urio_future_t *f);
+const urio__future_ops_t *urio__future_ops(const urio_future_t *f);
+
+/*
+ * Debug mode: gives f a creation stack (captured from the public call's
+ * caller; `skip` frames above it).  Compiled in with debug checks only.
+ */
+void urio__future_capture_stack(urio_future_t *f, int skip);
+/* Gives f a copy of an existing creation stack (a task takes its coroutine's). */
+void urio__future_copy_stack(urio_future_t *f, const urio__backtrace_t *bt);
+const urio__backtrace_t *urio__future_stack(const urio_future_t *f);
+
+/* Cancels f now, bypassing its kind's cancel (a task ending cancelled). */
+void urio__future_cancel_now(urio_future_t *f);
+const char *urio__future_state_name(const urio_future_t *f);
+/* "<Future pending>", "<Future finished error=EIO>" ... into buf. */
+const char *urio__future_describe(const urio_future_t *f, char *buf, size_t n);
+
+/*
+ * A hook told synchronously, on the loop thread, when a future is cancelled
+ * (an executor's job that must not start; a task's pending op).
+ */
+typedef void (*urio__cancel_hook_fn)(void *arg);
+void urio__future_set_cancel_hook(urio_future_t *f, urio__cancel_hook_fn fn, void *arg);
+
+#endif

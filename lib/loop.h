@@ -1,0 +1,163 @@
+/*
+ * lib/loop.h — the loop's own state (loop.c), and the interface through
+ * which the layers above the core plug into it: subsystems.
+ *
+ * The core (loop, ready FIFO, timers, ring, inbox) knows nothing of the
+ * layers built on it.  A subsystem (tasks, an executor, I/O) registers with
+ * a loop the first time it is used there, with a table of hooks and its own
+ * state, and the loop calls the hooks at fixed points of its life:
+ *
+ *   may_run       a run starts            refuse it (a negative errno; the hook logs why)
+ *   step_end      after a step's callbacks, if the subsystem flagged it
+ *   before_sleep  before the loop blocks in the kernel, if flagged
+ *   may_close     close starts            refuse it
+ *   shutdown      close, first            stop producing work; may wait for threads
+ *   close         close, after the calls the inbox had accepted have run:
+ *                                         cancel or settle what is still out
+ *   release       close, after the ring is drained and the inbox closed:
+ *                                         report what leaked, free the state
+ *
+ * Close-time hooks run in reverse order of registration (what registered
+ * last, built on what came before, goes first).  Flags cost the turn one
+ * compare each when clear.
+ */
+#ifndef URIO_LOOP_INTERNAL_H
+#define URIO_LOOP_INTERNAL_H
+
+#include "common.h"
+#include "inbox.h"
+#include "ready.h"
+#include "ring.h"
+#include "timer.h"
+
+typedef struct urio__subsystem {
+    const char *name;
+    int  (*may_run)(urio_loop_t *loop, void *state);
+    void (*step_end)(urio_loop_t *loop, void *state);
+    void (*before_sleep)(urio_loop_t *loop, void *state);
+    int  (*may_close)(urio_loop_t *loop, void *state);
+    void (*shutdown)(urio_loop_t *loop, void *state);
+    void (*close)(urio_loop_t *loop, void *state);
+    void (*release)(urio_loop_t *loop, void *state);
+} urio__subsystem_t;
+
+#define URIO__MAX_SUBSYSTEMS 8
+
+/*
+ * In debug mode, what the running callback works for, when it is not the
+ * callback itself (a callback that resumed a task ran the task's step): the
+ * slow-callback report names it.  Set by the subsystem, cleared by the loop
+ * before each callback.
+ */
+typedef void (*urio__describe_fn)(const void *obj, char *buf, size_t n);
+
+struct urio_loop {
+    /* Hot: the ready FIFO and the turn's bookkeeping.  Loop thread only. */
+    urio__ready_fifo_t ready;
+    uint32_t step_end_flags;     /* bit i: subsystem i wants its step_end hook */
+    uint32_t sleep_flags;        /* bit i: subsystem i wants its before_sleep hook */
+    /* When the loop last entered the kernel, to bound how long ready work may keep it out. */
+    uint32_t cbs_since_enter;
+    uint32_t cbs_next_check;     /* cbs_since_enter at which to look at the bounds again */
+    uint64_t last_enter_ns;
+
+    bool debug;
+    bool stopping;
+    bool closing;
+    bool closed;
+    bool running;
+    _Atomic(const void *) owner; /* thread token while running, else NULL */
+    _Atomic(const void *) home;  /* the thread that made it, then the ring's issuer */
+    uint64_t slow_ns;
+    uint64_t timer_slack_ns;     /* how late a wake-up for a timer may be */
+    urio__describe_fn attrib_describe;   /* debug mode: see urio__describe_fn */
+    const void *attrib_obj;
+
+    urio__timers_t timers;
+    urio__ring_t ring;
+    urio__inbox_t inbox;
+
+    struct {
+        const urio__subsystem_t *ss;
+        void *state;
+    } subs[URIO__MAX_SUBSYSTEMS];
+    uint32_t nsubs;
+
+    urio_exception_handler_fn exc_fn;
+    void *exc_ud;
+
+    struct urio_loop *next_open, *prev_open;   /* the open loops: guarded by a mutex in loop.c */
+    atomic_uint refs;            /* 1 for the open loop, 1 per live future, urio_loop_ref's */
+    uint64_t callbacks_run;      /* statistics */
+};
+
+/*
+ * Registers ss with loop, with its state (the subsystem's; released by its
+ * release hook).  Returns: the subsystem's index (for the flags), -ENOSPC
+ * past URIO__MAX_SUBSYSTEMS, -ESHUTDOWN on a closing loop.
+ */
+int urio__loop_register(urio_loop_t *loop, const urio__subsystem_t *ss, void *state);
+
+/* ss's state on loop, or NULL if it never registered there. */
+static inline void *urio__loop_state(const urio_loop_t *loop, const urio__subsystem_t *ss)
+{
+    for (uint32_t i = 0; i < loop->nsubs; i++)
+        if (loop->subs[i].ss == ss)
+            return loop->subs[i].state;
+    return NULL;
+}
+
+/* Asks for subsystem `index`'s step_end hook at the end of this step (or the next). */
+static inline void urio__loop_want_step_end(urio_loop_t *loop, int index)
+{
+    loop->step_end_flags |= 1u << index;
+}
+
+/* Asks for subsystem `index`'s before_sleep hook before the loop next blocks. */
+static inline void urio__loop_want_before_sleep(urio_loop_t *loop, int index)
+{
+    loop->sleep_flags |= 1u << index;
+}
+
+/* Debug mode: the running callback works for obj (see urio__describe_fn). */
+static inline void urio__loop_attribute(urio_loop_t *loop, urio__describe_fn fn, const void *obj)
+{
+    loop->attrib_describe = fn;
+    loop->attrib_obj = obj;
+}
+
+/* Logs a loop-only call made from another thread, naming `fn`. */
+void urio__loop_wrong_thread(const char *fn);
+
+/* Wrong-thread check for loop-only calls; logs the refusal naming `fn`. */
+static inline bool urio__loop_check_thread(const urio_loop_t *loop, const char *fn)
+{
+    const void *owner = atomic_load_explicit(&loop->owner, memory_order_relaxed);
+    if (URIO_LIKELY(owner == NULL || owner == urio__thread_token()))
+        return true;
+    urio__loop_wrong_thread(fn);
+    return false;
+}
+/*
+ * True if the calling thread is the loop's: the one running it, or, while
+ * it does not run, its home thread (the one that made or last ran it).
+ */
+bool urio__loop_is_mine(const urio_loop_t *loop);
+void urio__loop_ref(urio_loop_t *loop);
+void urio__loop_unref(urio_loop_t *loop);
+
+/* The default timer slack: Linux's default timer_slack_ns for a thread. */
+#define URIO__TIMER_SLACK_NS (50u * 1000u)
+/* The default slow-callback threshold: asyncio's 100 ms. */
+#define URIO__SLOW_CALLBACK_NS (100u * 1000u * 1000u)
+/*
+ * How long ready work may keep the loop out of the kernel: it enters (reaps
+ * completions, submits) at least every URIO__ENTER_EVERY_CALLBACKS callbacks,
+ * and, checked every URIO__CLOCK_EVERY_CALLBACKS callbacks, every
+ * URIO__ENTER_EVERY_NS.  Measured in docs/loop.md.
+ */
+#define URIO__ENTER_EVERY_CALLBACKS 1024u
+#define URIO__CLOCK_EVERY_CALLBACKS 64u
+#define URIO__ENTER_EVERY_NS        (50u * 1000u)
+
+#endif
