@@ -2,8 +2,9 @@
  * urio — asyncio's developer experience for C, on Linux io_uring.
  *
  * The umbrella header: include this one.  Each subsystem has its own header
- * under urio/, in the order of the layers (ARCHITECTURE.md): base types and
- * errors, the logger, the loop with its callbacks and timers, futures.
+ * under urio/, in the order of the layers (docs/architecture.md): base types
+ * and errors, the logger, the loop with its callbacks and timers, futures,
+ * executors, tasks.
  */
 #ifndef URIO_H
 #define URIO_H

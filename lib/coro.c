@@ -53,7 +53,7 @@ static void coro_unlink(urio_coro_t *c)
         pthread_mutex_unlock(&g_coros_mu);
 }
 
-URIO_EXPORT urio_coro_t *urio_coro_new(urio_coro_fn fn, void *arg, const urio_site_t *site)
+URIO_EXPORT urio_coro_t *urio_coro_create(urio_coro_fn fn, void *arg, const urio_site_t *site)
 {
     if (fn == NULL) {
         errno = EINVAL;

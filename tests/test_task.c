@@ -32,7 +32,7 @@ static int failing(void *arg, void **res)
 /* Runs coro as urio_run's main and returns its outcome. */
 static int run_main(urio_coro_fn fn, void *arg, void **res)
 {
-    return urio_run(urio_coro_new(fn, arg, URIO_SITE(fn)), NULL, res);
+    return urio_run(urio_coro_create(fn, arg, URIO_SITE(fn)), NULL, res);
 }
 
 static int spawn_and_await(void *arg, void **res)

@@ -28,8 +28,8 @@ typedef struct urio_coro urio_coro_t;
  * Returns: NULL with errno ENOMEM or EINVAL (NULL fn).
  * Thread: any thread.
  */
-URIO_EXPORT urio_coro_t *urio_coro_new(urio_coro_fn fn, void *arg, const urio_site_t *site);
-#define URIO_CORO(fn, arg) urio_coro_new((fn), (arg), URIO_SITE(fn))
+URIO_EXPORT urio_coro_t *urio_coro_create(urio_coro_fn fn, void *arg, const urio_site_t *site);
+#define URIO_CORO(fn, arg) urio_coro_create((fn), (arg), URIO_SITE(fn))
 
 /* Frees a coroutine the program chose not to run, quietly (Python's coro.close()). */
 URIO_EXPORT void urio_coro_close(urio_coro_t *coro);
