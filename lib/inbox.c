@@ -150,16 +150,11 @@ bool urio__inbox_armed(urio_loop_t *loop)
 static void efd_arm(urio_loop_t *loop)
 {
     urio__inbox_t *ib = &loop->inbox;
-    int err = 0;
-    struct io_uring_sqe *sqe = urio__op_sqe(&loop->ring, &ib->efd_op, &err);
-    if (sqe == NULL) {
+    int err = urio__op_read(&loop->ring, &ib->efd_op, ib->efd, &ib->efd_buf,
+                            sizeof ib->efd_buf, 0);
+    if (err < 0)
         urio__log(URIO_LOG_ERROR, "inbox: cannot arm the wake-up read (%s): the loop will "
                   "poll for cross-thread calls until it can", urio_strerror(err));
-        return;
-    }
-    uint64_t ud = sqe->user_data;
-    io_uring_prep_read(sqe, ib->efd, &ib->efd_buf, sizeof ib->efd_buf, 0);
-    io_uring_sqe_set_data64(sqe, ud);
 }
 
 int urio__inbox_init(urio_loop_t *loop)

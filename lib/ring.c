@@ -306,26 +306,42 @@ int urio__op_cancel(urio__ring_t *r, urio__op_t *op)
     return 0;
 }
 
+/*
+ * The typed ops: each takes an SQE for op, prepares it, and restores the
+ * tag (liburing's prep helpers clear user_data).  Returns: 0, or the
+ * negative errno urio__op_sqe gave (the op is then not in flight).
+ */
+#define PREP_OP(r, op, prep)                                                        \
+    do {                                                                            \
+        int err_ = 0;                                                               \
+        struct io_uring_sqe *sqe = urio__op_sqe((r), (op), &err_);                  \
+        if (sqe == NULL)                                                            \
+            return err_;                                                            \
+        prep;                                                                       \
+        io_uring_sqe_set_data64(sqe, op_user_data((r), (op)->slot));                \
+        return 0;                                                                   \
+    } while (0)
+
 int urio__op_nop(urio__ring_t *r, urio__op_t *op)
 {
-    int err = 0;
-    struct io_uring_sqe *sqe = urio__op_sqe(r, op, &err);
-    if (sqe == NULL)
-        return err;
-    io_uring_prep_nop(sqe);
-    io_uring_sqe_set_data64(sqe, op_user_data(r, op->slot));
-    return 0;
+    PREP_OP(r, op, io_uring_prep_nop(sqe));
 }
 
 int urio__op_timeout(urio__ring_t *r, urio__op_t *op, struct __kernel_timespec *ts)
 {
-    int err = 0;
-    struct io_uring_sqe *sqe = urio__op_sqe(r, op, &err);
-    if (sqe == NULL)
-        return err;
-    io_uring_prep_timeout(sqe, ts, 0, 0);
-    io_uring_sqe_set_data64(sqe, op_user_data(r, op->slot));
-    return 0;
+    PREP_OP(r, op, io_uring_prep_timeout(sqe, ts, 0, 0));
+}
+
+int urio__op_read(urio__ring_t *r, urio__op_t *op, int fd, void *buf, unsigned len,
+                  uint64_t off)
+{
+    PREP_OP(r, op, io_uring_prep_read(sqe, fd, buf, len, off));
+}
+
+int urio__op_write(urio__ring_t *r, urio__op_t *op, int fd, const void *buf, unsigned len,
+                   uint64_t off)
+{
+    PREP_OP(r, op, io_uring_prep_write(sqe, fd, buf, len, off));
 }
 
 /* ------------------------------------------------------------------ */

@@ -100,8 +100,17 @@ static inline bool urio__ring_cq_pending(const urio__ring_t *r)
 {
     return io_uring_cq_ready(&r->uring) || io_uring_cq_has_overflow(&r->uring);
 }
-/* Test helpers (tests/test_ring.c): a NOP, and a timeout op of ns. */
+/*
+ * Typed ops: submit op as one operation (queued in the SQ; the next enter
+ * submits it).  Every buffer stays the owner's, alive until op's final CQE.
+ * Returns: 0, or a negative errno (the op is then not in flight).
+ * Offsets of -1 mean "the file position" where the kernel allows it.
+ */
 int urio__op_nop(urio__ring_t *r, urio__op_t *op);
 int urio__op_timeout(urio__ring_t *r, urio__op_t *op, struct __kernel_timespec *ts);
+int urio__op_read(urio__ring_t *r, urio__op_t *op, int fd, void *buf, unsigned len,
+                  uint64_t off);
+int urio__op_write(urio__ring_t *r, urio__op_t *op, int fd, const void *buf, unsigned len,
+                   uint64_t off);
 
 #endif
