@@ -326,51 +326,116 @@ URIO_EXPORT int urio_future_set_error(urio_future_t *f, int err, const char *fmt
     return ret;
 }
 
-/* The cancel itself, on the loop thread: a kind may do it its own way (a task). */
-static bool cancel_here(urio_future_t *f)
+/*
+ * The cancel itself, on the loop thread: a kind may do it its own way (a
+ * task).  msg (urio__malloc'd or NULL) is the cancel's message; this takes it.
+ */
+static bool cancel_here(urio_future_t *f, char *msg)
 {
-    if (state_of(f) != F_PENDING)
+    if (state_of(f) != F_PENDING) {
+        urio__free(msg);
         return false;
+    }
     if (f->ops && f->ops->cancel)
-        return f->ops->cancel(f);
+        return f->ops->cancel(f, msg);
+    urio__free(f->errmsg);
+    f->errmsg = msg;
     transition(f, F_CANCELLED, -ECANCELED, NULL);
     return true;
 }
 
-void urio__future_cancel_now(urio_future_t *f)
+void urio__future_cancel_now(urio_future_t *f, char *msg)
 {
-    if (state_of(f) == F_PENDING)
-        transition(f, F_CANCELLED, -ECANCELED, NULL);
+    if (state_of(f) != F_PENDING) {
+        urio__free(msg);
+        return;
+    }
+    urio__free(f->errmsg);
+    f->errmsg = msg;
+    transition(f, F_CANCELLED, -ECANCELED, NULL);
 }
 
+/* A cancel requested from another thread, run on the loop. */
 static void cancel_on_loop(void *arg)
 {
     urio_future_t *f = arg;
-    cancel_here(f);
+    cancel_here(f, NULL);
     urio_future_unref(f);
 }
 
-URIO_EXPORT bool urio_future_cancel(urio_future_t *f)
+struct cancel_msg {
+    urio_future_t *f;
+    char *msg;
+};
+
+static void cancel_msg_on_loop(void *arg)
 {
-    if (f == NULL)
-        return false;
+    struct cancel_msg *c = arg;
+    cancel_here(c->f, c->msg);
+    urio_future_unref(c->f);
+    urio__free(c);
+}
+
+static bool cancel(urio_future_t *f, char *msg)
+{
     /*
      * Only the loop's thread cancels directly: the one running it, or, when
      * it is not running, its home thread.  Any other goes through the inbox,
      * also while the loop is between runs (its state is not ours to touch).
      */
-    if (!urio__loop_is_mine(f->loop)) {
-        /* Another thread: the loop cancels it, through its inbox. */
-        if (state_of(f) != F_PENDING)
-            return false;
-        urio_future_ref(f);
-        if (urio_call_soon_threadsafe(f->loop, cancel_on_loop, f) < 0) {
+    if (urio__loop_is_mine(f->loop))
+        return cancel_here(f, msg);
+    if (state_of(f) != F_PENDING) {
+        urio__free(msg);
+        return false;
+    }
+    urio_future_ref(f);
+    int ret;
+    if (msg == NULL) {
+        ret = urio_call_soon_threadsafe(f->loop, cancel_on_loop, f);
+    } else {
+        struct cancel_msg *c = urio__malloc(sizeof *c);
+        if (c == NULL) {
+            urio__free(msg);
             urio_future_unref(f);
             return false;
         }
-        return true;
+        *c = (struct cancel_msg){ f, msg };
+        ret = urio_call_soon_threadsafe(f->loop, cancel_msg_on_loop, c);
+        if (ret < 0) {
+            urio__free(c);
+            urio__free(msg);
+        }
     }
-    return cancel_here(f);
+    if (ret < 0) {
+        urio_future_unref(f);
+        return false;
+    }
+    return true;
+}
+
+URIO_EXPORT bool urio_future_cancel(urio_future_t *f)
+{
+    return f != NULL && cancel(f, NULL);
+}
+
+bool urio__future_cancel_take(urio_future_t *f, char *msg)
+{
+    return cancel(f, msg);
+}
+
+URIO_EXPORT bool urio_future_cancel_msg(urio_future_t *f, const char *fmt, ...)
+{
+    if (f == NULL)
+        return false;
+    char *msg = NULL;
+    if (fmt != NULL) {
+        va_list ap;
+        va_start(ap, fmt);
+        msg = urio__vasprintf(fmt, ap);     /* NULL on ENOMEM: cancelled without it */
+        va_end(ap);
+    }
+    return cancel(f, msg);
 }
 
 void urio__future_set_cancel_hook(urio_future_t *f, urio__cancel_hook_fn fn, void *arg)

@@ -10,7 +10,8 @@
 
 typedef struct urio__future_ops {
     const char *kind;                               /* "Task": in reports */
-    bool (*cancel)(urio_future_t *f);               /* replaces the plain cancel (loop thread) */
+    /* Replaces the plain cancel (loop thread); takes msg (urio__malloc'd or NULL). */
+    bool (*cancel)(urio_future_t *f, char *msg);
     void (*describe)(const urio_future_t *f, char *buf, size_t n);
     void (*finalize)(urio_future_t *f);             /* at the last unref, before the free */
 } urio__future_ops_t;
@@ -34,8 +35,13 @@ void urio__future_capture_stack(urio_future_t *f, int skip);
 void urio__future_copy_stack(urio_future_t *f, const urio__backtrace_t *bt);
 const urio__backtrace_t *urio__future_stack(const urio_future_t *f);
 
-/* Cancels f now, bypassing its kind's cancel (a task ending cancelled). */
-void urio__future_cancel_now(urio_future_t *f);
+/*
+ * Cancels f now, bypassing its kind's cancel (a task ending cancelled), with
+ * msg (urio__malloc'd or NULL; taken) as its message.
+ */
+void urio__future_cancel_now(urio_future_t *f, char *msg);
+/* urio_future_cancel_msg with an urio__malloc'd message (or NULL), taken.  Any thread. */
+bool urio__future_cancel_take(urio_future_t *f, char *msg);
 const char *urio__future_state_name(const urio_future_t *f);
 /* "<Future pending>", "<Future finished error=EIO>" ... into buf. */
 const char *urio__future_describe(const urio_future_t *f, char *buf, size_t n);
@@ -46,5 +52,8 @@ const char *urio__future_describe(const urio_future_t *f, char *buf, size_t n);
  */
 typedef void (*urio__cancel_hook_fn)(void *arg);
 void urio__future_set_cancel_hook(urio_future_t *f, urio__cancel_hook_fn fn, void *arg);
+
+/* combine.c: the index of a gathering future's first failure (in completion order). */
+size_t urio__gathering_failed(urio_future_t *f);
 
 #endif

@@ -423,6 +423,41 @@ URIO_EXPORT int urio_loop_run_forever(urio_loop_t *loop)
     return ret;
 }
 
+URIO_EXPORT bool urio_loop_alive(const urio_loop_t *loop)
+{
+    if (loop == NULL || loop->closing)
+        return false;
+    if (urio__ready_count(&loop->ready) > 0 || urio__inbox_pending((urio__inbox_t *)&loop->inbox))
+        return true;
+    if (loop->timers.count > loop->timers.stale)
+        return true;
+    /* Ops in flight, but for the loop's own wake-up read. */
+    uint32_t own = loop->inbox.efd_op.state != URIO__OP_IDLE;
+    if (loop->ring.inflight > own)
+        return true;
+    for (uint32_t i = 0; i < loop->nsubs; i++) {
+        const urio__subsystem_t *ss = loop->subs[i].ss;
+        if (ss->alive && ss->alive(loop, loop->subs[i].state))
+            return true;
+    }
+    return false;
+}
+
+URIO_EXPORT int64_t urio_loop_next_timeout(urio_loop_t *loop)
+{
+    if (loop == NULL || !urio__loop_check_thread(loop, "urio_loop_next_timeout"))
+        return 0;
+    if (has_ready_work(loop))
+        return 0;
+    uint64_t next = loop->timers.count > 0 ? urio__timer_next(&loop->timers) : UINT64_MAX;
+    if (next == UINT64_MAX)
+        return -1;
+    uint64_t now = urio__now();
+    if (next <= now)
+        return 0;
+    return next - now > INT64_MAX ? INT64_MAX : (int64_t)(next - now);
+}
+
 URIO_EXPORT void urio_loop_stop(urio_loop_t *loop)
 {
     if (loop == NULL || !urio__loop_check_thread(loop, "urio_loop_stop"))

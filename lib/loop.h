@@ -10,6 +10,7 @@
  *   may_run       a run starts            refuse it (a negative errno; the hook logs why)
  *   step_end      after a step's callbacks, if the subsystem flagged it
  *   before_sleep  before the loop blocks in the kernel, if flagged
+ *   alive         urio_loop_alive         true if the subsystem has work in progress
  *   may_close     close starts            refuse it
  *   shutdown      close, first            stop producing work; may wait for threads
  *   close         close, after the calls the inbox had accepted have run:
@@ -33,6 +34,7 @@
 typedef struct urio__subsystem {
     const char *name;
     int  (*may_run)(urio_loop_t *loop, void *state);
+    bool (*alive)(const urio_loop_t *loop, void *state);
     void (*step_end)(urio_loop_t *loop, void *state);
     void (*before_sleep)(urio_loop_t *loop, void *state);
     int  (*may_close)(urio_loop_t *loop, void *state);

@@ -28,11 +28,11 @@ void urio__proxy_task_ended(urio__task_t *t)
     if (!urio_future_done(proxy)) {
         void *value = NULL;
         int ret = urio_future_result(task, &value);
-        const char *msg = ret < 0 && ret != -ECANCELED ? urio_future_error_message(task) : NULL;
+        const char *msg = ret < 0 ? urio_future_error_message(task) : NULL;
         if (ret == 0)
             urio_future_set_result(proxy, value);
         else if (ret == -ECANCELED)
-            urio__future_cancel_now(proxy);
+            urio__future_cancel_now(proxy, msg ? urio__strdup(msg) : NULL);
         else if (msg)
             urio_future_set_error(proxy, ret, "%s", msg);
         else
@@ -90,14 +90,14 @@ URIO_EXPORT int urio_run(urio_coro_t *main, const urio_run_opts_t *opts, void **
     return ret;
 }
 
-static bool proxy_cancel(urio_future_t *f)
+static bool proxy_cancel(urio_future_t *f, char *msg)
 {
     proxy_t *p = urio__future_ext(f);
     if (p->task != NULL) {
-        urio_future_cancel(p->task);    /* the task's end completes the proxy */
+        urio__future_cancel_take(p->task, msg);    /* the task's end completes the proxy */
         return true;
     }
-    urio__future_cancel_now(f);     /* not started yet: it never will */
+    urio__future_cancel_now(f, msg);    /* not started yet: it never will */
     return true;
 }
 

@@ -24,7 +24,7 @@
 
 _Thread_local urio__task_t *urio__tls_task __attribute__((tls_model("initial-exec")));
 
-static bool task_cancel(urio_future_t *f);
+static bool task_cancel(urio_future_t *f, char *msg);
 static void task_describe(const urio_future_t *f, char *buf, size_t n);
 static void task_finalize(urio_future_t *f);
 
@@ -61,6 +61,7 @@ static void task_finalize(urio_future_t *f)
     urio__task_t *t = urio__task_of(f);
     urio__free(t->name_owned);
     urio__free(t->errmsg);
+    urio__free(t->cancel_msg);
 }
 
 URIO_EXPORT urio_future_t *urio_task_current(void)
@@ -134,7 +135,7 @@ static void task_entry(void *arg)
 #ifdef URIO_ASAN
     __sanitizer_finish_switch_fiber(NULL, &t->loop_stack_bottom, &t->loop_stack_size);
 #endif
-    if (t->cancel_requested) {
+    if (t->cancels > 0) {
         t->ret = -ECANCELED;        /* cancelled before its first step: the body never runs */
     } else {
         urio_coro_t *c = t->coro;
@@ -206,8 +207,10 @@ static void task_finish(urio__task_t *t)
     urio_future_t *f = t->self;
     if (t->ret == 0)
         urio_future_set_result(f, t->result);
-    else if (t->ret == -ECANCELED && t->cancel_requested)
-        urio__future_cancel_now(f);
+    else if (t->ret == -ECANCELED && t->cancels > 0) {
+        urio__future_cancel_now(f, t->cancel_msg);     /* the message goes with it */
+        t->cancel_msg = NULL;
+    }
     else if (t->errmsg)
         urio_future_set_error(f, t->ret < 0 ? t->ret : -EINVAL, "%s", t->errmsg);
     else
@@ -291,7 +294,7 @@ URIO_EXPORT urio_future_t *urio_task_create_opts(urio_loop_t *loop, urio_coro_t 
     urio__coro_claim(coro);
     t->coro = coro;
     if (ts->drained != NULL)
-        t->cancel_requested = true;     /* urio_run is cancelling everything: this too */
+        t->cancels = 1;     /* urio_run is cancelling everything: this too */
     t->next = ts->list;
     if (ts->list)
         ts->list->prev = t;
@@ -318,19 +321,24 @@ static void await_done(urio_future_t *f, void *arg)
     switch_in(t);
 }
 
-static bool task_cancel(urio_future_t *f)
+static bool task_cancel(urio_future_t *f, char *msg)
 {
     urio__task_t *t = urio__task_of(f);
-    if (t->state == URIO__TASK_DONE)
+    if (t->state == URIO__TASK_DONE) {
+        urio__free(msg);
         return false;
-    if (t->cancel_requested)
-        return true;                /* idempotent */
-    t->cancel_requested = true;
+    }
+    if (msg != NULL) {
+        urio__free(t->cancel_msg);  /* the latest request's message wins, as in asyncio */
+        t->cancel_msg = msg;
+    }
+    if (t->cancels++ > 0)
+        return true;                /* already requested: counted (urio_task_cancelling) */
     if (t->state != URIO__TASK_SUSPENDED || t->shield != 0)
         return true;                /* delivered at its next await */
     if (t->awaiting != NULL) {
         /* Blocked in an await: cancel what it waits on; its completion resumes the task. */
-        urio_future_cancel(t->awaiting);
+        urio__future_cancel_take(t->awaiting, t->cancel_msg ? urio__strdup(t->cancel_msg) : NULL);
     } else if (t->sleep_timer.id != 0) {
         /* Asleep: stop the timer and wake it now. */
         urio_handle_cancel(t->loop, t->sleep_timer);
@@ -351,8 +359,16 @@ URIO_EXPORT int urio_await(urio_future_t *f, void **result)
         return -EINVAL;
     if (f == t->self)
         return -EDEADLK;
-    if (urio__task_cancel_pending(t))
+    if (urio__task_cancel_pending(t)) {
+        /*
+         * A task with a cancel pending that awaits something cancels it, as
+         * asyncio does (bpo-34872): otherwise a child awaited after the cancel
+         * would be left running, and reported pending at close.
+         */
+        if (!urio_future_done(f))
+            urio__future_cancel_take(f, t->cancel_msg ? urio__strdup(t->cancel_msg) : NULL);
         return -ECANCELED;
+    }
     if (!urio_future_done(f)) {
         int ret = urio_future_add_done_callback(f, await_done, t);
         if (ret < 0)
@@ -499,6 +515,47 @@ URIO_EXPORT int urio_shield_end(void)
     return 0;
 }
 
+URIO_EXPORT unsigned urio_task_cancelling(const urio_future_t *task)
+{
+    if (!urio_future_is_task(task))
+        return 0;
+    return urio__task_of((urio_future_t *)task)->cancels;
+}
+
+URIO_EXPORT unsigned urio_task_uncancel(urio_future_t *task)
+{
+    if (!urio_future_is_task(task) || !urio__loop_check_thread(urio_future_loop(task),
+                                                                 "urio_task_uncancel"))
+        return 0;
+    urio__task_t *t = urio__task_of(task);
+    if (t->cancels > 0 && --t->cancels == 0) {
+        urio__free(t->cancel_msg);
+        t->cancel_msg = NULL;
+    }
+    return t->cancels;
+}
+
+URIO_EXPORT const char *urio_task_cancel_message(const urio_future_t *task)
+{
+    if (!urio_future_is_task(task))
+        return NULL;
+    return urio__task_of((urio_future_t *)task)->cancel_msg;
+}
+
+URIO_EXPORT size_t urio_all_tasks(urio_loop_t *loop, urio_future_t **tasks, size_t cap)
+{
+    if (loop == NULL || !urio__loop_check_thread(loop, "urio_all_tasks"))
+        return 0;
+    urio__tasks_t *ts = urio__tasks_find(loop);
+    if (ts == NULL)
+        return 0;
+    size_t k = 0;
+    for (urio__task_t *t = ts->list; t != NULL; t = t->next, k++)
+        if (tasks != NULL && k < cap)
+            tasks[k] = urio_future_ref(t->self);
+    return k;
+}
+
 /* ------------------------------------------------------------------ */
 /* The tasks subsystem on a loop                                        */
 
@@ -552,7 +609,7 @@ static void tasks_release(urio_loop_t *loop, void *state)
         urio__coro_free(t->coro);
         t->coro = NULL;
         t->state = URIO__TASK_DONE;
-        urio__future_cancel_now(t->self);   /* waiters on other threads are released */
+        urio__future_cancel_now(t->self, NULL);     /* waiters on other threads are released */
         urio__proxy_task_ended(t);
         urio_future_unref(t->self);         /* the loop's reference */
     }

@@ -114,7 +114,8 @@ typedef struct urio__task {
     urio_future_t *proxy;        /* run_coroutine_threadsafe's future mirroring it, or NULL */
     struct urio__task *next, *prev;   /* the loop's live tasks */
     uint8_t state;               /* enum urio__task_state */
-    bool cancel_requested;
+    uint32_t cancels;            /* cancel requests not withdrawn by urio_task_uncancel */
+    char *cancel_msg;            /* the latest request's message, or NULL */
     uint32_t shield;             /* urio_shield_begin depth */
     int ret;                     /* what the function returned */
     void *result;
@@ -141,7 +142,7 @@ static inline urio__task_t *urio__task_running(void)
 /* True if a cancel must interrupt the task's awaits now (requested, not shielded). */
 static inline bool urio__task_cancel_pending(const urio__task_t *t)
 {
-    return t->cancel_requested && t->shield == 0;
+    return t->cancels > 0 && t->shield == 0;
 }
 
 /* run.c: the task ended (or is destroyed at close): settles the run_coroutine_threadsafe future. */

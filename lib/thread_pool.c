@@ -50,6 +50,7 @@ typedef struct job {
 
 struct pool {
     urio_executor_t base;        /* first: the executor's kind */
+    pool_t *retired_next;        /* loop thread: in its loop side's retired list */
     pthread_mutex_t mu;
     pthread_cond_t work;         /* a job came, or shutdown */
     job_t *head, *tail;          /* guarded by mu */
@@ -71,7 +72,9 @@ struct pool {
  */
 struct loop_side {
     int index;                   /* the subsystem's, for the step_end flag */
-    pool_t *default_ex;          /* made by the first urio_run_in_executor(NULL) */
+    pool_t *default_ex;          /* made by the first urio_run_in_executor(NULL), or set */
+    bool default_owned;          /* the loop made default_ex (and shuts it down at close) */
+    pool_t *retired;             /* pools the loop made, replaced by a set default: freed at close */
     job_t *jobs_head, *jobs_tail;   /* submitted this step, not yet handed over */
     job_t *jobs_live;            /* every job whose future is not settled */
 };
@@ -119,7 +122,7 @@ static void job_settle(job_t *j, int forced_err)
             j->free_result(j->result);
         j->delivered = true;
     } else if (forced_err == -ECANCELED || state == JOB_CANCELLED) {
-        urio__future_cancel_now(j->f);
+        urio__future_cancel_now(j->f, NULL);
     } else if (forced_err < 0) {
         urio_future_set_error(j->f, forced_err, NULL);
     } else if (j->err < 0) {
@@ -301,7 +304,10 @@ static int side_may_close(urio_loop_t *loop, void *state)
 {
     (void)loop;
     loop_side_t *ls = state;
-    if (ls->default_ex != NULL && tls_ex == ls->default_ex) {
+    bool mine = ls->default_ex != NULL && ls->default_owned && tls_ex == ls->default_ex;
+    for (pool_t *p = ls->retired; p != NULL; p = p->retired_next)
+        mine |= tls_ex == p;
+    if (mine) {
         urio__log(URIO_LOG_ERROR, "urio_loop_close(): called from a worker of the loop's own "
                   "thread pool, which close must wait for");
         return -EDEADLK;
@@ -319,8 +325,10 @@ static void side_shutdown(urio_loop_t *loop, void *state)
 {
     (void)loop;
     loop_side_t *ls = state;
-    if (ls->default_ex != NULL)
+    if (ls->default_ex != NULL && ls->default_owned)
         pool_shutdown(&ls->default_ex->base, true, true);
+    for (pool_t *p = ls->retired; p != NULL; p = p->retired_next)
+        pool_shutdown(&p->base, true, true);
 }
 
 /* Close, then: jobs still in pools of the program's own are cancelled, their futures settled. */
@@ -341,13 +349,26 @@ static void side_release(urio_loop_t *loop, void *state)
 {
     (void)loop;
     loop_side_t *ls = state;
-    if (ls->default_ex != NULL)
+    if (ls->default_ex != NULL && ls->default_owned)
         pool_free(&ls->default_ex->base);
+    while (ls->retired != NULL) {
+        pool_t *p = ls->retired;
+        ls->retired = p->retired_next;
+        pool_free(&p->base);
+    }
     urio__free(ls);
+}
+
+static bool side_alive(const urio_loop_t *loop, void *state)
+{
+    (void)loop;
+    const loop_side_t *ls = state;
+    return ls->jobs_live != NULL;
 }
 
 static const urio__subsystem_t side_subsystem = {
     .name = "thread pool",
+    .alive = side_alive,
     .step_end = side_step_end,
     .may_close = side_may_close,
     .shutdown = side_shutdown,
@@ -406,6 +427,7 @@ URIO_EXPORT urio_future_t *urio_run_in_executor_opts(urio_loop_t *loop, urio_exe
             int ret = pool_new(&ls->default_ex, 0);
             if (ret < 0)
                 return fail(ret);
+            ls->default_owned = true;
         }
         ex = ls->default_ex;
     }
@@ -603,4 +625,154 @@ static void pool_free(urio_executor_t *base)
     pool_shutdown(base, true, false);
     /* Jobs still held by loops keep the memory until they are let go. */
     executor_unref(ex);
+}
+
+/* ------------------------------------------------------------------ */
+/* The loop's default executor                                          */
+
+URIO_EXPORT int urio_loop_set_default_executor(urio_loop_t *loop, urio_executor_t *base)
+{
+    if (loop == NULL)
+        return -EINVAL;
+    if (base != NULL && base->ops != &pool_ops) {
+        urio__log(URIO_LOG_ERROR, "urio_loop_set_default_executor(): the default executor "
+                  "runs function pointers: a %s cannot be it", base->ops->kind);
+        return -EINVAL;
+    }
+    if (!urio__loop_check_thread(loop, "urio_loop_set_default_executor"))
+        return -EPERM;
+    if (loop->closing)
+        return -ESHUTDOWN;
+    loop_side_t *ls = side_of(loop);
+    if (ls == NULL)
+        return -ENOMEM;
+    if (ls->jobs_head != NULL)
+        flush(loop, ls);    /* jobs already accepted go where they were meant to */
+    if (ls->default_ex != NULL && ls->default_owned) {
+        /*
+         * The pool the loop made: no new jobs; those it has finish and come
+         * back.  Its workers are joined at close (nobody waits here).
+         */
+        pool_shutdown(&ls->default_ex->base, false, false);
+        ls->default_ex->retired_next = ls->retired;
+        ls->retired = ls->default_ex;
+    }
+    ls->default_ex = (pool_t *)base;
+    ls->default_owned = false;
+    return 0;
+}
+
+/*
+ * shutdown_default_executor: a thread of its own joins the pool's workers
+ * (the loop never blocks), then tells the loop through its inbox.  What the
+ * thread and the loop share is reference counted: either may finish first.
+ */
+typedef struct shutdown_req {
+    atomic_uint refs;            /* the thread's, the loop side's */
+    urio_loop_t *loop;
+    pool_t *ex;
+    urio_future_t *f;            /* loop thread: completed by whichever comes first */
+    urio_handle_t timer;
+    uint64_t timeout_ns;
+} shutdown_req_t;
+
+static void req_unref(shutdown_req_t *r)
+{
+    if (atomic_fetch_sub_explicit(&r->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    executor_unref(r->ex);
+    urio_future_unref(r->f);
+    urio_loop_unref(r->loop);
+    urio__free(r);
+}
+
+/* On the loop: the workers are gone. */
+static void shutdown_joined(void *arg)
+{
+    shutdown_req_t *r = arg;
+    urio_handle_cancel(r->loop, r->timer);
+    if (!urio_future_done(r->f))
+        urio_future_set_result(r->f, NULL);
+    req_unref(r);
+}
+
+/* On the loop: the time-out came first. */
+static void shutdown_timed_out(void *arg)
+{
+    shutdown_req_t *r = arg;
+    if (urio_future_done(r->f))
+        return;
+    /* asyncio's words (base_events.py, shutdown_default_executor). */
+    urio__log(URIO_LOG_WARNING, "The executor did not finishing joining its threads within "
+              "%g seconds.", (double)r->timeout_ns / 1e9);
+    urio_future_set_error(r->f, -ETIMEDOUT, "the default executor's threads did not finish "
+                          "within %g seconds", (double)r->timeout_ns / 1e9);
+}
+
+static void *shutdown_thread(void *arg)
+{
+    shutdown_req_t *r = arg;
+    pool_shutdown(&r->ex->base, true, false);
+    if (urio_call_soon_threadsafe(r->loop, shutdown_joined, r) < 0)
+        req_unref(r);       /* the loop closed: its side of the request is gone with it */
+    req_unref(r);
+    return NULL;
+}
+
+URIO_EXPORT urio_future_t *urio_loop_shutdown_default_executor(urio_loop_t *loop,
+                                                               int64_t timeout_ns)
+{
+    if (loop == NULL || timeout_ns < -1)
+        return fail(-EINVAL);
+    if (!urio__loop_check_thread(loop, "urio_loop_shutdown_default_executor"))
+        return fail(-EPERM);
+    if (loop->closing)
+        return fail(-ESHUTDOWN);
+    urio_future_t *f;
+    int ret = urio_future_new(&f, loop);
+    if (ret < 0)
+        return fail(ret);
+    loop_side_t *ls = urio__loop_state(loop, &side_subsystem);
+    if (ls == NULL || ls->default_ex == NULL) {
+        urio_future_set_result(f, NULL);    /* nothing to shut down */
+        return f;
+    }
+    if (ls->jobs_head != NULL)
+        flush(loop, ls);
+    shutdown_req_t *r = urio__calloc(1, sizeof *r);
+    if (r == NULL) {
+        urio_future_unref(f);
+        return fail(-ENOMEM);
+    }
+    atomic_init(&r->refs, 2);
+    r->loop = urio_loop_ref(loop);
+    r->ex = ls->default_ex;
+    atomic_fetch_add_explicit(&r->ex->refs, 1, memory_order_relaxed);
+    r->f = urio_future_ref(f);
+    r->timeout_ns = (uint64_t)timeout_ns;
+    /* No new jobs from here on, as in asyncio. */
+    pthread_mutex_lock(&r->ex->mu);
+    r->ex->shutdown = true;
+    atomic_store(&r->ex->closed, true);
+    pthread_cond_broadcast(&r->ex->work);
+    pthread_mutex_unlock(&r->ex->mu);
+    pthread_t th;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    ret = pthread_create(&th, &attr, shutdown_thread, r);
+    pthread_attr_destroy(&attr);
+    if (ret != 0) {
+        atomic_store(&r->refs, 1);
+        req_unref(r);
+        urio_future_unref(f);
+        return fail(-ret);
+    }
+    if (timeout_ns >= 0) {
+        static const urio_site_t site = { "<shutdown_default_executor timeout>", __FILE__,
+                                          __LINE__ };
+        r->timer = urio_call_later_site(loop, (uint64_t)timeout_ns, shutdown_timed_out, r,
+                                        &site);
+    }
+    return f;
 }

@@ -23,7 +23,7 @@ LAYERS = {
 FILES = {
     "alloc": "base", "log": "base", "error": "base", "debug": "base",
     "ring": "core", "ready": "core", "timer": "core", "inbox": "core", "loop": "core",
-    "future": "future", "exception": "future",
+    "future": "future", "exception": "future", "combine": "future",
     "stack": "task", "coro": "task", "task": "task", "group": "task", "run": "task",
     "executor": "exec", "thread_pool": "exec",
     "arch_": "task",

@@ -453,6 +453,108 @@ static void test_executor_bad_input(void **state)
     test_loop_close(loop);
 }
 
+/* ---------------------------------------------------------------- */
+/* The default executor: set, shut down with a timeout               */
+
+static void test_executor_set_default(void **state)
+{
+    (void)state;
+    int threads0 = thread_count();
+    urio_loop_t *loop = test_loop_new();
+    /* The loop's own pool first, then the program's. */
+    urio_future_t *f = urio_run_in_executor(loop, NULL, square, (void *)4);
+    run_until(loop, f);
+    urio_future_unref(f);
+    urio_executor_t *ex;
+    assert_int_equal(urio_thread_pool_new(&ex, 2), 0);
+    assert_int_equal(urio_loop_set_default_executor(loop, ex), 0);
+    atomic_store(&ran_count, 0);
+    f = urio_run_in_executor(loop, NULL, counting, (void *)7);
+    void *r = NULL;
+    assert_int_equal(urio_loop_run_until_complete(loop, f), 0);
+    assert_int_equal(urio_future_result(f, &r), 0);
+    assert_int_equal((intptr_t)r, 7);
+    assert_int_equal(atomic_load(&ran_count), 1);
+    urio_future_unref(f);
+    test_loop_close(loop);
+    /* The program's pool survives the loop and still works for another. */
+    loop = test_loop_new();
+    f = urio_run_in_executor(loop, ex, square, (void *)5);
+    run_until(loop, f);
+    assert_int_equal(urio_future_result(f, &r), 0);
+    assert_int_equal((intptr_t)r, 25);
+    urio_future_unref(f);
+    test_loop_close(loop);
+    urio_executor_free(ex);
+    assert_int_equal(settled_thread_count(threads0), threads0);
+    /* Bad input. */
+    loop = test_loop_new();
+    assert_int_equal(urio_loop_set_default_executor(NULL, NULL), -EINVAL);
+    assert_int_equal(urio_loop_set_default_executor(loop, NULL), 0);
+    test_loop_close(loop);
+}
+
+static void test_executor_shutdown_default_executor(void **state)
+{
+    (void)state;
+    int threads0 = thread_count();
+    urio_loop_t *loop = test_loop_new();
+    /* Nothing to shut down: done at once. */
+    urio_future_t *sd = urio_loop_shutdown_default_executor(loop, -1);
+    assert_non_null(sd);
+    assert_true(urio_future_done(sd));
+    urio_future_unref(sd);
+    /* A job still running: the shutdown waits for it, without blocking the loop. */
+    gate_reset();
+    urio_future_t *busy = urio_run_in_executor(loop, NULL, gated, (void *)1);
+    gate_wait_started(1);
+    test_log_capture();
+    sd = urio_loop_shutdown_default_executor(loop, 20 * (int64_t)MS);
+    assert_int_equal(urio_loop_run_until_complete(loop, sd), -ETIMEDOUT);
+    assert_log_contains("WARNING The executor did not finishing joining its threads within "
+                        "0.02 seconds.");
+    /* No new jobs once shut down. */
+    errno = 0;
+    assert_null(urio_run_in_executor(loop, NULL, square, (void *)2));
+    assert_int_equal(errno, ESHUTDOWN);
+    urio_future_unref(sd);
+    /* Released, the job finishes and a new shutdown completes. */
+    gate_release();
+    run_until(loop, busy);
+    assert_int_equal(urio_future_result(busy, NULL), 0);
+    sd = urio_loop_shutdown_default_executor(loop, 10000 * (int64_t)MS);
+    assert_int_equal(urio_loop_run_until_complete(loop, sd), 0);
+    urio_future_unref(sd);
+    urio_future_unref(busy);
+    test_loop_close(loop);
+    assert_int_equal(settled_thread_count(threads0), threads0);
+}
+
+/*
+ * issue 14 point 2: a job whose completion is already in the inbox when the
+ * loop closes ends with its result (not -ECANCELED), which is then the
+ * future's: nothing is lost, nothing freed twice.
+ */
+static void test_executor_completion_in_inbox_at_close_delivered(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    freed_results = 0;
+    static int payload;
+    urio_job_opts_t opts = { .free_result = free_result };
+    urio_future_t *f = urio_run_in_executor_opts(loop, NULL, nothing, &payload, &opts);
+    /* The job runs and pushes its completion; the loop never runs a turn again. */
+    assert_true(urio_loop_alive(loop));     /* a job is out */
+    usleep(50000);
+    test_loop_close(loop);
+    void *r = NULL;
+    assert_int_equal(urio_future_result(f, &r), 0);
+    assert_ptr_equal(r, &payload);
+    assert_int_equal(freed_results, 0);     /* delivered, so not the destructor's */
+    urio_future_unref(f);
+    assert_int_equal(freed_results, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -469,6 +571,9 @@ int main(void)
         URIO_TEST(test_executor_loop_close_settles_jobs_in_own_pool),
         URIO_TEST(test_executor_shutdown_in_same_turn_runs_job),
         URIO_TEST(test_executor_bad_input),
+        URIO_TEST(test_executor_set_default),
+        URIO_TEST(test_executor_shutdown_default_executor),
+        URIO_TEST(test_executor_completion_in_inbox_at_close_delivered),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -327,6 +327,73 @@ static void test_loop_dispatch_allocates_nothing(void **state)
     test_loop_close(loop);
 }
 
+static void noop_cb(void *arg)
+{
+    (void)arg;
+}
+
+/* libuv's uv_loop_alive and uv_backend_timeout, for programs that embed a loop. */
+static void test_loop_alive_and_next_timeout(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    assert_false(urio_loop_alive(loop));            /* the wake-up read does not count */
+    assert_int_equal(urio_loop_next_timeout(loop), -1);
+    urio_handle_t t = urio_call_later(loop, 500 * MS, noop_cb, NULL);
+    assert_true(urio_loop_alive(loop));
+    int64_t next = urio_loop_next_timeout(loop);
+    assert_true(next > 400 * (int64_t)MS && next <= 500 * (int64_t)MS);
+    urio_handle_t h = urio_call_soon(loop, noop_cb, NULL);
+    assert_int_equal(urio_loop_next_timeout(loop), 0);
+    assert_true(urio_handle_cancel(loop, h));
+    assert_true(urio_handle_cancel(loop, t));
+    urio_call_soon(loop, test_stop_cb, loop);
+    urio_loop_run_forever(loop);
+    assert_false(urio_loop_alive(loop));
+    assert_int_equal(urio_loop_next_timeout(loop), -1);
+    assert_false(urio_loop_alive(NULL));
+    test_loop_close(loop);
+}
+
+/*
+ * issue 14 point 3: urio_loop_run_forever returning on one thread while
+ * another closes the loop the moment it may.  run must touch nothing of the
+ * loop after it lets go of it (the tsan and sanitize suites run this).
+ */
+static void *run_then_return(void *arg)
+{
+    urio_loop_t *loop = arg;
+    urio_loop_run_forever(loop);
+    return NULL;
+}
+
+static atomic_int running_now;
+
+static void mark_and_stop(void *arg)
+{
+    atomic_store(&running_now, 1);
+    urio_loop_stop(arg);
+}
+
+static void test_loop_close_races_run_returning(void **state)
+{
+    (void)state;
+    for (int round = 0; round < 200; round++) {
+        urio_loop_t *loop = test_loop_new();
+        urio_call_soon(loop, mark_and_stop, loop);
+        atomic_store(&running_now, 0);
+        pthread_t th;
+        assert_int_equal(pthread_create(&th, NULL, run_then_return, loop), 0);
+        while (!atomic_load(&running_now))
+            ;
+        int ret;
+        while ((ret = urio_loop_close(loop)) == -EBUSY)
+            ;
+        assert_int_equal(ret, 0);
+        pthread_join(th, NULL);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -344,6 +411,8 @@ int main(void)
         URIO_TEST(test_loop_ready_work_still_enters_kernel),
         URIO_TEST(test_loop_busy_loop_sees_inbox),
         URIO_TEST(test_loop_dispatch_allocates_nothing),
+        URIO_TEST(test_loop_alive_and_next_timeout),
+        URIO_TEST(test_loop_close_races_run_returning),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -776,6 +776,80 @@ static void test_task_threadsafe_future_settled_at_close(void **state)
     urio_future_unref(f);
 }
 
+/*
+ * issue 14 point 1: a run_coroutine_threadsafe future whose task ends in the
+ * loop's last turn (the coroutine stops the loop and returns; the loop's
+ * owner then closes it) must complete: 300 rounds x 4 waiting threads, no
+ * waiter stuck, nothing leaked.
+ */
+static int stops_its_loop(void *arg, void **res)
+{
+    urio_loop_stop(urio_loop_current());
+    *res = arg;
+    return 0;
+}
+
+struct last_turn {
+    urio_loop_t *loop;
+    atomic_int go;
+    int outcome[4];
+};
+
+static void *submits_and_waits(void *arg)
+{
+    struct last_turn *x = ((struct last_turn **)arg)[0];
+    intptr_t k = (intptr_t)((void **)arg)[1];
+    while (!atomic_load(&x->go))
+        ;
+    urio_future_t *f = urio_run_coroutine_threadsafe(URIO_CORO(stops_its_loop, (void *)k),
+                                                     x->loop);
+    if (f == NULL) {
+        x->outcome[k] = -errno;     /* the loop closed first: refused, fine */
+        return NULL;
+    }
+    void *r = NULL;
+    x->outcome[k] = urio_future_wait(f, 10000 * (int64_t)MS, &r);
+    if (x->outcome[k] == 0 && (intptr_t)r != k)
+        x->outcome[k] = -1000;
+    urio_future_unref(f);
+    return NULL;
+}
+
+static void *runs_loop(void *arg)
+{
+    struct last_turn *x = arg;
+    urio_loop_run_forever(x->loop);
+    urio_loop_close(x->loop);       /* the owner closes right after the last turn */
+    return NULL;
+}
+
+static void test_task_threadsafe_future_completes_in_last_turn(void **state)
+{
+    (void)state;
+    test_log_capture();     /* coroutines refused at close are not a test failure */
+    for (int round = 0; round < 300; round++) {
+        struct last_turn x = { .loop = test_loop_new() };
+        urio_loop_ref(x.loop);          /* the waiters' calls may come after the close */
+        void *args[4][2];
+        pthread_t w[4], owner;
+        for (intptr_t k = 0; k < 4; k++) {
+            args[k][0] = &x;
+            args[k][1] = (void *)k;
+            assert_int_equal(pthread_create(&w[k], NULL, submits_and_waits, args[k]), 0);
+        }
+        assert_int_equal(pthread_create(&owner, NULL, runs_loop, &x), 0);
+        atomic_store(&x.go, 1);
+        for (int k = 0; k < 4; k++)
+            pthread_join(w[k], NULL);
+        pthread_join(owner, NULL);
+        for (int k = 0; k < 4; k++) {
+            if (x.outcome[k] == -ETIMEDOUT || x.outcome[k] == -1000)
+                fail_msg("round %d: waiter %d got %d", round, k, x.outcome[k]);
+        }
+        urio_loop_unref(x.loop);
+    }
+}
+
 /* A slow task step is reported as the task. */
 static int slow_step(void *arg, void **res)
 {
@@ -827,6 +901,7 @@ int main(void)
         URIO_TEST(test_task_slow_step_reported),
         URIO_TEST(test_task_review_regressions),
         URIO_TEST(test_task_threadsafe_future_settled_at_close),
+        URIO_TEST(test_task_threadsafe_future_completes_in_last_turn),
         cmocka_unit_test(test_task_stack_overflow_reported),
         URIO_TEST(test_task_gather),
         URIO_TEST(test_task_group),

@@ -85,6 +85,34 @@ URIO_EXPORT int urio_executor_shutdown(urio_executor_t *ex, bool wait, bool canc
  */
 URIO_EXPORT void urio_executor_free(urio_executor_t *ex);
 
+/*
+ * Makes ex the loop's default executor (asyncio's set_default_executor): the
+ * one urio_run_in_executor(loop, NULL, ...) uses.  ex must be a thread pool;
+ * it stays the caller's (free it after the loop has closed, or after setting
+ * another): the loop does not shut it down, it only cancels its own jobs in
+ * it at close.  A pool the loop made itself is shut down (its jobs finish)
+ * and its workers joined at close.  NULL: back to a pool the loop makes.
+ * Returns: 0; -EINVAL (not a thread pool); -EPERM; -ESHUTDOWN; -ENOMEM.
+ * Thread: the loop's thread.
+ */
+URIO_EXPORT int urio_loop_set_default_executor(urio_loop_t *loop, urio_executor_t *ex);
+
+/*
+ * asyncio's shutdown_default_executor(timeout): no new jobs for the default
+ * executor; the future completes (result NULL) once its workers have all
+ * exited — joined on a thread of its own, so the loop keeps running.  After
+ * timeout_ns (-1: none) it completes with -ETIMEDOUT instead and logs
+ * WARNING "The executor did not finishing joining its threads within N
+ * seconds." (asyncio's words).  Await it in a task, or wait for it with
+ * urio_loop_run_until_complete.
+ * Returns: the future (a new reference; done at once without a default
+ *          executor); NULL with errno EINVAL, EPERM, ESHUTDOWN, ENOMEM, or
+ *          pthread_create's error.
+ * Thread: the loop's thread.
+ */
+URIO_EXPORT urio_future_t *urio_loop_shutdown_default_executor(urio_loop_t *loop,
+                                                               int64_t timeout_ns);
+
 #ifdef __cplusplus
 }
 #endif

@@ -58,6 +58,15 @@ URIO_EXPORT int urio_future_set_error(urio_future_t *f, int err, const char *fmt
  */
 URIO_EXPORT bool urio_future_cancel(urio_future_t *f);
 
+/*
+ * urio_future_cancel with a message (asyncio's cancel(msg)): a plain future's
+ * urio_future_error_message() gives it once cancelled; a task's awaiting code
+ * reads it with urio_task_cancel_message(), and the task's future carries it
+ * when the task ends cancelled.  fmt may be NULL.
+ * Returns: as urio_future_cancel.  Thread: any thread.
+ */
+URIO_EXPORT bool urio_future_cancel_msg(urio_future_t *f, const char *fmt, ...) URIO_PRINTF(2, 3);
+
 URIO_EXPORT bool urio_future_done(const urio_future_t *f);
 URIO_EXPORT bool urio_future_cancelled(const urio_future_t *f);
 
@@ -101,6 +110,44 @@ URIO_EXPORT int urio_future_remove_done_callback(urio_future_t *f, urio_future_d
  * reference on f for the duration.
  */
 URIO_EXPORT int urio_future_wait(urio_future_t *f, int64_t timeout_ns, void **result);
+
+/* ------------------------------------------------------------------ */
+/* Futures made of futures                                              */
+
+typedef struct urio_gather_opts {
+    /*
+     * false (default): the first failure (in completion order; a child's
+     * cancel counts) cancels the other children, and the gathering fails
+     * with it once they are all done.  true: asyncio's return_exceptions:
+     * nothing is cancelled, the gathering succeeds when all are done, and
+     * each child's outcome is its own (urio_future_result, or errors below).
+     */
+    bool return_exceptions;
+    int *errors;        /* urio_gather_opts only: NULL or n entries, each child's outcome */
+    size_t *failed;     /* urio_gather_opts only: NULL, or the first failure's index */
+} urio_gather_opts_t;   /* zero-initialise it */
+
+/*
+ * asyncio.gather as a future: *out completes once every one of fs is done
+ * (NULL result, read the children's), or with the first failure as above.
+ * Cancelling it cancels the children; it ends cancelled once they are done.
+ * It holds a reference on each child.  Usable from callbacks and tasks.
+ * Returns: 0; -EINVAL (NULL, or a future of another loop); -EPERM (wrong
+ *          thread); -ESHUTDOWN; -ENOMEM.  *out is NULL on failure.
+ * Ownership: the caller owns *out.  Thread: the loop's thread.
+ */
+URIO_EXPORT int urio_gather_new(urio_future_t **out, urio_loop_t *loop,
+                                urio_future_t *const *fs, size_t n,
+                                const urio_gather_opts_t *opts);
+
+/*
+ * asyncio.shield(inner): *out mirrors inner's outcome, but cancelling *out
+ * (or a task awaiting it) leaves inner running.  An error of inner's that
+ * arrives after *out was cancelled counts as retrieved.
+ * Returns: 0; -EINVAL; -EPERM (wrong thread); -ESHUTDOWN; -ENOMEM.
+ * Ownership: the caller owns *out.  Thread: the loop's thread.
+ */
+URIO_EXPORT int urio_shield_new(urio_future_t **out, urio_future_t *inner);
 
 #ifdef __cplusplus
 }

@@ -83,6 +83,22 @@ URIO_EXPORT int urio_loop_close(urio_loop_t *loop);
 URIO_EXPORT urio_loop_t *urio_loop_ref(urio_loop_t *loop);
 URIO_EXPORT void urio_loop_unref(urio_loop_t *loop);
 
+/*
+ * True if the loop has work that would keep it running: callbacks ready,
+ * timers pending, operations in flight, executor jobs outstanding (libuv's
+ * uv_loop_alive).  A task suspended on a future nobody will complete does
+ * not count.  For programs that embed the loop in another.
+ * Thread: the loop's thread (a snapshot from others).
+ */
+URIO_EXPORT bool urio_loop_alive(const urio_loop_t *loop);
+
+/*
+ * How long the loop would block now (libuv's uv_backend_timeout): 0 if work
+ * is ready, the nanoseconds until its earliest timer, or -1 if nothing is
+ * scheduled.  Thread: the loop's thread.
+ */
+URIO_EXPORT int64_t urio_loop_next_timeout(urio_loop_t *loop);
+
 /* The loop running on this thread, or NULL.  Thread: any thread. */
 URIO_EXPORT urio_loop_t *urio_loop_current(void);
 

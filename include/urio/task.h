@@ -10,6 +10,7 @@
 #define URIO_TASK_H
 
 #include "base.h"
+#include "future.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -80,8 +81,33 @@ URIO_EXPORT int urio_yield(void);
  */
 URIO_EXPORT int urio_wait_for(urio_future_t *f, uint64_t timeout_ns, void **result);
 
-/* The task running on this thread, or NULL (a borrowed pointer). */
+/*
+ * The task running on this thread, or NULL: from anywhere on the loop's
+ * thread (a callback sees NULL; code called from a task sees the task).
+ * A borrowed pointer.
+ */
 URIO_EXPORT urio_future_t *urio_task_current(void);
+
+/*
+ * Every task of loop not finished yet (asyncio.all_tasks): up to cap of them
+ * in tasks[], each a new reference (unref each).
+ * Returns: how many there are (more than cap: call again with room).
+ * Thread: the loop's thread.
+ */
+URIO_EXPORT size_t urio_all_tasks(urio_loop_t *loop, urio_future_t **tasks, size_t cap);
+
+/*
+ * Cancel requests a task has had and not withdrawn (asyncio's cancelling()):
+ * each urio_future_cancel counts one.  urio_task_uncancel withdraws one and
+ * returns how many are left; at 0 the task is no longer being cancelled (its
+ * later awaits run normally).  Structured-concurrency code uses the pair to
+ * tell its own cancel from one that came from outside.
+ * Thread: the loop's thread (uncancel); any (cancelling, a snapshot).
+ */
+URIO_EXPORT unsigned urio_task_cancelling(const urio_future_t *task);
+URIO_EXPORT unsigned urio_task_uncancel(urio_future_t *task);
+/* The message of the latest cancel request (urio_future_cancel_msg), or NULL. */
+URIO_EXPORT const char *urio_task_cancel_message(const urio_future_t *task);
 /* A task's name ("fn" unless set); NULL for a plain future. */
 URIO_EXPORT const char *urio_task_name(const urio_future_t *task);
 /* True if f is a task. */
@@ -106,6 +132,52 @@ URIO_EXPORT int urio_shield_end(void);
  * done.  The futures stay the caller's (gather takes no reference).
  */
 URIO_EXPORT int urio_gather(urio_future_t *const *fs, size_t n, void **results, size_t *failed);
+
+/*
+ * urio_gather with options (urio_gather_opts_t, urio/future.h): with
+ * return_exceptions it waits for every future, cancels none, returns 0 and
+ * gives each outcome in opts->errors[i] (results[i] NULL for failures).
+ * Built on urio_gather_new: no future outlives the call.
+ */
+URIO_EXPORT int urio_gather_opts(urio_future_t *const *fs, size_t n, void **results,
+                                 const urio_gather_opts_t *opts);
+
+/* When urio_wait returns (asyncio.wait's return_when). */
+enum {
+    URIO_FIRST_COMPLETED = 1,    /* any future is done */
+    URIO_FIRST_EXCEPTION = 2,    /* any future fails (not a cancel), or all are done */
+    URIO_ALL_COMPLETED   = 3,    /* all are done */
+};
+
+/*
+ * In a task: asyncio.wait.  Suspends until fs satisfy `when` or timeout_ns
+ * passes (-1: no timeout; 0: just look).  Cancels nothing, also on time-out.
+ * done[i] (done may be NULL) tells which are done.
+ * Returns: how many of fs are done (a time-out is not an error: compare with
+ *          n); -EINVAL (no futures, NULL, another loop's future, a bad
+ *          `when` or timeout); -EDEADLK (the task itself is in fs);
+ *          -ECANCELED (the waiting task was cancelled); -EPERM outside a task.
+ */
+URIO_EXPORT int urio_wait(urio_future_t *const *fs, size_t n, int when, int64_t timeout_ns,
+                          bool *done);
+
+/*
+ * asyncio.as_completed: futures in the order they complete.
+ *   urio_as_completed_t *it;
+ *   urio_as_completed_new(&it, fs, n, timeout_ns);      (-1: no timeout)
+ *   urio_future_t *f;
+ *   while ((ret = urio_as_completed_next(it, &f)) == 1) { ... f is done ... }
+ *   urio_as_completed_free(it);
+ * new: 0; -EINVAL; -EPERM (wrong thread); -ENOMEM.  It holds a reference on
+ *   each future until freed.  The timeout runs from new, for the whole series.
+ * next (in a task): 1 with *next (one of fs, borrowed); 0 when every future
+ *   was given; -ETIMEDOUT; -ECANCELED; -EPERM outside a task of that loop.
+ */
+typedef struct urio_as_completed urio_as_completed_t;
+URIO_EXPORT int urio_as_completed_new(urio_as_completed_t **out, urio_future_t *const *fs,
+                                      size_t n, int64_t timeout_ns);
+URIO_EXPORT int urio_as_completed_next(urio_as_completed_t *it, urio_future_t **next);
+URIO_EXPORT void urio_as_completed_free(urio_as_completed_t *it);
 
 /*
  * Task groups: structured concurrency (asyncio's TaskGroup, Trio's nursery).
