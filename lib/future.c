@@ -444,33 +444,76 @@ void urio__future_set_cancel_hook(urio_future_t *f, urio__cancel_hook_fn fn, voi
     f->cancel_hook_arg = arg;
 }
 
+#ifndef SYS_futex_waitv
+#define SYS_futex_waitv 449     /* Linux 5.16, the same number on every architecture */
+#endif
+
+/*
+ * Sleeps while f reads pending and its loop open (futex_waitv on both words:
+ * a close wakes the waiter), until abs (NULL: no limit).  Without
+ * futex_waitv (before 5.16), sleeps on f alone in slices of 50 ms, looking
+ * at the loop between them.
+ */
+static void wait_pending(urio_future_t *f, const struct timespec *abs)
+{
+    static atomic_int no_waitv;
+    if (!atomic_load_explicit(&no_waitv, memory_order_relaxed)) {
+        struct futex_waitv w[2] = {
+            { .val = F_PENDING, .uaddr = (uintptr_t)&f->state,
+              .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG },
+            { .val = 0, .uaddr = (uintptr_t)&f->loop->closed_word,
+              .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG },
+        };
+        long r = syscall(SYS_futex_waitv, w, 2, 0, abs, CLOCK_MONOTONIC);
+        if (r >= 0 || errno != ENOSYS)
+            return;     /* woken, changed, timed out or interrupted: the caller looks */
+        atomic_store_explicit(&no_waitv, 1, memory_order_relaxed);
+    }
+    struct timespec now, rel = { 0, 50 * 1000000 };
+    if (abs != NULL) {
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        int64_t left = (int64_t)(abs->tv_sec - now.tv_sec) * 1000000000 + (abs->tv_nsec - now.tv_nsec);
+        if (left <= 0)
+            return;
+        if (left < 50 * 1000000)
+            rel.tv_nsec = (long)left;
+    }
+    syscall(SYS_futex, &f->state, FUTEX_WAIT_PRIVATE, F_PENDING, &rel, NULL, 0);
+}
+
 URIO_EXPORT int urio_future_wait(urio_future_t *f, int64_t timeout_ns, void **result)
 {
-    if (f == NULL)
+    if (f == NULL || timeout_ns < -1)
         return -EINVAL;
-    if (urio_loop_current() == f->loop) {
-        urio__log(URIO_LOG_ERROR, "urio_future_wait(): called from the thread running the "
-                  "future's loop, which would wait for itself");
+    if (state_of(f) != F_PENDING)
+        return urio_future_result(f, result);
+    if (atomic_load(&f->loop->closed_word))
+        return -ESHUTDOWN;
+    if (urio__loop_progresses_only_here(f->loop)) {
+        urio__log(URIO_LOG_ERROR, "urio_future_wait(): called from the thread %s the "
+                  "future's loop, which would wait for itself",
+                  urio_loop_current() == f->loop ? "running" : "that owns");
         return -EDEADLK;
     }
-    uint64_t deadline = timeout_ns < 0 ? UINT64_MAX : urio__now() + (uint64_t)timeout_ns;
+    struct timespec abs, *absp = NULL;
+    if (timeout_ns >= 0) {
+        uint64_t deadline = urio__now() + (uint64_t)timeout_ns;
+        abs.tv_sec = (time_t)(deadline / 1000000000u);
+        abs.tv_nsec = (long)(deadline % 1000000000u);
+        absp = &abs;
+    }
     atomic_fetch_add_explicit(&f->waiters, 1, memory_order_seq_cst);
     int ret = 0;
     while (atomic_load_explicit(&f->state, memory_order_seq_cst) == F_PENDING) {
-        struct timespec ts, *tsp = NULL;
-        if (deadline != UINT64_MAX) {
-            uint64_t now = urio__now();
-            if (now >= deadline) {
-                ret = -ETIMEDOUT;
-                break;
-            }
-            uint64_t left = deadline - now;
-            ts.tv_sec = (time_t)(left / 1000000000u);
-            ts.tv_nsec = (long)(left % 1000000000u);
-            tsp = &ts;
+        if (atomic_load_explicit(&f->loop->closed_word, memory_order_seq_cst)) {
+            ret = -ESHUTDOWN;   /* the loop closed and nobody completed f: it never will */
+            break;
         }
-        /* Sleeps only while the state still reads pending: no lost wake-up. */
-        syscall(SYS_futex, &f->state, FUTEX_WAIT_PRIVATE, F_PENDING, tsp, NULL, 0);
+        if (absp != NULL && urio__now() >= (uint64_t)abs.tv_sec * 1000000000u + (uint64_t)abs.tv_nsec) {
+            ret = -ETIMEDOUT;
+            break;
+        }
+        wait_pending(f, absp);
     }
     atomic_fetch_sub_explicit(&f->waiters, 1, memory_order_relaxed);
     return ret < 0 ? ret : urio_future_result(f, result);

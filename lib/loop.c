@@ -18,9 +18,13 @@
  */
 #include "loop.h"
 
+#include <limits.h>
+#include <linux/futex.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 _Thread_local char urio__tls_token __attribute__((tls_model("initial-exec")));
 static _Thread_local urio_loop_t *tls_current __attribute__((tls_model("initial-exec")));
@@ -74,6 +78,15 @@ __attribute__((cold, noinline)) void urio__loop_wrong_thread(const char *fn)
     urio__log(URIO_LOG_ERROR,
               "%s(): Non-thread-safe operation invoked on an event loop other than the "
               "current one", fn);
+}
+
+bool urio__loop_progresses_only_here(const urio_loop_t *loop)
+{
+    const void *me = urio__thread_token();
+    const void *owner = atomic_load_explicit(&loop->owner, memory_order_acquire);
+    if (owner != NULL)
+        return owner == me;
+    return atomic_load(&loop->bound) && atomic_load(&loop->home) == me;
 }
 
 bool urio__loop_is_mine(const urio_loop_t *loop)
@@ -401,6 +414,7 @@ URIO_EXPORT int urio_loop_run_forever(urio_loop_t *loop)
     loop->running = true;
     tls_current = loop;
     atomic_store(&loop->home, urio__thread_token());
+    atomic_store(&loop->bound, loop->ring.single_issuer);
     atomic_store_explicit(&loop->owner, urio__thread_token(), memory_order_release);
     for (;;) {
         ret = loop_turn(loop);
@@ -589,6 +603,9 @@ URIO_EXPORT int urio_loop_close(urio_loop_t *loop)
     urio__timers_free(&loop->timers);
     urio__ready_free(&loop->ready);
     loop->closed = true;
+    /* Threads still waiting on a future of this loop that nobody completed: wake them. */
+    atomic_store_explicit(&loop->closed_word, 1, memory_order_seq_cst);
+    syscall(SYS_futex, &loop->closed_word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
     urio__loop_unref(loop);
     return 0;
 }

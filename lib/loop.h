@@ -67,9 +67,16 @@ struct urio_loop {
     bool stopping;
     bool closing;
     bool closed;
+    /*
+     * 1 once close has finished (a futex word): threads blocked in
+     * urio_future_wait on a future of this loop that stayed pending wake up
+     * and return -ESHUTDOWN.
+     */
+    _Atomic uint32_t closed_word;
     bool running;
     _Atomic(const void *) owner; /* thread token while running, else NULL */
     _Atomic(const void *) home;  /* the thread that made it, then the ring's issuer */
+    atomic_bool bound;           /* a run bound the ring to `home` (SINGLE_ISSUER) */
     uint64_t slow_ns;
     uint64_t timer_slack_ns;     /* how late a wake-up for a timer may be */
     urio__describe_fn attrib_describe;   /* debug mode: see urio__describe_fn */
@@ -145,6 +152,11 @@ static inline bool urio__loop_check_thread(const urio_loop_t *loop, const char *
  * it does not run, its home thread (the one that made or last ran it).
  */
 bool urio__loop_is_mine(const urio_loop_t *loop);
+/*
+ * True if only the calling thread can make the loop progress: it runs it,
+ * or the loop's ring is bound to it (urio_future_wait would wait forever).
+ */
+bool urio__loop_progresses_only_here(const urio_loop_t *loop);
 void urio__loop_ref(urio_loop_t *loop);
 void urio__loop_unref(urio_loop_t *loop);
 

@@ -918,9 +918,40 @@ static void test_future_cancel_from_other_thread(void **state)
     test_loop_close(x.loop);
 }
 
+/*
+ * issue 14 point 7: a plain future still pending when its loop closes can
+ * never complete; a thread blocked in urio_future_wait(f, -1) must not hang.
+ */
+static void *waits_forever(void *arg)
+{
+    return (void *)(intptr_t)urio_future_wait(arg, -1, NULL);
+}
+
+static void test_future_wait_ends_when_loop_closes(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_future_t *f = test_future_new(loop);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, waits_forever, f), 0);
+    usleep(20000);                  /* the waiter is (most likely) asleep by now */
+    test_loop_close(loop);
+    void *ret;
+    pthread_join(th, &ret);
+    assert_int_equal((intptr_t)ret, -ESHUTDOWN);
+    /* A wait that starts after the close ends at once. */
+    assert_int_equal(urio_future_wait(f, -1, NULL), -ESHUTDOWN);
+    assert_int_equal(urio_future_result(f, NULL), URIO_ENOTDONE);
+    /* Bad timeouts. */
+    assert_int_equal(urio_future_wait(f, -2, NULL), -EINVAL);
+    assert_int_equal(urio_future_wait(f, INT64_MIN, NULL), -EINVAL);
+    urio_future_unref(f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        URIO_TEST(test_future_wait_ends_when_loop_closes),
         URIO_TEST(test_future_new_ref_unref),
         URIO_TEST(test_future_set_result_then_result),
         URIO_TEST(test_future_set_error_with_message),

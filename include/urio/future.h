@@ -103,11 +103,17 @@ URIO_EXPORT int urio_future_remove_done_callback(urio_future_t *f, urio_future_d
 
 /*
  * Blocks the calling thread until f is done or timeout_ns passes (-1: no
- * timeout), then gives f's outcome as urio_future_result() does.
- * Returns: 0, f's error, -ECANCELED; -ETIMEDOUT; -EDEADLK from the thread
- *          running f's loop (it would wait for itself); -EINVAL for NULL.
- * Thread: any thread but the one running f's loop.  The caller holds a
- * reference on f for the duration.
+ * timeout), then gives f's outcome as urio_future_result() does.  If f's
+ * loop closes with f still pending (nobody can complete it any more), the
+ * wait ends with -ESHUTDOWN (tasks and executor jobs are settled by the
+ * close, so their waiters get their outcome).
+ * Returns: 0, f's error, -ECANCELED; -ETIMEDOUT; -ESHUTDOWN; -EDEADLK from
+ *          the thread running f's loop, or the thread its ring is bound to
+ *          (only that thread could make it progress: it would wait for
+ *          itself, whatever the timeout); -EINVAL for NULL or a negative
+ *          timeout other than -1.
+ * Thread: any other thread.  The caller holds a reference on f for the
+ * duration.
  */
 URIO_EXPORT int urio_future_wait(urio_future_t *f, int64_t timeout_ns, void **result);
 
