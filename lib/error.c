@@ -17,6 +17,8 @@ static const struct {
     { URIO_ESTOPPED, "URIO_ESTOPPED", "Event loop stopped before the future completed" },
     { URIO_EBROKENWORKER, "URIO_EBROKENWORKER",
       "A process-pool worker died while running the job" },
+    { URIO_EFORKED, "URIO_EFORKED",
+      "The event loop belongs to the parent process (inherited through fork)" },
 };
 
 static int find_code(int err)

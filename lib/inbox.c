@@ -208,6 +208,10 @@ URIO_EXPORT int urio_call_soon_threadsafe(urio_loop_t *loop, urio_callback_fn fn
 {
     if (loop == NULL || fn == NULL)
         return -EINVAL;
+    if (URIO_UNLIKELY(urio__loop_inherited(loop))) {
+        urio__loop_refuse_inherited(loop, "urio_call_soon_threadsafe");
+        return URIO_EFORKED;
+    }
     urio__inbox_t *ib = &loop->inbox;
     if (!producer_enter(ib))
         return -ESHUTDOWN;

@@ -64,10 +64,65 @@ __attribute__((destructor)) static void warn_unclosed_loops(void)
 {
     pthread_mutex_lock(&g_open_mu);
     for (urio_loop_t *l = g_open; l != NULL; l = l->next_open)
-        if (l->debug)
+        if (l->debug && !urio__loop_inherited(l))
             urio__log(URIO_LOG_WARNING, "unclosed event loop <urio_loop %p running=%s>",
                       (void *)l, l->running ? "true" : "false");
     pthread_mutex_unlock(&g_open_mu);
+}
+
+/* ------------------------------------------------------------------ */
+/* fork                                                                 */
+
+atomic_uint urio__fork_gen;
+
+/*
+ * In a child of fork(): the calling thread is the only one, and the loops
+ * it inherited belong to the parent (their rings are not even mapped here:
+ * they are marked dontfork).  The thread no longer runs any of them, so it
+ * can make and run loops of its own.  Nothing else of the parent's is
+ * touched: its threads' locks may have been held at the fork.
+ */
+static void fork_child(void)
+{
+    atomic_fetch_add(&urio__fork_gen, 1);
+    tls_current = NULL;
+    pthread_mutex_init(&g_open_mu, NULL);
+}
+
+__attribute__((constructor)) static void fork_handlers(void)
+{
+    pthread_atfork(NULL, NULL, fork_child);
+}
+
+bool urio__loop_refuse_inherited(const urio_loop_t *loop, const char *fn)
+{
+    if (URIO_LIKELY(!urio__loop_inherited(loop)))
+        return false;
+    urio__log(URIO_LOG_ERROR, "%s(): this event loop was created before fork() and belongs "
+              "to the parent process; the child can only close it (urio_loop_close), and "
+              "make a loop of its own", fn);
+    return true;
+}
+
+/*
+ * Closing an inherited loop in a child: only what is the child's own goes.
+ * The ring's and eventfd's descriptors are closed (the parent keeps its
+ * own), memory of the core is freed; no hook runs, no kernel state is
+ * touched (enabling or entering the ring would take it from the parent), and
+ * what the parent's threads may hold (subsystems' state) is left alone.
+ */
+static int close_inherited(urio_loop_t *loop)
+{
+    loop->closing = true;
+    open_list_remove(loop);
+    close(loop->ring.uring.ring_fd);
+    urio__free(loop->ring.ops);
+    urio__inbox_free(loop);
+    urio__timers_free(&loop->timers);
+    urio__ready_free(&loop->ready);
+    loop->closed = true;
+    urio__loop_unref(loop);     /* futures the child holds keep the memory, as usual */
+    return 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -355,6 +410,7 @@ URIO_EXPORT int urio_loop_new(urio_loop_t **out, const urio_loop_opts_t *opts)
     loop->slow_ns = URIO__SLOW_CALLBACK_NS;
     loop->timer_slack_ns = URIO__TIMER_SLACK_NS;
     loop->refs = 1;
+    loop->fork_gen = atomic_load(&urio__fork_gen);
     loop->inbox.efd = -1;
     uint64_t now = urio__now();
     int ret = urio__ready_init(&loop->ready);
@@ -390,6 +446,8 @@ URIO_EXPORT int urio_loop_run_forever(urio_loop_t *loop)
 {
     if (loop == NULL)
         return -EINVAL;
+    if (urio__loop_refuse_inherited(loop, "urio_loop_run_forever"))
+        return URIO_EFORKED;
     if (loop->closing)
         return -ESHUTDOWN;
     if (loop->running || tls_current != NULL) {
@@ -566,6 +624,8 @@ URIO_EXPORT int urio_loop_close(urio_loop_t *loop)
 {
     if (loop == NULL)
         return -EINVAL;
+    if (urio__loop_inherited(loop))
+        return loop->closing ? 0 : close_inherited(loop);
     /* owner, not running: close may come from another thread, and owner is atomic. */
     if (atomic_load_explicit(&loop->owner, memory_order_acquire) != NULL)
         return -EBUSY;

@@ -77,6 +77,7 @@ struct urio_loop {
     _Atomic(const void *) owner; /* thread token while running, else NULL */
     _Atomic(const void *) home;  /* the thread that made it, then the ring's issuer */
     atomic_bool bound;           /* a run bound the ring to `home` (SINGLE_ISSUER) */
+    uint32_t fork_gen;           /* urio__fork_gen when made: another value in a forked child */
     uint64_t slow_ns;
     uint64_t timer_slack_ns;     /* how late a wake-up for a timer may be */
     urio__describe_fn attrib_describe;   /* debug mode: see urio__describe_fn */
@@ -157,6 +158,17 @@ bool urio__loop_is_mine(const urio_loop_t *loop);
  * or the loop's ring is bound to it (urio_future_wait would wait forever).
  */
 bool urio__loop_progresses_only_here(const urio_loop_t *loop);
+/*
+ * Forks this process has been through (bumped in each child): a loop made
+ * before a fork belongs to the parent, and the child may only close it.
+ */
+extern atomic_uint urio__fork_gen;
+static inline bool urio__loop_inherited(const urio_loop_t *loop)
+{
+    return loop->fork_gen != atomic_load_explicit(&urio__fork_gen, memory_order_relaxed);
+}
+/* Refuses an inherited loop with an ERROR naming fn.  Returns: true if inherited. */
+bool urio__loop_refuse_inherited(const urio_loop_t *loop, const char *fn);
 void urio__loop_ref(urio_loop_t *loop);
 void urio__loop_unref(urio_loop_t *loop);
 

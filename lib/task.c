@@ -24,6 +24,17 @@
 
 _Thread_local urio__task_t *urio__tls_task __attribute__((tls_model("initial-exec")));
 
+/* A child forked from inside a task runs no task (docs/loop.md, "fork"). */
+static void fork_child(void)
+{
+    urio__tls_task = NULL;
+}
+
+__attribute__((constructor)) static void fork_handlers(void)
+{
+    pthread_atfork(NULL, NULL, fork_child);
+}
+
 static bool task_cancel(urio_future_t *f, char *msg);
 static void task_describe(const urio_future_t *f, char *buf, size_t n);
 static void task_finalize(urio_future_t *f);

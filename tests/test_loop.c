@@ -394,6 +394,83 @@ static void test_loop_close_races_run_returning(void **state)
     }
 }
 
+/*
+ * issue 14 point 6: fork.  A child forked from a callback does not inherit
+ * "the running loop", can make and run loops of its own, is refused (with
+ * URIO_EFORKED) on the parent's loops, and may close them without harm to
+ * the parent, which goes on using them.
+ */
+static void child_cb(void *arg)
+{
+    *(int *)arg = 42;
+}
+
+static int child_after_fork(void *arg)
+{
+    urio_loop_t *inherited = arg;
+    if (urio_loop_current() != NULL)
+        return 10;
+    urio_loop_t *own;
+    if (urio_loop_new(&own, NULL) != 0)
+        return 11;
+    int x = 0;
+    urio_call_soon(own, child_cb, &x);
+    urio_call_soon(own, test_stop_cb, own);
+    if (urio_loop_run_forever(own) != 0 || x != 42)
+        return 12;
+    if (urio_loop_close(own) != 0)
+        return 13;
+    if (urio_loop_run_forever(inherited) != URIO_EFORKED)
+        return 14;
+    if (urio_call_soon_threadsafe(inherited, child_cb, &x) != URIO_EFORKED)
+        return 15;
+    if (urio_loop_close(inherited) != 0)
+        return 16;
+    return 0;
+}
+
+struct forker {
+    urio_loop_t *loop;
+    urio_loop_t *never_run;
+    int status, status2;
+    char out[4096];
+};
+
+static void fork_from_callback(void *arg)
+{
+    struct forker *f = arg;
+    f->status = test_child(child_after_fork, f->loop, f->out, sizeof f->out);
+    f->status2 = test_child(child_after_fork, f->never_run, f->out, sizeof f->out);
+    urio_loop_stop(f->loop);
+}
+
+static void test_loop_fork_child_gets_clean_slate(void **state)
+{
+    (void)state;
+    struct forker f = { .loop = test_loop_new(), .never_run = test_loop_new() };
+    urio_call_soon(f.loop, fork_from_callback, &f);
+    urio_loop_run_forever(f.loop);
+    assert_true(WIFEXITED(f.status));
+    if (WEXITSTATUS(f.status) != 0)
+        fail_msg("child failed at step %d; it wrote:\n%s", WEXITSTATUS(f.status), f.out);
+    assert_true(WIFEXITED(f.status2));
+    assert_int_equal(WEXITSTATUS(f.status2), 0);
+    assert_non_null(strstr(f.out, "belongs to the parent process"));
+    /* The parent's loops are intact: both run, and close. */
+    int x = 0;
+    urio_call_soon(f.loop, child_cb, &x);
+    urio_call_soon(f.loop, test_stop_cb, f.loop);
+    assert_int_equal(urio_loop_run_forever(f.loop), 0);
+    assert_int_equal(x, 42);
+    x = 0;
+    urio_call_soon(f.never_run, child_cb, &x);
+    urio_call_soon(f.never_run, test_stop_cb, f.never_run);
+    assert_int_equal(urio_loop_run_forever(f.never_run), 0);
+    assert_int_equal(x, 42);
+    test_loop_close(f.loop);
+    test_loop_close(f.never_run);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -413,6 +490,7 @@ int main(void)
         URIO_TEST(test_loop_dispatch_allocates_nothing),
         URIO_TEST(test_loop_alive_and_next_timeout),
         URIO_TEST(test_loop_close_races_run_returning),
+        URIO_TEST(test_loop_fork_child_gets_clean_slate),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

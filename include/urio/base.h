@@ -39,6 +39,7 @@ enum {
     URIO_ENOURING      = -10002, /* io_uring is unavailable (disabled, seccomp, ENOSYS) */
     URIO_ESTOPPED      = -10003, /* the loop stopped before the future completed */
     URIO_EBROKENWORKER = -10004, /* a process-pool worker died while running the job */
+    URIO_EFORKED       = -10005, /* the loop belongs to the parent process (inherited by fork) */
 };
 
 /*
