@@ -107,6 +107,23 @@ void urio__free(void *p)
 #endif
 }
 
+void urio__forget(void *p)
+{
+    (void)p;
+    atomic_fetch_add_explicit(&g_alloc.frees, 1, memory_order_relaxed);
+}
+
+void urio__free_forgotten(void *p)
+{
+    if (p == NULL)
+        return;
+#if URIO_HAVE_JEMALLOC && !defined(URIO_FORCE_LIBC_MALLOC)
+    dallocx(p, 0);
+#else
+    free(p);
+#endif
+}
+
 char *urio__strdup(const char *s)
 {
     size_t n = strlen(s) + 1;

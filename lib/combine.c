@@ -67,6 +67,7 @@ static void gathering_describe(const urio_future_t *f, char *buf, size_t n)
 
 static const urio__future_ops_t gathering_ops = {
     .kind = "Future",
+    .sealed = true,
     .cancel = gathering_cancel,
     .describe = gathering_describe,
     .finalize = gathering_finalize,
@@ -93,18 +94,9 @@ static void gathering_child_done(urio_future_t *child, void *arg)
             char *msg = g->cancel_msg;
             g->cancel_msg = NULL;
             urio__future_cancel_now(f, msg);
-        } else if (g->err != 0) {
-            char *msg = g->errmsg;
-            g->errmsg = NULL;
-            if (g->err == -ECANCELED)
-                urio__future_cancel_now(f, msg);
-            else if (msg)
-                urio_future_set_error(f, g->err, "%s", msg);
-            else
-                urio_future_set_error(f, g->err, NULL);
-            urio__free(msg);
         } else {
-            urio_future_set_result(f, NULL);
+            urio__future_settle(f, g->err, NULL, g->errmsg);
+            g->errmsg = NULL;
         }
     }
     urio_future_unref(f);       /* this callback's reference */
@@ -126,7 +118,7 @@ URIO_EXPORT int urio_gather_new(urio_future_t **out, urio_loop_t *loop,
         return -EINVAL;
     if (!urio__loop_check_thread(loop, "urio_gather_new"))
         return -EPERM;
-    if (loop->closing)
+    if (urio__loop_refuses(loop, "urio_gather_new"))
         return -ESHUTDOWN;
     for (size_t i = 0; i < n; i++)
         if (fs[i] == NULL || urio_future_loop(fs[i]) != loop)
@@ -157,7 +149,7 @@ URIO_EXPORT int urio_gather_new(urio_future_t **out, urio_loop_t *loop,
         g->left++;
     }
     if (n == 0)
-        urio_future_set_result(f, NULL);    /* asyncio: gather() of nothing is done at once */
+        urio__future_settle(f, 0, NULL, NULL);  /* asyncio: gather() of nothing is done at once */
     *out = f;
     URIO_NO_TAILCALL();
     return 0;
@@ -173,14 +165,7 @@ static void shield_inner_done(urio_future_t *inner, void *arg)
     int ret = urio_future_result(inner, &value);    /* marks an error retrieved, as asyncio does */
     if (!urio_future_done(outer)) {
         const char *msg = urio_future_error_message(inner);
-        if (ret == 0)
-            urio_future_set_result(outer, value);
-        else if (ret == -ECANCELED)
-            urio__future_cancel_now(outer, msg ? urio__strdup(msg) : NULL);
-        else if (msg)
-            urio_future_set_error(outer, ret, "%s", msg);
-        else
-            urio_future_set_error(outer, ret, NULL);
+        urio__future_settle(outer, ret, value, msg ? urio__strdup(msg) : NULL);
     }
     urio_future_unref(outer);   /* the callback's reference */
 }
@@ -195,7 +180,7 @@ URIO_EXPORT int urio_shield_new(urio_future_t **out, urio_future_t *inner)
     urio_loop_t *loop = urio_future_loop(inner);
     if (!urio__loop_check_thread(loop, "urio_shield_new"))
         return -EPERM;
-    if (loop->closing)
+    if (urio__loop_refuses(loop, "urio_shield_new"))
         return -ESHUTDOWN;
     urio_future_t *outer = urio__future_new_kind(loop, 0, NULL);
     if (outer == NULL)

@@ -77,6 +77,13 @@ void *urio__malloc(size_t n);
 void *urio__calloc(size_t n, size_t size);
 void *urio__realloc(void *p, size_t n);
 void  urio__free(void *p);
+/*
+ * A block kept on purpose after its owner let go (debug mode's quarantine
+ * of freed loops and executors, to report a use after free): forget counts
+ * it as freed in urio_mem_stats; free_forgotten releases it for good.
+ */
+void  urio__forget(void *p);
+void  urio__free_forgotten(void *p);
 char *urio__strdup(const char *s);
 char *urio__vasprintf(const char *fmt, va_list ap);
 char *urio__asprintf(const char *fmt, ...) URIO_PRINTF(1, 2);
@@ -95,6 +102,13 @@ void urio__vlog(int level, const char *fmt, va_list ap);
 #define urio__log urio_log
 /* True if a message at `level` would reach a handler (skip costly formatting). */
 bool urio__log_enabled(int level);
+
+/*
+ * An error code given to a public call that wants a negative errno: a
+ * positive one (EIO for -EIO) is taken as its negative, with a WARNING
+ * naming fn; 0 and negatives pass unchanged.
+ */
+int urio__error_code(int err, const char *fn);
 
 /* ------------------------------------------------------------------ */
 /* debug.c: the debug switches, and stacks for reports                  */

@@ -64,10 +64,12 @@ URIO_EXPORT urio_coro_t *urio_coro_create(urio_coro_fn fn, void *arg, const urio
         errno = ENOMEM;
         return NULL;
     }
+    c->state = URIO__CORO_NEW;
     c->fn = fn;
     c->arg = arg;
     c->site = site;
     urio_loop_t *loop = urio_loop_current();
+    c->debug = loop != NULL ? loop->debug : urio__debug_default();
     if (loop != NULL) {
         /* Made in a running loop: it belongs to that loop, checked at its close. */
         c->tasks = urio__tasks_get(loop);
@@ -78,7 +80,7 @@ URIO_EXPORT urio_coro_t *urio_coro_create(urio_coro_fn fn, void *arg, const urio
         }
     }
 #if URIO_DEBUG_CHECKS
-    if (loop != NULL ? loop->debug : urio__debug_default()) {
+    if (c->debug) {
         c->stack = urio__malloc(sizeof *c->stack);
         if (c->stack)
             urio__backtrace_capture(c->stack, 1);
@@ -88,24 +90,80 @@ URIO_EXPORT urio_coro_t *urio_coro_create(urio_coro_fn fn, void *arg, const urio
     return c;
 }
 
-void urio__coro_free(urio_coro_t *c)
+static void really_free(urio_coro_t *c)
 {
     urio__free(c->stack);
     urio__free(c);
+}
+
+/*
+ * Debug mode keeps the coroutines its loop's tasks ran a while, poisoned,
+ * so that handing one over again (a coroutine awaited twice) is reported
+ * instead of being a silent use of freed memory.  A bounded ring per loop
+ * (the oldest goes for good), freed when the loop closes.
+ */
+#define QUARANTINE 256
+
+void urio__coro_free(urio_coro_t *c)
+{
+    urio_loop_t *loop = c->debug ? urio_loop_current() : NULL;
+    urio__tasks_t *ts = loop ? urio__tasks_find(loop) : NULL;
+    if (ts != NULL && ts->quarantine == NULL)
+        ts->quarantine = urio__calloc(QUARANTINE, sizeof *ts->quarantine);
+    if (ts == NULL || ts->quarantine == NULL) {
+        really_free(c);
+        return;
+    }
+    c->state = URIO__CORO_DEAD;
+    c->fn = NULL;
+    urio_coro_t *old = ts->quarantine[ts->quarantine_next];
+    ts->quarantine[ts->quarantine_next] = c;
+    ts->quarantine_next = (ts->quarantine_next + 1) % QUARANTINE;
+    if (old)
+        really_free(old);
+}
+
+void urio__coro_quarantine_free(urio__tasks_t *ts)
+{
+    for (unsigned i = 0; ts->quarantine && i < QUARANTINE; i++)
+        if (ts->quarantine[i])
+            really_free(ts->quarantine[i]);
+    urio__free(ts->quarantine);
+    ts->quarantine = NULL;
+}
+
+bool urio__coro_check(const urio_coro_t *c, const char *fn)
+{
+    if (URIO_LIKELY(c->state == URIO__CORO_NEW))
+        return true;
+    if (c->state == URIO__CORO_HANDED || c->state == URIO__CORO_DEAD)
+        urio__log(URIO_LOG_ERROR, "%s(): cannot reuse already awaited coroutine '%s' (created "
+                  "at %s:%d)", fn, urio__coro_name(c), c->site ? c->site->file : "?",
+                  c->site ? c->site->line : 0);
+    else
+        urio__log(URIO_LOG_ERROR, "%s(): not a coroutine (freed, or never made by "
+                  "URIO_CORO)", fn);
+    return false;
 }
 
 /* The coroutine is started (or handed over): no longer a candidate for the warning. */
 void urio__coro_claim(urio_coro_t *c)
 {
     coro_unlink(c);
+    c->state = URIO__CORO_HANDED;
+}
+
+void urio__coro_discard(urio_coro_t *c)
+{
+    coro_unlink(c);
+    urio__coro_free(c);
 }
 
 URIO_EXPORT void urio_coro_close(urio_coro_t *c)
 {
-    if (c == NULL)
+    if (c == NULL || !urio__coro_check(c, "urio_coro_close"))
         return;
-    coro_unlink(c);
-    urio__coro_free(c);
+    urio__coro_discard(c);
 }
 
 const char *urio__coro_name(const urio_coro_t *c)
@@ -133,7 +191,7 @@ __attribute__((destructor)) static void check_coros_at_exit(void)
     while (c) {
         urio_coro_t *next = c->next;
         report_never_awaited(c);
-        urio__coro_free(c);
+        really_free(c);
         c = next;
     }
 }

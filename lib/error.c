@@ -60,3 +60,12 @@ URIO_EXPORT const char *urio_strerror_name(int err)
     }
     return "E?";
 }
+
+int urio__error_code(int err, const char *fn)
+{
+    if (URIO_LIKELY(err <= 0))
+        return err;
+    urio__log(URIO_LOG_WARNING, "%s(): error codes are negative errno values (-EIO, not "
+              "EIO): took %d as -%d (%s)", fn, err, err, urio_strerror_name(-err));
+    return -err;
+}

@@ -17,7 +17,15 @@ typedef struct urio__executor_ops {
 } urio__executor_ops_t;
 
 struct urio_executor {
-    const urio__executor_ops_t *ops;
+    const urio__executor_ops_t *ops;     /* the freed table once urio_executor_free ran */
 };
+
+/* True (and an ERROR naming fn) if the program's handle was freed already. */
+bool urio__executor_freed(const urio_executor_t *ex, const char *fn);
+/*
+ * The executor's memory goes (its last reference): freed, or, in debug mode
+ * for one the program freed, kept poisoned a while (executor.c).
+ */
+void urio__executor_release(urio_executor_t *ex);
 
 #endif

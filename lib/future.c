@@ -131,7 +131,7 @@ URIO_EXPORT int urio_future_new(urio_future_t **out, urio_loop_t *loop)
         return -EINVAL;
     if (!urio__loop_check_thread(loop, "urio_future_new"))
         return -EPERM;
-    if (loop->closing)
+    if (urio__loop_refuses(loop, "urio_future_new"))
         return -ESHUTDOWN;
     urio_future_t *f = urio__future_new_kind(loop, 0, NULL);
     if (f == NULL)
@@ -298,17 +298,49 @@ static int complete(urio_future_t *f, uint32_t state, int err, void *value, cons
     return 0;
 }
 
+/* A task's, a job's... outcome is urio's to set: refuse it from outside, always. */
+__attribute__((cold, noinline)) static int refuse_sealed(const urio_future_t *f, const char *fn)
+{
+    char desc[200];
+    urio__log(URIO_LOG_ERROR, "%s(): %s gets its outcome from urio (a task from its "
+              "function's return), not from %s(); refused", fn,
+              urio__future_describe(f, desc, sizeof desc), fn);
+    return -EINVAL;
+}
+
+int urio__future_settle(urio_future_t *f, int err, void *value, char *msg)
+{
+    if (state_of(f) != F_PENDING) {
+        urio__free(msg);
+        return -EINVAL;
+    }
+    if (err == 0) {
+        urio__free(msg);
+        transition(f, F_RESULT, 0, value);
+    } else {
+        urio__free(f->errmsg);
+        f->errmsg = msg;
+        transition(f, err == -ECANCELED ? F_CANCELLED : F_ERROR, err, NULL);
+    }
+    return 0;
+}
+
 URIO_EXPORT int urio_future_set_result(urio_future_t *f, void *value)
 {
+    if (f != NULL && f->ops && f->ops->sealed)
+        return refuse_sealed(f, "urio_future_set_result");
     return complete(f, F_RESULT, 0, value, "urio_future_set_result");
 }
 
 URIO_EXPORT int urio_future_set_error(urio_future_t *f, int err, const char *fmt, ...)
 {
+    err = urio__error_code(err, "urio_future_set_error");
     if (err >= 0)
         return -EINVAL;
     if (!check(f, "urio_future_set_error"))
         return f ? -EPERM : -EINVAL;
+    if (f->ops && f->ops->sealed)
+        return refuse_sealed(f, "urio_future_set_error");
     if (state_of(f) != F_PENDING)
         return -EINVAL;
     char *msg = NULL;
@@ -568,7 +600,7 @@ URIO_EXPORT int urio_future_add_done_callback(urio_future_t *f, urio_future_done
         return -EINVAL;
     if (!check(f, "urio_future_add_done_callback"))
         return -EPERM;
-    if (f->loop->closing)
+    if (urio__loop_refuses(f->loop, "urio_future_add_done_callback"))
         return -ESHUTDOWN;
     if (f->ncbs == f->capcbs) {
         uint32_t cap = f->capcbs * 2;

@@ -10,6 +10,7 @@
 
 typedef struct urio__future_ops {
     const char *kind;                               /* "Task": in reports */
+    bool sealed;            /* urio sets its outcome: urio_future_set_result/error refuse */
     /* Replaces the plain cancel (loop thread); takes msg (urio__malloc'd or NULL). */
     bool (*cancel)(urio_future_t *f, char *msg);
     void (*describe)(const urio_future_t *f, char *buf, size_t n);
@@ -40,6 +41,13 @@ const urio__backtrace_t *urio__future_stack(const urio_future_t *f);
  * msg (urio__malloc'd or NULL; taken) as its message.
  */
 void urio__future_cancel_now(urio_future_t *f, char *msg);
+/*
+ * urio's own completion of a future (of a sealed kind too): a result (err 0)
+ * or error err (< 0; -ECANCELED cancels) with msg (urio__malloc'd or NULL,
+ * taken).  Loop thread.  Returns: 0, or -EINVAL if f was done.
+ */
+int urio__future_settle(urio_future_t *f, int err, void *value, char *msg);
+
 /* urio_future_cancel_msg with an urio__malloc'd message (or NULL), taken.  Any thread. */
 bool urio__future_cancel_take(urio_future_t *f, char *msg);
 const char *urio__future_state_name(const urio_future_t *f);

@@ -397,8 +397,12 @@ static void group_child_done(urio_future_t *f, void *arg)
 
 URIO_EXPORT urio_future_t *urio_task_group_spawn(urio_task_group_t *g, urio_coro_t *coro)
 {
-    if (g == NULL || coro == NULL) {
-        urio_coro_close(coro);
+    if (coro == NULL || !urio__coro_check(coro, "urio_task_group_spawn")) {
+        errno = EINVAL;
+        return NULL;
+    }
+    if (g == NULL) {
+        urio__coro_discard(coro);
         errno = EINVAL;
         return NULL;
     }
@@ -406,7 +410,7 @@ URIO_EXPORT urio_future_t *urio_task_group_spawn(urio_task_group_t *g, urio_coro
         size_t cap = g->cap ? g->cap * 2 : 8;
         urio_future_t **c = urio__realloc(g->children, cap * sizeof *c);
         if (c == NULL) {
-            urio_coro_close(coro);
+            urio__coro_discard(coro);
             errno = ENOMEM;
             return NULL;
         }

@@ -172,6 +172,11 @@ void urio__vlog(int level, const char *fmt, va_list ap)
 
 URIO_EXPORT void urio_log(int level, const char *fmt, ...)
 {
+    if (fmt == NULL) {
+        urio_log(URIO_LOG_ERROR, "urio_log(): called with a NULL format (level %d): nothing "
+                 "to log", level);
+        return;
+    }
     va_list ap;
     va_start(ap, fmt);
     urio__vlog(level, fmt, ap);

@@ -94,6 +94,11 @@ __attribute__((constructor)) static void fork_handlers(void)
     pthread_atfork(NULL, NULL, fork_child);
 }
 
+__attribute__((cold, noinline)) void urio__loop_closed_error(const char *fn)
+{
+    urio__log(URIO_LOG_ERROR, "%s(): Event loop is closed", fn);
+}
+
 bool urio__loop_refuse_inherited(const urio_loop_t *loop, const char *fn)
 {
     if (URIO_LIKELY(!urio__loop_inherited(loop)))
@@ -448,7 +453,7 @@ URIO_EXPORT int urio_loop_run_forever(urio_loop_t *loop)
         return -EINVAL;
     if (urio__loop_refuse_inherited(loop, "urio_loop_run_forever"))
         return URIO_EFORKED;
-    if (loop->closing)
+    if (urio__loop_refuses(loop, "urio_loop_run_forever"))
         return -ESHUTDOWN;
     if (loop->running || tls_current != NULL) {
         urio__log(URIO_LOG_ERROR, "urio_loop_run_forever(): %s",
@@ -592,11 +597,47 @@ void urio__loop_ref(urio_loop_t *loop)
     atomic_fetch_add_explicit(&loop->refs, 1, memory_order_relaxed);
 }
 
+/*
+ * Debug mode keeps the memory of a few closed loops after their last
+ * reference: a program that uses one after urio_loop_close gets "Event loop
+ * is closed" (every call checks) instead of a silent use of freed memory.
+ * The oldest goes for good; all go at exit.
+ */
+#define LOOP_QUARANTINE 16
+static pthread_mutex_t g_quarantine_mu = PTHREAD_MUTEX_INITIALIZER;
+static urio_loop_t *g_quarantine[LOOP_QUARANTINE];     /* guarded by g_quarantine_mu */
+static unsigned g_quarantine_next;
+
+static void loop_free(urio_loop_t *loop)
+{
+    if (!loop->debug || !loop->closed) {
+        urio__free(loop);
+        return;
+    }
+    urio__forget(loop);     /* freed, as far as urio_mem_stats goes */
+    pthread_mutex_lock(&g_quarantine_mu);
+    urio_loop_t *old = g_quarantine[g_quarantine_next];
+    g_quarantine[g_quarantine_next] = loop;
+    g_quarantine_next = (g_quarantine_next + 1) % LOOP_QUARANTINE;
+    pthread_mutex_unlock(&g_quarantine_mu);
+    urio__free_forgotten(old);
+}
+
+__attribute__((destructor)) static void loop_quarantine_free(void)
+{
+    pthread_mutex_lock(&g_quarantine_mu);
+    for (unsigned i = 0; i < LOOP_QUARANTINE; i++) {
+        urio__free_forgotten(g_quarantine[i]);
+        g_quarantine[i] = NULL;
+    }
+    pthread_mutex_unlock(&g_quarantine_mu);
+}
+
 void urio__loop_unref(urio_loop_t *loop)
 {
     /* acq_rel: the last one out sees every other thread's last use. */
     if (atomic_fetch_sub_explicit(&loop->refs, 1, memory_order_acq_rel) == 1)
-        urio__free(loop);
+        loop_free(loop);
 }
 
 URIO_EXPORT urio_loop_t *urio_loop_ref(urio_loop_t *loop)

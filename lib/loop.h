@@ -153,6 +153,23 @@ static inline bool urio__loop_check_thread(const urio_loop_t *loop, const char *
  * it does not run, its home thread (the one that made or last ran it).
  */
 bool urio__loop_is_mine(const urio_loop_t *loop);
+/* Logs a call on a closed loop (asyncio's "Event loop is closed"), naming fn. */
+void urio__loop_closed_error(const char *fn);
+
+/*
+ * True if the loop is closing or closed: the call fn must fail with
+ * -ESHUTDOWN.  A call on a loop already closed is a program's mistake, and
+ * is logged (during close, urio's own calls are refused quietly).
+ */
+static inline bool urio__loop_refuses(const urio_loop_t *loop, const char *fn)
+{
+    if (URIO_LIKELY(!loop->closing))
+        return false;
+    if (loop->closed)
+        urio__loop_closed_error(fn);
+    return true;
+}
+
 /*
  * True if only the calling thread can make the loop progress: it runs it,
  * or the loop's ring is bound to it (urio_future_wait would wait forever).

@@ -151,7 +151,7 @@ URIO_EXPORT urio_handle_t urio_call_soon_site(urio_loop_t *loop, urio_callback_f
         return fail_handle(-EINVAL);
     if (URIO_UNLIKELY(!urio__loop_check_thread(loop, "urio_call_soon")))
         return fail_handle(-EPERM);
-    if (URIO_UNLIKELY(loop->closing))
+    if (urio__loop_refuses(loop, "urio_call_soon"))
         return fail_handle(-ESHUTDOWN);
     /* urio__ready_push's fast path, here so that success needs no further test. */
     urio__ready_fifo_t *q = &loop->ready;

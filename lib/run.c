@@ -29,14 +29,7 @@ void urio__proxy_task_ended(urio__task_t *t)
         void *value = NULL;
         int ret = urio_future_result(task, &value);
         const char *msg = ret < 0 ? urio_future_error_message(task) : NULL;
-        if (ret == 0)
-            urio_future_set_result(proxy, value);
-        else if (ret == -ECANCELED)
-            urio__future_cancel_now(proxy, msg ? urio__strdup(msg) : NULL);
-        else if (msg)
-            urio_future_set_error(proxy, ret, "%s", msg);
-        else
-            urio_future_set_error(proxy, ret, NULL);
+        urio__future_settle(proxy, ret, value, msg ? urio__strdup(msg) : NULL);
     }
     urio_future_unref(task);        /* the proxy's reference on the task */
     urio_future_unref(proxy);       /* the task's reference on the proxy */
@@ -47,10 +40,10 @@ void urio__proxy_task_ended(urio__task_t *t)
 
 URIO_EXPORT int urio_run(urio_coro_t *main, const urio_run_opts_t *opts, void **result)
 {
-    if (main == NULL)
+    if (main == NULL || !urio__coro_check(main, "urio_run"))
         return -EINVAL;
     if (urio_loop_current() != NULL) {
-        urio_coro_close(main);
+        urio__coro_discard(main);
         urio__log(URIO_LOG_ERROR, "urio_run(): cannot be called from a running event loop");
         return -EBUSY;
     }
@@ -58,7 +51,7 @@ URIO_EXPORT int urio_run(urio_coro_t *main, const urio_run_opts_t *opts, void **
     urio_loop_t *loop;
     int ret = urio_loop_new(&loop, &lo);
     if (ret < 0) {
-        urio_coro_close(main);
+        urio__coro_discard(main);
         return ret;
     }
     urio_future_t *f = urio_task_create(loop, main);
@@ -108,6 +101,7 @@ static void proxy_describe(const urio_future_t *f, char *buf, size_t n)
 
 static const urio__future_ops_t proxy_ops = {
     .kind = "Future",
+    .sealed = true,
     .cancel = proxy_cancel,
     .describe = proxy_describe,
 };
@@ -119,14 +113,16 @@ static void proxy_start(void *arg)
     urio_coro_t *coro = p->coro;
     p->coro = NULL;
     if (urio_future_done(proxy)) {
-        urio_coro_close(coro);      /* cancelled before it started: the caller decided */
+        urio__coro_discard(coro);   /* cancelled before it started: the caller decided */
         urio_future_unref(proxy);
         return;
     }
+    coro->state = URIO__CORO_NEW;   /* handed to the proxy, now to its task */
     urio_future_t *task = urio_task_create(urio_future_loop(proxy), coro);
     if (task == NULL) {
-        urio_future_set_error(proxy, -errno, "urio_run_coroutine_threadsafe: %s",
-                              urio_strerror(-errno));
+        int err = -errno;
+        urio__future_settle(proxy, err, NULL,
+                            urio__asprintf("urio_run_coroutine_threadsafe: %s", urio_strerror(err)));
         urio_future_unref(proxy);
         return;
     }
@@ -137,14 +133,18 @@ static void proxy_start(void *arg)
 
 URIO_EXPORT urio_future_t *urio_run_coroutine_threadsafe(urio_coro_t *coro, urio_loop_t *loop)
 {
-    if (coro == NULL || loop == NULL) {
-        urio_coro_close(coro);
+    if (coro == NULL || !urio__coro_check(coro, "urio_run_coroutine_threadsafe")) {
+        errno = EINVAL;
+        return NULL;
+    }
+    if (loop == NULL) {
+        urio__coro_discard(coro);
         errno = EINVAL;
         return NULL;
     }
     urio_future_t *proxy = urio__future_new_kind(loop, sizeof(proxy_t), &proxy_ops);
     if (proxy == NULL) {
-        urio_coro_close(coro);
+        urio__coro_discard(coro);
         errno = ENOMEM;
         return NULL;
     }
@@ -159,7 +159,7 @@ URIO_EXPORT urio_future_t *urio_run_coroutine_threadsafe(urio_coro_t *coro, urio
     int ret = urio_call_soon_threadsafe(loop, proxy_start, proxy);
     if (ret < 0) {
         p->coro = NULL;
-        urio_coro_close(coro);
+        urio__coro_discard(coro);
         urio_future_unref(proxy);
         urio_future_unref(proxy);
         errno = -ret;

@@ -41,6 +41,7 @@ static void task_finalize(urio_future_t *f);
 
 static const urio__future_ops_t task_ops = {
     .kind = "Task",
+    .sealed = true,
     .cancel = task_cancel,
     .describe = task_describe,
     .finalize = task_finalize,
@@ -216,16 +217,17 @@ static void task_finish(urio__task_t *t)
     t->coro = NULL;
     task_list_remove(t);
     urio_future_t *f = t->self;
-    if (t->ret == 0)
-        urio_future_set_result(f, t->result);
-    else if (t->ret == -ECANCELED && t->cancels > 0) {
+    if (t->ret == 0) {
+        urio__future_settle(f, 0, t->result, NULL);
+    } else if (t->ret == -ECANCELED && t->cancels > 0) {
         urio__future_cancel_now(f, t->cancel_msg);     /* the message goes with it */
         t->cancel_msg = NULL;
+    } else {
+        /* A positive return is a mistake for its negative: urio_task_fail says so. */
+        int err = t->ret < 0 ? t->ret : -t->ret;
+        urio__future_settle(f, err, NULL, t->errmsg);
+        t->errmsg = NULL;
     }
-    else if (t->errmsg)
-        urio_future_set_error(f, t->ret < 0 ? t->ret : -EINVAL, "%s", t->errmsg);
-    else
-        urio_future_set_error(f, t->ret < 0 ? t->ret : -EINVAL, NULL);
     urio__proxy_task_ended(t);
     urio_future_unref(f);           /* the loop's reference, held while it ran */
 }
@@ -233,8 +235,8 @@ static void task_finish(urio__task_t *t)
 URIO_EXPORT urio_future_t *urio_task_create_opts(urio_loop_t *loop, urio_coro_t *coro,
                                                  const urio_task_opts_t *opts)
 {
-    if (coro == NULL) {
-        errno = EINVAL;
+    if (coro == NULL || !urio__coro_check(coro, "urio_task_create")) {
+        errno = EINVAL;     /* a coroutine already taken stays with whoever took it */
         return NULL;
     }
     int err = 0;
@@ -243,18 +245,18 @@ URIO_EXPORT urio_future_t *urio_task_create_opts(urio_loop_t *loop, urio_coro_t 
         err = EINVAL;
     else if (!urio__loop_check_thread(loop, "urio_task_create"))
         err = EPERM;
-    else if (loop->closing)
+    else if (urio__loop_refuses(loop, "urio_task_create"))
         err = ESHUTDOWN;
     else if ((ts = urio__tasks_get(loop)) == NULL)
         err = ENOMEM;
     if (err) {
-        urio_coro_close(coro);      /* it owns coro, also on failure */
+        urio__coro_discard(coro);   /* it owns coro, also on failure */
         errno = err;
         return NULL;
     }
     urio_future_t *f = urio__future_new_kind(loop, sizeof(urio__task_t), &task_ops);
     if (f == NULL) {
-        urio_coro_close(coro);
+        urio__coro_discard(coro);
         errno = ENOMEM;
         return NULL;
     }
@@ -272,7 +274,7 @@ URIO_EXPORT urio_future_t *urio_task_create_opts(urio_loop_t *loop, urio_coro_t 
     size_t size = opts && opts->stack_size ? opts->stack_size : URIO_DEFAULT_STACK_SIZE;
     t->stack = urio__stack_get(&ts->stacks, size, &err);
     if (t->stack == NULL) {
-        urio_coro_close(coro);
+        urio__coro_discard(coro);
         urio_future_unref(f);
         errno = -err;
         return NULL;
@@ -293,7 +295,7 @@ URIO_EXPORT urio_future_t *urio_task_create_opts(urio_loop_t *loop, urio_coro_t 
     if (ret < 0) {
         urio__stack_put(&ts->stacks, t->stack);
         t->stack = NULL;
-        urio_coro_close(coro);
+        urio__coro_discard(coro);
 #ifdef URIO_TSAN
         __tsan_destroy_fiber(t->tsan_fiber);
 #endif
@@ -359,6 +361,35 @@ static bool task_cancel(urio_future_t *f, char *msg)
     return true;
 }
 
+/*
+ * t is about to await f: if f is a task that awaits (through a chain of
+ * tasks awaiting tasks) t itself, nobody could ever finish.  Returns: the
+ * task of the chain that awaits t directly, or NULL when there is no cycle.
+ */
+static urio__task_t *await_cycle(const urio__task_t *t, urio_future_t *f)
+{
+    for (unsigned hops = 0; f != NULL && urio_future_is_task(f) && hops < 100000; hops++) {
+        urio__task_t *g = urio__task_of(f);
+        if (g->awaiting == t->self)
+            return g;
+        f = g->awaiting;
+    }
+    return NULL;
+}
+
+/* A cycle of awaits: t gets -EDEADLK now, and so does the task x that awaits t. */
+__attribute__((cold, noinline)) static int break_cycle(urio__task_t *t, urio__task_t *x)
+{
+    urio__log(URIO_LOG_ERROR, "urio_await(): task '%s' would await task '%s', which awaits "
+              "it (a cycle: neither could finish); both awaits fail with EDEADLK", t->name,
+              x->name);
+    if (urio_future_remove_done_callback(t->self, await_done, x) > 0) {
+        x->wake_err = -EDEADLK;
+        schedule_step(x);
+    }
+    return -EDEADLK;
+}
+
 URIO_EXPORT int urio_await(urio_future_t *f, void **result)
 {
     urio__task_t *t = urio__task_running();
@@ -381,6 +412,9 @@ URIO_EXPORT int urio_await(urio_future_t *f, void **result)
         return -ECANCELED;
     }
     if (!urio_future_done(f)) {
+        urio__task_t *x = await_cycle(t, f);
+        if (URIO_UNLIKELY(x != NULL))
+            return break_cycle(t, x);
         int ret = urio_future_add_done_callback(f, await_done, t);
         if (ret < 0)
             return ret;
@@ -389,6 +423,11 @@ URIO_EXPORT int urio_await(urio_future_t *f, void **result)
         switch_out(t, false);
         t->awaiting = NULL;
         urio_future_unref(f);
+        if (URIO_UNLIKELY(t->wake_err != 0)) {
+            ret = t->wake_err;      /* woken by another task's await that closed a cycle */
+            t->wake_err = 0;
+            return ret;
+        }
     }
     /* A cancel that came while it waited wins, as asyncio's does at the next step. */
     if (urio__task_cancel_pending(t))
@@ -399,10 +438,10 @@ URIO_EXPORT int urio_await(urio_future_t *f, void **result)
 URIO_EXPORT int urio_await_coro(urio_coro_t *coro, void **result)
 {
     urio__task_t *t = urio__task_running();
-    if (coro == NULL)
+    if (coro == NULL || !urio__coro_check(coro, "urio_await_coro"))
         return -EINVAL;
     if (t == NULL) {
-        urio_coro_close(coro);
+        urio__coro_discard(coro);
         urio__log(URIO_LOG_ERROR, "urio_await_coro(): called outside a task");
         return -EPERM;
     }
@@ -417,6 +456,7 @@ URIO_EXPORT int urio_await_coro(urio_coro_t *coro, void **result)
 
 URIO_EXPORT int urio_task_fail(int err, const char *fmt, ...)
 {
+    err = urio__error_code(err, "urio_task_fail");
     urio__task_t *t = urio__task_running();
     if (t == NULL || fmt == NULL)
         return err;
@@ -625,6 +665,7 @@ static void tasks_release(urio_loop_t *loop, void *state)
         urio_future_unref(t->self);         /* the loop's reference */
     }
     urio__stack_pool_free(&ts->stacks);
+    urio__coro_quarantine_free(ts);
     urio__free(ts);
 }
 

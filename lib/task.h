@@ -66,6 +66,8 @@ typedef struct urio__tasks {
     urio_future_t *drained;              /* urio_run: completed when the last task ends */
     struct urio_coro *coros;             /* coroutines made here, not started nor closed */
     urio__stack_pool_t stacks;           /* task stacks kept for reuse */
+    struct urio_coro **quarantine;       /* debug mode: coroutines freed lately (coro.c) */
+    unsigned quarantine_next;
     void *san_fiber;                     /* the loop's own fiber (TSan), or NULL */
 } urio__tasks_t;
 
@@ -75,21 +77,41 @@ urio__tasks_t *urio__tasks_get(urio_loop_t *loop);
 urio__tasks_t *urio__tasks_find(const urio_loop_t *loop);
 
 /* coro.c: a coroutine object. */
+enum urio__coro_state {
+    URIO__CORO_NEW = 0x636f726fu,    /* made, not handed to anything yet */
+    URIO__CORO_HANDED,               /* given to a task, an await, or another thread's loop */
+    URIO__CORO_DEAD,                 /* freed: debug mode keeps it a while to catch reuse */
+};
+
 struct urio_coro {
+    uint32_t state;              /* enum urio__coro_state: anything else is not a coroutine */
+    bool listed;                 /* on its list: a never-awaited candidate */
+    bool debug;                  /* made in debug mode: quarantined when freed */
     urio_coro_fn fn;
     void *arg;
     const urio_site_t *site;
     urio__tasks_t *tasks;        /* its loop's list, or NULL (the global list) */
     struct urio_coro *next, *prev;
-    bool listed;                 /* on its list: a never-awaited candidate */
     urio__backtrace_t *stack;    /* debug mode: where it was made */
 };
 
+/*
+ * A public call about to take c (fn: its name, for the message): true if c
+ * is a coroutine nobody has taken yet.  Otherwise logs ERROR "fn(): cannot
+ * reuse already awaited coroutine 'f' (created at file.c:42)" (asyncio's
+ * words) and returns false: the caller must then leave c alone.
+ */
+bool urio__coro_check(const urio_coro_t *c, const char *fn);
+/* Marks c handed over: no longer a never-awaited candidate, no longer takeable. */
 void urio__coro_claim(urio_coro_t *c);
+/* Frees c (urio's own paths: after it ran, or when a call that took it fails). */
 void urio__coro_free(urio_coro_t *c);
+/* Unlinks and frees a coroutine a call took but will not run (its failure path). */
+void urio__coro_discard(urio_coro_t *c);
 const char *urio__coro_name(const urio_coro_t *c);
 /* coro.c, at close: reports and frees the loop's never-awaited coroutines. */
 void urio__coros_close(urio__tasks_t *ts);
+void urio__coro_quarantine_free(urio__tasks_t *ts);
 
 /* task.c: tasks. */
 enum urio__task_state {
@@ -118,6 +140,7 @@ typedef struct urio__task {
     char *cancel_msg;            /* the latest request's message, or NULL */
     uint32_t shield;             /* urio_shield_begin depth */
     int ret;                     /* what the function returned */
+    int wake_err;                /* set when woken from an await by something else (-EDEADLK) */
     void *result;
     char *errmsg;                /* urio_task_fail's message */
     /* Sanitizer bookkeeping, per switch. */

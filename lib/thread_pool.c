@@ -105,6 +105,7 @@ static void job_finalize(urio_future_t *f)
 
 static const urio__future_ops_t job_ops = {
     .kind = "Future",
+    .sealed = true,
     .finalize = job_finalize,
 };
 
@@ -124,14 +125,12 @@ static void job_settle(job_t *j, int forced_err)
     } else if (forced_err == -ECANCELED || state == JOB_CANCELLED) {
         urio__future_cancel_now(j->f, NULL);
     } else if (forced_err < 0) {
-        urio_future_set_error(j->f, forced_err, NULL);
+        urio__future_settle(j->f, forced_err, NULL, NULL);
     } else if (j->err < 0) {
-        if (j->errmsg)
-            urio_future_set_error(j->f, j->err, "%s", j->errmsg);
-        else
-            urio_future_set_error(j->f, j->err, NULL);
+        urio__future_settle(j->f, j->err, NULL, j->errmsg);
+        j->errmsg = NULL;
     } else {
-        urio_future_set_result(j->f, j->result);
+        urio__future_settle(j->f, 0, j->result, NULL);
         j->delivered = true;
     }
     loop_side_t *ls = j->ls;
@@ -410,13 +409,14 @@ URIO_EXPORT urio_future_t *urio_run_in_executor_opts(urio_loop_t *loop, urio_exe
     if (loop == NULL || fn == NULL)
         return fail(-EINVAL);
     if (base != NULL && base->ops != &pool_ops) {
-        urio__log(URIO_LOG_ERROR, "urio_run_in_executor(): a %s runs registered functions, "
-                  "not function pointers", base->ops->kind);
+        if (!urio__executor_freed(base, "urio_run_in_executor"))
+            urio__log(URIO_LOG_ERROR, "urio_run_in_executor(): a %s runs registered "
+                      "functions, not function pointers", base->ops->kind);
         return fail(-EINVAL);
     }
     if (!urio__loop_check_thread(loop, "urio_run_in_executor"))
         return fail(-EPERM);
-    if (loop->closing)
+    if (urio__loop_refuses(loop, "urio_run_in_executor"))
         return fail(-ESHUTDOWN);
     loop_side_t *ls = side_of(loop);
     if (ls == NULL)
@@ -429,6 +429,8 @@ URIO_EXPORT urio_future_t *urio_run_in_executor_opts(urio_loop_t *loop, urio_exe
                 return fail(ret);
             ls->default_owned = true;
         }
+        if (urio__executor_freed(&ls->default_ex->base, "urio_run_in_executor"))
+            return fail(-EINVAL);   /* the program freed the default it had set */
         ex = ls->default_ex;
     }
     urio_future_t *f = urio__future_new_kind(loop, sizeof(job_t), &job_ops);
@@ -553,6 +555,7 @@ URIO_EXPORT void *urio_executor_fail(int err, const char *fmt, ...)
         urio__log(URIO_LOG_ERROR, "urio_executor_fail(): called outside an executor job");
         return NULL;
     }
+    err = urio__error_code(err, "urio_executor_fail");
     j->err = err < 0 ? err : -EINVAL;
     urio__free(j->errmsg);
     j->errmsg = NULL;
@@ -616,7 +619,7 @@ static void executor_unref(pool_t *ex)
     pthread_mutex_destroy(&ex->join_mu);
     pthread_mutex_destroy(&ex->mu);
     urio__free(ex->threads);
-    urio__free(ex);
+    urio__executor_release(&ex->base);
 }
 
 static void pool_free(urio_executor_t *base)
@@ -635,13 +638,14 @@ URIO_EXPORT int urio_loop_set_default_executor(urio_loop_t *loop, urio_executor_
     if (loop == NULL)
         return -EINVAL;
     if (base != NULL && base->ops != &pool_ops) {
-        urio__log(URIO_LOG_ERROR, "urio_loop_set_default_executor(): the default executor "
-                  "runs function pointers: a %s cannot be it", base->ops->kind);
+        if (!urio__executor_freed(base, "urio_loop_set_default_executor"))
+            urio__log(URIO_LOG_ERROR, "urio_loop_set_default_executor(): the default "
+                      "executor runs function pointers: a %s cannot be it", base->ops->kind);
         return -EINVAL;
     }
     if (!urio__loop_check_thread(loop, "urio_loop_set_default_executor"))
         return -EPERM;
-    if (loop->closing)
+    if (urio__loop_refuses(loop, "urio_loop_set_default_executor"))
         return -ESHUTDOWN;
     loop_side_t *ls = side_of(loop);
     if (ls == NULL)
@@ -726,7 +730,7 @@ URIO_EXPORT urio_future_t *urio_loop_shutdown_default_executor(urio_loop_t *loop
         return fail(-EINVAL);
     if (!urio__loop_check_thread(loop, "urio_loop_shutdown_default_executor"))
         return fail(-EPERM);
-    if (loop->closing)
+    if (urio__loop_refuses(loop, "urio_loop_shutdown_default_executor"))
         return fail(-ESHUTDOWN);
     urio_future_t *f;
     int ret = urio_future_new(&f, loop);

@@ -579,7 +579,7 @@ static urio_handle_t call_at(urio_loop_t *loop, uint64_t when, urio_callback_fn 
         return fail_handle(-EINVAL);
     if (URIO_UNLIKELY(!urio__loop_check_thread(loop, name)))
         return fail_handle(-EPERM);
-    if (URIO_UNLIKELY(loop->closing))
+    if (urio__loop_refuses(loop, name))
         return fail_handle(-ESHUTDOWN);
     urio__timers_t *tm = &loop->timers;
     uint32_t slot;

@@ -234,13 +234,20 @@ static void test_future_set_error_rejects_non_negative(void **state)
     urio_loop_t *loop = test_loop_new();
     urio_future_t *f = test_future_new(loop);
     assert_int_equal(urio_future_set_error(f, 0, "zero"), -EINVAL);
-    assert_int_equal(urio_future_set_error(f, EIO, "positive"), -EINVAL);
     assert_int_equal(urio_future_set_error(NULL, -EIO, NULL), -EINVAL);
     assert_false(urio_future_done(f));
     assert_int_equal(urio_future_result(f, NULL), URIO_ENOTDONE);
     assert_null(urio_future_error_message(f));
     /* Still pending: a proper transition works. */
     assert_int_equal(urio_future_set_result(f, NULL), 0);
+    urio_future_unref(f);
+    /* A positive code is taken as its negative, and the mistake is said (issue 14). */
+    test_log_capture();
+    f = test_future_new(loop);
+    assert_int_equal(urio_future_set_error(f, EIO, "positive"), 0);
+    assert_int_equal(urio_future_result(f, NULL), -EIO);
+    assert_log_contains("WARNING urio_future_set_error(): error codes are negative errno "
+                        "values (-EIO, not EIO): took 5 as -5 (EIO)");
     urio_future_unref(f);
     test_loop_close(loop);
 }
