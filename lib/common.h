@@ -33,12 +33,12 @@
     ((type *)(void *)((char *)(ptr) - offsetof(type, member)))
 
 /*
- * URIO_ASSERT(cond): an invariant a comment states.  With debug checks
- * compiled in (-Ddebug_checks, on in debug and debugoptimized builds) a
- * false one logs CRITICAL with where and aborts: corruption stops where it
- * starts.  Compiled out otherwise (the condition is not evaluated).
+ * URIO_ASSERT(cond): an invariant a comment states.  In debug and
+ * debugoptimized builds (URIO_ASSERTS) a false one logs CRITICAL with where
+ * and aborts: corruption stops where it starts.  Compiled out in release
+ * builds (the condition is not evaluated).
  */
-#if URIO_DEBUG_CHECKS
+#if URIO_ASSERTS
 __attribute__((noreturn, cold)) void urio__assert_failed(const char *cond, const char *file,
                                                          int line, const char *fn);
 #define URIO_ASSERT(cond)                                                          \
@@ -115,20 +115,30 @@ int urio__error_code(int err, const char *fn);
 
 /*
  * Debug mode asked for by the environment or the build, for a new loop (or a
- * coroutine made outside any loop): URIO_DEBUG, parsed once per call here and
- * nowhere else, or a debug build.
+ * coroutine made outside any loop): URIO_DEBUG (1/true/yes/on or
+ * 0/false/no/off; anything else is ignored with a WARNING), parsed here and
+ * nowhere else, else a debug build.
  */
 bool urio__debug_default(void);
+/* A boolean switch's value: 1 (1/true/yes/on), 0 (0/false/no/off), -1 unset or empty, -2 not understood. */
+int urio__parse_bool(const char *v);
 
-#define URIO__BACKTRACE_DEPTH 10
+#define URIO__BACKTRACE_DEPTH 32
 
 typedef struct urio__backtrace {
     void *frames[URIO__BACKTRACE_DEPTH + 2];
     int n;
 } urio__backtrace_t;
 
-/* Captures the caller's stack, skipping `skip` frames above the caller (0: from the caller). */
-void urio__backtrace_capture(urio__backtrace_t *bt, int skip);
+/*
+ * Captures the caller's stack, skipping `skip` frames above the caller (0:
+ * from the caller).  With chain, in a task, the task's own creation stack
+ * follows (the hook below), so a creation stack reaches main(); an error's
+ * stack is the task's own frames only, as in a Python traceback.
+ */
+void urio__backtrace_capture(urio__backtrace_t *bt, int skip, bool chain);
+/* The task layer's: the creation stack of the task running on this thread, or NULL. */
+extern const urio__backtrace_t *(*urio__backtrace_parent)(void);
 /*
  * Formats a stack "most recent call last", one frame a line in Python's
  * traceback style, under `header`; symbolised to function, file and line
@@ -137,11 +147,19 @@ void urio__backtrace_capture(urio__backtrace_t *bt, int skip);
  */
 char *urio__backtrace_format(const urio__backtrace_t *bt, const char *header);
 /*
+ * Formats one frame from a site under header, as backtrace_format does
+ * ("  File "bug.c", line 7, in bug" and the source line when the file is
+ * there).  Returns: a urio__malloc'd string, or NULL on ENOMEM.
+ */
+char *urio__site_format(const urio_site_t *site, const char *header);
+/*
  * Describes a callback for reports: "name() at file.c:42" from its site, or
  * the symbol of fn's address when it has no site.  Writes into buf.
  */
 const char *urio__describe_callback(void (*fn)(void), const urio_site_t *site,
                                     char *buf, size_t n);
+/* "fn() at file.c:42" for a code address (a return address less one), into buf. */
+const char *urio__describe_pc(uintptr_t pc, char *buf, size_t n);
 
 /* ------------------------------------------------------------------ */
 /* The clock and the calling thread                                     */

@@ -83,7 +83,7 @@ URIO_EXPORT urio_coro_t *urio_coro_create(urio_coro_fn fn, void *arg, const urio
     if (c->debug) {
         c->stack = urio__malloc(sizeof *c->stack);
         if (c->stack)
-            urio__backtrace_capture(c->stack, 1);
+            urio__backtrace_capture(c->stack, 1, true);
     }
 #endif
     coro_link(c);

@@ -13,19 +13,45 @@
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
+#include <limits.h>
 #include <unistd.h>
 
 #if URIO_HAVE_LIBDW
 #include <elfutils/libdwfl.h>
 #endif
 
+int urio__parse_bool(const char *v)
+{
+    static const char *const on[] = { "1", "true", "yes", "on" };
+    static const char *const off[] = { "0", "false", "no", "off" };
+    if (v == NULL || *v == '\0')
+        return -1;
+    for (size_t i = 0; i < sizeof on / sizeof on[0]; i++) {
+        if (strcasecmp(v, on[i]) == 0)
+            return 1;
+        if (strcasecmp(v, off[i]) == 0)
+            return 0;
+    }
+    return -2;
+}
+
 bool urio__debug_default(void)
 {
     const char *v = getenv("URIO_DEBUG");
-    return (v != NULL && *v != '\0' && strcmp(v, "0") != 0) || URIO_DEBUG_BUILD;
+    int on = urio__parse_bool(v);
+    if (on == -2) {
+        static atomic_bool warned;
+        if (!atomic_exchange(&warned, true))
+            urio__log(URIO_LOG_WARNING, "URIO_DEBUG=%s is not understood (use 1 to turn debug "
+                      "mode on, 0 to turn it off): ignored", v);
+    }
+    if (on >= 0)
+        return on == 1;
+    return URIO_DEBUG_BUILD;
 }
 
-#if URIO_DEBUG_CHECKS
+#if URIO_ASSERTS
 void urio__assert_failed(const char *cond, const char *file, int line, const char *fn)
 {
     urio__log(URIO_LOG_CRITICAL, "%s:%d: %s(): internal invariant broken: %s; aborting",
@@ -34,7 +60,10 @@ void urio__assert_failed(const char *cond, const char *file, int line, const cha
 }
 #endif
 
-__attribute__((noinline)) void urio__backtrace_capture(urio__backtrace_t *st, int skip)
+/* Set by the task layer: the creation stack of the task running now, or NULL. */
+const urio__backtrace_t *(*urio__backtrace_parent)(void);
+
+__attribute__((noinline)) void urio__backtrace_capture(urio__backtrace_t *st, int skip, bool chain)
 {
     void *frames[URIO__BACKTRACE_DEPTH + 16];
     int n = backtrace(frames, (int)(sizeof frames / sizeof frames[0]));
@@ -54,117 +83,260 @@ __attribute__((noinline)) void urio__backtrace_capture(urio__backtrace_t *st, in
     st->n = 0;
     for (int i = first; i < n && st->n < URIO__BACKTRACE_DEPTH; i++)
         st->frames[st->n++] = frames[i];
+    /*
+     * In a task, the stack ends at the task's own first frame: what came
+     * before is where the task was created.  Chain that in, so a report
+     * reaches main() (or urio_run) as Python's does.
+     */
+    const urio__backtrace_t *parent = chain && urio__backtrace_parent ? urio__backtrace_parent()
+                                                                      : NULL;
+    for (int i = 0; parent != NULL && i < parent->n && st->n < URIO__BACKTRACE_DEPTH; i++)
+        st->frames[st->n++] = parent->frames[i];
 }
 
-typedef struct symbolizer {
+/*
+ * Symbolisation: one libdw session for the process, made at the first
+ * report and kept (libdw's debuginfo lookup loads libraries whose state
+ * would otherwise be lost, and leaked, at each report), refreshed when an
+ * address falls outside every module it knows (a library loaded since).
+ * libdw is not thread-safe: the session is used under a mutex.
+ */
+static pthread_mutex_t g_sym_mu = PTHREAD_MUTEX_INITIALIZER;
 #if URIO_HAVE_LIBDW
-    Dwfl *dwfl;
-#endif
-    int unused;
-} symbolizer_t;
+static Dwfl *g_dwfl;                 /* guarded by g_sym_mu */
 
-static void sym_open(symbolizer_t *s)
+static Dwfl *dwfl_session(bool refresh)
 {
-    memset(s, 0, sizeof *s);
-#if URIO_HAVE_LIBDW
     static const Dwfl_Callbacks callbacks = {
         .find_elf = dwfl_linux_proc_find_elf,
         .find_debuginfo = dwfl_standard_find_debuginfo,
     };
-    s->dwfl = dwfl_begin(&callbacks);
-    if (s->dwfl) {
-        if (dwfl_linux_proc_report(s->dwfl, getpid()) != 0 ||
-            dwfl_report_end(s->dwfl, NULL, NULL) != 0) {
-            dwfl_end(s->dwfl);
-            s->dwfl = NULL;
-        }
+    if (g_dwfl == NULL)
+        g_dwfl = dwfl_begin(&callbacks);
+    else if (!refresh)
+        return g_dwfl;
+    if (g_dwfl == NULL)
+        return NULL;
+    dwfl_report_begin(g_dwfl);
+    if (dwfl_linux_proc_report(g_dwfl, getpid()) != 0 ||
+        dwfl_report_end(g_dwfl, NULL, NULL) != 0) {
+        dwfl_end(g_dwfl);
+        g_dwfl = NULL;
     }
+    return g_dwfl;
+}
 #endif
+
+/* Joins a source path to the directory it was compiled in and drops "." and ".." steps. */
+static void absolute_path(const char *dir, const char *file, char *out, size_t n)
+{
+    char joined[PATH_MAX];
+    if (file[0] == '/' || dir == NULL)
+        snprintf(joined, sizeof joined, "%s", file);
+    else
+        snprintf(joined, sizeof joined, "%s/%s", dir, file);
+    /* Components onto a stack; ".." pops. */
+    const char *parts[256];
+    size_t lens[256], np = 0;
+    for (const char *p = joined; *p;) {
+        while (*p == '/')
+            p++;
+        const char *q = p;
+        while (*q && *q != '/')
+            q++;
+        size_t len = (size_t)(q - p);
+        if (len == 0 || (len == 1 && p[0] == '.')) {
+            /* nothing */
+        } else if (len == 2 && p[0] == '.' && p[1] == '.') {
+            if (np > 0)
+                np--;
+        } else if (np < 256) {
+            parts[np] = p;
+            lens[np++] = len;
+        }
+        p = q;
+    }
+    size_t at = 0;
+    for (size_t i = 0; i < np && at + 1 < n; i++) {
+        int w = snprintf(out + at, n - at, "/%.*s", (int)lens[i], parts[i]);
+        if (w < 0)
+            break;
+        at += (size_t)w;
+    }
+    if (at == 0)
+        snprintf(out, n, "%s", file);
 }
 
-static void sym_close(symbolizer_t *s)
-{
-#if URIO_HAVE_LIBDW
-    if (s->dwfl)
-        dwfl_end(s->dwfl);
-#endif
-    (void)s;
-}
+typedef struct frame_info {
+    const char *fn;
+    char file[PATH_MAX];
+    int line;
+} frame_info_t;
 
-/* Names addr: function into fn, source file and line if known.  Returns: true if named. */
-static bool sym_lookup(symbolizer_t *s, uintptr_t addr, const char **fn, const char **file,
-                       int *line)
+/* Names addr (under g_sym_mu).  Returns: true if it found a name or a file. */
+static bool sym_lookup(uintptr_t addr, frame_info_t *fi)
 {
-    *fn = NULL;
-    *file = NULL;
-    *line = 0;
+    fi->fn = NULL;
+    fi->file[0] = '\0';
+    fi->line = 0;
 #if URIO_HAVE_LIBDW
-    if (s->dwfl) {
-        Dwfl_Module *m = dwfl_addrmodule(s->dwfl, addr);
-        if (m) {
-            *fn = dwfl_module_addrname(m, addr);
-            Dwfl_Line *l = dwfl_module_getsrc(m, addr);
-            if (l)
-                *file = dwfl_lineinfo(l, NULL, line, NULL, NULL, NULL);
-        }
+    Dwfl *dwfl = dwfl_session(false);
+    Dwfl_Module *m = dwfl ? dwfl_addrmodule(dwfl, addr) : NULL;
+    if (dwfl && m == NULL && (dwfl = dwfl_session(true)) != NULL)
+        m = dwfl_addrmodule(dwfl, addr);
+    if (m) {
+        fi->fn = dwfl_module_addrname(m, addr);
+        Dwfl_Line *l = dwfl_module_getsrc(m, addr);
+        const char *file = l ? dwfl_lineinfo(l, NULL, &fi->line, NULL, NULL, NULL) : NULL;
+        if (file)
+            absolute_path(dwfl_line_comp_dir(l), file, fi->file, sizeof fi->file);
     }
 #endif
-    if (*fn == NULL) {
+    if (fi->fn == NULL) {
         Dl_info info;
         if (dladdr((void *)addr, &info) && info.dli_sname)
-            *fn = info.dli_sname;
+            fi->fn = info.dli_sname;
     }
-    return *fn != NULL || *file != NULL;
+    return fi->fn != NULL || fi->file[0] != '\0';
 }
 
-/* The C runtime's own frames below main() or a thread's function: noise in a report. */
-static bool runtime_frame(const char *fn)
+/* The C runtime's and urio's own plumbing below a program's frames: noise in a report. */
+static bool plumbing_frame(const char *fn)
 {
     static const char *const names[] = { "_start", "__libc_start_main", "__libc_start_call_main",
-                                         "start_thread", "clone", "clone3" };
+                                         "start_thread", "clone", "clone3", "task_entry",
+                                         "urio__ctx_trampoline" };
     if (fn == NULL)
         return false;
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         size_t n = strlen(names[i]);
-        if (strncmp(fn, names[i], n) == 0 && (fn[n] == '\0' || fn[n] == '@'))
+        if (strncmp(fn, names[i], n) == 0 && (fn[n] == '\0' || fn[n] == '@' || fn[n] == '.'))
             return true;
     }
     return false;
 }
 
-char *urio__backtrace_format(const urio__backtrace_t *st, const char *header)
+/* Line `line` of file, stripped, into out ("" if it cannot be read). */
+static void source_line(const char *file, int line, char *out, size_t n)
 {
-    symbolizer_t sym;
-    sym_open(&sym);
-    size_t cap = 256 + (size_t)st->n * 256, len = 0;
-    char *out = urio__malloc(cap);
-    if (out == NULL) {
-        sym_close(&sym);
+    out[0] = '\0';
+    FILE *f = line > 0 ? fopen(file, "re") : NULL;
+    if (f == NULL)
+        return;
+    char buf[512];
+    for (int k = 1; fgets(buf, sizeof buf, f) != NULL; k++) {
+        size_t len = strlen(buf);
+        bool whole = len > 0 && buf[len - 1] == '\n';
+        if (k == line) {
+            char *p = buf;
+            while (*p == ' ' || *p == '\t')
+                p++;
+            len = strlen(p);
+            while (len > 0 && (p[len - 1] == '\n' || p[len - 1] == '\r' || p[len - 1] == ' '))
+                p[--len] = '\0';
+            snprintf(out, n, "%s", p);
+            break;
+        }
+        while (!whole && fgets(buf, sizeof buf, f) != NULL) {   /* the rest of a long line */
+            len = strlen(buf);
+            whole = len > 0 && buf[len - 1] == '\n';
+        }
+    }
+    fclose(f);
+}
+
+/* A growing string for a report. */
+typedef struct text {
+    char *s;
+    size_t len, cap;
+    bool failed;
+} text_t;
+
+static void text_add(text_t *t, const char *fmt, ...) URIO_PRINTF(2, 3);
+static void text_add(text_t *t, const char *fmt, ...)
+{
+    if (t->failed)
+        return;
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int w = vsnprintf(t->s ? t->s + t->len : NULL, t->s ? t->cap - t->len : 0, fmt, ap);
+        va_end(ap);
+        if (w < 0) {
+            t->failed = true;
+            return;
+        }
+        if (t->s && (size_t)w < t->cap - t->len) {
+            t->len += (size_t)w;
+            return;
+        }
+        size_t cap = (t->cap + (size_t)w + 1) * 2;
+        char *s = urio__realloc(t->s, cap);
+        if (s == NULL) {
+            t->failed = true;
+            return;
+        }
+        t->s = s;
+        t->cap = cap;
+    }
+}
+
+static char *text_done(text_t *t)
+{
+    if (t->failed) {
+        urio__free(t->s);
         return NULL;
     }
-    len += (size_t)snprintf(out, cap, "%s", header);
+    return t->s;
+}
+
+/* One frame, Python's way: File "...", line N, in fn / the source line. */
+static void add_frame(text_t *t, const char *fn, const char *file, int line, const void *pc)
+{
+    if (file[0] == '\0') {
+        text_add(t, "\n  File \"??\", in %s [%p]", fn ? fn : "??", pc);
+        return;
+    }
+    text_add(t, "\n  File \"%s\", line %d, in %s", file, line, fn ? fn : "??");
+    char src[256];
+    source_line(file, line, src, sizeof src);
+    if (src[0])
+        text_add(t, "\n    %s", src);
+}
+
+char *urio__backtrace_format(const urio__backtrace_t *st, const char *header)
+{
+    text_t t = { 0 };
+    text_add(&t, "%s", header);
+    pthread_mutex_lock(&g_sym_mu);
     /* Most recent call last, as Python prints it. */
     for (int i = st->n - 1; i >= 0; i--) {
         /* A return address points after the call: look up the call itself. */
         uintptr_t pc = (uintptr_t)st->frames[i] - 1;
-        const char *fn, *file;
-        int line;
-        sym_lookup(&sym, pc, &fn, &file, &line);
-        if (runtime_frame(fn))
+        frame_info_t fi;
+        sym_lookup(pc, &fi);
+        if (plumbing_frame(fi.fn))
             continue;
-        int w;
-        if (file)
-            w = snprintf(out + len, cap - len, "\n  File \"%s\", line %d, in %s", file, line,
-                         fn ? fn : "??");
-        else
-            w = snprintf(out + len, cap - len, "\n  File \"??\", in %s [%p]", fn ? fn : "??",
-                         st->frames[i]);
-        if (w < 0 || (size_t)w >= cap - len)
-            break;
-        len += (size_t)w;
+        add_frame(&t, fi.fn, fi.file, fi.line, st->frames[i]);
     }
-    sym_close(&sym);
-    return out;
+    pthread_mutex_unlock(&g_sym_mu);
+    return text_done(&t);
+}
+
+char *urio__site_format(const urio_site_t *site, const char *header)
+{
+    text_t t = { 0 };
+    text_add(&t, "%s", header);
+    char path[PATH_MAX];
+    char cwd[PATH_MAX];
+    /* __FILE__ is as the compiler was given it: relative to where it ran. */
+    absolute_path(site->file[0] == '/' || getcwd(cwd, sizeof cwd) == NULL ? NULL : cwd,
+                  site->file, path, sizeof path);
+    FILE *probe = fopen(path, "re");
+    if (probe)
+        fclose(probe);
+    add_frame(&t, site->name, probe ? path : site->file, site->line, NULL);
+    return text_done(&t);
 }
 
 const char *urio__describe_callback(void (*fn)(void), const urio_site_t *site,
@@ -174,19 +346,23 @@ const char *urio__describe_callback(void (*fn)(void), const urio_site_t *site,
         snprintf(buf, n, "%s() at %s:%d", site->name, site->file, site->line);
         return buf;
     }
-    symbolizer_t sym;
-    sym_open(&sym);
-    const char *name, *file;
-    int line;
     uintptr_t addr;
     memcpy(&addr, &fn, sizeof addr);
-    sym_lookup(&sym, addr, &name, &file, &line);
-    if (name && file)
-        snprintf(buf, n, "%s() at %s:%d", name, file, line);
-    else if (name)
-        snprintf(buf, n, "%s()", name);
+    return urio__describe_pc(addr, buf, n);
+}
+
+const char *urio__describe_pc(uintptr_t addr, char *buf, size_t n)
+{
+    frame_info_t fi;
+    pthread_mutex_lock(&g_sym_mu);
+    sym_lookup(addr, &fi);
+    pthread_mutex_unlock(&g_sym_mu);
+    const char *file = strrchr(fi.file, '/') ? strrchr(fi.file, '/') + 1 : fi.file;
+    if (fi.fn && file[0])
+        snprintf(buf, n, "%s() at %s:%d", fi.fn, file, fi.line);
+    else if (fi.fn)
+        snprintf(buf, n, "%s()", fi.fn);
     else
         snprintf(buf, n, "%p()", (void *)addr);
-    sym_close(&sym);
     return buf;
 }

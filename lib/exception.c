@@ -33,9 +33,11 @@ URIO_EXPORT void urio_loop_default_exception_handler(urio_loop_t *loop,
         snprintf(err, sizeof err, "\nerror: %s (%s)%s%s", urio_strerror_name(ctx->error),
                  urio_strerror(ctx->error), ctx->error_message ? ": " : "",
                  ctx->error_message ? ctx->error_message : "");
-    urio__log(URIO_LOG_ERROR, "%s%s%s%s%s", ctx->message ? ctx->message : "Unhandled error",
+    urio__log(URIO_LOG_ERROR, "%s%s%s%s%s%s%s", ctx->message ? ctx->message : "Unhandled error",
               obj, err, ctx->source_traceback ? "\n" : "",
-              ctx->source_traceback ? ctx->source_traceback : "");
+              ctx->source_traceback ? ctx->source_traceback : "",
+              ctx->error_traceback ? "\n" : "",
+              ctx->error_traceback ? ctx->error_traceback : "");
 }
 
 URIO_EXPORT void urio_loop_call_exception_handler(urio_loop_t *loop,

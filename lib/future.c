@@ -49,6 +49,8 @@ struct urio_future {
     urio__cancel_hook_fn cancel_hook;   /* loop thread: told synchronously of a cancel */
     void *cancel_hook_arg;
     urio__backtrace_t *stack;   /* creation stack, debug mode only */
+    const urio_site_t *err_site;    /* where the error was set, or NULL */
+    urio__backtrace_t *err_stack;   /* the stack there, debug mode only */
     const urio__future_ops_t *ops;      /* a future of another kind (a task), or NULL */
     _Alignas(16) unsigned char ext[];   /* the kind's own state */
 };
@@ -90,7 +92,25 @@ __attribute__((noinline)) void urio__future_capture_stack(urio_future_t *f, int 
         return;
     f->stack = urio__malloc(sizeof *f->stack);
     if (f->stack)   /* none is a poorer report, not a failure */
-        urio__backtrace_capture(f->stack, skip + 1);
+        urio__backtrace_capture(f->stack, skip + 1, true);
+    URIO_NO_TAILCALL();
+#else
+    (void)f;
+    (void)skip;
+#endif
+}
+
+/* Debug mode: the stack where an error is set, `skip` frames above the caller. */
+__attribute__((noinline)) void urio__future_capture_error_stack(urio_future_t *f, int skip)
+{
+#if URIO_DEBUG_CHECKS
+    if (!f->loop->debug)
+        return;
+    urio__backtrace_t *bt = urio__malloc(sizeof *bt);
+    if (bt)
+        urio__backtrace_capture(bt, skip + 1, false);
+    urio__free(f->err_stack);
+    f->err_stack = bt;
     URIO_NO_TAILCALL();
 #else
     (void)f;
@@ -141,6 +161,17 @@ URIO_EXPORT int urio_future_new(urio_future_t **out, urio_loop_t *loop)
     return 0;
 }
 
+bool urio__future_tryref(urio_future_t *f)
+{
+    unsigned n = atomic_load_explicit(&f->refs, memory_order_relaxed);
+    do {
+        if (n == 0)
+            return false;
+    } while (!atomic_compare_exchange_weak_explicit(&f->refs, &n, n + 1, memory_order_acquire,
+                                                    memory_order_relaxed));
+    return true;
+}
+
 URIO_EXPORT urio_future_t *urio_future_ref(urio_future_t *f)
 {
     if (f != NULL)
@@ -148,22 +179,59 @@ URIO_EXPORT urio_future_t *urio_future_ref(urio_future_t *f)
     return f;
 }
 
+void urio__future_set_origin(urio_future_t *f, const urio_site_t *site, urio__backtrace_t *bt)
+{
+    f->err_site = site;
+    urio__free(f->err_stack);
+    f->err_stack = bt;
+}
+
+char *urio__future_error_traceback(const urio_future_t *f)
+{
+    static const char header[] = "Traceback (most recent call last):";
+    if (f->err_stack != NULL)
+        return urio__backtrace_format(f->err_stack, header);
+    if (f->err_site != NULL)
+        return urio__site_format(f->err_site, header);
+    return NULL;
+}
+
+char *urio__future_source_traceback(const urio_future_t *f)
+{
+    if (f->stack == NULL)
+        return NULL;
+    char header[64];
+    snprintf(header, sizeof header, "%s created at (most recent call last):",
+             f->ops ? f->ops->kind : "Future");
+    return urio__backtrace_format(f->stack, header);
+}
+
 static void report_unretrieved(urio_future_t *f)
 {
-    const char *kind = f->ops ? f->ops->kind : "Future";
-    char header[64], message[64];
-    snprintf(header, sizeof header, "%s created at (most recent call last):", kind);
-    snprintf(message, sizeof message, "%s exception was never retrieved", kind);
-    char *tb = f->stack ? urio__backtrace_format(f->stack, header) : NULL;
+    char message[64];
+    snprintf(message, sizeof message, "%s exception was never retrieved",
+             f->ops ? f->ops->kind : "Future");
+    char *src = urio__future_source_traceback(f);
+    char *err = urio__future_error_traceback(f);
     urio_error_context_t ctx = {
         .message = message,
         .error = f->err,
         .error_message = f->errmsg,
         .future = f,
-        .source_traceback = tb,
+        .source_traceback = src,
+        .error_traceback = err,
     };
     urio_loop_call_exception_handler(f->loop, &ctx);
-    urio__free(tb);
+    urio__free(src);
+    urio__free(err);
+}
+
+bool urio__future_report_unretrieved(urio_future_t *f)
+{
+    if (state_of(f) != F_ERROR || atomic_exchange(&f->retrieved, true))
+        return false;
+    report_unretrieved(f);
+    return true;
 }
 
 URIO_EXPORT void urio_future_unref(urio_future_t *f)
@@ -188,6 +256,7 @@ URIO_EXPORT void urio_future_unref(urio_future_t *f)
         urio__free(f->cbs);
     urio__free(f->errmsg);
     urio__free(f->stack);
+    urio__free(f->err_stack);
     urio__free(f);
     urio__loop_unref(loop);
 }
@@ -332,7 +401,9 @@ URIO_EXPORT int urio_future_set_result(urio_future_t *f, void *value)
     return complete(f, F_RESULT, 0, value, "urio_future_set_result");
 }
 
-URIO_EXPORT int urio_future_set_error(urio_future_t *f, int err, const char *fmt, ...)
+__attribute__((noinline)) static int set_error(urio_future_t *f, const urio_site_t *site,
+                                              int err, const char *fmt,
+                     va_list ap)
 {
     err = urio__error_code(err, "urio_future_set_error");
     if (err >= 0)
@@ -346,15 +417,34 @@ URIO_EXPORT int urio_future_set_error(urio_future_t *f, int err, const char *fmt
     char *msg = NULL;
     int ret = 0;
     if (fmt != NULL) {
-        va_list ap;
-        va_start(ap, fmt);
         msg = urio__vasprintf(fmt, ap);
-        va_end(ap);
         if (msg == NULL)
             ret = -ENOMEM;      /* completed all the same, without the message */
     }
     f->errmsg = msg;
+    f->err_site = site;
+    urio__future_capture_error_stack(f, 2);
     transition(f, err == -ECANCELED ? F_CANCELLED : F_ERROR, err, NULL);
+    return ret;
+}
+
+URIO_EXPORT int urio_future_set_error_site(urio_future_t *f, const urio_site_t *site, int err,
+                                           const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int ret = set_error(f, site, err, fmt, ap);
+    va_end(ap);
+    return ret;
+}
+
+#undef urio_future_set_error
+URIO_EXPORT int urio_future_set_error(urio_future_t *f, int err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int ret = set_error(f, NULL, err, fmt, ap);
+    va_end(ap);
     return ret;
 }
 

@@ -32,6 +32,22 @@ const urio__future_ops_t *urio__future_ops(const urio_future_t *f);
  * caller; `skip` frames above it).  Compiled in with debug checks only.
  */
 void urio__future_capture_stack(urio_future_t *f, int skip);
+/* Debug mode: the stack where f's error is set (`skip` frames above the caller). */
+void urio__future_capture_error_stack(urio_future_t *f, int skip);
+/*
+ * Where f's error was set (a site; a stack, urio__malloc'd or NULL, taken):
+ * for a kind that sets its error on the future's behalf (a task's
+ * urio_task_fail, a job's urio_executor_fail).
+ */
+void urio__future_set_origin(urio_future_t *f, const urio_site_t *site, urio__backtrace_t *bt);
+/* "Traceback (most recent call last):" and where f's error was set, or NULL (urio__malloc'd). */
+char *urio__future_error_traceback(const urio_future_t *f);
+/* "Task created at (most recent call last):" and f's creation stack, or NULL (urio__malloc'd). */
+char *urio__future_source_traceback(const urio_future_t *f);
+/* A reference on f, unless its last one went already (it is being freed).  Any thread. */
+bool urio__future_tryref(urio_future_t *f);
+/* Reports f's error as never retrieved now, if it was not (and marks it retrieved). */
+bool urio__future_report_unretrieved(urio_future_t *f);
 /* Gives f a copy of an existing creation stack (a task takes its coroutine's). */
 void urio__future_copy_stack(urio_future_t *f, const urio__backtrace_t *bt);
 const urio__backtrace_t *urio__future_stack(const urio_future_t *f);

@@ -19,6 +19,7 @@ static pthread_mutex_t g_handler_mu = PTHREAD_MUTEX_INITIALIZER;
 static urio_log_handler_fn g_handler; /* guarded by g_handler_mu; NULL: default */
 static void *g_handler_ud;            /* guarded by g_handler_mu */
 
+/* A level's name or number; -1 for text that is neither. */
 static int parse_level(const char *s)
 {
     static const struct { const char *name; int level; } names[] = {
@@ -35,7 +36,7 @@ static int parse_level(const char *s)
     long v = strtol(s, &end, 10);
     if (*end == '\0' && v >= 0 && v <= 100)
         return (int)v;
-    return URIO_LOG_INFO;
+    return -1;
 }
 
 static int current_level(void)
@@ -43,10 +44,14 @@ static int current_level(void)
     int l = atomic_load_explicit(&g_level, memory_order_relaxed);
     if (URIO_LIKELY(l >= 0))
         return l;
-    int env = parse_level(getenv("URIO_LOG_LEVEL"));
+    const char *v = getenv("URIO_LOG_LEVEL");
+    int env = parse_level(v);
     int expected = -1;
     /* A concurrent urio_log_set_level wins over the environment. */
-    atomic_compare_exchange_strong(&g_level, &expected, env);
+    atomic_compare_exchange_strong(&g_level, &expected, env < 0 ? URIO_LOG_INFO : env);
+    if (env < 0 && expected == -1)  /* this call read it: say once that it is not understood */
+        urio_log(URIO_LOG_WARNING, "URIO_LOG_LEVEL=%s is not understood (use debug, info, "
+                 "warning, error, critical or a number): the level is INFO", v);
     return atomic_load(&g_level);
 }
 

@@ -399,6 +399,18 @@ static int loop_turn(urio_loop_t *loop)
 /* ------------------------------------------------------------------ */
 /* Life cycle                                                           */
 
+/* Debug mode switched on in a build that opted out of its machinery: say what is missing. */
+static void warn_no_debug_checks(void)
+{
+#if !URIO_DEBUG_CHECKS
+    static atomic_bool warned;
+    if (!atomic_exchange(&warned, true))
+        urio__log(URIO_LOG_WARNING, "debug mode is on, but urio was built with "
+                  "-Ddebug_checks=false: slow callbacks are not reported and creation stacks "
+                  "are not captured; rebuild urio without that option to have them");
+#endif
+}
+
 URIO_EXPORT int urio_loop_new(urio_loop_t **out, const urio_loop_opts_t *opts)
 {
     if (out == NULL)
@@ -412,6 +424,8 @@ URIO_EXPORT int urio_loop_new(urio_loop_t **out, const urio_loop_opts_t *opts)
         return -ENOMEM;
     int debug = opts ? opts->debug : 0;
     loop->debug = debug > 0 || (debug == 0 && urio__debug_default());
+    if (loop->debug)
+        warn_no_debug_checks();
     loop->slow_ns = URIO__SLOW_CALLBACK_NS;
     loop->timer_slack_ns = URIO__TIMER_SLACK_NS;
     loop->refs = 1;
@@ -557,11 +571,8 @@ URIO_EXPORT void urio_loop_set_debug(urio_loop_t *loop, bool on)
 {
     if (loop == NULL || !urio__loop_check_thread(loop, "urio_loop_set_debug"))
         return;
-#if !URIO_DEBUG_CHECKS
-    if (on && !loop->debug)
-        urio__log(URIO_LOG_DEBUG, "debug mode on, but this build has -Ddebug_checks=false: "
-                  "slow callbacks and creation stacks are not tracked");
-#endif
+    if (on)
+        warn_no_debug_checks();
     loop->debug = on;
 }
 

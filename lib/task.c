@@ -30,9 +30,12 @@ static void fork_child(void)
     urio__tls_task = NULL;
 }
 
-__attribute__((constructor)) static void fork_handlers(void)
+static const urio__backtrace_t *running_task_stack(void);
+
+__attribute__((constructor)) static void task_layer_init(void)
 {
     pthread_atfork(NULL, NULL, fork_child);
+    urio__backtrace_parent = running_task_stack;    /* creation stacks chain through tasks */
 }
 
 static bool task_cancel(urio_future_t *f, char *msg);
@@ -68,11 +71,26 @@ static void task_describe(const urio_future_t *f, char *buf, size_t n)
         snprintf(buf, n, "<Task %s '%s'>", state, t->name);
 }
 
+static void tasks_unref(urio__tasks_t *ts);
+
 static void task_finalize(urio_future_t *f)
 {
     urio__task_t *t = urio__task_of(f);
+    if (atomic_exchange(&t->failed_listed, false)) {
+        urio__tasks_t *ts = t->tasks;
+        pthread_mutex_lock(&ts->failed_mu);
+        if (t->prev)
+            t->prev->next = t->next;
+        else
+            ts->failed = t->next;
+        if (t->next)
+            t->next->prev = t->prev;
+        pthread_mutex_unlock(&ts->failed_mu);
+        tasks_unref(ts);
+    }
     urio__free(t->name_owned);
     urio__free(t->errmsg);
+    urio__free(t->err_stack);
     urio__free(t->cancel_msg);
 }
 
@@ -225,8 +243,23 @@ static void task_finish(urio__task_t *t)
     } else {
         /* A positive return is a mistake for its negative: urio_task_fail says so. */
         int err = t->ret < 0 ? t->ret : -t->ret;
+        urio__future_set_origin(f, t->err_site, t->err_stack);
+        t->err_stack = NULL;
         urio__future_settle(f, err, NULL, t->errmsg);
         t->errmsg = NULL;
+        if (err != -ECANCELED) {
+            /* On the failed list until its last unref: see urio__tasks_t. */
+            urio__tasks_t *ts = t->tasks;
+            atomic_fetch_add(&ts->refs, 1);
+            pthread_mutex_lock(&ts->failed_mu);
+            t->prev = NULL;
+            t->next = ts->failed;
+            if (ts->failed)
+                ts->failed->prev = t;
+            ts->failed = t;
+            atomic_store(&t->failed_listed, true);
+            pthread_mutex_unlock(&ts->failed_mu);
+        }
     }
     urio__proxy_task_ended(t);
     urio_future_unref(f);           /* the loop's reference, held while it ran */
@@ -241,6 +274,8 @@ URIO_EXPORT urio_future_t *urio_task_create_opts(urio_loop_t *loop, urio_coro_t 
     }
     int err = 0;
     urio__tasks_t *ts = NULL;
+    if (loop == NULL)
+        loop = urio_loop_current();     /* asyncio.create_task: the running loop */
     if (loop == NULL)
         err = EINVAL;
     else if (!urio__loop_check_thread(loop, "urio_task_create"))
@@ -454,18 +489,48 @@ URIO_EXPORT int urio_await_coro(urio_coro_t *coro, void **result)
     return ret;
 }
 
-URIO_EXPORT int urio_task_fail(int err, const char *fmt, ...)
+/* What urio_task_fail records; a task's own state until it ends. */
+__attribute__((noinline)) static int task_fail(const urio_site_t *site, int err, const char *fmt,
+                                              va_list ap)
 {
     err = urio__error_code(err, "urio_task_fail");
     urio__task_t *t = urio__task_running();
-    if (t == NULL || fmt == NULL)
+    if (t == NULL)
         return err;
+    if (fmt != NULL) {
+        urio__free(t->errmsg);
+        t->errmsg = urio__vasprintf(fmt, ap);   /* NULL on ENOMEM: the error without text */
+    }
+    t->err_site = site;
+#if URIO_DEBUG_CHECKS
+    if (t->loop->debug) {
+        urio__backtrace_t *bt = urio__malloc(sizeof *bt);
+        if (bt)
+            urio__backtrace_capture(bt, 2, false);     /* from the caller of urio_task_fail */
+        urio__free(t->err_stack);
+        t->err_stack = bt;
+    }
+#endif
+    URIO_NO_TAILCALL();
+    return err;
+}
+
+URIO_EXPORT int urio_task_fail_site(const urio_site_t *site, int err, const char *fmt, ...)
+{
     va_list ap;
     va_start(ap, fmt);
-    char *msg = urio__vasprintf(fmt, ap);
+    err = task_fail(site, err, fmt, ap);
     va_end(ap);
-    urio__free(t->errmsg);
-    t->errmsg = msg;                /* NULL on ENOMEM: the error without its text */
+    return err;
+}
+
+#undef urio_task_fail
+URIO_EXPORT int urio_task_fail(int err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    err = task_fail(NULL, err, fmt, ap);
+    va_end(ap);
     return err;
 }
 
@@ -628,6 +693,52 @@ static int tasks_may_run(urio_loop_t *loop, void *state)
  * reported, then freed.  The ring is drained by now: no op of a task's can
  * still write into its stack.
  */
+static void tasks_unref(urio__tasks_t *ts)
+{
+    if (atomic_fetch_sub_explicit(&ts->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    pthread_mutex_destroy(&ts->failed_mu);
+    urio__free(ts);
+}
+
+/*
+ * At close: tasks that failed and whose error nobody read are reported now,
+ * "Task exception was never retrieved", whether or not the program still
+ * holds them (a dropped urio_spawn result is the usual case).
+ */
+static void report_failed(urio__tasks_t *ts)
+{
+    urio__task_t *mine = NULL;
+    pthread_mutex_lock(&ts->failed_mu);
+    for (urio__task_t *t = ts->failed, *next; t != NULL; t = next) {
+        next = t->next;
+        /* One being freed on another thread right now is its finalizer's to report. */
+        if (!urio__future_tryref(t->self))
+            continue;
+        if (!atomic_exchange(&t->failed_listed, false)) {
+            urio_future_unref(t->self);     /* cannot be the last: its finalizer has not run */
+            continue;
+        }
+        if (t->prev)
+            t->prev->next = t->next;
+        else
+            ts->failed = t->next;
+        if (t->next)
+            t->next->prev = t->prev;
+        t->next = mine;
+        mine = t;
+    }
+    pthread_mutex_unlock(&ts->failed_mu);
+    while (mine != NULL) {
+        urio__task_t *t = mine;
+        mine = t->next;
+        t->next = t->prev = NULL;
+        urio__future_report_unretrieved(t->self);
+        urio_future_unref(t->self);
+        tasks_unref(ts);            /* the list's */
+    }
+}
+
 static void tasks_release(urio_loop_t *loop, void *state)
 {
     urio__tasks_t *ts = state;
@@ -664,9 +775,10 @@ static void tasks_release(urio_loop_t *loop, void *state)
         urio__proxy_task_ended(t);
         urio_future_unref(t->self);         /* the loop's reference */
     }
+    report_failed(ts);
     urio__stack_pool_free(&ts->stacks);
     urio__coro_quarantine_free(ts);
-    urio__free(ts);
+    tasks_unref(ts);            /* the loop's */
 }
 
 static const urio__subsystem_t tasks_subsystem = {
@@ -680,6 +792,13 @@ urio__tasks_t *urio__tasks_find(const urio_loop_t *loop)
     return urio__loop_state(loop, &tasks_subsystem);
 }
 
+/* For urio__backtrace_capture: the creation stack of the task running on this thread. */
+static const urio__backtrace_t *running_task_stack(void)
+{
+    urio__task_t *t = urio__tls_task;
+    return t ? urio__future_stack(t->self) : NULL;
+}
+
 urio__tasks_t *urio__tasks_get(urio_loop_t *loop)
 {
     urio__tasks_t *ts = urio__loop_state(loop, &tasks_subsystem);
@@ -688,8 +807,11 @@ urio__tasks_t *urio__tasks_get(urio_loop_t *loop)
     ts = urio__calloc(1, sizeof *ts);
     if (ts == NULL)
         return NULL;
+    atomic_init(&ts->refs, 1);
     ts->loop = loop;
+    pthread_mutex_init(&ts->failed_mu, NULL);
     if (urio__loop_register(loop, &tasks_subsystem, ts) < 0) {
+        pthread_mutex_destroy(&ts->failed_mu);
         urio__free(ts);
         return NULL;
     }

@@ -58,6 +58,12 @@ void urio__overflow_reporting_on(void);
 
 /* The tasks subsystem's state on one loop. */
 typedef struct urio__tasks {
+    /*
+     * 1 for the loop (dropped at close) + 1 per task on the failed list:
+     * a task finalized on another thread after the close still finds the
+     * list's lock.
+     */
+    atomic_uint refs;
     urio_loop_t *loop;
     urio__ctx_t task_return;             /* the loop's context while a task runs */
     const void *thread;                  /* the thread its tasks run (and are suspended) on */
@@ -66,6 +72,14 @@ typedef struct urio__tasks {
     urio_future_t *drained;              /* urio_run: completed when the last task ends */
     struct urio_coro *coros;             /* coroutines made here, not started nor closed */
     urio__stack_pool_t stacks;           /* task stacks kept for reuse */
+    /*
+     * Tasks that ended with an error, until their last reference goes: at
+     * close, those whose error nobody read are reported even if the program
+     * dropped its reference on the floor (urio_spawn's result ignored).
+     * Guarded by failed_mu: a task's last unref may happen on any thread.
+     */
+    pthread_mutex_t failed_mu;
+    struct urio__task *failed;
     struct urio_coro **quarantine;       /* debug mode: coroutines freed lately (coro.c) */
     unsigned quarantine_next;
     void *san_fiber;                     /* the loop's own fiber (TSan), or NULL */
@@ -134,7 +148,8 @@ typedef struct urio__task {
     urio_future_t *awaiting;     /* the future it is blocked on, with a reference */
     urio_handle_t sleep_timer;   /* in urio_sleep: the timer that resumes it */
     urio_future_t *proxy;        /* run_coroutine_threadsafe's future mirroring it, or NULL */
-    struct urio__task *next, *prev;   /* the loop's live tasks */
+    struct urio__task *next, *prev;   /* the loop's live tasks; then the failed list */
+    atomic_bool failed_listed;   /* on its loop's failed list (whoever clears it unlinks) */
     uint8_t state;               /* enum urio__task_state */
     uint32_t cancels;            /* cancel requests not withdrawn by urio_task_uncancel */
     char *cancel_msg;            /* the latest request's message, or NULL */
@@ -143,6 +158,8 @@ typedef struct urio__task {
     int wake_err;                /* set when woken from an await by something else (-EDEADLK) */
     void *result;
     char *errmsg;                /* urio_task_fail's message */
+    const urio_site_t *err_site; /* where urio_task_fail was called */
+    urio__backtrace_t *err_stack;   /* debug mode: the stack there */
     /* Sanitizer bookkeeping, per switch. */
     void *asan_fake;
     const void *loop_stack_bottom;

@@ -43,6 +43,9 @@ typedef struct job {
     void *result;                /* written by the worker before the push */
     int err;
     char *errmsg;
+    const urio_site_t *err_site; /* where urio_executor_fail was called */
+    urio__backtrace_t *err_stack;   /* debug mode: the stack there (on the worker) */
+    bool debug;                  /* the loop was in debug mode at submission */
     atomic_int state;
     bool settled;                /* loop thread: the future has its outcome */
     bool delivered;              /* the result went to the future, or was freed */
@@ -99,6 +102,7 @@ static void job_finalize(urio_future_t *f)
 {
     job_t *j = urio__future_ext(f);
     urio__free(j->errmsg);
+    urio__free(j->err_stack);
     if (j->ex != NULL)
         executor_unref(j->ex);
 }
@@ -127,6 +131,8 @@ static void job_settle(job_t *j, int forced_err)
     } else if (forced_err < 0) {
         urio__future_settle(j->f, forced_err, NULL, NULL);
     } else if (j->err < 0) {
+        urio__future_set_origin(j->f, j->err_site, j->err_stack);
+        j->err_stack = NULL;
         urio__future_settle(j->f, j->err, NULL, j->errmsg);
         j->errmsg = NULL;
     } else {
@@ -446,6 +452,7 @@ URIO_EXPORT urio_future_t *urio_run_in_executor_opts(urio_loop_t *loop, urio_exe
     j->fn = fn;
     j->arg = arg;
     j->free_result = opts ? opts->free_result : NULL;
+    j->debug = loop->debug;
     atomic_init(&j->state, JOB_QUEUED);
     urio_future_ref(f);             /* the loop's side */
     urio_future_ref(f);             /* the pool's side */
@@ -548,23 +555,47 @@ static void flush(urio_loop_t *loop, loop_side_t *ls)
     }
 }
 
-URIO_EXPORT void *urio_executor_fail(int err, const char *fmt, ...)
+__attribute__((noinline)) static void job_fail(const urio_site_t *site, int err,
+                                               const char *fmt, va_list ap)
 {
     job_t *j = tls_job;
     if (j == NULL) {
         urio__log(URIO_LOG_ERROR, "urio_executor_fail(): called outside an executor job");
-        return NULL;
+        return;
     }
     err = urio__error_code(err, "urio_executor_fail");
     j->err = err < 0 ? err : -EINVAL;
     urio__free(j->errmsg);
-    j->errmsg = NULL;
-    if (fmt) {
-        va_list ap;
-        va_start(ap, fmt);
-        j->errmsg = urio__vasprintf(fmt, ap);   /* NULL on ENOMEM: the error without text */
-        va_end(ap);
+    j->errmsg = fmt ? urio__vasprintf(fmt, ap) : NULL;  /* NULL on ENOMEM: no text */
+    j->err_site = site;
+#if URIO_DEBUG_CHECKS
+    if (j->debug) {
+        urio__backtrace_t *bt = urio__malloc(sizeof *bt);
+        if (bt)
+            urio__backtrace_capture(bt, 2, false);     /* from the caller of urio_executor_fail */
+        urio__free(j->err_stack);
+        j->err_stack = bt;
     }
+#endif
+    URIO_NO_TAILCALL();
+}
+
+URIO_EXPORT void *urio_executor_fail_site(const urio_site_t *site, int err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    job_fail(site, err, fmt, ap);
+    va_end(ap);
+    return NULL;
+}
+
+#undef urio_executor_fail
+URIO_EXPORT void *urio_executor_fail(int err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    job_fail(NULL, err, fmt, ap);
+    va_end(ap);
     return NULL;
 }
 

@@ -850,6 +850,55 @@ static void test_task_threadsafe_future_completes_in_last_turn(void **state)
     }
 }
 
+/*
+ * issue 11 point 2: the asyncio page's never-retrieved example as C
+ * programmers write it: the task's reference dropped on the floor.  The loop
+ * reports it at close, with where the error was set (issue 11 point 3).
+ */
+static int bug(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    return urio_task_fail(-EIO, "not consumed");
+}
+
+static int spawns_and_forgets(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    urio_spawn(NULL, bug, NULL);    /* NULL: the running loop; the result dropped */
+    return 0;
+}
+
+static int page_example_child(void *arg)
+{
+    (void)arg;
+    int ret = urio_run(URIO_CORO(spawns_and_forgets, NULL), NULL, NULL);
+    _exit(ret == 0 ? 0 : 1);    /* the example leaks the dropped reference: no leak check */
+}
+
+static void test_task_dropped_failed_task_reported_at_close(void **state)
+{
+    (void)state;
+    char out[8192];
+    int status = test_child(page_example_child, NULL, out, sizeof out);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    static const char *const want[] = {
+        "ERROR urio: Task exception was never retrieved\nfuture: <Task finished 'bug' "
+        "created at ",
+        "test_task.c:",
+        "\nerror: EIO (Input/output error): not consumed\nTraceback (most recent call last):\n"
+        "  File \"",
+        "test_task.c\", line ",
+        ", in bug",
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        if (strstr(out, want[i]) == NULL)
+            fail_msg("the report lacks \"%s\"; the child wrote:\n%s", want[i], out);
+    if (strstr(strstr(out, "never retrieved") + 1, "never retrieved") != NULL)
+        fail_msg("reported twice:\n%s", out);
+}
+
 /* A slow task step is reported as the task. */
 static int slow_step(void *arg, void **res)
 {
@@ -902,6 +951,7 @@ int main(void)
         URIO_TEST(test_task_review_regressions),
         URIO_TEST(test_task_threadsafe_future_settled_at_close),
         URIO_TEST(test_task_threadsafe_future_completes_in_last_turn),
+        URIO_TEST(test_task_dropped_failed_task_reported_at_close),
         cmocka_unit_test(test_task_stack_overflow_reported),
         URIO_TEST(test_task_gather),
         URIO_TEST(test_task_group),

@@ -78,6 +78,26 @@ typedef struct urio_site {
 #define URIO_SITE(fn) ((const urio_site_t *)0)
 #endif
 
+/*
+ * The site of the call where the macro stands, named after the enclosing
+ * function: error reports say where an error was set ("File "bug.c",
+ * line 7, in bug"), as a Python traceback does.
+ */
+#if defined(__GNUC__) && !defined(URIO_NO_SITES)
+#define URIO_HERE()                                                              \
+    (__extension__({                                                             \
+        static const urio_site_t urio__here_ = { __func__, __FILE__, __LINE__ }; \
+        &urio__here_;                                                            \
+    }))
+#else
+#define URIO_HERE() ((const urio_site_t *)0)
+#endif
+
+/* Durations in nanoseconds, urio's unit of time: urio_sleep(URIO_MS(10)). */
+#define URIO_US(n)  ((uint64_t)(n) * 1000u)
+#define URIO_MS(n)  ((uint64_t)(n) * 1000000u)
+#define URIO_SEC(n) ((uint64_t)(n) * 1000000000u)
+
 /* What urio's allocator hook has done since the process started. */
 typedef struct urio_mem_stats {
     uint64_t allocs;      /* successful allocations (realloc of NULL counts) */

@@ -55,6 +55,10 @@ URIO_EXPORT urio_future_t *urio_run_in_executor_opts(urio_loop_t *loop, urio_exe
  * Thread: a worker thread, inside a job.
  */
 URIO_EXPORT void *urio_executor_fail(int err, const char *fmt, ...) URIO_PRINTF(2, 3);
+/* The function behind the macro: also records where the job failed, for reports. */
+URIO_EXPORT void *urio_executor_fail_site(const urio_site_t *site, int err, const char *fmt, ...)
+    URIO_PRINTF(3, 4);
+#define urio_executor_fail(...) urio_executor_fail_site(URIO_HERE(), __VA_ARGS__)
 
 /*
  * A thread pool of max_workers threads (0: min(32, cores + 4)), started on

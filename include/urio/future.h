@@ -48,6 +48,14 @@ URIO_EXPORT void urio_future_unref(urio_future_t *f);
 URIO_EXPORT int urio_future_set_result(urio_future_t *f, void *value);
 URIO_EXPORT int urio_future_set_error(urio_future_t *f, int err, const char *fmt, ...)
     URIO_PRINTF(3, 4);
+/*
+ * The function behind the macro: site is where the error was set (the
+ * macro gives the caller's), shown in reports as the error's traceback;
+ * debug mode also keeps the stack there.
+ */
+URIO_EXPORT int urio_future_set_error_site(urio_future_t *f, const urio_site_t *site, int err,
+                                           const char *fmt, ...) URIO_PRINTF(4, 5);
+#define urio_future_set_error(f, ...) urio_future_set_error_site((f), URIO_HERE(), __VA_ARGS__)
 
 /*
  * Cancels f: it completes with -ECANCELED (a task is asked to stop: see

@@ -140,6 +140,12 @@ typedef struct urio_error_context {
     const char *error_message;     /* the error's text, or NULL */
     urio_future_t *future;         /* the future or task concerned, or NULL */
     const char *source_traceback;  /* where it was created, debug mode only, or NULL */
+    /*
+     * Where the error was set, as Python prints it: "Traceback (most recent
+     * call last):" and the frames (the call's site always, the whole stack
+     * in debug mode), or NULL.
+     */
+    const char *error_traceback;
 } urio_error_context_t;
 
 typedef void (*urio_exception_handler_fn)(urio_loop_t *loop,

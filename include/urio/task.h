@@ -41,10 +41,16 @@ typedef struct urio_task_opts {
 } urio_task_opts_t;          /* may grow: zero-initialise it */
 
 /*
- * Makes a task of coro on loop (it owns coro, also on failure) and schedules
- * its first step.  Returns a new reference on the task.
- * Returns: the task; NULL with errno EINVAL, EPERM (wrong thread),
- *          ESHUTDOWN (closing loop), ENOMEM (memory, or a stack).
+ * Makes a task of coro on loop (NULL: the loop running on this thread, as
+ * asyncio.create_task) and schedules its first step.  It owns coro, also on
+ * failure — except a coroutine already handed over, which it refuses and
+ * leaves alone ("cannot reuse already awaited coroutine").
+ * Returns: a new reference on the task; NULL with errno EINVAL (no loop, a
+ *          coroutine already taken), EPERM (wrong thread), ESHUTDOWN
+ *          (closing loop), ENOMEM (memory, or a stack).
+ * A task whose error nobody reads is reported ("Task exception was never
+ * retrieved") when its last reference goes, or when its loop closes if the
+ * reference was dropped on the floor.
  * Thread: the loop's thread.
  */
 URIO_EXPORT urio_future_t *urio_task_create(urio_loop_t *loop, urio_coro_t *coro);
@@ -66,8 +72,16 @@ URIO_EXPORT int urio_await(urio_future_t *f, void **result);
 /* In a task: runs coro to its end on this task's stack ("await coro()"). */
 URIO_EXPORT int urio_await_coro(urio_coro_t *coro, void **result);
 
-/* In a task: sets its error message; returns err (for `return urio_task_fail(...)`). */
+/*
+ * In a task: sets its error message and records where (this call's file,
+ * line and function; in debug mode the whole stack): reports show it as the
+ * error's traceback.  Returns err (for `return urio_task_fail(-EIO, ...)`);
+ * a positive err is taken as its negative, with a WARNING.
+ */
 URIO_EXPORT int urio_task_fail(int err, const char *fmt, ...) URIO_PRINTF(2, 3);
+URIO_EXPORT int urio_task_fail_site(const urio_site_t *site, int err, const char *fmt, ...)
+    URIO_PRINTF(3, 4);
+#define urio_task_fail(...) urio_task_fail_site(URIO_HERE(), __VA_ARGS__)
 
 /* In a task: sleeps ns.  Returns: 0, -ECANCELED, -EPERM outside a task. */
 URIO_EXPORT int urio_sleep(uint64_t ns);
