@@ -3,8 +3,10 @@
  *
  * One hook: it picks the allocator (jemalloc's non-standard API where the
  * build has it, so urio gets jemalloc even where the process allocator is
- * glibc's), counts blocks for urio_mem_stats(), and lets tests fail
- * allocations on purpose to prove every ENOMEM path.
+ * glibc's; the C library's malloc with URIO_MALLOC=libc, so valgrind and
+ * other leak checkers see urio's blocks), counts blocks for
+ * urio_mem_stats(), and lets tests fail allocations on purpose to prove
+ * every ENOMEM path.
  */
 #include "common.h"
 
@@ -14,6 +16,29 @@
 
 #if URIO_HAVE_JEMALLOC && !defined(URIO_FORCE_LIBC_MALLOC)
 #include <jemalloc/jemalloc.h>
+#endif
+
+#if URIO_HAVE_JEMALLOC && !defined(URIO_FORCE_LIBC_MALLOC)
+/*
+ * URIO_MALLOC=libc: read once, before any allocation (a constructor), so
+ * every block is freed by the allocator that made it.
+ */
+static bool g_libc;
+
+__attribute__((constructor)) static void pick_allocator(void)
+{
+    const char *v = getenv("URIO_MALLOC");
+    if (v == NULL || *v == '\0' || strcmp(v, "jemalloc") == 0)
+        return;
+    if (strcmp(v, "libc") == 0)
+        g_libc = true;
+    else
+        urio__log(URIO_LOG_WARNING, "URIO_MALLOC=%s is not understood (use libc or jemalloc): "
+                  "urio allocates with jemalloc", v);
+}
+#define USE_JEMALLOC (!g_libc)
+#else
+#define USE_JEMALLOC 0
 #endif
 
 static struct {
@@ -57,10 +82,10 @@ void *urio__malloc(size_t n)
     if (URIO_UNLIKELY(inject_failure()))
         return counted(NULL);
 #if URIO_HAVE_JEMALLOC && !defined(URIO_FORCE_LIBC_MALLOC)
-    return counted(mallocx(n ? n : 1, 0));
-#else
-    return counted(malloc(n ? n : 1));
+    if (USE_JEMALLOC)
+        return counted(mallocx(n ? n : 1, 0));
 #endif
+    return counted(malloc(n ? n : 1));
 }
 
 void *urio__calloc(size_t n, size_t size)
@@ -70,11 +95,12 @@ void *urio__calloc(size_t n, size_t size)
     if (URIO_UNLIKELY(inject_failure()))
         return counted(NULL);
 #if URIO_HAVE_JEMALLOC && !defined(URIO_FORCE_LIBC_MALLOC)
-    size_t total = n * size;
-    return counted(mallocx(total ? total : 1, MALLOCX_ZERO));
-#else
-    return counted(calloc(n ? n : 1, size ? size : 1));
+    if (USE_JEMALLOC) {
+        size_t total = n * size;
+        return counted(mallocx(total ? total : 1, MALLOCX_ZERO));
+    }
 #endif
+    return counted(calloc(n ? n : 1, size ? size : 1));
 }
 
 void *urio__realloc(void *p, size_t n)
@@ -86,7 +112,7 @@ void *urio__realloc(void *p, size_t n)
         return NULL;
     }
 #if URIO_HAVE_JEMALLOC && !defined(URIO_FORCE_LIBC_MALLOC)
-    void *q = rallocx(p, n ? n : 1, 0);
+    void *q = USE_JEMALLOC ? rallocx(p, n ? n : 1, 0) : realloc(p, n ? n : 1);
 #else
     void *q = realloc(p, n ? n : 1);
 #endif
@@ -100,11 +126,7 @@ void urio__free(void *p)
     if (p == NULL)
         return;
     atomic_fetch_add_explicit(&g_alloc.frees, 1, memory_order_relaxed);
-#if URIO_HAVE_JEMALLOC && !defined(URIO_FORCE_LIBC_MALLOC)
-    dallocx(p, 0);
-#else
-    free(p);
-#endif
+    urio__free_forgotten(p);
 }
 
 void urio__forget(void *p)
@@ -118,10 +140,12 @@ void urio__free_forgotten(void *p)
     if (p == NULL)
         return;
 #if URIO_HAVE_JEMALLOC && !defined(URIO_FORCE_LIBC_MALLOC)
-    dallocx(p, 0);
-#else
-    free(p);
+    if (USE_JEMALLOC) {
+        dallocx(p, 0);
+        return;
+    }
 #endif
+    free(p);
 }
 
 char *urio__strdup(const char *s)

@@ -152,6 +152,8 @@ char *urio__backtrace_format(const urio__backtrace_t *bt, const char *header);
  * there).  Returns: a urio__malloc'd string, or NULL on ENOMEM.
  */
 char *urio__site_format(const urio_site_t *site, const char *header);
+/* The source line at a site, stripped, into buf ("" if its file cannot be read). */
+const char *urio__site_source(const urio_site_t *site, char *buf, size_t n);
 /*
  * Describes a callback for reports: "name() at file.c:42" from its site, or
  * the symbol of fn's address when it has no site.  Writes into buf.

@@ -176,9 +176,13 @@ static void report_never_awaited(urio_coro_t *c)
 {
     char *tb = c->stack ? urio__backtrace_format(c->stack, "Coroutine created at (most recent call last)")
                         : NULL;
-    urio__log(URIO_LOG_WARNING, "%s:%d: RuntimeWarning: coroutine '%s' was never awaited%s%s",
+    char src[256];
+    urio__site_source(c->site, src, sizeof src);    /* Python prints the line, indented */
+    urio__log(URIO_LOG_WARNING, "%s:%d: RuntimeWarning: coroutine '%s' was never awaited%s%s%s%s",
               c->site ? c->site->file : "?", c->site ? c->site->line : 0, urio__coro_name(c),
-              tb ? "\n" : "", tb ? tb : "");
+              src[0] ? "\n  " : "", src, tb ? "\n" : "",
+              tb ? tb : (c->debug ? "" : "\nEnable debug mode (URIO_DEBUG=1) to get where it "
+                                         "was created"));
     urio__free(tb);
 }
 

@@ -323,20 +323,39 @@ char *urio__backtrace_format(const urio__backtrace_t *st, const char *header)
     return text_done(&t);
 }
 
+/*
+ * A site's file as a path to show: absolute if the compiler's path (relative
+ * to where it ran) names a file from here, else as given.  Returns: true if
+ * the file is there.
+ */
+static bool site_path(const urio_site_t *site, char *out, size_t n)
+{
+    char cwd[PATH_MAX];
+    absolute_path(site->file[0] == '/' || getcwd(cwd, sizeof cwd) == NULL ? NULL : cwd,
+                  site->file, out, n);
+    if (access(out, R_OK) == 0)
+        return true;
+    snprintf(out, n, "%s", site->file);
+    return false;
+}
+
 char *urio__site_format(const urio_site_t *site, const char *header)
 {
     text_t t = { 0 };
     text_add(&t, "%s", header);
     char path[PATH_MAX];
-    char cwd[PATH_MAX];
-    /* __FILE__ is as the compiler was given it: relative to where it ran. */
-    absolute_path(site->file[0] == '/' || getcwd(cwd, sizeof cwd) == NULL ? NULL : cwd,
-                  site->file, path, sizeof path);
-    FILE *probe = fopen(path, "re");
-    if (probe)
-        fclose(probe);
-    add_frame(&t, site->name, probe ? path : site->file, site->line, NULL);
+    site_path(site, path, sizeof path);
+    add_frame(&t, site->name, path, site->line, NULL);
     return text_done(&t);
+}
+
+const char *urio__site_source(const urio_site_t *site, char *buf, size_t n)
+{
+    char path[PATH_MAX];
+    buf[0] = '\0';
+    if (site != NULL && site->file != NULL && site_path(site, path, sizeof path))
+        source_line(path, site->line, buf, n);
+    return buf;
 }
 
 const char *urio__describe_callback(void (*fn)(void), const urio_site_t *site,

@@ -19,7 +19,6 @@ URIO_EXPORT void urio_loop_set_exception_handler(urio_loop_t *loop,
 URIO_EXPORT void urio_loop_default_exception_handler(urio_loop_t *loop,
                                                      const urio_error_context_t *ctx)
 {
-    (void)loop;
     if (ctx == NULL)
         return;
     char obj[256] = "";
@@ -33,11 +32,16 @@ URIO_EXPORT void urio_loop_default_exception_handler(urio_loop_t *loop,
         snprintf(err, sizeof err, "\nerror: %s (%s)%s%s", urio_strerror_name(ctx->error),
                  urio_strerror(ctx->error), ctx->error_message ? ": " : "",
                  ctx->error_message ? ctx->error_message : "");
-    urio__log(URIO_LOG_ERROR, "%s%s%s%s%s%s%s", ctx->message ? ctx->message : "Unhandled error",
-              obj, err, ctx->source_traceback ? "\n" : "",
+    /* Python says "Enable tracemalloc to get the object allocation traceback". */
+    const char *hint = ctx->future && !ctx->source_traceback && !(loop && loop->debug)
+                           ? "\nEnable debug mode (URIO_DEBUG=1) to get where it was created"
+                           : "";
+    urio__log(URIO_LOG_ERROR, "%s%s%s%s%s%s%s%s",
+              ctx->message ? ctx->message : "Unhandled error", obj, err,
+              ctx->source_traceback ? "\n" : "",
               ctx->source_traceback ? ctx->source_traceback : "",
               ctx->error_traceback ? "\n" : "",
-              ctx->error_traceback ? ctx->error_traceback : "");
+              ctx->error_traceback ? ctx->error_traceback : "", hint);
 }
 
 URIO_EXPORT void urio_loop_call_exception_handler(urio_loop_t *loop,

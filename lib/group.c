@@ -28,6 +28,7 @@ URIO_EXPORT int urio_gather_opts(urio_future_t *const *fs, size_t n, void **resu
                                  const urio_gather_opts_t *opts)
 {
     urio__task_t *t = urio__task_running();
+    URIO__NOTE_AWAIT(t);
     if (t == NULL)
         return -EPERM;
     if (n > 0 && fs == NULL)
@@ -73,6 +74,7 @@ URIO_EXPORT int urio_gather_opts(urio_future_t *const *fs, size_t n, void **resu
 
 URIO_EXPORT int urio_gather(urio_future_t *const *fs, size_t n, void **results, size_t *failed)
 {
+    URIO__NOTE_AWAIT(urio__task_running());
     urio_gather_opts_t opts = { .failed = failed };
     return urio_gather_opts(fs, n, results, &opts);
 }
@@ -174,6 +176,7 @@ URIO_EXPORT int urio_wait(urio_future_t *const *fs, size_t n, int when, int64_t 
                           bool *done)
 {
     urio__task_t *t = urio__task_running();
+    URIO__NOTE_AWAIT(t);
     if (t == NULL)
         return -EPERM;
     int ret = check_futures(t, fs, n);
@@ -286,6 +289,7 @@ URIO_EXPORT int urio_as_completed_new(urio_as_completed_t **out, urio_future_t *
 URIO_EXPORT int urio_as_completed_next(urio_as_completed_t *it, urio_future_t **next)
 {
     urio__task_t *t = urio__task_running();
+    URIO__NOTE_AWAIT(t);
     if (it == NULL || next == NULL)
         return -EINVAL;
     *next = NULL;
@@ -437,6 +441,7 @@ URIO_EXPORT urio_future_t *urio_task_group_spawn(urio_task_group_t *g, urio_coro
 URIO_EXPORT int urio_task_group_wait(urio_task_group_t *g)
 {
     urio__task_t *t = urio__task_running();
+    URIO__NOTE_AWAIT(t);
     if (g == NULL)
         return -EINVAL;
     if (t == NULL)

@@ -549,11 +549,28 @@ URIO_EXPORT int64_t urio_loop_next_timeout(urio_loop_t *loop)
     return next - now > INT64_MAX ? INT64_MAX : (int64_t)(next - now);
 }
 
+static void stop_on_loop(void *arg)
+{
+    ((urio_loop_t *)arg)->stopping = true;
+}
+
 URIO_EXPORT void urio_loop_stop(urio_loop_t *loop)
 {
-    if (loop == NULL || !urio__loop_check_thread(loop, "urio_loop_stop"))
+    if (loop == NULL)
         return;
-    loop->stopping = true;
+    if (urio__loop_is_mine(loop)) {
+        loop->stopping = true;
+        return;
+    }
+    /*
+     * Another thread (a control thread, a signal-handling thread): the stop
+     * travels through the inbox like any cross-thread call, so it is ordered
+     * after the calls this thread made before, and wakes the loop.
+     */
+    int ret = urio_call_soon_threadsafe(loop, stop_on_loop, loop);
+    if (ret < 0 && ret != -ESHUTDOWN)
+        urio__log(URIO_LOG_ERROR, "urio_loop_stop(): could not reach the loop from this "
+                  "thread: %s", urio_strerror(ret));
 }
 
 URIO_EXPORT urio_loop_t *urio_loop_current(void)

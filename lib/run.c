@@ -131,7 +131,7 @@ static void proxy_start(void *arg)
     urio__task_of(task)->proxy = proxy;
 }
 
-URIO_EXPORT urio_future_t *urio_run_coroutine_threadsafe(urio_coro_t *coro, urio_loop_t *loop)
+URIO_EXPORT urio_future_t *urio_run_coroutine_threadsafe(urio_loop_t *loop, urio_coro_t *coro)
 {
     if (coro == NULL || !urio__coro_check(coro, "urio_run_coroutine_threadsafe")) {
         errno = EINVAL;

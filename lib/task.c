@@ -100,14 +100,26 @@ URIO_EXPORT urio_future_t *urio_task_current(void)
     return t ? t->self : NULL;
 }
 
-/* "<Task 'fn' created at file.c:42>": names a task's step in the slow-callback report. */
+/*
+ * Names a task's step in the slow-callback report: "<Task 'fn' created at
+ * file.c:42>", and where the step ran: from the await it returned from (or
+ * its start) to the one it stopped in (or its end).
+ */
 static void task_describe_short(const void *obj, char *buf, size_t n)
 {
     const urio__task_t *t = obj;
+    char from[160] = "its start", to[160] = "its end";
+    if (t->resumed_pc)
+        urio__describe_pc((uintptr_t)t->resumed_pc - 1, from, sizeof from);
+    if (t->state != URIO__TASK_DONE && t->await_pc)
+        urio__describe_pc((uintptr_t)t->await_pc - 1, to, sizeof to);
+    else if (t->state != URIO__TASK_DONE)
+        snprintf(to, sizeof to, "an await");
     if (t->site)
-        snprintf(buf, n, "<Task '%s' created at %s:%d>", t->name, t->site->file, t->site->line);
+        snprintf(buf, n, "<Task '%s' created at %s:%d, step from %s to %s>", t->name,
+                 t->site->file, t->site->line, from, to);
     else
-        snprintf(buf, n, "<Task '%s'>", t->name);
+        snprintf(buf, n, "<Task '%s', step from %s to %s>", t->name, from, to);
 }
 
 /* Switches from the loop's stack into t, until t suspends or ends. */
@@ -122,6 +134,8 @@ static void switch_in(urio__task_t *t)
     urio__loop_attribute(loop, task_describe_short, t);
     ts->thread = urio__thread_token();
     t->state = URIO__TASK_RUNNING;
+    t->resumed_pc = t->await_pc;
+    t->await_pc = NULL;
 #ifdef URIO_ASAN
     void *fake = NULL;
     __sanitizer_start_switch_fiber(&fake, t->stack->base, t->stack->size);
@@ -428,6 +442,7 @@ __attribute__((cold, noinline)) static int break_cycle(urio__task_t *t, urio__ta
 URIO_EXPORT int urio_await(urio_future_t *f, void **result)
 {
     urio__task_t *t = urio__task_running();
+    URIO__NOTE_AWAIT(t);
     if (t == NULL) {
         urio__log(URIO_LOG_ERROR, "urio_await(): called outside a task");
         return -EPERM;
@@ -547,6 +562,7 @@ static void sleep_wake(void *arg)
 URIO_EXPORT int urio_sleep(uint64_t ns)
 {
     urio__task_t *t = urio__task_running();
+    URIO__NOTE_AWAIT(t);
     if (t == NULL)
         return -EPERM;
     if (ns == 0)
@@ -568,6 +584,7 @@ URIO_EXPORT int urio_sleep(uint64_t ns)
 URIO_EXPORT int urio_yield(void)
 {
     urio__task_t *t = urio__task_running();
+    URIO__NOTE_AWAIT(t);
     if (t == NULL)
         return -EPERM;
     int ret = schedule_step(t);
@@ -595,6 +612,7 @@ static void wait_for_expired(void *arg)
 URIO_EXPORT int urio_wait_for(urio_future_t *f, uint64_t timeout_ns, void **result)
 {
     urio__task_t *t = urio__task_running();
+    URIO__NOTE_AWAIT(t);
     if (t == NULL)
         return -EPERM;
     if (f == NULL)

@@ -154,6 +154,8 @@ typedef struct urio__task {
     uint32_t cancels;            /* cancel requests not withdrawn by urio_task_uncancel */
     char *cancel_msg;            /* the latest request's message, or NULL */
     uint32_t shield;             /* urio_shield_begin depth */
+    void *await_pc;              /* where the program awaits now (URIO__NOTE_AWAIT), or NULL */
+    void *resumed_pc;            /* where the running step began (the await it returned from) */
     int ret;                     /* what the function returned */
     int wake_err;                /* set when woken from an await by something else (-EDEADLK) */
     void *result;
@@ -178,6 +180,17 @@ static inline urio__task_t *urio__task_running(void)
 {
     return urio__tls_task;
 }
+
+/*
+ * In a public awaiting call: notes where the program called it (the first
+ * such call of this suspension: urio's own inner awaits keep the outer
+ * one), for reports of a slow step and for task dumps.
+ */
+#define URIO__NOTE_AWAIT(t)                                                        \
+    do {                                                                           \
+        if ((t) != NULL && (t)->await_pc == NULL)                                  \
+            (t)->await_pc = __builtin_return_address(0);                           \
+    } while (0)
 
 /* True if a cancel must interrupt the task's awaits now (requested, not shielded). */
 static inline bool urio__task_cancel_pending(const urio__task_t *t)

@@ -51,7 +51,7 @@ static int hands_coro_twice(void *arg, void **res)
     /* urio_await_coro takes it for good too. */
     urio_coro_t *d = URIO_CORO(quick, (void *)8);
     assert_int_equal(urio_await_coro(d, &r), 0);
-    assert_null(urio_run_coroutine_threadsafe(d, loop));
+    assert_null(urio_run_coroutine_threadsafe(loop, d));
     return 0;
 }
 

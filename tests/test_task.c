@@ -325,11 +325,11 @@ struct ts {
 static void *submitter(void *arg)
 {
     struct ts *s = arg;
-    urio_future_t *f = urio_run_coroutine_threadsafe(URIO_CORO(answer, (void *)7), s->loop);
+    urio_future_t *f = urio_run_coroutine_threadsafe(s->loop, URIO_CORO(answer, (void *)7));
     s->ret = urio_future_wait(f, 5000 * (int64_t)MS, &s->res);
     urio_future_unref(f);
     /* And cancelled from here: the task in the loop is cancelled. */
-    urio_future_t *g = urio_run_coroutine_threadsafe(URIO_CORO(sleeps_forever, NULL), s->loop);
+    urio_future_t *g = urio_run_coroutine_threadsafe(s->loop, URIO_CORO(sleeps_forever, NULL));
     usleep(5000);
     urio_future_cancel(g);
     s->cancel_ret = urio_future_wait(g, 5000 * (int64_t)MS, NULL);
@@ -762,7 +762,7 @@ static void test_task_threadsafe_future_settled_at_close(void **state)
     (void)state;
     urio_loop_t *loop = test_loop_new();
     test_log_capture();
-    urio_future_t *f = urio_run_coroutine_threadsafe(URIO_CORO(sleeps_forever, NULL), loop);
+    urio_future_t *f = urio_run_coroutine_threadsafe(loop, URIO_CORO(sleeps_forever, NULL));
     assert_non_null(f);
     urio_call_later(loop, 5 * MS, test_stop_cb, loop);
     urio_loop_run_forever(loop);
@@ -801,8 +801,8 @@ static void *submits_and_waits(void *arg)
     intptr_t k = (intptr_t)((void **)arg)[1];
     while (!atomic_load(&x->go))
         ;
-    urio_future_t *f = urio_run_coroutine_threadsafe(URIO_CORO(stops_its_loop, (void *)k),
-                                                     x->loop);
+    urio_future_t *f = urio_run_coroutine_threadsafe(x->loop,
+                                                     URIO_CORO(stops_its_loop, (void *)k));
     if (f == NULL) {
         x->outcome[k] = -errno;     /* the loop closed first: refused, fine */
         return NULL;
@@ -923,10 +923,14 @@ static void test_task_slow_step_reported(void **state)
     urio_future_t *t = urio_spawn(loop, slow_step, NULL);
     assert_int_equal(urio_loop_run_until_complete(loop, t), 0);
     char want[256];
-    snprintf(want, sizeof want, "WARNING Executing <Task 'slow_step' created at %s:%d> took 0.0",
+    snprintf(want, sizeof want, "WARNING Executing <Task 'slow_step' created at %s:%d, step from ",
              __FILE__, line);
     assert_int_equal(test_log_count(want), 2);      /* both steps are the task's */
     assert_int_equal(test_log_count("Executing <Handle"), 0);
+    /* Where each step ran: from its start to the sleep, then from the sleep to its end. */
+    assert_log_contains("step from its start to slow_step() at test_task.c:");
+    assert_log_contains("step from slow_step() at test_task.c:");
+    assert_log_contains(" to its end> took 0.0");
     urio_future_unref(t);
     test_loop_close(loop);
 }

@@ -55,7 +55,10 @@ URIO_EXPORT int urio_loop_run_until_complete(urio_loop_t *loop, urio_future_t *f
 /*
  * Asks a running loop to stop after the callbacks of the current turn.
  * Called before the loop runs, the next run stops after one turn.
- * Thread: the loop's thread (use urio_call_soon_threadsafe from others).
+ * Thread: any thread.  From another thread the request travels through the
+ * loop's inbox (as urio_call_soon_threadsafe does: it wakes the loop, and
+ * comes after the calls that thread made before).  Not from a signal
+ * handler: see docs/threads.md for stopping a loop on SIGINT/SIGTERM.
  */
 URIO_EXPORT void urio_loop_stop(urio_loop_t *loop);
 

@@ -229,13 +229,15 @@ typedef struct urio_run_opts { int debug; } urio_run_opts_t;   /* 0 default, 1 o
 URIO_EXPORT int urio_run(urio_coro_t *main, const urio_run_opts_t *opts, void **result);
 
 /*
- * Runs coro as a task of loop, from any thread.  Returns a future any thread
- * may wait on (urio_future_wait) or cancel (which cancels the task); the
- * caller owns one reference.
+ * Runs coro as a task of loop, from any thread (asyncio's
+ * run_coroutine_threadsafe(coro, loop); the loop comes first here, as in
+ * every urio call).  Returns a future any thread may wait on
+ * (urio_future_wait) or cancel (which cancels the task); the caller owns
+ * one reference.
  * Returns: NULL with errno EINVAL, ESHUTDOWN (loop closed), ENOMEM.
  * Thread: any thread.  Owns coro.
  */
-URIO_EXPORT urio_future_t *urio_run_coroutine_threadsafe(urio_coro_t *coro, urio_loop_t *loop);
+URIO_EXPORT urio_future_t *urio_run_coroutine_threadsafe(urio_loop_t *loop, urio_coro_t *coro);
 
 #ifdef __cplusplus
 }
