@@ -86,6 +86,9 @@ typedef enum bench_target_kind {
     BENCH_TARGET_REF_MAX,      /* median of urio/(urio's metric `ref` of the same
                                 * benchmark) per run <= value: "within 1.1x of the
                                 * floor" */
+    BENCH_TARGET_PEER_MAX,     /* median of urio/peer per run <= value: "urio
+                                * <= 0.9x libuv", "within 1.15x of the raw
+                                * liburing floor" when the floor is the peer */
 } bench_target_kind_t;
 
 typedef struct bench_target {
@@ -108,6 +111,12 @@ typedef struct bench_def {
     bench_fn urio;
     bench_fn peer;             /* NULL: no peer measures the same thing */
     const char *peer_name;     /* who the peer is; NULL: libuv */
+    /* Why a side cannot run on this build or machine (its program was not
+     * built or is not installed), or NULL when it can: that side is then
+     * skipped and the table says why instead of showing a number.  A NULL
+     * function: the side always runs. */
+    const char *(*urio_missing)(void);
+    const char *(*peer_missing)(void);
     size_t n_metrics;
     bench_metric_t metrics[BENCH_MAX_METRICS];
 } bench_def_t;
