@@ -212,6 +212,9 @@ void bench_lateness_percentiles(int64_t *late, size_t n, double *out);
 /* Sorts ns[0..n-1] and gives its 50th and 99th percentiles in µs. */
 void bench_percentiles_us(int64_t *ns, size_t n, double *p50, double *p99);
 
+/* The nearest-rank p-th percentile (0 < p <= 100) of sorted[0..n-1], n > 0. */
+int64_t bench_percentile(const int64_t *sorted, size_t n, double p);
+
 /* Blocking eventfd helpers, dying on failure.  bench_efd_wait blocks in
  * read(2) and returns the counter it read. */
 int bench_efd_new(void);
