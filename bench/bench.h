@@ -179,6 +179,47 @@ enum {
     BENCH_SWITCH_N_METRICS
 };
 
+/* The I/O experiments (io/echo.c, io/files.c).  Every side is a program
+ * of its own (urio's, peers/<kind>_echo_server.c, peers/uv_fileread.c,
+ * fio), started the same way. */
+void bench_urio_echo(const bench_config_t *cfg, double *out);
+void bench_uv_echo(const bench_config_t *cfg, double *out);
+void bench_epoll_echo(const bench_config_t *cfg, double *out);
+void bench_uring_echo(const bench_config_t *cfg, double *out);
+void bench_urio_echo_latency(const bench_config_t *cfg, double *out);
+void bench_uv_echo_latency(const bench_config_t *cfg, double *out);
+void bench_urio_files(const bench_config_t *cfg, double *out);
+void bench_uv_files(const bench_config_t *cfg, double *out);
+void bench_fio_files(const bench_config_t *cfg, double *out);
+const char *bench_echo_urio_missing(void);
+const char *bench_files_urio_missing(void);
+const char *bench_files_fio_missing(void);
+
+/* The metrics of the closed-loop echo experiment, in out[] order. */
+enum {
+    BENCH_ECHO_MSGS,           /* ns per message: the inverse of messages/s */
+    BENCH_ECHO_CPU,            /* server CPU ns per message */
+    BENCH_ECHO_N_METRICS
+};
+
+/* The metrics of the open-loop echo experiment, in out[] order. */
+enum {
+    BENCH_ECHO_LAT_P50,        /* µs per round trip, from the scheduled send */
+    BENCH_ECHO_LAT_P99,
+    BENCH_ECHO_LAT_P999,
+    BENCH_ECHO_LAT_N_METRICS
+};
+
+/* The metrics of the file experiment, in out[] order: ns per 4 KiB read
+ * (the inverse of IOPS), page cache and O_DIRECT, queue depth 1 and 64. */
+enum {
+    BENCH_FILES_PC_QD1,
+    BENCH_FILES_PC_QD64,
+    BENCH_FILES_DIO_QD1,
+    BENCH_FILES_DIO_QD64,
+    BENCH_FILES_N_METRICS
+};
+
 /* The coroutine stacks of the switch experiment (switch.c): mmap'd, dying
  * on failure. */
 void *bench_switch_stack_new(void);
