@@ -66,6 +66,7 @@ typedef struct lg {
     unsigned msg;
     uint64_t ws, we;           /* the window */
     bool in_window;
+    uint64_t cpu_ws, cpu_we;   /* the client's thread CPU clock at the window's edges */
     uint64_t msgs;             /* echoes completed in the window */
     uint64_t inflight;         /* messages sent (or queued) and not yet back */
     int64_t *lat;              /* open loop: samples, ns */
@@ -189,6 +190,7 @@ static void window_edge(lg_t *g, bool start)
 {
     if (g->o->window)
         g->o->window(g->o->ctx, start);
+    *(start ? &g->cpu_ws : &g->cpu_we) = bench_thread_cpu_ns();
 }
 
 void loadgen_run(const loadgen_opts_t *o, loadgen_result_t *res)
@@ -291,6 +293,7 @@ void loadgen_run(const loadgen_opts_t *o, loadgen_result_t *res)
         .msgs = g.msgs,
         .window_ns = g.we - g.ws,
         .msgs_per_s = (double)g.msgs * 1e9 / (double)(g.we - g.ws),
+        .client_cpu_ns = g.cpu_we - g.cpu_ws,
         .samples = g.n_lat,
     };
     if (!closed_loop) {

@@ -50,6 +50,7 @@ typedef struct loadgen_result {
     uint64_t msgs;                  /* round trips completed within the window */
     uint64_t window_ns;             /* the window's length as measured */
     double msgs_per_s;
+    uint64_t client_cpu_ns;         /* the client's thread CPU time in the window */
     /* Open loop only: round trips of the messages scheduled within the
      * window, from their scheduled send time, in µs. */
     uint64_t samples;

@@ -94,6 +94,7 @@ int main(int argc, char **argv)
     loadgen_run(&o, &r);
     printf("msgs %llu in %.3f s: %.0f msg/s", (unsigned long long)r.msgs,
            (double)r.window_ns / 1e9, r.msgs_per_s);
+    printf(", client cpu %.0f ns/msg", (double)r.client_cpu_ns / (double)r.msgs);
     if (pid > 0)
         printf(", server cpu %.0f ns/msg", (double)(w.end - w.start) / (double)r.msgs);
     if (o.rate > 0.0)
