@@ -21,8 +21,9 @@
  *   libuv's closed-loop maximum measured earlier in this run (measured
  *   here if it was not), round trips from the scheduled send time.
  *
- * The client runs on the harness's thread, pinned to the first CPU, the
- * server to the last (bench_pin_cpus; URIO_BENCH_PIN=0: neither).
+ * The client runs on the harness's thread.  Neither it nor the server is
+ * pinned unless URIO_BENCH_PIN=1 (the first CPU and the last: see
+ * bench_pin_cpus for why not by default).
  */
 #include "../bench.h"
 #include "io_paths.h"

@@ -210,7 +210,7 @@ void bench_pin_cpus(int *client, int *server)
 {
     *client = *server = -1;
     const char *env = getenv("URIO_BENCH_PIN");
-    if (env && strcmp(env, "0") == 0)
+    if (!env || strcmp(env, "1") != 0)
         return;
     cpu_set_t set;
     if (sched_getaffinity(0, sizeof set, &set) != 0 || CPU_COUNT(&set) < 2)

@@ -53,8 +53,17 @@ void bench_proc_run(const char *name, char *const argv[], char *out, size_t size
                     uint64_t timeout_ns, struct rusage *ru);
 
 /* The CPUs the echo benchmarks pin the client (the harness's thread) and
- * the server to: the first and the last online CPU.  -1, -1 (no pinning)
- * on one CPU, or when URIO_BENCH_PIN=0. */
+ * the server to when URIO_BENCH_PIN=1: the first and the last CPU this
+ * process may use.  Otherwise (the default), or with fewer than two CPUs,
+ * -1 and -1: no pinning.
+ *
+ * Not pinning is the default because the machines are shared: measured
+ * on two loaded cores, a pinned server cannot leave a CPU that another
+ * program keeps busy, and its round trips went from p50 37 µs, p99 0.2 ms
+ * unpinned to p50 0.2 ms, p99 4.4 ms pinned (CPU per message: 4.7 µs
+ * unpinned, 5.1-5.6 µs pinned).  On a quiet machine pinning removes the
+ * scheduler's choices from the comparison; either way every side of a row
+ * gets the same. */
 void bench_pin_cpus(int *client, int *server);
 
 /* Pins the calling thread to cpu (>= 0) and returns its previous affinity
