@@ -56,7 +56,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: urio-bench [--quick] [--runs N] [--json FILE] [SUBCOMMAND...]\n"
             "\n"
-            "  --quick      smaller sizes: the whole default run in under a minute\n"
+            "  --quick      smaller sizes: the whole default run in about two minutes\n"
             "  --runs N     runs per side and benchmark (default 5, quick 3)\n"
             "  --json FILE  also write the results, with every run, to FILE\n"
             "\n"

@@ -39,6 +39,8 @@ void bench_proc_start(bench_proc_t *p, const char *name, char *const argv[], int
     if (pid < 0)
         bench_die("fork: %s", strerror(errno));
     if (pid == 0) {
+        /* Async-signal-safe calls only until exec: the harness may have
+         * threads (libuv's pool, from earlier rows) holding locks. */
         prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
         if (cpu >= 0) {
             cpu_set_t set;
@@ -48,7 +50,11 @@ void bench_proc_start(bench_proc_t *p, const char *name, char *const argv[], int
         }
         dup2(fds[1], STDOUT_FILENO);   /* dup2 clears O_CLOEXEC on the copy */
         execv(argv[0], argv);
-        fprintf(stderr, "urio-bench: cannot run %s: %s\n", argv[0], strerror(errno));
+        static const char msg[] = "urio-bench: cannot run ";
+        ssize_t r = write(STDERR_FILENO, msg, sizeof msg - 1);
+        r = write(STDERR_FILENO, argv[0], strlen(argv[0]));
+        r = write(STDERR_FILENO, "\n", 1);
+        (void)r;
         _exit(127);
     }
     close(fds[1]);
