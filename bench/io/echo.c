@@ -237,6 +237,10 @@ static void echo_open(const bench_config_t *cfg, const char *name, const char *p
     out[BENCH_ECHO_LAT_P999] = res.p999_us;
     fprintf(stderr, " %.0f msg/s scheduled, %.0f done, client send lag p99 %.1f us", rate,
             res.msgs_per_s, res.send_lag_p99_us);
+    /* Late sends are charged to the server's round trips: say when they
+     * are most of them. */
+    if (res.send_lag_p99_us > res.p99_us / 2)
+        fprintf(stderr, " (the client's lag is most of p99: the machine is too busy)");
 }
 
 void bench_urio_echo_latency(const bench_config_t *cfg, double *out)
