@@ -86,6 +86,9 @@ typedef enum bench_target_kind {
     BENCH_TARGET_REF_MAX,      /* median of urio/(urio's metric `ref` of the same
                                 * benchmark) per run <= value: "within 1.1x of the
                                 * floor" */
+    BENCH_TARGET_PEER_MAX,     /* median of urio/peer per run <= value: "urio
+                                * <= 0.9x libuv", "within 1.15x of the raw
+                                * liburing floor" when the floor is the peer */
 } bench_target_kind_t;
 
 typedef struct bench_target {
@@ -108,6 +111,12 @@ typedef struct bench_def {
     bench_fn urio;
     bench_fn peer;             /* NULL: no peer measures the same thing */
     const char *peer_name;     /* who the peer is; NULL: libuv */
+    /* Why a side cannot run on this build or machine (its program was not
+     * built or is not installed), or NULL when it can: that side is then
+     * skipped and the table says why instead of showing a number.  A NULL
+     * function: the side always runs. */
+    const char *(*urio_missing)(void);
+    const char *(*peer_missing)(void);
     size_t n_metrics;
     bench_metric_t metrics[BENCH_MAX_METRICS];
 } bench_def_t;
@@ -170,6 +179,47 @@ enum {
     BENCH_SWITCH_N_METRICS
 };
 
+/* The I/O experiments (io/echo.c, io/files.c).  Every side is a program
+ * of its own (urio's, peers/<kind>_echo_server.c, peers/uv_fileread.c,
+ * fio), started the same way. */
+void bench_urio_echo(const bench_config_t *cfg, double *out);
+void bench_uv_echo(const bench_config_t *cfg, double *out);
+void bench_epoll_echo(const bench_config_t *cfg, double *out);
+void bench_uring_echo(const bench_config_t *cfg, double *out);
+void bench_urio_echo_latency(const bench_config_t *cfg, double *out);
+void bench_uv_echo_latency(const bench_config_t *cfg, double *out);
+void bench_urio_files(const bench_config_t *cfg, double *out);
+void bench_uv_files(const bench_config_t *cfg, double *out);
+void bench_fio_files(const bench_config_t *cfg, double *out);
+const char *bench_echo_urio_missing(void);
+const char *bench_files_urio_missing(void);
+const char *bench_files_fio_missing(void);
+
+/* The metrics of the closed-loop echo experiment, in out[] order. */
+enum {
+    BENCH_ECHO_MSGS,           /* ns per message: the inverse of messages/s */
+    BENCH_ECHO_CPU,            /* server CPU ns per message */
+    BENCH_ECHO_N_METRICS
+};
+
+/* The metrics of the open-loop echo experiment, in out[] order. */
+enum {
+    BENCH_ECHO_LAT_P50,        /* µs per round trip, from the scheduled send */
+    BENCH_ECHO_LAT_P99,
+    BENCH_ECHO_LAT_P999,
+    BENCH_ECHO_LAT_N_METRICS
+};
+
+/* The metrics of the file experiment, in out[] order: ns per 4 KiB read
+ * (the inverse of IOPS), page cache and O_DIRECT, queue depth 1 and 64. */
+enum {
+    BENCH_FILES_PC_QD1,
+    BENCH_FILES_PC_QD64,
+    BENCH_FILES_DIO_QD1,
+    BENCH_FILES_DIO_QD64,
+    BENCH_FILES_N_METRICS
+};
+
 /* The coroutine stacks of the switch experiment (switch.c): mmap'd, dying
  * on failure. */
 void *bench_switch_stack_new(void);
@@ -202,6 +252,9 @@ void bench_lateness_percentiles(int64_t *late, size_t n, double *out);
 
 /* Sorts ns[0..n-1] and gives its 50th and 99th percentiles in µs. */
 void bench_percentiles_us(int64_t *ns, size_t n, double *p50, double *p99);
+
+/* The nearest-rank p-th percentile (0 < p <= 100) of sorted[0..n-1], n > 0. */
+int64_t bench_percentile(const int64_t *sorted, size_t n, double p);
 
 /* Blocking eventfd helpers, dying on failure.  bench_efd_wait blocks in
  * read(2) and returns the counter it read. */

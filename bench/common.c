@@ -105,8 +105,7 @@ static int cmp_i64(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* Nearest-rank percentile of a sorted array. */
-static int64_t percentile(const int64_t *sorted, size_t n, double p)
+int64_t bench_percentile(const int64_t *sorted, size_t n, double p)
 {
     size_t rank = (size_t)(p / 100.0 * (double)n + 0.999999);
     if (rank < 1)
@@ -121,8 +120,8 @@ void bench_percentiles_us(int64_t *ns, size_t n, double *p50, double *p99)
     if (n == 0)
         bench_die("no samples");
     qsort(ns, n, sizeof ns[0], cmp_i64);
-    *p50 = (double)percentile(ns, n, 50.0) / 1000.0;
-    *p99 = (double)percentile(ns, n, 99.0) / 1000.0;
+    *p50 = (double)bench_percentile(ns, n, 50.0) / 1000.0;
+    *p99 = (double)bench_percentile(ns, n, 99.0) / 1000.0;
 }
 
 void bench_lateness_percentiles(int64_t *late, size_t n, double *out)

@@ -56,7 +56,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: urio-bench [--quick] [--runs N] [--json FILE] [SUBCOMMAND...]\n"
             "\n"
-            "  --quick      smaller sizes: the whole default run in under a minute\n"
+            "  --quick      smaller sizes: the whole default run in about two minutes\n"
             "  --runs N     runs per side and benchmark (default 5, quick 3)\n"
             "  --json FILE  also write the results, with every run, to FILE\n"
             "\n"
@@ -208,6 +208,9 @@ static void format_target(char *buf, size_t size, const bench_metric_t *m)
         snprintf(buf, size, "urio <= %gx %s", m->target.value,
                  ref_metric(m)->name);
         break;
+    case BENCH_TARGET_PEER_MAX:
+        snprintf(buf, size, "urio <= %gx %s", m->target.value, peer_name(def_of(m)));
+        break;
     case BENCH_TARGET_NONE:
         snprintf(buf, size, "-");
         break;
@@ -239,8 +242,11 @@ typedef struct row {
     double *urio, *peer, *ratio;   /* one per run; NAN where absent */
     double urio_med, peer_med;
     double ratio_med, ratio_min, ratio_max;
-    double ref_ratio_med;          /* BENCH_TARGET_REF_MAX: median of urio/ref per run */
+    double ref_ratio_med;          /* BENCH_TARGET_REF_MAX: median of urio/ref per run;
+                                    * BENCH_TARGET_PEER_MAX: of urio/peer per run */
     bool has_target, met;
+    const char *urio_missing;      /* why a side did not run, or NULL (bench_def_t) */
+    const char *peer_missing;
 } row_t;
 
 static int cmp_double(const void *a, const void *b)
@@ -285,6 +291,12 @@ static void judge_target(row_t *r, const row_t *rows, unsigned runs)
         for (unsigned i = 0; i < runs; i++)
             rel[i] = (isfinite(r->urio[i]) && ref->urio[i] > 0.0) ? r->urio[i] / ref->urio[i]
                                                                    : NAN;
+        summarize(rel, runs, &r->ref_ratio_med, &lo, &hi);
+        r->met = isfinite(r->ref_ratio_med) && r->ref_ratio_med <= t->value;
+    } else if (t->kind == BENCH_TARGET_PEER_MAX) {
+        double rel[MAX_RUNS], lo, hi;
+        for (unsigned i = 0; i < runs; i++)
+            rel[i] = (isfinite(r->urio[i]) && r->peer[i] > 0.0) ? r->urio[i] / r->peer[i] : NAN;
         summarize(rel, runs, &r->ref_ratio_med, &lo, &hi);
         r->met = isfinite(r->ref_ratio_med) && r->ref_ratio_med <= t->value;
     }
@@ -355,24 +367,36 @@ static void run_side(const char *side, bench_fn fn, const bench_config_t *cfg,
 static void run_benchmark(const bench_def_t *def, const bench_config_t *cfg,
                           unsigned runs, row_t *rows)
 {
+    /* A side whose program is missing is skipped, and said so. */
+    const char *urio_missing = def->urio_missing ? def->urio_missing() : NULL;
+    const char *peer_missing = def->peer && def->peer_missing ? def->peer_missing() : NULL;
+    bench_fn urio = urio_missing ? NULL : def->urio;
+    bench_fn peer = peer_missing ? NULL : def->peer;
+    if (urio_missing)
+        fprintf(stderr, "  %-16s urio skipped: %s\n", def->name, urio_missing);
+    if (peer_missing)
+        fprintf(stderr, "  %-16s %s skipped: %s\n", def->name, peer_name(def), peer_missing);
     for (unsigned run = 0; run < runs; run++) {
         double u[BENCH_MAX_METRICS], p[BENCH_MAX_METRICS];
         for (size_t m = 0; m < BENCH_MAX_METRICS; m++)
             u[m] = p[m] = NAN;
         bool urio_first = run % 2 == 0;
-        if (urio_first)
-            run_side("urio", def->urio, cfg, def, run, runs, u);
-        if (def->peer)
-            run_side(peer_name(def), def->peer, cfg, def, run, runs, p);
-        if (!urio_first)
-            run_side("urio", def->urio, cfg, def, run, runs, u);
+        if (urio_first && urio)
+            run_side("urio", urio, cfg, def, run, runs, u);
+        if (peer)
+            run_side(peer_name(def), peer, cfg, def, run, runs, p);
+        if (!urio_first && urio)
+            run_side("urio", urio, cfg, def, run, runs, u);
         for (size_t m = 0; m < def->n_metrics; m++) {
             rows[m].urio[run] = u[m];
             rows[m].peer[run] = p[m];
         }
     }
-    for (size_t m = 0; m < def->n_metrics; m++)
+    for (size_t m = 0; m < def->n_metrics; m++) {
+        rows[m].urio_missing = urio_missing;
+        rows[m].peer_missing = peer_missing;
         summarize_row(&rows[m], runs);
+    }
     for (size_t m = 0; m < def->n_metrics; m++)
         judge_target(&rows[m], rows, runs);
 }
@@ -459,6 +483,14 @@ static void print_table(const row_t *rows, size_t n, const options_t *o)
         if (has_peer(rows[i].def, rows[i].metric) && rows[i].def->peer_name)
             printf("  %s: the %s column is %s\n", rows[i].metric->name, PEER_NAME,
                    rows[i].def->peer_name);
+    /* Once per benchmark: why a column of its rows is empty. */
+    for (size_t i = 0; i < n; i += rows[i].def->n_metrics) {
+        if (rows[i].urio_missing)
+            printf("  %s: %s\n", rows[i].def->name, rows[i].urio_missing);
+        if (rows[i].peer_missing)
+            printf("  %s: %s not measured: %s\n", rows[i].def->name, peer_name(rows[i].def),
+                   rows[i].peer_missing);
+    }
 }
 
 static void print_targets(const row_t *rows, size_t n)
@@ -470,9 +502,20 @@ static void print_targets(const row_t *rows, size_t n)
             continue;
         char target[96], got[48];
         format_target(target, sizeof target, r->metric);
+        /* Every target needs urio's numbers; these two also the peer's. */
+        bool needs_peer = r->metric->target.kind == BENCH_TARGET_RATIO_MIN ||
+                          r->metric->target.kind == BENCH_TARGET_PEER_MAX;
+        const char *missing = r->urio_missing ? r->urio_missing
+                              : needs_peer    ? r->peer_missing
+                                              : NULL;
+        if (missing) {
+            printf("  %-22s %-34s not measured: %s\n", r->metric->name, target, missing);
+            continue;
+        }
         if (r->metric->target.kind == BENCH_TARGET_RATIO_MIN) {
             format_value(got, sizeof got, r->ratio_med, 2);
-        } else if (r->metric->target.kind == BENCH_TARGET_REF_MAX) {
+        } else if (r->metric->target.kind == BENCH_TARGET_REF_MAX ||
+                   r->metric->target.kind == BENCH_TARGET_PEER_MAX) {
             format_value(got, sizeof got - 1, r->ref_ratio_med, 2);
             if (isfinite(r->ref_ratio_med))
                 strcat(got, "x");
@@ -516,11 +559,15 @@ static void json_target(FILE *f, const row_t *r)
     }
     const char *kind = t->kind == BENCH_TARGET_URIO_MAX   ? "urio_max"
                        : t->kind == BENCH_TARGET_RATIO_MIN ? "ratio_min"
+                       : t->kind == BENCH_TARGET_PEER_MAX  ? "peer_max"
                                                            : "ref_max";
     fprintf(f, "\"target\": {\"kind\": \"%s\", \"value\": ", kind);
     json_number(f, t->value);
     if (t->kind == BENCH_TARGET_REF_MAX) {
         fprintf(f, ", \"ref\": \"%s\", \"got\": ", ref_metric(r->metric)->name);
+        json_number(f, r->ref_ratio_med);
+    } else if (t->kind == BENCH_TARGET_PEER_MAX) {
+        fputs(", \"got\": ", f);
         json_number(f, r->ref_ratio_med);
     }
     fprintf(f, "}, \"met\": %s", r->met ? "true" : "false");

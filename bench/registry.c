@@ -17,6 +17,7 @@
 #define URIO_MAX(v) { .kind = BENCH_TARGET_URIO_MAX, .value = (v) }
 #define RATIO_MIN(v) { .kind = BENCH_TARGET_RATIO_MIN, .value = (v) }
 #define REF_MAX(v, metric) { .kind = BENCH_TARGET_REF_MAX, .value = (v), .ref = (metric) }
+#define PEER_MAX(v) { .kind = BENCH_TARGET_PEER_MAX, .value = (v) }
 
 const bench_def_t bench_registry[] = {
     {
@@ -147,6 +148,95 @@ const bench_def_t bench_registry[] = {
               .target = URIO_MAX(250.0) },
             { .name = "tasks.idle_rss", .unit = "KiB/task", .decimals = 2, .urio_only = true,
               .target = URIO_MAX(8.0) },
+        },
+    },
+    /* I/O (io/): servers and file readers are programs of their own, each
+     * started the same way.  Every echo server is measured by the same
+     * client, so each peer gets its own benchmark, urio measured again
+     * beside it: each ratio compares two servers at the same moment. */
+    {
+        .name = "echo.libuv",
+        .group = "echo",
+        .urio = bench_urio_echo,
+        .peer = bench_uv_echo,
+        .urio_missing = bench_echo_urio_missing,
+        .n_metrics = BENCH_ECHO_N_METRICS,
+        .metrics = {
+            [BENCH_ECHO_MSGS] = METRIC("echo.msgs", "ns/msg", 0, NO_TARGET),
+            [BENCH_ECHO_CPU] = METRIC("echo.cpu", "cpu ns/msg", 0, PEER_MAX(0.9)),
+        },
+    },
+    {
+        .name = "echo.epoll",
+        .group = "echo",
+        .urio = bench_urio_echo,
+        .peer = bench_epoll_echo,
+        .peer_name = "epoll",
+        .urio_missing = bench_echo_urio_missing,
+        .n_metrics = BENCH_ECHO_N_METRICS,
+        .metrics = {
+            [BENCH_ECHO_MSGS] = METRIC("echo.msgs.epoll", "ns/msg", 0, NO_TARGET),
+            [BENCH_ECHO_CPU] = METRIC("echo.cpu.epoll", "cpu ns/msg", 0, NO_TARGET),
+        },
+    },
+    {
+        .name = "echo.floor",
+        .group = "echo",
+        .urio = bench_urio_echo,
+        .peer = bench_uring_echo,
+        .peer_name = "raw-uring",
+        .urio_missing = bench_echo_urio_missing,
+        .n_metrics = BENCH_ECHO_N_METRICS,
+        .metrics = {
+            [BENCH_ECHO_MSGS] = METRIC("echo.msgs.floor", "ns/msg", 0, NO_TARGET),
+            [BENCH_ECHO_CPU] = METRIC("echo.cpu.floor", "cpu ns/msg", 0, PEER_MAX(1.15)),
+        },
+    },
+    /* At half of libuv's closed-loop maximum (echo.libuv's runs). */
+    {
+        .name = "echo.latency",
+        .group = "echo",
+        .urio = bench_urio_echo_latency,
+        .peer = bench_uv_echo_latency,
+        .urio_missing = bench_echo_urio_missing,
+        .n_metrics = BENCH_ECHO_LAT_N_METRICS,
+        .metrics = {
+            [BENCH_ECHO_LAT_P50] = METRIC("echo.lat_p50", "us/round trip", 1, NO_TARGET),
+            [BENCH_ECHO_LAT_P99] = METRIC("echo.lat_p99", "us/round trip", 1, PEER_MAX(1.0)),
+            [BENCH_ECHO_LAT_P999] = METRIC("echo.lat_p999", "us/round trip", 1, NO_TARGET),
+        },
+    },
+    /* ns per read: libuv/urio >= 3 is "3x libuv's IOPS". */
+    {
+        .name = "files.libuv",
+        .group = "files",
+        .urio = bench_urio_files,
+        .peer = bench_uv_files,
+        .urio_missing = bench_files_urio_missing,
+        .n_metrics = BENCH_FILES_N_METRICS,
+        .metrics = {
+            [BENCH_FILES_PC_QD1] = METRIC("files.pc_qd1", "ns/read", 0, NO_TARGET),
+            [BENCH_FILES_PC_QD64] = METRIC("files.pc_qd64", "ns/read", 0, RATIO_MIN(3.0)),
+            [BENCH_FILES_DIO_QD1] = METRIC("files.dio_qd1", "ns/read", 0, NO_TARGET),
+            [BENCH_FILES_DIO_QD64] = METRIC("files.dio_qd64", "ns/read", 0, RATIO_MIN(3.0)),
+        },
+    },
+    /* fio/urio in ns per read is urio's IOPS over fio's. */
+    {
+        .name = "files.fio",
+        .group = "files",
+        .urio = bench_urio_files,
+        .peer = bench_fio_files,
+        .peer_name = "fio",
+        .urio_missing = bench_files_urio_missing,
+        .peer_missing = bench_files_fio_missing,
+        .n_metrics = BENCH_FILES_N_METRICS,
+        .metrics = {
+            [BENCH_FILES_PC_QD1] = METRIC("files.pc_qd1.fio", "ns/read", 0, RATIO_MIN(0.85)),
+            [BENCH_FILES_PC_QD64] = METRIC("files.pc_qd64.fio", "ns/read", 0, RATIO_MIN(0.85)),
+            [BENCH_FILES_DIO_QD1] = METRIC("files.dio_qd1.fio", "ns/read", 0, RATIO_MIN(0.85)),
+            [BENCH_FILES_DIO_QD64] = METRIC("files.dio_qd64.fio", "ns/read", 0,
+                                            RATIO_MIN(0.85)),
         },
     },
 };
