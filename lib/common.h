@@ -100,6 +100,8 @@ void urio__alloc_fail_after(long countdown, bool persistent);
 
 void urio__vlog(int level, const char *fmt, va_list ap);
 #define urio__log urio_log
+/* Tests: forget the level, so URIO_LOG_LEVEL is read again at the next message. */
+void urio__log_level_reread(void);
 /* True if a message at `level` would reach a handler (skip costly formatting). */
 bool urio__log_enabled(int level);
 
@@ -146,6 +148,9 @@ extern const urio__backtrace_t *(*urio__backtrace_parent)(void);
  * Returns: a urio__malloc'd string, or NULL on ENOMEM.
  */
 char *urio__backtrace_format(const urio__backtrace_t *bt, const char *header);
+/* The same, ending with the frame of site when the stack lacks it (a tail call). */
+char *urio__backtrace_format_site(const urio__backtrace_t *bt, const urio_site_t *site,
+                                  const char *header);
 /*
  * Formats one frame from a site under header, as backtrace_format does
  * ("  File "bug.c", line 7, in bug" and the source line when the file is

@@ -40,12 +40,9 @@ bool urio__debug_default(void)
 {
     const char *v = getenv("URIO_DEBUG");
     int on = urio__parse_bool(v);
-    if (on == -2) {
-        static atomic_bool warned;
-        if (!atomic_exchange(&warned, true))
-            urio__log(URIO_LOG_WARNING, "URIO_DEBUG=%s is not understood (use 1 to turn debug "
-                      "mode on, 0 to turn it off): ignored", v);
-    }
+    if (on == -2)
+        urio__log(URIO_LOG_WARNING, "URIO_DEBUG=%s is not understood (use 1 to turn debug "
+                  "mode on, 0 to turn it off): ignored", v);
     if (on >= 0)
         return on == 1;
     return URIO_DEBUG_BUILD;
@@ -304,10 +301,14 @@ static void add_frame(text_t *t, const char *fn, const char *file, int line, con
         text_add(t, "\n    %s", src);
 }
 
-char *urio__backtrace_format(const urio__backtrace_t *st, const char *header)
+static bool site_path(const urio_site_t *site, char *out, size_t n);
+
+char *urio__backtrace_format_site(const urio__backtrace_t *st, const urio_site_t *site,
+                                  const char *header)
 {
     text_t t = { 0 };
     text_add(&t, "%s", header);
+    const char *last_fn = NULL;
     pthread_mutex_lock(&g_sym_mu);
     /* Most recent call last, as Python prints it. */
     for (int i = st->n - 1; i >= 0; i--) {
@@ -318,9 +319,24 @@ char *urio__backtrace_format(const urio__backtrace_t *st, const char *header)
         if (plumbing_frame(fi.fn))
             continue;
         add_frame(&t, fi.fn, fi.file, fi.line, st->frames[i]);
+        last_fn = fi.fn;
     }
     pthread_mutex_unlock(&g_sym_mu);
+    /*
+     * The call's own site is the innermost frame; a stack can lack it when
+     * the call was a tail call (`return urio_task_fail(...)`).
+     */
+    if (site != NULL && site->name != NULL && (last_fn == NULL || strcmp(last_fn, site->name))) {
+        char path[PATH_MAX];
+        site_path(site, path, sizeof path);
+        add_frame(&t, site->name, path, site->line, NULL);
+    }
     return text_done(&t);
+}
+
+char *urio__backtrace_format(const urio__backtrace_t *st, const char *header)
+{
+    return urio__backtrace_format_site(st, NULL, header);
 }
 
 /*

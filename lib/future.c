@@ -190,7 +190,7 @@ char *urio__future_error_traceback(const urio_future_t *f)
 {
     static const char header[] = "Traceback (most recent call last):";
     if (f->err_stack != NULL)
-        return urio__backtrace_format(f->err_stack, header);
+        return urio__backtrace_format_site(f->err_stack, f->err_site, header);
     if (f->err_site != NULL)
         return urio__site_format(f->err_site, header);
     return NULL;
@@ -434,6 +434,7 @@ URIO_EXPORT int urio_future_set_error_site(urio_future_t *f, const urio_site_t *
     va_list ap;
     va_start(ap, fmt);
     int ret = set_error(f, site, err, fmt, ap);
+    URIO_NO_TAILCALL();     /* the stack capture counts this frame */
     va_end(ap);
     return ret;
 }
@@ -444,6 +445,7 @@ URIO_EXPORT int urio_future_set_error(urio_future_t *f, int err, const char *fmt
     va_list ap;
     va_start(ap, fmt);
     int ret = set_error(f, NULL, err, fmt, ap);
+    URIO_NO_TAILCALL();     /* the stack capture counts this frame */
     va_end(ap);
     return ret;
 }

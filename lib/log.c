@@ -55,6 +55,11 @@ static int current_level(void)
     return atomic_load(&g_level);
 }
 
+void urio__log_level_reread(void)
+{
+    atomic_store(&g_level, -1);
+}
+
 URIO_EXPORT void urio_log_set_level(int level)
 {
     atomic_store(&g_level, level < 0 ? 0 : level);

@@ -535,6 +535,7 @@ URIO_EXPORT int urio_task_fail_site(const urio_site_t *site, int err, const char
     va_list ap;
     va_start(ap, fmt);
     err = task_fail(site, err, fmt, ap);
+    URIO_NO_TAILCALL();     /* the stack capture counts this frame */
     va_end(ap);
     return err;
 }
@@ -545,6 +546,7 @@ URIO_EXPORT int urio_task_fail(int err, const char *fmt, ...)
     va_list ap;
     va_start(ap, fmt);
     err = task_fail(NULL, err, fmt, ap);
+    URIO_NO_TAILCALL();     /* the stack capture counts this frame */
     va_end(ap);
     return err;
 }

@@ -585,6 +585,7 @@ URIO_EXPORT void *urio_executor_fail_site(const urio_site_t *site, int err, cons
     va_list ap;
     va_start(ap, fmt);
     job_fail(site, err, fmt, ap);
+    URIO_NO_TAILCALL();     /* the stack capture counts this frame */
     va_end(ap);
     return NULL;
 }
@@ -595,6 +596,7 @@ URIO_EXPORT void *urio_executor_fail(int err, const char *fmt, ...)
     va_list ap;
     va_start(ap, fmt);
     job_fail(NULL, err, fmt, ap);
+    URIO_NO_TAILCALL();     /* the stack capture counts this frame */
     va_end(ap);
     return NULL;
 }

@@ -27,10 +27,33 @@ static void test_debug_switches(void **state)
     assert_true(urio_loop_get_debug(loop));
     test_loop_close(loop);
 
+    /* 0 turns it off, also in a debug build (issue 11: it did not). */
     setenv("URIO_DEBUG", "0", 1);
+    loop = test_loop_new_opts(NULL);
+    assert_false(urio_loop_get_debug(loop));
+    test_loop_close(loop);
+    /* Booleans are parsed strictly: the usual words either way ... */
+    static const char *const yes[] = { "1", "true", "TRUE", "yes", "on" };
+    static const char *const no[] = { "0", "false", "no", "off", "Off" };
+    for (size_t i = 0; i < 5; i++) {
+        setenv("URIO_DEBUG", yes[i], 1);
+        loop = test_loop_new_opts(NULL);
+        assert_true(urio_loop_get_debug(loop));
+        test_loop_close(loop);
+        setenv("URIO_DEBUG", no[i], 1);
+        loop = test_loop_new_opts(NULL);
+        assert_false(urio_loop_get_debug(loop));
+        test_loop_close(loop);
+    }
+    /* ... and anything else ignored, with a WARNING that says so. */
+    test_log_capture();
+    setenv("URIO_DEBUG", "maybe", 1);
     loop = test_loop_new_opts(NULL);
     assert_int_equal(urio_loop_get_debug(loop), URIO_DEBUG_BUILD);
     test_loop_close(loop);
+    assert_log_contains("WARNING URIO_DEBUG=maybe is not understood (use 1 to turn debug mode "
+                        "on, 0 to turn it off): ignored");
+    test_log_release();
     setenv("URIO_DEBUG", "", 1);
     loop = test_loop_new_opts(&on);
     assert_true(urio_loop_get_debug(loop));
@@ -268,10 +291,49 @@ static void test_debug_strerror_names_every_code(void **state)
         assert_non_null(urio_strerror(-e));
 }
 
+/* URIO_LOG_LEVEL is parsed strictly too: read in a child, where it is read first. */
+static int log_level_child(void *arg)
+{
+    setenv("URIO_LOG_LEVEL", arg, 1);
+    urio__log_level_reread();       /* as in a process that starts with it */
+    urio_log(URIO_LOG_INFO, "at info");
+    return urio_log_get_level();
+}
+
+static void test_debug_log_level_parsed_strictly(void **state)
+{
+    (void)state;
+    char out[2048];
+    int status = test_child(log_level_child, "verbose", out, sizeof out);
+    assert_int_equal(WEXITSTATUS(status), URIO_LOG_INFO);
+    if (strstr(out, "WARNING urio: URIO_LOG_LEVEL=verbose is not understood (use debug, info, "
+                    "warning, error, critical or a number): the level is INFO") == NULL)
+        fail_msg("no warning; the child wrote:\n%s", out);
+    assert_non_null(strstr(out, "INFO urio: at info"));
+    status = test_child(log_level_child, "warning", out, sizeof out);
+    assert_int_equal(WEXITSTATUS(status), URIO_LOG_WARNING);
+    assert_null(strstr(out, "not understood"));
+}
+
+/* Debug mode on in a build that opted out of its machinery: a WARNING says what is missing. */
+static void test_debug_opt_out_said(void **state)
+{
+    (void)state;
+    if (URIO_DEBUG_CHECKS)
+        skip();     /* this build has it */
+    test_log_capture();
+    urio_loop_opts_t on = { .debug = 1 };
+    urio_loop_t *loop = test_loop_new_opts(&on);
+    test_loop_close(loop);
+    assert_log_contains("WARNING debug mode is on, but urio was built with -Ddebug_checks=false");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         URIO_TEST(test_debug_switches),
+        URIO_TEST(test_debug_log_level_parsed_strictly),
+        URIO_TEST(test_debug_opt_out_said),
         URIO_TEST(test_debug_slow_callback_warning),
         URIO_TEST(test_debug_slow_callback_symbolised),
         URIO_TEST(test_debug_slow_callback_quiet_without_debug),
