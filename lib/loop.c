@@ -403,11 +403,9 @@ static int loop_turn(urio_loop_t *loop)
 static void warn_no_debug_checks(void)
 {
 #if !URIO_DEBUG_CHECKS
-    static atomic_bool warned;
-    if (!atomic_exchange(&warned, true))
-        urio__log(URIO_LOG_WARNING, "debug mode is on, but urio was built with "
-                  "-Ddebug_checks=false: slow callbacks are not reported and creation stacks "
-                  "are not captured; rebuild urio without that option to have them");
+    urio__log(URIO_LOG_WARNING, "debug mode is on, but urio was built with "
+              "-Ddebug_checks=false: slow callbacks are not reported and creation stacks "
+              "are not captured; rebuild urio without that option to have them");
 #endif
 }
 
@@ -588,7 +586,7 @@ URIO_EXPORT void urio_loop_set_debug(urio_loop_t *loop, bool on)
 {
     if (loop == NULL || !urio__loop_check_thread(loop, "urio_loop_set_debug"))
         return;
-    if (on)
+    if (on && !loop->debug)
         warn_no_debug_checks();
     loop->debug = on;
 }
