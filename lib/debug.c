@@ -183,7 +183,13 @@ static bool sym_lookup(uintptr_t addr, frame_info_t *fi)
         m = dwfl_addrmodule(dwfl, addr);
     if (m) {
         fi->fn = dwfl_module_addrname(m, addr);
-        Dwfl_Line *l = dwfl_module_getsrc(m, addr);
+        /*
+         * Only a compile unit that covers addr may name its line: for code
+         * built without debug information (a program compiled without -g
+         * linked with urio), libdw would give the nearest line of another unit.
+         */
+        Dwarf_Addr bias;
+        Dwfl_Line *l = dwfl_module_addrdie(m, addr, &bias) ? dwfl_module_getsrc(m, addr) : NULL;
         const char *file = l ? dwfl_lineinfo(l, NULL, &fi->line, NULL, NULL, NULL) : NULL;
         if (file)
             absolute_path(dwfl_line_comp_dir(l), file, fi->file, sizeof fi->file);

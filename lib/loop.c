@@ -59,6 +59,15 @@ static void open_list_remove(urio_loop_t *loop)
     pthread_mutex_unlock(&g_open_mu);
 }
 
+void urio__loop_foreach_open(void (*fn)(urio_loop_t *loop, void *arg), void *arg)
+{
+    pthread_mutex_lock(&g_open_mu);
+    for (urio_loop_t *l = g_open; l != NULL; l = l->next_open)
+        if (!urio__loop_inherited(l))
+            fn(l, arg);
+    pthread_mutex_unlock(&g_open_mu);
+}
+
 /* asyncio's ResourceWarning for a loop never closed, in debug mode, at exit. */
 __attribute__((destructor)) static void warn_unclosed_loops(void)
 {
@@ -254,8 +263,11 @@ static void run_ready_debug(urio_loop_t *loop, uint32_t n)
         uint64_t t0 = urio__now();
         e.fn(e.arg);
         uint64_t took = urio__now() - t0;
-        if (took >= loop->slow_ns)
+        loop->callback_hist[urio__stats_bucket(took)]++;
+        if (took >= loop->slow_ns) {
+            loop->slow_callbacks++;
             log_slow_callback(loop, e.fn, e.site, took);
+        }
     }
 }
 #endif
@@ -324,6 +336,7 @@ static inline int64_t how_long_to_block(urio_loop_t *loop)
     uint64_t now = urio__now();
     if (next <= now)
         return 0;
+    loop->wake_deadline = next;     /* for the lag histogram */
     uint64_t until = next > UINT64_MAX - loop->timer_slack_ns ? next : next + loop->timer_slack_ns;
     return until - now > INT64_MAX ? -1 : (int64_t)(until - now);
 }
@@ -336,11 +349,23 @@ static int block_in_kernel(urio_loop_t *loop, int64_t wait, uint64_t *t0)
         wait = 1000000;
     if (!urio__inbox_sleep_begin(loop))
         wait = 0;           /* a cross-thread call came in first: no sleep */
-    if (loop->debug && wait != 0)
-        *t0 = urio__now();
+    *t0 = urio__now();      /* one clock read per wait, for the idle time (and debug's poll log) */
     int ret = urio__ring_enter(&loop->ring, wait);
     urio__inbox_sleep_end(&loop->inbox);
     return ret;
+}
+
+/* 5. Due timers to the FIFO; after a wake-up for a timer, how late it came. */
+static void fire_timers(urio_loop_t *loop)
+{
+    uint64_t now = urio__now();
+    uint32_t fired = urio__timer_fire(loop, now);
+    loop->timers_fired += fired;
+    if (loop->wake_deadline != 0 && fired != 0) {
+        uint64_t late = now > loop->wake_deadline ? now - loop->wake_deadline : 0;
+        loop->lag_hist[urio__stats_bucket(late)]++;
+        loop->wake_deadline = 0;
+    }
 }
 
 /* 6. Runs what is ready now, and only that. */
@@ -374,6 +399,8 @@ static int loop_turn(urio_loop_t *loop)
         loop->cbs_since_enter = 0;
         loop->cbs_next_check = URIO__CLOCK_EVERY_CALLBACKS;
         loop->last_enter_ns = urio__now();
+        if (t0)
+            loop->idle_ns += loop->last_enter_ns - t0;
         if (URIO_UNLIKELY(ret < 0))
             return ret;
     }
@@ -384,13 +411,16 @@ static int loop_turn(urio_loop_t *loop)
         else
             r->last_reaped = 0;
     }
-    if (t0)
+    if (t0 && loop->debug)
         log_poll(loop, wait, urio__now() - t0);
     if (urio__inbox_pending(&loop->inbox))                  /* 4 */
         urio__inbox_drain(loop);
     if (loop->timers.count > 0)                             /* 5 */
-        urio__timer_fire(loop, urio__now());
+        fire_timers(loop);
     run_step(loop);                                         /* 6 */
+    atomic_store_explicit(&loop->progress,
+                          atomic_load_explicit(&loop->progress, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
     if (URIO_UNLIKELY(loop->step_end_flags))                /* 7 */
         run_flagged(loop, &loop->step_end_flags, HOOK(step_end));
     return 0;
@@ -398,6 +428,19 @@ static int loop_turn(urio_loop_t *loop)
 
 /* ------------------------------------------------------------------ */
 /* Life cycle                                                           */
+
+/*
+ * Debug mode's stall watchdog threshold: ten times the slow-callback
+ * duration, a second at least.  A slow callback is reported after it
+ * returns anyway; the watchdog is for code that does not return, and taking
+ * a stack interrupts what the loop thread is blocked in (a sleep inside the
+ * callback returns early), so it must not fire on every slow callback.
+ */
+static uint64_t debug_stall_ns(const urio_loop_t *loop)
+{
+    uint64_t ns = loop->slow_ns > UINT64_MAX / 10 ? UINT64_MAX / 10 : loop->slow_ns * 10;
+    return ns < 1000000000u ? 1000000000u : ns;
+}
 
 /* Debug mode switched on in a build that opted out of its machinery: say what is missing. */
 static void warn_no_debug_checks(void)
@@ -444,6 +487,8 @@ URIO_EXPORT int urio_loop_new(urio_loop_t **out, const urio_loop_opts_t *opts)
         goto fail_inbox;
     loop->last_enter_ns = now;
     atomic_store(&loop->home, urio__thread_token());
+    if (loop->debug)
+        urio__watchdog_set(loop, debug_stall_ns(loop));     /* best effort: debug mode works without */
     open_list_add(loop);
     *out = loop;
     return 0;
@@ -487,6 +532,8 @@ URIO_EXPORT int urio_loop_run_forever(urio_loop_t *loop)
         return ret;
     }
     loop->running = true;
+    loop->run_started = urio__now();
+    atomic_store(&loop->owner_thread, (unsigned long)pthread_self());
     tls_current = loop;
     atomic_store(&loop->home, urio__thread_token());
     atomic_store(&loop->bound, loop->ring.single_issuer);
@@ -503,6 +550,7 @@ URIO_EXPORT int urio_loop_run_forever(urio_loop_t *loop)
     }
     loop->stopping = false;
     loop->running = false;
+    loop->run_ns += urio__now() - loop->run_started;
     tls_current = NULL;
     /*
      * Last: once owner reads NULL another thread may close (and free) the
@@ -530,6 +578,33 @@ URIO_EXPORT bool urio_loop_alive(const urio_loop_t *loop)
             return true;
     }
     return false;
+}
+
+URIO_EXPORT int urio_loop_stats(urio_loop_t *loop, urio_loop_stats_t *st)
+{
+    if (loop == NULL || st == NULL)
+        return -EINVAL;
+    if (!urio__loop_check_thread(loop, "urio_loop_stats"))
+        return -EPERM;
+    memset(st, 0, sizeof *st);
+    st->turns = atomic_load_explicit(&loop->progress, memory_order_relaxed);
+    st->callbacks = loop->callbacks_run;
+    st->timers_fired = loop->timers_fired;
+    st->enters = loop->ring.enters;
+    st->completions = loop->ring.cqes;
+    st->ops_in_flight = loop->ring.inflight;
+    uint64_t run = loop->run_ns + (loop->running ? urio__now() - loop->run_started : 0);
+    st->idle_ns = loop->idle_ns;
+    st->busy_ns = run > loop->idle_ns ? run - loop->idle_ns : 0;
+    st->slow_callbacks = loop->slow_callbacks;
+    memcpy(st->lag_hist, loop->lag_hist, sizeof st->lag_hist);
+    memcpy(st->callback_hist, loop->callback_hist, sizeof st->callback_hist);
+    for (uint32_t i = 0; i < loop->nsubs; i++) {
+        const urio__subsystem_t *ss = loop->subs[i].ss;
+        if (ss->stats)
+            ss->stats(loop, loop->subs[i].state, st);
+    }
+    return 0;
 }
 
 URIO_EXPORT int64_t urio_loop_next_timeout(urio_loop_t *loop)
@@ -589,6 +664,20 @@ URIO_EXPORT void urio_loop_set_debug(urio_loop_t *loop, bool on)
     if (on && !loop->debug)
         warn_no_debug_checks();
     loop->debug = on;
+    if (!loop->stall_set)
+        urio__watchdog_set(loop, on ? debug_stall_ns(loop) : 0);   /* debug mode's default */
+}
+
+URIO_EXPORT int urio_loop_set_stall_watchdog(urio_loop_t *loop, uint64_t threshold_ns)
+{
+    if (loop == NULL)
+        return -EINVAL;
+    if (!urio__loop_check_thread(loop, "urio_loop_set_stall_watchdog"))
+        return -EPERM;
+    if (urio__loop_refuses(loop, "urio_loop_set_stall_watchdog"))
+        return -ESHUTDOWN;
+    loop->stall_set = true;
+    return urio__watchdog_set(loop, threshold_ns);
 }
 
 URIO_EXPORT bool urio_loop_get_debug(const urio_loop_t *loop)
@@ -598,8 +687,11 @@ URIO_EXPORT bool urio_loop_get_debug(const urio_loop_t *loop)
 
 URIO_EXPORT void urio_loop_set_slow_callback_duration(urio_loop_t *loop, uint64_t ns)
 {
-    if (loop != NULL && urio__loop_check_thread(loop, "urio_loop_set_slow_callback_duration"))
-        loop->slow_ns = ns;
+    if (loop == NULL || !urio__loop_check_thread(loop, "urio_loop_set_slow_callback_duration"))
+        return;
+    loop->slow_ns = ns;
+    if (loop->debug && !loop->stall_set)
+        urio__watchdog_set(loop, debug_stall_ns(loop));     /* debug mode's follows it */
 }
 
 URIO_EXPORT uint64_t urio_loop_get_slow_callback_duration(const urio_loop_t *loop)

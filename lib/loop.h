@@ -11,6 +11,7 @@
  *   step_end      after a step's callbacks, if the subsystem flagged it
  *   before_sleep  before the loop blocks in the kernel, if flagged
  *   alive         urio_loop_alive         true if the subsystem has work in progress
+ *   stats         urio_loop_stats         fill in the subsystem's counters
  *   may_close     close starts            refuse it
  *   shutdown      close, first            stop producing work; may wait for threads
  *   close         close, after the calls the inbox had accepted have run:
@@ -35,6 +36,7 @@ typedef struct urio__subsystem {
     const char *name;
     int  (*may_run)(urio_loop_t *loop, void *state);
     bool (*alive)(const urio_loop_t *loop, void *state);
+    void (*stats)(const urio_loop_t *loop, void *state, urio_loop_stats_t *st);
     void (*step_end)(urio_loop_t *loop, void *state);
     void (*before_sleep)(urio_loop_t *loop, void *state);
     int  (*may_close)(urio_loop_t *loop, void *state);
@@ -64,6 +66,7 @@ struct urio_loop {
     uint64_t last_enter_ns;
 
     bool debug;
+    bool stall_set;              /* the program chose the stall watchdog's threshold */
     bool stopping;
     bool closing;
     bool closed;
@@ -98,8 +101,27 @@ struct urio_loop {
 
     struct urio_loop *next_open, *prev_open;   /* the open loops: guarded by a mutex in loop.c */
     atomic_uint refs;            /* 1 for the open loop, 1 per live future, urio_loop_ref's */
-    uint64_t callbacks_run;      /* statistics */
+
+    /* Statistics (urio_loop_stats).  Loop thread only. */
+    uint64_t callbacks_run;
+    _Atomic uint64_t progress;   /* turns completed: the stall watchdog reads it */
+    atomic_ulong owner_thread;   /* the pthread_t running the loop (the watchdog signals it) */
+    uint64_t timers_fired;
+    uint64_t idle_ns;            /* blocked in the kernel */
+    uint64_t run_ns;             /* in urio_loop_run_forever, runs that ended */
+    uint64_t run_started;        /* the clock when the current run began */
+    uint64_t wake_deadline;      /* the timer the loop blocked for, or 0 */
+    uint64_t slow_callbacks;
+    uint64_t lag_hist[URIO_STATS_BUCKETS];
+    uint64_t callback_hist[URIO_STATS_BUCKETS];
 };
+
+/* The bucket of a duration in ns: k holds [2^k, 2^(k+1)), 0 holds 0 and 1, the last the rest. */
+static inline unsigned urio__stats_bucket(uint64_t ns)
+{
+    unsigned k = ns < 2 ? 0 : 63u - (unsigned)__builtin_clzll(ns);
+    return k < URIO_STATS_BUCKETS ? k : URIO_STATS_BUCKETS - 1;
+}
 
 /*
  * Registers ss with loop, with its state (the subsystem's; released by its
@@ -153,6 +175,15 @@ static inline bool urio__loop_check_thread(const urio_loop_t *loop, const char *
  * it does not run, its home thread (the one that made or last ran it).
  */
 bool urio__loop_is_mine(const urio_loop_t *loop);
+/* Calls fn(loop, arg) for every open loop, under the open list's lock (fn must not close one). */
+void urio__loop_foreach_open(void (*fn)(urio_loop_t *loop, void *arg), void *arg);
+
+/*
+ * watchdog.c: the stall watchdog for loop with threshold_ns (0: off); made at
+ * the first call with a threshold.  Returns: 0, -ENOMEM, or pthread_create's error.
+ */
+int urio__watchdog_set(urio_loop_t *loop, uint64_t threshold_ns);
+
 /* Logs a call on a closed loop (asyncio's "Event loop is closed"), naming fn. */
 void urio__loop_closed_error(const char *fn);
 

@@ -21,6 +21,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 _Thread_local urio__task_t *urio__tls_task __attribute__((tls_model("initial-exec")));
 
@@ -113,6 +114,11 @@ static void task_describe_short(const void *obj, char *buf, size_t n)
         urio__describe_pc((uintptr_t)t->resumed_pc - 1, from, sizeof from);
     if (t->state != URIO__TASK_DONE && t->await_pc)
         urio__describe_pc((uintptr_t)t->await_pc - 1, to, sizeof to);
+    /* An await in a return statement is a tail call: the task's own frame is gone. */
+    if (strncmp(from, "task_entry()", 12) == 0)
+        snprintf(from, sizeof from, "%s() (its return statement)", t->name);
+    if (strncmp(to, "task_entry()", 12) == 0)
+        snprintf(to, sizeof to, "%s() (its return statement)", t->name);
     else if (t->state != URIO__TASK_DONE)
         snprintf(to, sizeof to, "an await");
     if (t->site)
@@ -801,9 +807,16 @@ static void tasks_release(urio_loop_t *loop, void *state)
     tasks_unref(ts);            /* the loop's */
 }
 
+static void tasks_stats(const urio_loop_t *loop, void *state, urio_loop_stats_t *st)
+{
+    (void)loop;
+    st->tasks = ((urio__tasks_t *)state)->n;
+}
+
 static const urio__subsystem_t tasks_subsystem = {
     .name = "tasks",
     .may_run = tasks_may_run,
+    .stats = tasks_stats,
     .release = tasks_release,
 };
 
@@ -829,6 +842,7 @@ urio__tasks_t *urio__tasks_get(urio_loop_t *loop)
         return NULL;
     atomic_init(&ts->refs, 1);
     ts->loop = loop;
+    urio__dump_signal_setup();
     pthread_mutex_init(&ts->failed_mu, NULL);
     if (urio__loop_register(loop, &tasks_subsystem, ts) < 0) {
         pthread_mutex_destroy(&ts->failed_mu);

@@ -198,6 +198,9 @@ static inline bool urio__task_cancel_pending(const urio__task_t *t)
     return t->cancels > 0 && t->shield == 0;
 }
 
+/* dump.c: installs the URIO_DUMP_SIGNAL handler, once per process. */
+void urio__dump_signal_setup(void);
+
 /* run.c: the task ended (or is destroyed at close): settles the run_coroutine_threadsafe future. */
 void urio__proxy_task_ended(urio__task_t *t);
 

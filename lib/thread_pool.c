@@ -371,9 +371,17 @@ static bool side_alive(const urio_loop_t *loop, void *state)
     return ls->jobs_live != NULL;
 }
 
+static void side_stats(const urio_loop_t *loop, void *state, urio_loop_stats_t *st)
+{
+    (void)loop;
+    for (const job_t *j = ((loop_side_t *)state)->jobs_live; j != NULL; j = j->lnext)
+        st->jobs++;
+}
+
 static const urio__subsystem_t side_subsystem = {
     .name = "thread pool",
     .alive = side_alive,
+    .stats = side_stats,
     .step_end = side_step_end,
     .may_close = side_may_close,
     .shutdown = side_shutdown,

@@ -23,8 +23,9 @@ LAYERS = {
 FILES = {
     "alloc": "base", "log": "base", "error": "base", "debug": "base",
     "ring": "core", "ready": "core", "timer": "core", "inbox": "core", "loop": "core",
+    "watchdog": "core",
     "future": "future", "exception": "future", "combine": "future",
-    "stack": "task", "coro": "task", "task": "task", "group": "task", "run": "task",
+    "stack": "task", "coro": "task", "task": "task", "group": "task", "run": "task", "dump": "task",
     "executor": "exec", "thread_pool": "exec",
     "arch_": "task",
 }

@@ -102,6 +102,39 @@ URIO_EXPORT bool urio_loop_alive(const urio_loop_t *loop);
  */
 URIO_EXPORT int64_t urio_loop_next_timeout(urio_loop_t *loop);
 
+/*
+ * A loop's statistics, cheap enough to leave on in production: counters
+ * and histograms the loop keeps anyway or per blocking wait, except the
+ * callback durations, which need a clock read per callback (debug mode).
+ * Histograms have log2 buckets of nanoseconds: bucket k counts values in
+ * [2^k, 2^(k+1)) ns (k = 20 is about 1 ms), the last one everything above.
+ */
+#define URIO_STATS_BUCKETS 32
+typedef struct urio_loop_stats {
+    uint64_t turns;              /* turns of the loop */
+    uint64_t callbacks;          /* callbacks and task steps run */
+    uint64_t timers_fired;
+    uint64_t enters;             /* io_uring_enter system calls */
+    uint64_t completions;        /* CQEs reaped */
+    uint64_t ops_in_flight;      /* operations in the ring now (the loop's own wake-up read too) */
+    uint64_t tasks;              /* tasks not finished */
+    uint64_t jobs;               /* executor jobs out */
+    uint64_t busy_ns;            /* time running callbacks and bookkeeping, over every run */
+    uint64_t idle_ns;            /* time blocked in the kernel waiting for work */
+    uint64_t slow_callbacks;     /* debug mode: callbacks over the slow-callback duration */
+    /* How late the loop woke for the timer it slept until (loop lag). */
+    uint64_t lag_hist[URIO_STATS_BUCKETS];
+    /* Debug mode: how long each callback or task step took. */
+    uint64_t callback_hist[URIO_STATS_BUCKETS];
+} urio_loop_stats_t;
+
+/*
+ * Fills *st with loop's statistics.
+ * Returns: 0; -EINVAL (NULL); -EPERM (wrong thread).
+ * Thread: the loop's thread.
+ */
+URIO_EXPORT int urio_loop_stats(urio_loop_t *loop, urio_loop_stats_t *st);
+
 /* The loop running on this thread, or NULL.  Thread: any thread. */
 URIO_EXPORT urio_loop_t *urio_loop_current(void);
 
@@ -122,6 +155,24 @@ URIO_EXPORT bool urio_loop_get_debug(const urio_loop_t *loop);
  */
 URIO_EXPORT void urio_loop_set_slow_callback_duration(urio_loop_t *loop, uint64_t ns);
 URIO_EXPORT uint64_t urio_loop_get_slow_callback_duration(const urio_loop_t *loop);
+
+/*
+ * The stall watchdog: a thread that notices the loop stuck in one turn for
+ * threshold_ns (a callback or task step that does not return) and logs,
+ * while it is still stuck, WARNING "loop stalled for 250 ms in:" and the
+ * loop thread's stack; the same stall is reported again at twice the time,
+ * then four times...  Debug mode turns it on with ten times the
+ * slow-callback duration (a second at least) as the threshold; this call
+ * sets it (0 turns it off) whatever debug mode says.  It costs the loop
+ * nothing (it reads a counter the loop keeps).  The stack is taken with
+ * signal SIGRTMAX - 7, unless the program handles that signal itself (the
+ * report then says so); the signal interrupts what the stalled code is
+ * blocked in (a sleep there returns early with EINTR).
+ * Returns: 0; -EINVAL; -EPERM (wrong thread); -ESHUTDOWN; -ENOMEM or the
+ *          error of pthread_create.
+ * Thread: the loop's thread.
+ */
+URIO_EXPORT int urio_loop_set_stall_watchdog(urio_loop_t *loop, uint64_t threshold_ns);
 
 /*
  * Timer slack: when the loop sleeps until a timer, it may sleep this much

@@ -12,6 +12,8 @@
 #include "base.h"
 #include "future.h"
 
+#include <stdio.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -109,6 +111,25 @@ URIO_EXPORT urio_future_t *urio_task_current(void);
  * Thread: the loop's thread.
  */
 URIO_EXPORT size_t urio_all_tasks(urio_loop_t *loop, urio_future_t **tasks, size_t cap);
+
+/*
+ * Writes every live task of loop to out (Go's goroutine dump): its name,
+ * state (not started, running, suspended), where it is suspended (the
+ * awaiting call's function, file and line), what it awaits, where it was
+ * created, and in debug mode its creation stack.
+ * Returns: how many tasks; -EINVAL; -EPERM (wrong thread).
+ * Thread: the loop's thread.
+ */
+URIO_EXPORT int urio_loop_dump_tasks(urio_loop_t *loop, FILE *out);
+
+/*
+ * Asks every open loop to dump its tasks to stderr at its next turn.  The
+ * same happens on a signal when the program sets URIO_DUMP_SIGNAL (SIGUSR1,
+ * SIGUSR2, SIGQUIT, SIGPWR, SIGWINCH or a number) before its first task: kill
+ * -USR1 <pid> then shows what every task is doing.
+ * Thread: any thread.
+ */
+URIO_EXPORT void urio_dump_all_tasks(void);
 
 /*
  * Cancel requests a task has had and not withdrawn (asyncio's cancelling()):
