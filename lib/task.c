@@ -114,13 +114,13 @@ static void task_describe_short(const void *obj, char *buf, size_t n)
         urio__describe_pc((uintptr_t)t->resumed_pc - 1, from, sizeof from);
     if (t->state != URIO__TASK_DONE && t->await_pc)
         urio__describe_pc((uintptr_t)t->await_pc - 1, to, sizeof to);
+    else if (t->state != URIO__TASK_DONE)
+        snprintf(to, sizeof to, "an await");
     /* An await in a return statement is a tail call: the task's own frame is gone. */
     if (strncmp(from, "task_entry()", 12) == 0)
         snprintf(from, sizeof from, "%s() (its return statement)", t->name);
     if (strncmp(to, "task_entry()", 12) == 0)
         snprintf(to, sizeof to, "%s() (its return statement)", t->name);
-    else if (t->state != URIO__TASK_DONE)
-        snprintf(to, sizeof to, "an await");
     if (t->site)
         snprintf(buf, n, "<Task '%s' created at %s:%d, step from %s to %s>", t->name,
                  t->site->file, t->site->line, from, to);
