@@ -933,8 +933,9 @@ static void exit_complete(urio__op_t *op, int res, uint32_t flags)
     } else {
         worker_drain(w);
     }
-    worker_check_end(w);
-    pool_dispatch(w->pool);
+    pool_t *p = w->pool;
+    worker_check_end(w);        /* may free w */
+    pool_dispatch(p);
 }
 
 /* ------------------------------------------------------------------ */

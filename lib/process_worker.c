@@ -177,8 +177,11 @@ void urio__process_test_die_now(int how)
 {
     switch (how) {
     case URIO__PT_SEGV: {
-        volatile int *volatile nowhere = NULL;
-        *nowhere = 1;
+        /* A real fault (on a page that forbids access: a NULL store is UBSan's first). */
+        volatile int *page = mmap(NULL, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (page != MAP_FAILED)
+            *page = 1;
+        raise(SIGSEGV);
         break;
     }
     case URIO__PT_KILL:

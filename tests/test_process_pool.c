@@ -637,7 +637,7 @@ static void test_process_pool_random_kills(void **state)
 typedef struct sd {
     urio_executor_t *ex;
     bool wait, cancel;
-    int ret;
+    atomic_int ret;
     uint64_t took;
 } sd_t;
 
@@ -762,7 +762,7 @@ static void test_process_pool_shutdown_from_thread(void **state)
     pthread_create(&t, NULL, shutdown_thread, &s);
     run_all(loop, f, N, 30);
     /* The pool stops once its workers exit: run the loop until the thread is back. */
-    while (s.ret != 0) {
+    while (atomic_load(&s.ret) != 0) {
         urio_call_later(loop, MS, test_stop_cb, loop);
         urio_loop_run_forever(loop);
     }
