@@ -464,6 +464,9 @@ static void pool_fill(pool_t *p)
 {
     if (p->loop == NULL || p->closing || p->broken_start)
         return;
+    if (p->retry_at != 0 && urio__now() < p->retry_at)
+        return;     /* starts failed lately: the timer tries again */
+    p->retry_at = 0;
     unsigned want = p->nworkers;
     if (p->shutdown) {
         size_t need = p->nqueued;
@@ -981,7 +984,19 @@ static void worker_judge(worker_t *w)
         if (!p->closing && !p->shutdown) {
             urio__log(URIO_LOG_WARNING, "process pool: worker pid %d %s before it was ready%s%s",
                       (int)w->pid, how, w->why[0] ? ": " : "", w->why);
-            if (++p->start_failures >= START_FAILURES_MAX && p->nready == 0) {
+            /*
+             * Failing starts in a row: a program whose workers cannot start
+             * fails its jobs rather than leave them waiting forever; one whose
+             * starting workers are being killed from outside (SIGKILL: an
+             * operator, the OOM killer) slows down and keeps trying.
+             */
+            bool outside_kill = w->end_code != CLD_EXITED && w->end_status == SIGKILL &&
+                                !w->killed;
+            if (++p->start_failures >= START_FAILURES_MAX) {
+                p->retry_at = urio__now() + RETRY_NS;
+                pool_arm_timer(p);
+            }
+            if (p->start_failures >= START_FAILURES_MAX && p->nready == 0 && !outside_kill) {
                 p->broken_start = true;
                 char msg[200];
                 snprintf(msg, sizeof msg, "workers die before they are ready (the last, pid "
@@ -1555,6 +1570,7 @@ URIO_EXPORT urio_future_t *urio_process_pool_submit(urio_loop_t *loop, urio_exec
         /* Workers failed to start before: a new job tries again (or fails with them). */
         p->broken_start = false;
         p->start_failures = 0;
+        p->retry_at = 0;
         pool_fill(p);
     }
     /* Jobs of one step go out together, at its end: one sendmsg per worker. */

@@ -574,6 +574,8 @@ static void many_done(urio_future_t *f, void *arg)
         if (err != URIO_EBROKENWORKER || strstr(urio_future_error_message(f), "SIGKILL") == NULL)
             fail_msg("job %u: %s: %s", i, urio_strerror_name(err), urio_future_error_message(f));
         m->nfailed++;
+        if (getenv("PP_DEBUG"))
+            fprintf(stderr, "failed: %s\n", urio_future_error_message(f));
     }
     if (++m->ndone == MANY) {
         m->finished = true;
@@ -591,7 +593,10 @@ static void many_kill(void *arg)
     int n = urio_process_pool_stats(m->ex, &st, pids, 8);
     if (n > 0 && st.ready > 0) {
         m->seed = m->seed * 6364136223846793005ull + 1442695040888963407ull;
-        kill(pids[(m->seed >> 33) % (uint64_t)n], SIGKILL);
+        pid_t victim = pids[(m->seed >> 33) % (uint64_t)n];
+        if (getenv("PP_DEBUG"))
+            fprintf(stderr, "kill %d (ready %u of %d)\n", (int)victim, st.ready, n);
+        kill(victim, SIGKILL);
         m->kills++;
     }
     urio_call_later(m->loop, 3 * MS, many_kill, m);
