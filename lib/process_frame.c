@@ -125,13 +125,35 @@ int urio__pf_shm_create(size_t len, void **map)
         close(fd);
         return err;
     }
-    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    /* Populated: the caller fills it all; one call allocates what a fault per page would. */
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
     if (p == MAP_FAILED) {
         int err = -errno;
         close(fd);
         return err;
     }
     *map = p;
+    return fd;
+}
+
+int urio__pf_shm_copy(const void *data, size_t len)
+{
+    int fd = memfd_create("urio-payload", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0)
+        return -errno;
+    /* write(2) fills the pages as it allocates them: no mapping, no fault. */
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = pwrite(fd, (const char *)data + done, len - done, (off_t)done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            int err = n < 0 ? -errno : -EIO;
+            close(fd);
+            return err;
+        }
+        done += (size_t)n;
+    }
     return fd;
 }
 
@@ -154,7 +176,8 @@ void *urio__pf_shm_map(int fd, size_t len, const char **why)
         *why = "payload memfd smaller than its frame says";
         return NULL;
     }
-    void *p = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0);
+    /* Populated: the pages exist (the sender wrote them); mapping them all at once beats a fault each. */
+    void *p = mmap(NULL, len, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, 0);
     if (p == MAP_FAILED) {
         *why = "payload memfd cannot be mapped";
         return NULL;

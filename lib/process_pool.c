@@ -1507,12 +1507,9 @@ static int job_fill_input(pjob_t *j, const char *fn, size_t name_len, const void
             memcpy(j->buf + name_len, in, len);
         return 0;
     }
-    void *map;
-    int fd = urio__pf_shm_create(len, &map);
+    int fd = urio__pf_shm_copy(in, len);
     if (fd < 0)
         return fd;
-    memcpy(map, in, len);
-    munmap(map, len);
     int err = urio__pf_shm_seal(fd);
     if (err < 0) {
         close(fd);
