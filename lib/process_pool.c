@@ -39,6 +39,7 @@ enum {
     PIPELINE = 16,                  /* jobs a worker may hold (sent, not yet answered) */
     MAX_RECV_FDS = 16,              /* fds one recvmsg may bring (workers send one per message) */
     START_FAILURES_MAX = 3,         /* failed starts in a row, no worker ready: fail the queue */
+    SHM_CACHE = 8,                  /* input memfds kept for reuse */
 };
 #define START_TIMEOUT_NS (30ull * 1000000000u)
 #define RETRY_NS (100ull * 1000000u)
@@ -139,6 +140,9 @@ struct pool {
     bool forgetting;             /* stopped: the loop side lets go of it in a callback */
     uint64_t t_first_job;
     urio_process_pool_stats_t st;
+    int shm_fd[SHM_CACHE];       /* input memfds the workers are done with, for reuse */
+    size_t shm_len[SHM_CACHE];
+    unsigned nshm;
     /* Any thread. */
     atomic_uint refs;            /* the owner's + one per job */
     pthread_mutex_t mu;          /* guards `stopped` for waiters on other threads */
@@ -167,25 +171,38 @@ static void pool_unref(pool_t *p)
 {
     if (atomic_fetch_sub_explicit(&p->refs, 1, memory_order_acq_rel) != 1)
         return;
+    for (unsigned i = 0; i < p->nshm; i++)
+        close(p->shm_fd[i]);
     pthread_cond_destroy(&p->cv);
     pthread_mutex_destroy(&p->mu);
     urio__free(p);
 }
 
-static void job_release_input(pjob_t *j)
+/*
+ * Lets go of j's input.  recycle (loop thread, the worker done with it): a
+ * memfd goes to the pool's cache for the next input of its size, whose
+ * pages then need no allocating and zeroing.
+ */
+static void job_release_input(pjob_t *j, bool recycle)
 {
     urio__free(j->buf);
     j->buf = NULL;
-    if (j->in_fd >= 0) {
+    if (j->in_fd < 0)
+        return;
+    pool_t *p = j->pool;
+    if (recycle && p != NULL && p->nshm < SHM_CACHE) {
+        p->shm_fd[p->nshm] = j->in_fd;
+        p->shm_len[p->nshm++] = j->in_len;
+    } else {
         close(j->in_fd);
-        j->in_fd = -1;
     }
+    j->in_fd = -1;
 }
 
 static void job_finalize(urio_future_t *f)
 {
     pjob_t *j = urio__future_ext(f);
-    job_release_input(j);
+    job_release_input(j, false);
     if (j->out_map != NULL)
         munmap(j->out_map, j->out.len);
     else
@@ -232,7 +249,7 @@ static void job_settle(pjob_t *j, int err, const char *fmt, ...)
         }
     }
     if (j->sending == 0)
-        job_release_input(j);   /* else when the sendmsg reading it completes */
+        job_release_input(j, true);     /* else when the sendmsg reading it completes */
     urio_future_unref(j->f);    /* the pool's reference */
 }
 
@@ -587,7 +604,7 @@ static void worker_batch_release(worker_t *w)
     for (unsigned i = 0; i < n; i++) {
         pjob_t *j = w->batch[i];
         if (--j->sending == 0 && j->settled)
-            job_release_input(j);
+            job_release_input(j, true);
         urio_future_unref(j->f);
     }
 }
@@ -1397,6 +1414,8 @@ static void side_release(urio_loop_t *loop, void *state)
         p->loop = NULL;
         p->ls = NULL;
         p->nlive = p->nready = 0;
+        while (p->nshm > 0)
+            close(p->shm_fd[--p->nshm]);
         if (p->forgetting) {
             /* pool_forget's callback is dropped with the ready FIFO, unrun: its reference. */
             p->forgetting = false;
@@ -1492,8 +1511,8 @@ static urio_future_t *fail(int err)
 }
 
 /* Copies the input: inline after the name, or into a sealed memfd. */
-static int job_fill_input(pjob_t *j, const char *fn, size_t name_len, const void *in,
-                          size_t len)
+static int job_fill_input(pool_t *p, pjob_t *j, const char *fn, size_t name_len,
+                          const void *in, size_t len)
 {
     bool shm = len >= URIO__PF_SHM_MIN;
     j->buf = urio__malloc(name_len + (shm ? 0 : len) + 1);
@@ -1506,6 +1525,19 @@ static int job_fill_input(pjob_t *j, const char *fn, size_t name_len, const void
         if (len)
             memcpy(j->buf + name_len, in, len);
         return 0;
+    }
+    for (unsigned i = 0; i < p->nshm; i++) {
+        if (p->shm_len[i] != len)
+            continue;
+        int fd = p->shm_fd[i];
+        p->shm_fd[i] = p->shm_fd[--p->nshm];
+        p->shm_len[i] = p->shm_len[p->nshm];
+        if (pwrite(fd, in, len, 0) == (ssize_t)len) {
+            j->in_fd = fd;
+            return 0;
+        }
+        close(fd);
+        break;
     }
     int fd = urio__pf_shm_copy(in, len);
     if (fd < 0)
@@ -1551,7 +1583,7 @@ URIO_EXPORT urio_future_t *urio_process_pool_submit(urio_loop_t *loop, urio_exec
     pjob_t *j = urio__future_ext(f);
     j->f = f;
     j->in_fd = -1;
-    int err = job_fill_input(j, fn, name_len, in, len);
+    int err = job_fill_input(p, j, fn, name_len, in, len);
     if (err == 0 && p->loop == NULL)
         err = pool_bind(p, loop);
     if (err < 0) {
