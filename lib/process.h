@@ -147,6 +147,12 @@ void urio__process_test_die_now(int how);
  */
 int urio__process_spawn(int how, int child_fd, pid_t *pid);
 
+/*
+ * Test hook: true makes urio__process_pidfd_open fail with ENOSYS, as on
+ * kernels before 5.3, so the fallback (exits seen through the channel's
+ * end, then waitpid) is tested here too.  Set only while no pool runs.
+ */
+extern bool urio__process_no_pidfd;
 /* pidfd_open(pid), or a negative errno (-ENOSYS where the kernel lacks it). */
 int urio__process_pidfd_open(pid_t pid);
 /* Sends sig through a pidfd (pidfd_send_signal), else by pid. */

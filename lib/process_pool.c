@@ -1077,9 +1077,10 @@ static uint64_t pool_check_time(pool_t *p, uint64_t now)
         if (w->judged)
             continue;
         if (w->eof && !w->reaped && w->pidfd < 0) {
-            worker_check_end(w);
-            if (!w->judged && next > now + 1000000u)
-                next = now + 1000000u;      /* poll the exit every ms */
+            if (worker_reap(w, false))
+                worker_check_end(w);        /* judged, maybe freed: not touched again */
+            else if (next > now + 1000000u)
+                next = now + 1000000u;      /* no pidfd: poll the exit every ms */
             continue;
         }
         if (w->killed)

@@ -35,8 +35,12 @@ extern char **environ;
 /* ------------------------------------------------------------------ */
 /* Small system helpers                                                 */
 
+bool urio__process_no_pidfd;
+
 int urio__process_pidfd_open(pid_t pid)
 {
+    if (urio__process_no_pidfd)
+        return -ENOSYS;
 #ifdef SYS_pidfd_open
     long fd = syscall(SYS_pidfd_open, pid, 0);
     if (fd >= 0) {

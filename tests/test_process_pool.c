@@ -983,6 +983,30 @@ static void test_process_pool_awaited_in_task(void **state)
     test_loop_close(loop);
 }
 
+/* Without pidfds (kernels before 5.3): exits are seen through the channel's end. */
+static void test_process_pool_without_pidfd(void **state)
+{
+    (void)state;
+    urio__process_no_pidfd = true;
+    urio_loop_t *loop = test_loop_new();
+    urio_executor_t *ex = pool_new(&(urio_process_pool_opts_t){ .workers = 1,
+                                                                 .job_timeout_ns = 300 * MS });
+    uint8_t abrt = URIO__PT_ABORT, hang = URIO__PT_HANG;
+    urio_future_t *f[4] = { submit(loop, ex, "die", &abrt, 1), submit(loop, ex, "echo", "np", 2),
+                            submit(loop, ex, "die", &hang, 1), submit(loop, ex, "echo", "np", 2) };
+    run_all(loop, f, 4, 30);
+    assert_int_equal(urio_future_result(f[0], NULL), URIO_EBROKENWORKER);
+    assert_non_null(strstr(urio_future_error_message(f[0]), "SIGABRT"));
+    expect_echo(f[1], "np", 2);
+    assert_int_equal(urio_future_result(f[2], NULL), -ETIMEDOUT);
+    expect_echo(f[3], "np", 2);
+    for (int i = 0; i < 4; i++)
+        urio_future_unref(f[i]);
+    urio_executor_free(ex);
+    test_loop_close(loop);
+    urio__process_no_pidfd = false;
+}
+
 static bool fork_server_up;
 
 static void test_process_pool_fork_server(void **state)
@@ -1049,6 +1073,7 @@ int main(void)
         PP_TEST(test_process_pool_cancel),
         PP_TEST(test_process_pool_bad_input),
         PP_TEST(test_process_pool_awaited_in_task),
+        PP_TEST(test_process_pool_without_pidfd),
         PP_TEST(test_process_pool_fork_server),
     };
     int ret = cmocka_run_group_tests(tests, NULL, NULL);
