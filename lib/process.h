@@ -40,7 +40,9 @@ enum urio__pf_type {
     URIO__PF_RESULT = 4,    /* worker -> parent: a job's output or error */
 };
 
-#define URIO__PF_SHM 0x01u  /* the payload is in the memfd sent with this frame */
+#define URIO__PF_SHM 0x01u      /* the payload is in a memfd: the one sent with this frame, */
+#define URIO__PF_INOFFER 0x04u  /* RESULT: ... or the buffer the JOB offered (no fd sent) */
+#define URIO__PF_OUTBUF 0x02u   /* JOB: a memfd offered for the output comes (after the input's) */
 
 typedef struct urio__pf_header {
     uint32_t len;           /* the whole frame, header included */

@@ -53,8 +53,11 @@ ssize_t urio__pf_decode(const void *buf, size_t len, unsigned accept, uint64_t m
         MALFORMED("bad magic");
     if (h.type < URIO__PF_CONFIG || h.type > URIO__PF_RESULT || !(accept & (1u << h.type)))
         MALFORMED("unexpected frame type");
-    if (h.flags & ~URIO__PF_SHM)
+    if (h.flags & ~(URIO__PF_SHM | URIO__PF_OUTBUF | URIO__PF_INOFFER))
         MALFORMED("unknown flags");
+    if (((h.flags & URIO__PF_OUTBUF) && h.type != URIO__PF_JOB) ||
+        ((h.flags & URIO__PF_INOFFER) && (h.type != URIO__PF_RESULT || !(h.flags & URIO__PF_SHM))))
+        MALFORMED("flags out of place");
     if (h.reserved != 0 || h.reserved2 != 0)
         MALFORMED("reserved field not zero");
     if (h.len < URIO__PF_HEADER || h.len > URIO__PF_FRAME_MAX)
@@ -66,12 +69,12 @@ ssize_t urio__pf_decode(const void *buf, size_t len, unsigned accept, uint64_t m
         MALFORMED("payload in the wrong place for its size");
     switch (h.type) {
     case URIO__PF_CONFIG:
-        if (h.seq != URIO__PF_VERSION || h.err != 0 || h.text_len != 0 || shm ||
+        if (h.seq != URIO__PF_VERSION || h.err != 0 || h.text_len != 0 || h.flags != 0 ||
             h.payload_len != sizeof(urio__pf_config_t))
             MALFORMED("bad CONFIG frame");
         break;
     case URIO__PF_READY:
-        if (h.seq != URIO__PF_VERSION || h.err != 0 || h.text_len != 0 || shm ||
+        if (h.seq != URIO__PF_VERSION || h.err != 0 || h.text_len != 0 || h.flags != 0 ||
             h.payload_len != sizeof(urio__pf_ready_t))
             MALFORMED("bad READY frame");
         break;

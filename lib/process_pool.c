@@ -39,7 +39,7 @@ enum {
     PIPELINE = 16,                  /* jobs a worker may hold (sent, not yet answered) */
     MAX_RECV_FDS = 16,              /* fds one recvmsg may bring (workers send one per message) */
     START_FAILURES_MAX = 3,         /* failed starts in a row, no worker ready: fail the queue */
-    SHM_CACHE = 8,                  /* input memfds kept for reuse */
+    SHM_CACHE = 16,                 /* shared buffers kept for reuse */
 };
 #define START_TIMEOUT_NS (30ull * 1000000000u)
 #define RETRY_NS (100ull * 1000000u)
@@ -48,6 +48,21 @@ typedef struct pool pool_t;
 typedef struct worker worker_t;
 typedef struct pjob pjob_t;
 typedef struct loop_side loop_side_t;
+
+/*
+ * A shared buffer: a sealed memfd of fixed size, mapped read-write by the
+ * parent for its whole life.  Buffers carry inputs and offered outputs of
+ * 64 KiB and more; once a worker is done with one (and the future holding
+ * an output in it is gone) it goes back to the pool's cache, so a payload
+ * costs a copy, not a page allocation and zeroing per page, nor a mapping
+ * per job (workers keep their mappings of the buffers they saw, by inode).
+ */
+typedef struct shm_buf {
+    int fd;
+    size_t len;
+    void *map;
+    struct shm_buf *next;        /* in the cache */
+} shm_buf_t;
 
 enum { W_STARTING, W_READY, W_RETIRING, W_DEAD };
 
@@ -63,7 +78,9 @@ struct pjob {
     uint16_t name_len;
     char *buf;                   /* the name, then the inline input */
     size_t in_len;
-    int in_fd;                   /* the input's sealed memfd, or -1 */
+    shm_buf_t *in_buf;           /* the input, from 64 KiB up: a shared buffer, or NULL */
+    shm_buf_t *out_buf;          /* a buffer offered for the output (as large as the input) */
+    bool out_in_buf;             /* the output is in out_buf: kept until the future goes */
     urio_bytes_t out;            /* the result the future points to */
     void *out_map;               /* out.data when it is a mapping (munmap), else heap */
     uint64_t deadline;           /* while it is the head of a pipeline, with a timeout */
@@ -95,7 +112,7 @@ struct worker {
     struct msghdr smh;
     struct iovec siov[3 * PIPELINE];
     urio__pf_header_t shdr[PIPELINE];
-    _Alignas(struct cmsghdr) char sctl[CMSG_SPACE(PIPELINE * sizeof(int))];
+    _Alignas(struct cmsghdr) char sctl[CMSG_SPACE(2 * PIPELINE * sizeof(int))];
     pjob_t *batch[PIPELINE];     /* the jobs the sendmsg in flight reads (each referenced) */
     unsigned nbatch;
     unsigned jobs_done;
@@ -140,9 +157,8 @@ struct pool {
     bool forgetting;             /* stopped: the loop side lets go of it in a callback */
     uint64_t t_first_job;
     urio_process_pool_stats_t st;
-    int shm_fd[SHM_CACHE];       /* input memfds the workers are done with, for reuse */
-    size_t shm_len[SHM_CACHE];
-    unsigned nshm;
+    shm_buf_t *bufs;             /* guarded by mu: buffers nobody uses, for reuse */
+    unsigned nbufs;
     /* Any thread. */
     atomic_uint refs;            /* the owner's + one per job */
     pthread_mutex_t mu;          /* guards `stopped` for waiters on other threads */
@@ -167,43 +183,124 @@ static void pool_forget(void *arg);
 /* ------------------------------------------------------------------ */
 /* Jobs                                                                 */
 
+static void buf_destroy(shm_buf_t *b)
+{
+    munmap(b->map, b->len);
+    close(b->fd);
+    urio__free(b);
+}
+
+/* A buffer of exactly len bytes: from the cache, or new.  Any thread. */
+static shm_buf_t *buf_get(pool_t *p, size_t len, int *err)
+{
+    pthread_mutex_lock(&p->mu);
+    for (shm_buf_t **bp = &p->bufs; *bp != NULL; bp = &(*bp)->next) {
+        if ((*bp)->len == len) {
+            shm_buf_t *b = *bp;
+            *bp = b->next;
+            p->nbufs--;
+            pthread_mutex_unlock(&p->mu);
+            return b;
+        }
+    }
+    pthread_mutex_unlock(&p->mu);
+    shm_buf_t *b = urio__malloc(sizeof *b);
+    if (b == NULL) {
+        *err = -ENOMEM;
+        return NULL;
+    }
+    b->len = len;
+    b->fd = urio__pf_shm_create(len, &b->map);
+    if (b->fd < 0) {
+        *err = b->fd;
+        urio__free(b);
+        return NULL;
+    }
+    int ret = urio__pf_shm_seal(b->fd);
+    if (ret < 0) {
+        *err = ret;
+        munmap(b->map, len);
+        close(b->fd);
+        urio__free(b);
+        return NULL;
+    }
+    return b;
+}
+
+/* Back to the cache (the least recently put goes when it is full).  Any thread. */
+static void buf_put(pool_t *p, shm_buf_t *b)
+{
+    shm_buf_t *drop = NULL;
+    pthread_mutex_lock(&p->mu);
+    b->next = p->bufs;
+    p->bufs = b;
+    if (++p->nbufs > SHM_CACHE) {
+        shm_buf_t **bp = &p->bufs;
+        while ((*bp)->next != NULL)
+            bp = &(*bp)->next;
+        drop = *bp;
+        *bp = NULL;
+        p->nbufs--;
+    }
+    pthread_mutex_unlock(&p->mu);
+    if (drop != NULL)
+        buf_destroy(drop);
+}
+
+static void buf_drop_cache(pool_t *p)
+{
+    pthread_mutex_lock(&p->mu);
+    shm_buf_t *b = p->bufs;
+    p->bufs = NULL;
+    p->nbufs = 0;
+    pthread_mutex_unlock(&p->mu);
+    while (b != NULL) {
+        shm_buf_t *n = b->next;
+        buf_destroy(b);
+        b = n;
+    }
+}
+
 static void pool_unref(pool_t *p)
 {
     if (atomic_fetch_sub_explicit(&p->refs, 1, memory_order_acq_rel) != 1)
         return;
-    for (unsigned i = 0; i < p->nshm; i++)
-        close(p->shm_fd[i]);
+    buf_drop_cache(p);
     pthread_cond_destroy(&p->cv);
     pthread_mutex_destroy(&p->mu);
     urio__free(p);
 }
 
 /*
- * Lets go of j's input.  recycle (loop thread, the worker done with it): a
- * memfd goes to the pool's cache for the next input of its size, whose
- * pages then need no allocating and zeroing.
+ * Lets go of j's input and of the buffer offered for its output, unless the
+ * output is in it: buffers go back to the pool's cache (the worker is done
+ * with them), or are destroyed when the job has no pool.
  */
-static void job_release_input(pjob_t *j, bool recycle)
+static void job_release_input(pjob_t *j)
 {
     urio__free(j->buf);
     j->buf = NULL;
-    if (j->in_fd < 0)
-        return;
-    pool_t *p = j->pool;
-    if (recycle && p != NULL && p->nshm < SHM_CACHE) {
-        p->shm_fd[p->nshm] = j->in_fd;
-        p->shm_len[p->nshm++] = j->in_len;
-    } else {
-        close(j->in_fd);
+    shm_buf_t *bufs[2] = { j->in_buf, j->out_in_buf ? NULL : j->out_buf };
+    j->in_buf = NULL;
+    if (!j->out_in_buf)
+        j->out_buf = NULL;
+    for (int i = 0; i < 2; i++) {
+        if (bufs[i] == NULL)
+            continue;
+        if (j->pool != NULL)
+            buf_put(j->pool, bufs[i]);
+        else
+            buf_destroy(bufs[i]);
     }
-    j->in_fd = -1;
 }
 
 static void job_finalize(urio_future_t *f)
 {
     pjob_t *j = urio__future_ext(f);
-    job_release_input(j, false);
-    if (j->out_map != NULL)
+    job_release_input(j);
+    if (j->out_in_buf)
+        buf_put(j->pool, j->out_buf);
+    else if (j->out_map != NULL)
         munmap(j->out_map, j->out.len);
     else
         urio__free((void *)j->out.data);
@@ -249,7 +346,7 @@ static void job_settle(pjob_t *j, int err, const char *fmt, ...)
         }
     }
     if (j->sending == 0)
-        job_release_input(j, true);     /* else when the sendmsg reading it completes */
+        job_release_input(j);   /* else when the sendmsg reading it completes */
     urio_future_unref(j->f);    /* the pool's reference */
 }
 
@@ -521,20 +618,23 @@ static void worker_send(worker_t *w)
         return;
     memset(&w->smh, 0, sizeof w->smh);
     unsigned niov = 0, nfds = 0, k = 0;
-    int fds[PIPELINE];
+    int fds[2 * PIPELINE];
     for (pjob_t *j = w->unsent; j != NULL && k < PIPELINE; j = j->next, k++) {
         /* The kernel reads the input (and the memfd's number) until the CQE: hold it. */
         urio_future_ref(j->f);
         j->sending++;
         w->batch[w->nbatch++] = j;
-        bool shm = j->in_fd >= 0;
-        urio__pf_header_init(&w->shdr[k], URIO__PF_JOB, shm ? URIO__PF_SHM : 0, j->seq, 0,
-                             j->name_len, j->in_len);
+        bool shm = j->in_buf != NULL;
+        uint8_t flags = (shm ? URIO__PF_SHM : 0) | (j->out_buf ? URIO__PF_OUTBUF : 0);
+        urio__pf_header_init(&w->shdr[k], URIO__PF_JOB, flags, j->seq, 0, j->name_len,
+                             j->in_len);
         w->siov[niov++] = (struct iovec){ &w->shdr[k], sizeof w->shdr[k] };
         w->siov[niov++] = (struct iovec){ j->buf, j->name_len };
         if (shm)
-            fds[nfds++] = j->in_fd;
-        else if (j->in_len > 0)
+            fds[nfds++] = j->in_buf->fd;
+        if (j->out_buf)
+            fds[nfds++] = j->out_buf->fd;
+        if (!shm && j->in_len > 0)
             w->siov[niov++] = (struct iovec){ j->buf + j->name_len, j->in_len };
         w->unsent = j->next;
     }
@@ -604,7 +704,7 @@ static void worker_batch_release(worker_t *w)
     for (unsigned i = 0; i < n; i++) {
         pjob_t *j = w->batch[i];
         if (--j->sending == 0 && j->settled)
-            job_release_input(j, true);
+            job_release_input(j);
         urio_future_unref(j->f);
     }
 }
@@ -716,7 +816,12 @@ static void worker_result(worker_t *w, const urio__pf_frame_t *f)
         return;
     }
     int fd = -1;
-    if (f->h.flags & URIO__PF_SHM) {
+    bool in_buf = (f->h.flags & URIO__PF_INOFFER) != 0;
+    if (in_buf && (j->out_buf == NULL || f->h.payload_len > j->out_buf->len)) {
+        worker_kill(w, "a result in a buffer it was not offered");
+        return;
+    }
+    if ((f->h.flags & URIO__PF_SHM) && !in_buf) {
         if (w->nrfds == 0) {
             worker_kill(w, "a shared-memory result without its memfd");
             return;
@@ -750,6 +855,11 @@ static void worker_result(worker_t *w, const urio__pf_frame_t *f)
         if (fd >= 0)
             close(fd);
         job_settle(j, 0, NULL);      /* cancelled meanwhile: the output is nobody's */
+    } else if (in_buf) {
+        j->out_in_buf = true;        /* the offered buffer is the future's until it goes */
+        j->out.data = j->out_buf->map;
+        j->out.len = f->h.payload_len;
+        job_settle(j, 0, NULL);
     } else if (fd >= 0) {
         const char *why = NULL;
         void *map = urio__pf_shm_map(fd, f->h.payload_len, &why);
@@ -1415,8 +1525,7 @@ static void side_release(urio_loop_t *loop, void *state)
         p->loop = NULL;
         p->ls = NULL;
         p->nlive = p->nready = 0;
-        while (p->nshm > 0)
-            close(p->shm_fd[--p->nshm]);
+        buf_drop_cache(p);
         if (p->forgetting) {
             /* pool_forget's callback is dropped with the ready FIFO, unrun: its reference. */
             p->forgetting = false;
@@ -1512,6 +1621,11 @@ static urio_future_t *fail(int err)
 }
 
 /* Copies the input: inline after the name, or into a sealed memfd. */
+/*
+ * Copies the input: inline after the name, or, from 64 KiB up, into a
+ * shared buffer; then the worker is also offered a buffer as large for its
+ * output (it writes there when the output fits).
+ */
 static int job_fill_input(pool_t *p, pjob_t *j, const char *fn, size_t name_len,
                           const void *in, size_t len)
 {
@@ -1527,28 +1641,12 @@ static int job_fill_input(pool_t *p, pjob_t *j, const char *fn, size_t name_len,
             memcpy(j->buf + name_len, in, len);
         return 0;
     }
-    for (unsigned i = 0; i < p->nshm; i++) {
-        if (p->shm_len[i] != len)
-            continue;
-        int fd = p->shm_fd[i];
-        p->shm_fd[i] = p->shm_fd[--p->nshm];
-        p->shm_len[i] = p->shm_len[p->nshm];
-        if (pwrite(fd, in, len, 0) == (ssize_t)len) {
-            j->in_fd = fd;
-            return 0;
-        }
-        close(fd);
-        break;
-    }
-    int fd = urio__pf_shm_copy(in, len);
-    if (fd < 0)
-        return fd;
-    int err = urio__pf_shm_seal(fd);
-    if (err < 0) {
-        close(fd);
+    int err = 0;
+    j->in_buf = buf_get(p, len, &err);
+    if (j->in_buf == NULL)
         return err;
-    }
-    j->in_fd = fd;
+    memcpy(j->in_buf->map, in, len);
+    j->out_buf = buf_get(p, len, &err);     /* none is no failure: the worker makes its own */
     return 0;
 }
 
@@ -1583,7 +1681,6 @@ URIO_EXPORT urio_future_t *urio_process_pool_submit(urio_loop_t *loop, urio_exec
     urio__future_capture_stack(f, 1);
     pjob_t *j = urio__future_ext(f);
     j->f = f;
-    j->in_fd = -1;
     int err = job_fill_input(p, j, fn, name_len, in, len);
     if (err == 0 && p->loop == NULL)
         err = pool_bind(p, loop);

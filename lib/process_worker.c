@@ -12,6 +12,7 @@
  */
 #include "process.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -97,13 +98,18 @@ struct urio_process_call {
     void *out;               /* the output: heap, or a shared mapping */
     size_t out_len;
     int out_fd;              /* the output's memfd, or -1 */
+    void *offer;             /* the parent's buffer offered for the output, or NULL */
+    size_t offer_len;
+    bool out_in_offer;       /* out is the offered buffer */
     int err;
     char msg[URIO__PF_MSG_MAX + 1];
 };
 
 static void output_release(urio_process_call_t *c)
 {
-    if (c->out_fd >= 0) {
+    if (c->out_in_offer) {
+        c->out_in_offer = false;    /* the parent's buffer, mapped for as long as we like */
+    } else if (c->out_fd >= 0) {
         munmap(c->out, c->out_len);
         close(c->out_fd);
     } else {
@@ -125,7 +131,10 @@ URIO_EXPORT void *urio_process_output(urio_process_call_t *call, size_t len)
         errno = EMSGSIZE;
         return NULL;
     }
-    if (len >= URIO__PF_SHM_MIN) {
+    if (len >= URIO__PF_SHM_MIN && call->offer != NULL && len <= call->offer_len) {
+        call->out = call->offer;
+        call->out_in_offer = true;
+    } else if (len >= URIO__PF_SHM_MIN) {
         void *map;
         int fd = urio__pf_shm_create(len, &map);
         if (fd < 0) {
@@ -335,6 +344,13 @@ static void send_result(worker_t *w, uint32_t seq, urio_process_call_t *c, int r
         send_all(w, iov, 2, -1);
         return;
     }
+    if (c->out_in_offer) {
+        urio__pf_header_init(&h, URIO__PF_RESULT, URIO__PF_SHM | URIO__PF_INOFFER, seq, 0, 0,
+                             c->out_len);
+        iov[0] = (struct iovec){ &h, sizeof h };
+        send_all(w, iov, 1, -1);
+        return;
+    }
     if (c->out_fd >= 0) {
         munmap(c->out, c->out_len);
         c->out = NULL;
@@ -360,6 +376,64 @@ static void send_result(worker_t *w, uint32_t seq, urio_process_call_t *c, int r
     send_all(w, iov, 2, -1);
 }
 
+/*
+ * The parent's shared buffers, mapped once: it reuses them, so the same
+ * inodes come back, and a job then costs no mmap and no page faults.
+ */
+enum { MAPS = 32 };
+static struct wmap {
+    dev_t dev;
+    ino_t ino;
+    void *map;
+    size_t len;
+    uint64_t used;
+} wmaps[MAPS];
+static unsigned nwmaps;
+static uint64_t wtick;
+
+/* A mapping of the received memfd fd (closed here) of at least `need` bytes. */
+static void *map_buffer(int fd, uint64_t need, size_t *len, const char **why)
+{
+    struct stat st;
+    int seals = fcntl(fd, F_GET_SEALS);
+    if (fstat(fd, &st) < 0 || seals < 0 || !(seals & F_SEAL_SHRINK) ||
+        (uint64_t)st.st_size < need) {
+        close(fd);
+        *why = "a shared buffer unsealed or smaller than its frame says";
+        return NULL;
+    }
+    struct wmap *m = NULL, *lru = &wmaps[0];
+    for (unsigned i = 0; i < nwmaps; i++) {
+        if (wmaps[i].dev == st.st_dev && wmaps[i].ino == st.st_ino &&
+            wmaps[i].len == (size_t)st.st_size) {
+            m = &wmaps[i];
+            break;
+        }
+        if (wmaps[i].used < lru->used)
+            lru = &wmaps[i];
+    }
+    if (m == NULL) {
+        void *p = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE,
+                       MAP_SHARED | MAP_POPULATE, fd, 0);
+        if (p == MAP_FAILED) {
+            close(fd);
+            *why = "a shared buffer cannot be mapped";
+            return NULL;
+        }
+        if (nwmaps < MAPS) {
+            m = &wmaps[nwmaps++];
+        } else {
+            munmap(lru->map, lru->len);
+            m = lru;
+        }
+        *m = (struct wmap){ st.st_dev, st.st_ino, p, (size_t)st.st_size, 0 };
+    }
+    close(fd);
+    m->used = ++wtick;
+    *len = m->len;
+    return m->map;
+}
+
 static void run_job(worker_t *w, const urio__pf_frame_t *f)
 {
     if (f->h.seq != w->seq + 1)
@@ -368,17 +442,19 @@ static void run_job(worker_t *w, const urio__pf_frame_t *f)
     if (test_moment == URIO__PT_TAKE)
         urio__process_test_die_now(test_how);
     const void *in = f->payload;
-    void *map = NULL;
-    if (f->h.flags & URIO__PF_SHM) {
-        int fd = take_fd(w);
-        const char *why = NULL;
-        map = urio__pf_shm_map(fd, f->h.payload_len, &why);
-        close(fd);
-        if (map == NULL)
-            die(EXIT_PROTOCOL, "job %u: %s", f->h.seq, why);
-        in = map;
-    }
     urio_process_call_t call = { .max_payload = w->max_payload, .out_fd = -1 };
+    const char *why = NULL;
+    size_t maplen;
+    if (f->h.flags & URIO__PF_SHM) {
+        in = map_buffer(take_fd(w), f->h.payload_len, &maplen, &why);
+        if (in == NULL)
+            die(EXIT_PROTOCOL, "job %u: %s", f->h.seq, why);
+    }
+    if (f->h.flags & URIO__PF_OUTBUF) {
+        call.offer = map_buffer(take_fd(w), 0, &call.offer_len, &why);
+        if (call.offer == NULL)
+            die(EXIT_PROTOCOL, "job %u: %s", f->h.seq, why);
+    }
     const urio_process_fn_def_t *def = urio__process_fn_find(f->text, f->h.text_len);
     int ret;
     if (def == NULL) {
@@ -391,8 +467,6 @@ static void run_job(worker_t *w, const urio__pf_frame_t *f)
         if (ret > 0)
             ret = 0;
     }
-    if (map != NULL)
-        munmap(map, f->h.payload_len);
     send_result(w, f->h.seq, &call, ret);
     output_release(&call);
 }
