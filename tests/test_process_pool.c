@@ -319,9 +319,28 @@ static void test_process_pool_echo_small_and_large(void **state)
         urio_future_unref(f[i]);
         free(in[i]);
     }
+    /* Outputs from 64 KiB up that the offered buffer cannot hold: the worker's own memfd. */
+    uint32_t sizes_out[2] = { 200000, 2u << 20 };
+    urio_future_t *g[3] = { submit(loop, ex, "big", &sizes_out[0], 4),
+                            submit(loop, ex, "big", &sizes_out[1], 4), NULL };
+    char *small_in = calloc(1, 70000);
+    memcpy(small_in, &sizes_out[1], 4);
+    g[2] = submit(loop, ex, "big", small_in, 70000);     /* offered 70000 bytes, gives 2 MiB */
+    run_all(loop, g, 3, 30);
+    for (int i = 0; i < 3; i++) {
+        void *v = NULL;
+        assert_int_equal(urio_future_result(g[i], &v), 0);
+        const urio_bytes_t *b = v;
+        assert_int_equal(b->len, sizes_out[i ? 1 : 0]);
+        const char *d = b->data;
+        for (uint32_t k = 0; k < b->len; k += 4093)
+            assert_int_equal(d[k], (char)(k * 7));
+        urio_future_unref(g[i]);
+    }
+    free(small_in);
     urio_process_pool_stats_t st;
     assert_int_equal(urio_process_pool_stats(ex, &st, NULL, 0), 2);
-    assert_int_equal(st.jobs_done, N);
+    assert_int_equal(st.jobs_done, N + 3);
     assert_int_equal(st.died, 0);
     urio_executor_free(ex);
     test_loop_close(loop);
