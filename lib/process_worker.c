@@ -212,7 +212,6 @@ void urio__process_test_die_now(int how)
 
 enum { EXIT_PROTOCOL = 70, EXIT_ORPHAN = 71, EXIT_SETUP = 72 };
 enum { MAX_FDS = 64 };
-#define SPIN_NS (50u * 1000u)
 
 typedef struct worker {
     int fd;
@@ -249,25 +248,10 @@ static void receive(worker_t *w)
     _Alignas(struct cmsghdr) char ctl[CMSG_SPACE(MAX_FDS * sizeof(int))];
     struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
                          .msg_control = ctl, .msg_controllen = sizeof ctl };
-    /*
-     * Right after a job the next one often is on its way (the parent's loop
-     * answers a result with the next job in microseconds): poll for it a
-     * little before sleeping, so a round trip does not pay for this
-     * process's wake-up.  Bounded: an idle worker spins SPIN_NS per job.
-     */
-    ssize_t n = -1;
-    errno = EAGAIN;
-    if (w->seq > 0) {
-        uint64_t deadline = urio__now() + SPIN_NS;
-        do {
-            mh.msg_controllen = sizeof ctl;
-            n = recvmsg(w->fd, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
-        } while (n < 0 && (errno == EAGAIN || errno == EINTR) && urio__now() < deadline);
-    }
-    while (n < 0 && (errno == EAGAIN || errno == EINTR)) {
-        mh.msg_controllen = sizeof ctl;
+    ssize_t n;
+    do
         n = recvmsg(w->fd, &mh, MSG_CMSG_CLOEXEC);
-    }
+    while (n < 0 && errno == EINTR);
     if (n == 0)
         _exit(0);                   /* the parent closed the channel: done */
     if (n < 0)
