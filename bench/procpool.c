@@ -4,7 +4,9 @@
  * with Debian's /usr/bin/python3).
  *
  * procpool.rtt keeps one trivial job in flight: its round trip through a
- * worker process.  procpool.throughput keeps 100 in flight.  procpool.mib
+ * worker process; procpool.rtt_floor, in the same run, is a bare blocking
+ * ping-pong between two processes over a socketpair: what any round trip
+ * between processes costs on this machine at that moment.  procpool.throughput keeps 100 in flight.  procpool.mib
  * sends 1 MiB in and gets 1 MiB back per job (4 in flight), reported per
  * MiB of input.  procpool.startup is the pool's start-up (first job to every
  * worker ready) by re-exec and by the fork server: urio's own two ways, no
@@ -26,6 +28,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <urio.h>
@@ -157,9 +161,47 @@ static double urio_pp(size_t len, uint64_t depth, uint64_t n)
     return (double)(r.t1 - r.t0) / (double)n;
 }
 
+/*
+ * The floor of a round trip between two processes on this machine, now: a
+ * blocking 8-byte ping-pong over a socketpair, no loop, no frames.  The
+ * child runs only read, write and _exit (async-signal-safe: the harness
+ * may have threads by now).  µs per round trip.
+ */
+static double socketpair_floor(uint64_t n)
+{
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+        bench_die("socketpair: %s", strerror(errno));
+    pid_t pid = fork();
+    if (pid < 0)
+        bench_die("fork: %s", strerror(errno));
+    char b[8] = { 0 };
+    if (pid == 0) {
+        close(sv[0]);
+        while (read(sv[1], b, sizeof b) == (ssize_t)sizeof b)
+            if (write(sv[1], b, sizeof b) != (ssize_t)sizeof b)
+                break;
+        _exit(0);
+    }
+    close(sv[1]);
+    for (int i = 0; i < 100; i++)       /* warm-up */
+        if (write(sv[0], b, sizeof b) != (ssize_t)sizeof b || read(sv[0], b, sizeof b) != (ssize_t)sizeof b)
+            bench_die("the floor's ping-pong failed");
+    uint64_t t0 = bench_now_ns();
+    for (uint64_t i = 0; i < n; i++)
+        if (write(sv[0], b, sizeof b) != (ssize_t)sizeof b || read(sv[0], b, sizeof b) != (ssize_t)sizeof b)
+            bench_die("the floor's ping-pong failed");
+    uint64_t t1 = bench_now_ns();
+    close(sv[0]);
+    int status;
+    waitpid(pid, &status, 0);
+    return (double)(t1 - t0) / (double)n / 1000.0;
+}
+
 void bench_urio_procpool_rtt(const bench_config_t *cfg, double *out)
 {
     out[0] = urio_pp(8, 1, rtt_n(cfg)) / 1000.0;    /* µs */
+    out[1] = socketpair_floor(rtt_n(cfg) / 2);
 }
 
 void bench_urio_procpool_tput(const bench_config_t *cfg, double *out)
