@@ -146,6 +146,18 @@ void bench_urio_switch(const bench_config_t *cfg, double *out);
 void bench_urio_tasks(const bench_config_t *cfg, double *out);
 void bench_ucontext_switch(const bench_config_t *cfg, double *out);
 
+/* The process pool (procpool.c); the peer is Python's ProcessPoolExecutor
+ * (peers/procpool.py).  bench_procpool_init starts urio's fork server: call
+ * it first thing in main, while the harness has one thread. */
+void bench_procpool_init(void);
+void bench_urio_procpool_rtt(const bench_config_t *cfg, double *out);
+void bench_py_procpool_rtt(const bench_config_t *cfg, double *out);
+void bench_urio_procpool_tput(const bench_config_t *cfg, double *out);
+void bench_py_procpool_tput(const bench_config_t *cfg, double *out);
+void bench_urio_procpool_mib(const bench_config_t *cfg, double *out);
+void bench_py_procpool_mib(const bench_config_t *cfg, double *out);
+void bench_urio_procpool_startup(const bench_config_t *cfg, double *out);
+
 /* The metrics of the timer experiment, in out[] order. */
 enum {
     BENCH_TIMERS_SCHEDULE,     /* ns per timer, wall time of the scheduling loop */

@@ -647,6 +647,7 @@ static void write_json(const char *path, const row_t *rows, size_t n, const opti
 
 int main(int argc, char **argv)
 {
+    bench_procpool_init();      /* first: it forks while the harness has one thread */
     options_t o = parse_args(argc, argv);
     if (o.list) {
         list_benchmarks();

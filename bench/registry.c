@@ -239,6 +239,55 @@ const bench_def_t bench_registry[] = {
                                             RATIO_MIN(0.85)),
         },
     },
+    /* The process pool, against Python's ProcessPoolExecutor from asyncio.
+     * Goals: round trip <= 0.15x Python's, throughput >= 20x, 1 MiB
+     * payloads >= 1 GB/s (1 MiB in 1048.6 us). */
+    {
+        .name = "procpool.rtt",
+        .group = "procpool",
+        .urio = bench_urio_procpool_rtt,
+        .peer = bench_py_procpool_rtt,
+        .peer_name = "Python",
+        .n_metrics = 2,
+        .metrics = {
+            METRIC("procpool.rtt", "us/job", 2, RATIO_MIN(1.0 / 0.15)),
+            /* A bare socketpair ping-pong between two processes, in urio's column. */
+            URIO_ONLY_METRIC("procpool.rtt_floor", "us/round trip", 2),
+        },
+    },
+    {
+        .name = "procpool.tput",
+        .group = "procpool",
+        .urio = bench_urio_procpool_tput,
+        .peer = bench_py_procpool_tput,
+        .peer_name = "Python",
+        .n_metrics = 1,
+        .metrics = {
+            METRIC("procpool.throughput", "ns/job", 1, RATIO_MIN(20.0)),
+        },
+    },
+    {
+        .name = "procpool.mib",
+        .group = "procpool",
+        .urio = bench_urio_procpool_mib,
+        .peer = bench_py_procpool_mib,
+        .peer_name = "Python",
+        .n_metrics = 1,
+        .metrics = {
+            METRIC("procpool.mib", "us/MiB", 1, URIO_MAX(1048.6)),
+        },
+    },
+    /* urio's two ways of starting workers: no peer. */
+    {
+        .name = "procpool.startup",
+        .group = "procpool",
+        .urio = bench_urio_procpool_startup,
+        .n_metrics = 2,
+        .metrics = {
+            URIO_ONLY_METRIC("procpool.startup_exec", "ms/pool", 2),
+            URIO_ONLY_METRIC("procpool.startup_fsrv", "ms/pool", 2),
+        },
+    },
 };
 
 const size_t bench_registry_len = sizeof bench_registry / sizeof bench_registry[0];

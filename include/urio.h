@@ -4,7 +4,7 @@
  * The umbrella header: include this one.  Each subsystem has its own header
  * under urio/, in the order of the layers (docs/architecture.md): base types
  * and errors, the logger, the loop with its callbacks and timers, futures,
- * executors, tasks.
+ * executors (the thread pool, the process pool), tasks.
  */
 #ifndef URIO_H
 #define URIO_H
@@ -14,6 +14,7 @@
 #include "urio/loop.h"
 #include "urio/future.h"
 #include "urio/executor.h"
+#include "urio/process_pool.h"
 #include "urio/task.h"
 
 #endif

@@ -483,3 +483,23 @@ void urio__ring_abandon(urio__ring_t *r)
     urio__free(r->ops);
     r->ops = NULL;
 }
+
+/* ------------------------------------------------------------------ */
+/* Process pool ops: the workers' channels and exits                    */
+
+int urio__op_sendmsg(urio__ring_t *r, urio__op_t *op, int fd, const struct msghdr *msg,
+                     unsigned flags)
+{
+    PREP_OP(r, op, io_uring_prep_sendmsg(sqe, fd, msg, flags));
+}
+
+int urio__op_recvmsg(urio__ring_t *r, urio__op_t *op, int fd, struct msghdr *msg,
+                     unsigned flags)
+{
+    PREP_OP(r, op, io_uring_prep_recvmsg(sqe, fd, msg, flags));
+}
+
+int urio__op_poll(urio__ring_t *r, urio__op_t *op, int fd, unsigned mask)
+{
+    PREP_OP(r, op, io_uring_prep_poll_add(sqe, fd, mask));
+}

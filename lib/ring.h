@@ -113,4 +113,17 @@ int urio__op_read(urio__ring_t *r, urio__op_t *op, int fd, void *buf, unsigned l
 int urio__op_write(urio__ring_t *r, urio__op_t *op, int fd, const void *buf, unsigned len,
                    uint64_t off);
 
+/*
+ * Typed ops of the process pool (its workers' channels and exits), kept in
+ * one block.  sendmsg and recvmsg: the msghdr, its iovecs and its control
+ * buffer stay the owner's until op's CQE.  poll: a one-shot poll of fd for
+ * `mask` (POLLIN...); res is the events that fired.
+ */
+struct msghdr;
+int urio__op_sendmsg(urio__ring_t *r, urio__op_t *op, int fd, const struct msghdr *msg,
+                     unsigned flags);
+int urio__op_recvmsg(urio__ring_t *r, urio__op_t *op, int fd, struct msghdr *msg,
+                     unsigned flags);
+int urio__op_poll(urio__ring_t *r, urio__op_t *op, int fd, unsigned mask);
+
 #endif

@@ -6,7 +6,9 @@
  *
  * The loop pays nothing for it: its turn counter is a relaxed store it makes
  * anyway.  The watchdog looks every quarter of the threshold; a counter that
- * has not moved while the loop is not waiting in the kernel is a stall.  To
+ * has not moved while the loop thread burned the threshold in CPU time (its
+ * thread CPU clock, as Seastar's detector uses: a loop thread preempted on a
+ * busy machine is not stalled) is a stall.  To
  * see the stack it sends the loop thread a signal whose handler only copies
  * the frames (backtrace, loaded beforehand) into a buffer; the watchdog
  * thread symbolises and logs them.  While the same stall goes on, the next
@@ -108,7 +110,8 @@ static void *watch(void *arg)
     watchdog_t *w = arg;
     urio_loop_t *loop = w->loop;
     uint64_t last_turns = atomic_load_explicit(&loop->progress, memory_order_relaxed);
-    uint64_t since = urio__now(), factor = 1;   /* the next report at threshold * factor */
+    uint64_t since = 0, factor = 1;     /* CPU time at the last progress; next report at threshold * factor */
+    bool known = false;
     pthread_mutex_lock(&w->mu);
     while (!w->stop) {
         uint64_t threshold = w->threshold_ns;
@@ -123,22 +126,29 @@ static void *watch(void *arg)
             break;
         pthread_mutex_unlock(&w->mu);
 
-        uint64_t now = urio__now();
         uint64_t turns = atomic_load_explicit(&loop->progress, memory_order_relaxed);
-        bool waiting = atomic_load_explicit(&loop->inbox.sleeping, memory_order_relaxed) != 0;
         bool running = atomic_load_explicit(&loop->owner, memory_order_acquire) != NULL;
-        if (!running || waiting || turns != last_turns) {
+        pthread_t th = (pthread_t)atomic_load(&loop->owner_thread);
+        clockid_t cid;
+        struct timespec ts;
+        uint64_t now = 0;
+        bool have_cpu = running && pthread_getcpuclockid(th, &cid) == 0 &&
+                        clock_gettime(cid, &ts) == 0;
+        if (have_cpu)
+            now = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+        if (!have_cpu || !known || turns != last_turns) {
             last_turns = turns;
             since = now;
+            known = have_cpu;
             factor = 1;
         } else if (now - since >= threshold * factor) {
-            char *stack = take_stack(atomic_load(&loop->owner_thread));
+            char *stack = take_stack(th);
             if (stack != NULL)
-                urio__log(URIO_LOG_WARNING, "loop stalled for %.0f ms in:%s",
+                urio__log(URIO_LOG_WARNING, "loop stalled for %.0f ms of CPU time in:%s",
                           (double)(now - since) / 1e6, stack);
             else
-                urio__log(URIO_LOG_WARNING, "loop stalled for %.0f ms (its stack could not "
-                          "be taken: the program handles signal %d itself)",
+                urio__log(URIO_LOG_WARNING, "loop stalled for %.0f ms of CPU time (its stack "
+                          "could not be taken: the program handles signal %d itself)",
                           (double)(now - since) / 1e6, URIO_STALL_SIGNAL);
             urio__free(stack);
             factor *= 2;                /* the same stall: report it again, less often */

@@ -27,6 +27,8 @@ FILES = {
     "future": "future", "exception": "future", "combine": "future",
     "stack": "task", "coro": "task", "task": "task", "group": "task", "run": "task", "dump": "task",
     "executor": "exec", "thread_pool": "exec",
+    "process_frame": "procpool", "process_worker": "procpool", "process_spawn": "procpool",
+    "process_pool": "procpool",
     "arch_": "task",
 }
 

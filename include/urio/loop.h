@@ -158,9 +158,10 @@ URIO_EXPORT uint64_t urio_loop_get_slow_callback_duration(const urio_loop_t *loo
 
 /*
  * The stall watchdog: a thread that notices the loop stuck in one turn for
- * threshold_ns (a callback or task step that does not return) and logs,
- * while it is still stuck, WARNING "loop stalled for 250 ms in:" and the
- * loop thread's stack; the same stall is reported again at twice the time,
+ * threshold_ns of the loop thread's CPU time (a callback or task step that
+ * computes on and on; a thread merely waiting for a CPU is not stalled) and
+ * logs, while it is still stuck, WARNING "loop stalled for 250 ms of CPU time
+ * in:" and the loop thread's stack; the same stall is reported again at twice the time,
  * then four times...  Debug mode turns it on with ten times the
  * slow-callback duration (a second at least) as the threshold; this call
  * sets it (0 turns it off) whatever debug mode says.  It costs the loop

@@ -1,0 +1,1101 @@
+/*
+ * test_process_pool.c — the process pool: results small and large (shared
+ * memory), errors, unknown names, workers dying every way at every moment
+ * (take, run, send: CPython's test_deadlock matrix), timeouts, running out
+ * of memory, replacement within a second, 10,000 jobs under random kills,
+ * shutdown (wait, no wait, cancel_futures, from another thread), the loop
+ * closing while busy, limits, recycling, a malformed frame, the fork
+ * server, tasks.  After every test: no urio block, no child process (live
+ * or zombie) and no fd left.
+ */
+#include "helpers.h"
+#include "process.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#if defined(URIO_ASAN) || defined(URIO_TSAN) || defined(__SANITIZE_ADDRESS__)
+#define SANITIZED 1
+#else
+#define SANITIZED 0
+#endif
+
+/* ------------------------------------------------------------------ */
+/* The functions workers run                                            */
+
+static int fn_echo(urio_process_call_t *call, const void *in, size_t len)
+{
+    void *out = urio_process_output(call, len);
+    if (out == NULL)
+        return urio_process_fail(call, -errno, "no output buffer");
+    memcpy(out, in, len);
+    return 0;
+}
+URIO_PROCESS_FN("echo", fn_echo);
+
+static int fn_fail(urio_process_call_t *call, const void *in, size_t len)
+{
+    (void)in;
+    return urio_process_fail(call, -EIO, "bad input of %zu bytes", len);
+}
+URIO_PROCESS_FN("fail", fn_fail);
+
+/* Dies now: in[0] is how (URIO__PT_*). */
+static int fn_die(urio_process_call_t *call, const void *in, size_t len)
+{
+    (void)call;
+    (void)len;
+    urio__process_test_die_now(((const uint8_t *)in)[0]);
+    return 0;
+}
+URIO_PROCESS_FN("die", fn_die);
+
+/* Arms a death: in[0] the moment (take: the next job; send: this job's result), in[1] how. */
+static int fn_arm(urio_process_call_t *call, const void *in, size_t len)
+{
+    (void)len;
+    const uint8_t *b = in;
+    urio__process_test_die(b[0], b[1]);
+    char *out = urio_process_output(call, 1000);
+    if (out == NULL)
+        return -ENOMEM;
+    memset(out, 'a', 1000);
+    return 0;
+}
+URIO_PROCESS_FN("arm", fn_arm);
+
+static int fn_sleep(urio_process_call_t *call, const void *in, size_t len)
+{
+    (void)call;
+    uint32_t ms = 0;
+    memcpy(&ms, in, len < sizeof ms ? len : sizeof ms);
+    usleep(ms * 1000u);
+    return 0;
+}
+URIO_PROCESS_FN("sleep", fn_sleep);
+
+/* Its pid, and the fds it has open from 3 up (there should be only 3: its channel). */
+static int fn_self(urio_process_call_t *call, const void *in, size_t len)
+{
+    (void)in;
+    (void)len;
+    int32_t *out = urio_process_output(call, 64 * sizeof(int32_t));
+    if (out == NULL)
+        return -ENOMEM;
+    int n = 0;
+    out[n++] = (int32_t)getpid();
+    out[n++] = (int32_t)getppid();
+    DIR *d = opendir("/proc/self/fd");
+    struct dirent *e;
+    int self = dirfd(d);
+    while ((e = readdir(d)) != NULL && n < 64)
+        if (e->d_name[0] != '.' && atoi(e->d_name) >= 3 && atoi(e->d_name) != self)
+            out[n++] = atoi(e->d_name);
+    closedir(d);
+    for (int i = n; i < 64; i++)
+        out[i] = -1;
+    return 0;
+}
+URIO_PROCESS_FN("self", fn_self);
+
+/* Leaks 4 MiB (touched) per job; answers how much this worker leaked so far. */
+static int fn_leak(urio_process_call_t *call, const void *in, size_t len)
+{
+    (void)in;
+    (void)len;
+    static uint64_t leaked;
+    char *p = malloc(4u << 20);
+    if (p == NULL)
+        return -ENOMEM;
+    memset(p, 1, 4u << 20);
+    leaked += 4u << 20;
+    uint64_t *out = urio_process_output(call, sizeof leaked);
+    if (out == NULL)
+        return -ENOMEM;
+    *out = leaked;
+    return 0;
+}
+URIO_PROCESS_FN("leak", fn_leak);
+
+/* Runs out of address space the way careless code does: no NULL check. */
+static int fn_oom(urio_process_call_t *call, const void *in, size_t len)
+{
+    (void)call;
+    (void)in;
+    (void)len;
+    size_t n = 1u << 30;
+    char *volatile p = malloc(n);
+    memset(p, 1, n);
+    return p[n / 2];
+}
+URIO_PROCESS_FN("oom", fn_oom);
+
+/* Writes garbage into its own channel before its result: a malformed frame. */
+static int fn_garble(urio_process_call_t *call, const void *in, size_t len)
+{
+    (void)call;
+    (void)in;
+    (void)len;
+    char junk[64];
+    memset(junk, 0x5a, sizeof junk);
+    ssize_t r = write(URIO__PROCESS_CHANNEL_FD, junk, sizeof junk);
+    (void)r;
+    return 0;
+}
+URIO_PROCESS_FN("garble", fn_garble);
+
+/* Asks for more output than the pool's payload limit. */
+static int fn_big(urio_process_call_t *call, const void *in, size_t len)
+{
+    uint32_t n = 0;
+    memcpy(&n, in, len < sizeof n ? len : sizeof n);
+    char *out = urio_process_output(call, n);
+    if (out == NULL)
+        return urio_process_fail(call, -errno, "output of %u bytes refused", n);
+    for (uint32_t i = 0; i < n; i++)
+        out[i] = (char)(i * 7);
+    return 0;
+}
+URIO_PROCESS_FN("big", fn_big);
+
+/* ------------------------------------------------------------------ */
+/* Children, zombies and fds                                            */
+
+/* Children of this process, live or zombie, from /proc/self/task/ * /children. */
+static int child_count(void)
+{
+    int n = 0;
+    DIR *d = opendir("/proc/self/task");
+    struct dirent *e;
+    while (d && (e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        char path[300];
+        snprintf(path, sizeof path, "/proc/self/task/%s/children", e->d_name);
+        FILE *f = fopen(path, "re");
+        if (f == NULL)
+            continue;
+        int pid;
+        while (fscanf(f, "%d", &pid) == 1)
+            n++;
+        fclose(f);
+    }
+    if (d)
+        closedir(d);
+    return n;
+}
+
+static bool has_zombie(void)
+{
+    siginfo_t si;
+    memset(&si, 0, sizeof si);
+    return waitid(P_ALL, 0, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid != 0;
+}
+
+static int fd_count(void)
+{
+    int n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n - 1;       /* the directory's own */
+}
+
+static int base_children, base_fds;
+
+static int setup(void **state)
+{
+    base_children = child_count();
+    base_fds = fd_count();
+    return test_setup_leaks(state);
+}
+
+/* Nothing left: no child, no zombie, no fd (children may take a moment to be listed gone). */
+static int teardown(void **state)
+{
+    int children = child_count();
+    for (int i = 0; i < 200 && children != base_children; i++) {
+        usleep(5000);
+        children = child_count();
+    }
+    int ret = test_teardown_leaks(state);
+    if (children != base_children) {
+        fprintf(stderr, "left: %d child processes (%d before)\n", children, base_children);
+        ret = -1;
+    }
+    if (has_zombie()) {
+        fprintf(stderr, "left: a zombie child\n");
+        ret = -1;
+    }
+    if (fd_count() != base_fds) {
+        fprintf(stderr, "left: %d fds (%d before)\n", fd_count(), base_fds);
+        ret = -1;
+    }
+    return ret;
+}
+
+#define PP_TEST(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+
+/* ------------------------------------------------------------------ */
+/* Running jobs                                                         */
+
+static urio_executor_t *pool_new(const urio_process_pool_opts_t *o)
+{
+    urio_executor_t *ex = NULL;
+    assert_int_equal(urio_process_pool_new(&ex, o), 0);
+    assert_non_null(ex);
+    return ex;
+}
+
+static urio_future_t *submit(urio_loop_t *loop, urio_executor_t *ex, const char *fn,
+                             const void *in, size_t len)
+{
+    urio_future_t *f = urio_process_pool_submit(loop, ex, fn, in, len);
+    if (f == NULL)
+        fail_msg("submit %s: %s", fn, strerror(errno));
+    return f;
+}
+
+static void timeout_cb(void *arg)
+{
+    *(bool *)arg = true;
+    urio_loop_stop(urio_loop_current());
+}
+
+/* Runs the loop until every future is done; fails the test after `secs`. */
+static void run_all(urio_loop_t *loop, urio_future_t **f, size_t n, int secs)
+{
+    bool timed_out = false;
+    urio_handle_t h = urio_call_later(loop, (uint64_t)secs * 1000 * MS, timeout_cb, &timed_out);
+    for (size_t i = 0; i < n; i++) {
+        while (!urio_future_done(f[i]) && !timed_out)
+            urio_loop_run_until_complete(loop, f[i]);
+    }
+    urio_handle_cancel(loop, h);
+    if (timed_out)
+        fail_msg("jobs still pending after %d s", secs);
+}
+
+static void expect_echo(urio_future_t *f, const void *data, size_t len)
+{
+    void *v = NULL;
+    int err = urio_future_result(f, &v);
+    if (err != 0)
+        fail_msg("echo failed: %s: %s", urio_strerror(err), urio_future_error_message(f));
+    const urio_bytes_t *b = v;
+    assert_int_equal(b->len, len);
+    if (len)
+        assert_memory_equal(b->data, data, len);
+}
+
+/* ------------------------------------------------------------------ */
+/* Results                                                              */
+
+static void test_process_pool_echo_small_and_large(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_executor_t *ex = pool_new(&(urio_process_pool_opts_t){ .workers = 2 });
+    static const size_t sizes[] = { 0, 1, 100, URIO__PF_SHM_MIN - 1, URIO__PF_SHM_MIN,
+                                    1u << 20, 3u << 20 };
+    enum { N = sizeof sizes / sizeof sizes[0] };
+    char *in[N];
+    urio_future_t *f[N];
+    for (size_t i = 0; i < N; i++) {
+        in[i] = malloc(sizes[i] + 1);
+        for (size_t k = 0; k < sizes[i]; k++)
+            in[i][k] = (char)(k * 31 + i);
+        f[i] = submit(loop, ex, "echo", in[i], sizes[i]);
+    }
+    run_all(loop, f, N, 30);
+    for (size_t i = 0; i < N; i++) {
+        expect_echo(f[i], in[i], sizes[i]);
+        urio_future_unref(f[i]);
+        free(in[i]);
+    }
+    /* Outputs from 64 KiB up that the offered buffer cannot hold: the worker's own memfd. */
+    uint32_t sizes_out[2] = { 200000, 2u << 20 };
+    urio_future_t *g[3] = { submit(loop, ex, "big", &sizes_out[0], 4),
+                            submit(loop, ex, "big", &sizes_out[1], 4), NULL };
+    char *small_in = calloc(1, 70000);
+    memcpy(small_in, &sizes_out[1], 4);
+    g[2] = submit(loop, ex, "big", small_in, 70000);     /* offered 70000 bytes, gives 2 MiB */
+    run_all(loop, g, 3, 30);
+    for (int i = 0; i < 3; i++) {
+        void *v = NULL;
+        assert_int_equal(urio_future_result(g[i], &v), 0);
+        const urio_bytes_t *b = v;
+        assert_int_equal(b->len, sizes_out[i ? 1 : 0]);
+        const char *d = b->data;
+        for (uint32_t k = 0; k < b->len; k += 4093)
+            assert_int_equal(d[k], (char)(k * 7));
+        urio_future_unref(g[i]);
+    }
+    free(small_in);
+    urio_process_pool_stats_t st;
+    assert_int_equal(urio_process_pool_stats(ex, &st, NULL, 0), 2);
+    assert_int_equal(st.jobs_done, N + 3);
+    assert_int_equal(st.died, 0);
+    urio_executor_free(ex);
+    test_loop_close(loop);
+}
+
+static void test_process_pool_error_with_message(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_executor_t *ex = pool_new(&(urio_process_pool_opts_t){ .workers = 1 });
+    urio_future_t *f[2] = { submit(loop, ex, "fail", "abc", 3),
+                            submit(loop, ex, "no such function", NULL, 0) };
+    run_all(loop, f, 2, 30);
+    assert_int_equal(urio_future_result(f[0], NULL), -EIO);
+    assert_string_equal(urio_future_error_message(f[0]), "bad input of 3 bytes");
+    assert_int_equal(urio_future_result(f[1], NULL), -ENOENT);
+    assert_string_equal(urio_future_error_message(f[1]), "no function named 'no such function' "
+                        "is registered in this program (URIO_PROCESS_FN)");
+    urio_future_unref(f[0]);
+    urio_future_unref(f[1]);
+    urio_executor_free(ex);
+    test_loop_close(loop);
+}
+
+/* The worker is another process, keeps only its channel, and knows its parent. */
+static void test_process_pool_worker_isolation(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    /* An fd of ours without close-on-exec must not reach the worker. */
+    int leaky = open("/dev/null", O_RDONLY);
+    assert_true(leaky >= 0);
+    urio_executor_t *ex = pool_new(&(urio_process_pool_opts_t){ .workers = 1 });
+    urio_future_t *f = submit(loop, ex, "self", NULL, 0);
+    run_all(loop, &f, 1, 30);
+    void *v = NULL;
+    assert_int_equal(urio_future_result(f, &v), 0);
+    const int32_t *out = ((const urio_bytes_t *)v)->data;
+    assert_int_not_equal(out[0], getpid());
+    assert_int_equal(out[1], getpid());
+    assert_int_equal(out[2], URIO__PROCESS_CHANNEL_FD);
+    assert_int_equal(out[3], -1);       /* nothing else */
+    pid_t pids[1];
+    urio_process_pool_stats_t st;
+    assert_int_equal(urio_process_pool_stats(ex, &st, pids, 1), 1);
+    assert_int_equal(pids[0], out[0]);
+    urio_future_unref(f);
+    urio_executor_free(ex);
+    close(leaky);
+    test_loop_close(loop);
+}
+
+/* ------------------------------------------------------------------ */
+/* Deaths: every way, at every moment                                   */
+
+static const char *death_text(int how)
+{
+    switch (how) {
+    case URIO__PT_SEGV: return "killed by signal SIGSEGV";
+    case URIO__PT_KILL: return "killed by signal SIGKILL";
+    case URIO__PT_ABORT: return "killed by signal SIGABRT";
+    case URIO__PT_EXIT3: return "exited with status 3";
+    default: return "ran past its timeout";
+    }
+}
+
+static void expect_death(urio_future_t *f, int how, pid_t pid)
+{
+    int err = urio_future_result(f, NULL);
+    const char *msg = urio_future_error_message(f);
+    int want = how == URIO__PT_HANG ? -ETIMEDOUT : URIO_EBROKENWORKER;
+    if (err != want || msg == NULL || strstr(msg, death_text(how)) == NULL)
+        fail_msg("want %s with \"%s\"; got %s: %s", urio_strerror_name(want), death_text(how),
+                 urio_strerror_name(err), msg ? msg : "(no message)");
+    char pidtext[32];
+    snprintf(pidtext, sizeof pidtext, "pid %d", (int)pid);
+    if (strstr(msg, pidtext) == NULL)
+        fail_msg("the message does not name the worker's %s: %s", pidtext, msg);
+}
+
+static pid_t the_worker(urio_loop_t *loop, urio_executor_t *ex)
+{
+    /* Wait for the one worker to be ready (a previous one may be being replaced). */
+    urio_process_pool_stats_t st;
+    pid_t pid = 0;
+    for (int i = 0; i < 3000; i++) {
+        if (urio_process_pool_stats(ex, &st, &pid, 1) == 1 && st.ready == 1)
+            return pid;
+        urio_call_later(loop, MS, test_stop_cb, loop);
+        urio_loop_run_forever(loop);
+    }
+    fail_msg("the worker never got ready");
+    return 0;
+}
+
+/*
+ * CPython's test_deadlock matrix: a worker dies (SIGSEGV, SIGKILL, abort,
+ * _exit(3)) or hangs past the timeout, as it takes a job, while it runs it,
+ * and while it sends the result.  Only the job it held fails, naming the
+ * pid and the cause; the jobs queued behind it all complete.
+ */
+static void test_process_pool_death_matrix(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_executor_t *ex = pool_new(&(urio_process_pool_opts_t){
+        .workers = 1, .job_timeout_ns = 300 * MS });
+    static const int hows[] = { URIO__PT_SEGV, URIO__PT_KILL, URIO__PT_ABORT, URIO__PT_EXIT3,
+                                URIO__PT_HANG };
+    static const char *const moments[] = { "take", "run", "send" };
+    urio_future_t *warm = submit(loop, ex, "echo", "w", 1);
+    run_all(loop, &warm, 1, 30);
+    urio_future_unref(warm);
+    uint64_t died0 = 0;
+    for (size_t h = 0; h < sizeof hows / sizeof hows[0]; h++) {
+        for (int m = 0; m < 3; m++) {
+            int how = hows[h];
+            pid_t pid = the_worker(loop, ex);      /* the previous one's replacement */
+            urio_future_t *f[6];
+            int n = 0, victim;
+            if (m == 0) {           /* take: the job after the arming one */
+                uint8_t arm[2] = { URIO__PT_TAKE, (uint8_t)how };
+                f[n++] = submit(loop, ex, "arm", arm, 2);
+                victim = n;
+                f[n++] = submit(loop, ex, "echo", "victim", 6);
+            } else if (m == 1) {    /* run */
+                uint8_t b = (uint8_t)how;
+                victim = n;
+                f[n++] = submit(loop, ex, "die", &b, 1);
+            } else {                /* send: the arming job's own result */
+                uint8_t arm[2] = { URIO__PT_SEND, (uint8_t)how };
+                victim = n;
+                f[n++] = submit(loop, ex, "arm", arm, 2);
+            }
+            for (int k = 0; k < 3; k++)
+                f[n++] = submit(loop, ex, "echo", "after", 5);
+            run_all(loop, f, (size_t)n, 30);
+            for (int k = 0; k < n; k++) {
+                if (k == victim) {
+                    expect_death(f[k], how, pid);
+                } else if (m == 0 && k == 0) {
+                    assert_int_equal(urio_future_result(f[k], NULL), 0);
+                } else {
+                    void *v = NULL;
+                    int err = urio_future_result(f[k], &v);
+                    if (err != 0)
+                        fail_msg("%s at %s: a bystander failed: %s", death_text(how),
+                                 moments[m], urio_future_error_message(f[k]));
+                }
+                urio_future_unref(f[k]);
+            }
+            urio_process_pool_stats_t st;
+            urio_process_pool_stats(ex, &st, NULL, 0);
+            assert_int_equal(st.died, died0 + 1);
+            died0 = st.died;
+        }
+    }
+    urio_executor_free(ex);
+    test_loop_close(loop);
+}
+
+/* Running out of address space (RLIMIT_AS) kills the worker, not the parent. */
+static void test_process_pool_out_of_memory(void **state)
+{
+    (void)state;
+    if (SANITIZED) {
+        skip();     /* sanitizers reserve terabytes of shadow address space */
+    }
+    urio_loop_t *loop = test_loop_new();
+    urio_executor_t *ex = pool_new(&(urio_process_pool_opts_t){
+        .workers = 1, .worker_memory = 256u << 20 });
+    urio_future_t *f[2] = { submit(loop, ex, "oom", NULL, 0), submit(loop, ex, "echo", "x", 1) };
+    run_all(loop, f, 2, 30);
+    assert_int_equal(urio_future_result(f[0], NULL), URIO_EBROKENWORKER);
+    assert_non_null(strstr(urio_future_error_message(f[0]), "SIGSEGV"));
+    expect_echo(f[1], "x", 1);
+    urio_future_unref(f[0]);
+    urio_future_unref(f[1]);
+    urio_executor_free(ex);
+    test_loop_close(loop);
+}
+
+/* A worker killed from outside is replaced: the pool is whole again within a second. */
+static void test_process_pool_replaced_within_a_second(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_executor_t *ex = pool_new(&(urio_process_pool_opts_t){ .workers = 2 });
+    urio_future_t *f = submit(loop, ex, "echo", "x", 1);
+    run_all(loop, &f, 1, 30);
+    urio_future_unref(f);
+    pid_t pids[2];
+    urio_process_pool_stats_t st;
+    for (int i = 0; i < 3000; i++) {
+        if (urio_process_pool_stats(ex, &st, pids, 2) == 2 && st.ready == 2)
+            break;
+        urio_call_later(loop, MS, test_stop_cb, loop);
+        urio_loop_run_forever(loop);
+    }
+    assert_int_equal(st.ready, 2);
+    uint64_t t0 = urio__now();
+    kill(pids[0], SIGKILL);
+    pid_t now[2] = { 0, 0 };
+    for (;;) {
+        urio_call_later(loop, MS, test_stop_cb, loop);
+        urio_loop_run_forever(loop);
+        if (urio_process_pool_stats(ex, &st, now, 2) == 2 && st.ready == 2 &&
+            now[0] != pids[0] && now[1] != pids[0])
+            break;
+        if (urio__now() - t0 > 1000 * MS)
+            fail_msg("the pool is not whole 1 s after a worker died");
+    }
+    assert_int_equal(st.spawned, 3);
+    urio_executor_free(ex);
+    test_loop_close(loop);
+}
+
+/* ------------------------------------------------------------------ */
+/* 10,000 jobs with random worker kills: every future resolves once     */
+
+enum { MANY = 10000 };
+
+typedef struct many {
+    urio_loop_t *loop;
+    urio_executor_t *ex;
+    uint8_t done[MANY];
+    int ndone, nfailed, kills;
+    uint64_t seed;
+    bool finished;
+} many_t;
+
+static many_t *many;
+
+/* arg: the job's index.  Each future's callback must run exactly once. */
+static void many_done(urio_future_t *f, void *arg)
+{
+    many_t *m = many;
+    uint32_t i = (uint32_t)(uintptr_t)arg;
+    assert_true(i < MANY);
+    m->done[i]++;
+    void *v = NULL;
+    int err = urio_future_result(f, &v);
+    if (err == 0) {
+        const urio_bytes_t *b = v;
+        uint32_t got;
+        assert_int_equal(b->len, sizeof got);
+        memcpy(&got, b->data, sizeof got);
+        assert_int_equal(got, i);
+    } else {
+        if (err != URIO_EBROKENWORKER || strstr(urio_future_error_message(f), "SIGKILL") == NULL)
+            fail_msg("job %u: %s: %s", i, urio_strerror_name(err), urio_future_error_message(f));
+        m->nfailed++;
+        if (getenv("PP_DEBUG"))
+            fprintf(stderr, "failed: %s\n", urio_future_error_message(f));
+    }
+    if (++m->ndone == MANY) {
+        m->finished = true;
+        urio_loop_stop(m->loop);
+    }
+}
+
+static void many_kill(void *arg)
+{
+    many_t *m = arg;
+    if (m->finished)
+        return;
+    pid_t pids[8];
+    urio_process_pool_stats_t st;
+    int n = urio_process_pool_stats(m->ex, &st, pids, 8);
+    if (n > 0 && st.ready > 0) {
+        m->seed = m->seed * 6364136223846793005ull + 1442695040888963407ull;
+        pid_t victim = pids[(m->seed >> 33) % (uint64_t)n];
+        if (getenv("PP_DEBUG"))
+            fprintf(stderr, "kill %d (ready %u of %d)\n", (int)victim, st.ready, n);
+        kill(victim, SIGKILL);
+        m->kills++;
+    }
+    urio_call_later(m->loop, 3 * MS, many_kill, m);
+}
+
+static void test_process_pool_random_kills(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    many_t *m = calloc(1, sizeof *m);
+    many = m;
+    m->loop = loop;
+    m->seed = 42;
+    m->ex = pool_new(&(urio_process_pool_opts_t){ .workers = 3 });
+    urio_future_t **fs = calloc(MANY, sizeof *fs);
+    for (uint32_t i = 0; i < MANY; i++) {
+        fs[i] = submit(loop, m->ex, "echo", &i, sizeof i);
+        assert_int_equal(urio_future_add_done_callback(fs[i], many_done, (void *)(uintptr_t)i), 0);
+    }
+    urio_call_later(loop, 3 * MS, many_kill, m);
+    bool timed_out = false;
+    urio_handle_t h = urio_call_later(loop, 60000 * MS, timeout_cb, &timed_out);
+    urio_loop_run_forever(loop);
+    urio_handle_cancel(loop, h);
+    assert_false(timed_out);
+    assert_int_equal(m->ndone, MANY);
+    /* Each kill fails at most the one job its worker held. */
+    assert_true(m->nfailed <= m->kills);
+    for (int i = 0; i < MANY; i++)
+        assert_int_equal(m->done[i], 1);
+    for (uint32_t i = 0; i < MANY; i++)
+        urio_future_unref(fs[i]);
+    print_message("10000 jobs, %d kills, %d jobs failed\n", m->kills, m->nfailed);
+    urio_executor_free(m->ex);
+    test_loop_close(loop);
+    free(fs);
+    free(m);
+}
+
+/* ------------------------------------------------------------------ */
+/* Shutdown and close                                                   */
+
+typedef struct sd {
+    urio_executor_t *ex;
+    bool wait, cancel;
+    atomic_int ret;
+    uint64_t took;
+} sd_t;
+
+static void shutdown_cb(void *arg)
+{
+    sd_t *s = arg;
+    uint64_t t0 = urio__now();
+    s->ret = urio_executor_shutdown(s->ex, s->wait, s->cancel);
+    s->took = urio__now() - t0;
+}
+
+static urio_future_t **submit_sleeps(urio_loop_t *loop, urio_executor_t *ex, int n, uint32_t ms)
+{
+    urio_future_t **f = calloc((size_t)n, sizeof *f);
+    for (int i = 0; i < n; i++)
+        f[i] = submit(loop, ex, "sleep", &ms, sizeof ms);
+    return f;
+}
+
+/* wait=true from a callback: every job, running or queued, has finished when it returns. */
+static void test_process_pool_shutdown_wait(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_executor_t *ex = pool_new(&(urio_process_pool_opts_t){ .workers = 1 });
+    enum { N = 20 };        /* more than one worker's pipeline: some wait in the pool */
+    urio_future_t **f = submit_sleeps(loop, ex, N, 5);
+    sd_t s = { ex, true, false, -1, 0 };
+    urio_call_soon(loop, shutdown_cb, &s);
+    urio_call_soon(loop, test_stop_cb, loop);
+    urio_loop_run_forever(loop);
+    assert_int_equal(s.ret, 0);
+    for (int i = 0; i < N; i++) {
+        assert_true(urio_future_done(f[i]));
+        assert_int_equal(urio_future_result(f[i], NULL), 0);
+        urio_future_unref(f[i]);
+    }
+    urio_process_pool_stats_t st;
+    assert_int_equal(urio_process_pool_stats(ex, &st, NULL, 0), 0);
+    assert_null(urio_process_pool_submit(loop, ex, "echo", "x", 1));
+    assert_int_equal(errno, ESHUTDOWN);
+    urio_executor_free(ex);
+    free(f);
+    test_loop_close(loop);
+}
+
+/* cancel_futures: jobs no worker holds yet are cancelled; the ones held run. */
+static void test_process_pool_shutdown_cancel_futures(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_executor_t *ex = pool_new(&(urio_process_pool_opts_t){ .workers = 1 });
+    enum { N = 24 };
+    urio_future_t **f = submit_sleeps(loop, ex, N, 2);
+    urio_loop_run_until_complete(loop, f[0]);   /* the worker holds a pipeline now */
+    sd_t s = { ex, true, true, -1, 0 };
+    urio_call_soon(loop, shutdown_cb, &s);
+    urio_call_soon(loop, test_stop_cb, loop);
+    urio_loop_run_forever(loop);
+    int ok = 0, cancelled = 0;
+    for (int i = 0; i < N; i++) {
+        assert_true(urio_future_done(f[i]));
+        int err = urio_future_result(f[i], NULL);
+        if (err == 0) {
+            assert_int_equal(cancelled, 0);     /* cancelled ones are the last submitted */
+            ok++;
+        } else {
+            assert_int_equal(err, -ECANCELED);
+            cancelled++;
+        }
+        urio_future_unref(f[i]);
+    }
+    assert_true(ok >= 1);
+    assert_true(cancelled >= 1);
+    urio_executor_free(ex);
+    free(f);
+    test_loop_close(loop);
+}
+
+/* wait=false returns at once; the jobs go on as the loop runs. */
+static void test_process_pool_shutdown_no_wait(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_executor_t *ex = pool_new(&(urio_process_pool_opts_t){ .workers = 2 });
+    enum { N = 6 };
+    urio_future_t **f = submit_sleeps(loop, ex, N, 100);
+    sd_t s = { ex, false, false, -1, 0 };
+    urio_call_soon(loop, shutdown_cb, &s);
+    urio_call_soon(loop, test_stop_cb, loop);
+    urio_loop_run_forever(loop);
+    assert_int_equal(s.ret, 0);
+    assert_true(s.took < 50 * MS);
+    assert_false(urio_future_done(f[N - 1]));
+    run_all(loop, f, N, 30);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(urio_future_result(f[i], NULL), 0);
+        urio_future_unref(f[i]);
+    }
+    urio_executor_free(ex);
+    free(f);
+    test_loop_close(loop);
+}
+
+/* Another thread shuts the pool down while the loop runs, and waits. */
+static void *shutdown_thread(void *arg)
+{
+    sd_t *s = arg;
+    shutdown_cb(s);
+    return NULL;
+}
+
+static void test_process_pool_shutdown_from_thread(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_executor_t *ex = pool_new(&(urio_process_pool_opts_t){ .workers = 2 });
+    enum { N = 4 };
+    urio_future_t **f = submit_sleeps(loop, ex, N, 20);
+    sd_t s = { ex, true, false, -1, 0 };
+    pthread_t t;
+    pthread_create(&t, NULL, shutdown_thread, &s);
+    run_all(loop, f, N, 30);
+    /* The pool stops once its workers exit: run the loop until the thread is back. */
+    while (atomic_load(&s.ret) != 0) {
+        urio_call_later(loop, MS, test_stop_cb, loop);
+        urio_loop_run_forever(loop);
+    }
+    pthread_join(t, NULL);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(urio_future_result(f[i], NULL), 0);
+        urio_future_unref(f[i]);
+    }
+    urio_executor_free(ex);
+    free(f);
+    test_loop_close(loop);
+}
+
+/* The loop closes while jobs run and wait: all cancelled, workers killed and reaped, fast. */
+static void test_process_pool_loop_close_while_busy(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_executor_t *ex = pool_new(&(urio_process_pool_opts_t){ .workers = 2 });
+    enum { N = 40 };
+    urio_future_t **f = submit_sleeps(loop, ex, N, 10000);
+    urio_call_later(loop, 100 * MS, test_stop_cb, loop);
+    urio_loop_run_forever(loop);
+    uint64_t t0 = urio__now();
+    test_loop_close(loop);
+    assert_true(urio__now() - t0 < 2000 * MS);
+    for (int i = 0; i < N; i++) {
+        assert_true(urio_future_cancelled(f[i]));
+        urio_future_unref(f[i]);
+    }
+    urio_executor_free(ex);
+    free(f);
+}
+
+/* ------------------------------------------------------------------ */
+/* Limits, recycling, protocol                                          */
+
+static void test_process_pool_payload_limit(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_executor_t *ex = pool_new(&(urio_process_pool_opts_t){ .workers = 1,
+                                                                 .max_payload = 1000 });
+    char buf[1001] = { 0 };
+    assert_null(urio_process_pool_submit(loop, ex, "echo", buf, sizeof buf));
+    assert_int_equal(errno, EMSGSIZE);
+    uint32_t n = 1001, ok = 1000;
+    urio_future_t *f[2] = { submit(loop, ex, "big", &n, sizeof n),
+                            submit(loop, ex, "big", &ok, sizeof ok) };
+    run_all(loop, f, 2, 30);
+    assert_int_equal(urio_future_result(f[0], NULL), -EMSGSIZE);
+    assert_string_equal(urio_future_error_message(f[0]), "output of 1001 bytes refused");
+    void *v = NULL;
+    assert_int_equal(urio_future_result(f[1], &v), 0);
+    assert_int_equal(((const urio_bytes_t *)v)->len, 1000);
+    urio_future_unref(f[0]);
+    urio_future_unref(f[1]);
+    urio_executor_free(ex);
+    test_loop_close(loop);
+}
+
+/* A leaking function: recycling after 5 jobs bounds what a worker holds. */
+static void test_process_pool_recycling_bounds_leak(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_executor_t *ex = pool_new(&(urio_process_pool_opts_t){ .workers = 2,
+                                                                 .max_jobs_per_worker = 5 });
+    enum { N = 30 };
+    urio_future_t *f[N];
+    for (int i = 0; i < N; i++)
+        f[i] = submit(loop, ex, "leak", NULL, 0);
+    run_all(loop, f, N, 60);
+    uint64_t most = 0;
+    for (int i = 0; i < N; i++) {
+        void *v = NULL;
+        assert_int_equal(urio_future_result(f[i], &v), 0);
+        uint64_t leaked;
+        memcpy(&leaked, ((const urio_bytes_t *)v)->data, sizeof leaked);
+        most = leaked > most ? leaked : most;
+        urio_future_unref(f[i]);
+    }
+    assert_true(most <= 5 * (4u << 20));
+    urio_process_pool_stats_t st;
+    urio_process_pool_stats(ex, &st, NULL, 0);
+    assert_true(st.recycled >= N / 5 - 2);
+    assert_int_equal(st.died, 0);
+    urio_executor_free(ex);
+    test_loop_close(loop);
+}
+
+/* A worker that writes garbage into its channel is killed; the parent carries on. */
+static void test_process_pool_malformed_frame(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    test_log_capture();
+    urio_executor_t *ex = pool_new(&(urio_process_pool_opts_t){ .workers = 1 });
+    urio_future_t *f[2] = { submit(loop, ex, "garble", NULL, 0), submit(loop, ex, "echo", "y", 1) };
+    run_all(loop, f, 2, 30);
+    assert_int_equal(urio_future_result(f[0], NULL), URIO_EBROKENWORKER);
+    assert_non_null(strstr(urio_future_error_message(f[0]), "bad magic"));
+    expect_echo(f[1], "y", 1);
+    urio_future_unref(f[0]);
+    urio_future_unref(f[1]);
+    urio_executor_free(ex);
+    test_loop_close(loop);
+}
+
+/* A queued job cancelled never runs; a held one runs, its output dropped. */
+static void test_process_pool_cancel(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_executor_t *ex = pool_new(&(urio_process_pool_opts_t){ .workers = 1 });
+    urio_future_t *warm = submit(loop, ex, "echo", "w", 1);
+    run_all(loop, &warm, 1, 30);
+    urio_future_unref(warm);
+    enum { N = 20 };
+    urio_future_t **f = submit_sleeps(loop, ex, N, 2);
+    /* Hand the first jobs to the worker (its pipeline), the rest stay queued. */
+    urio_call_soon(loop, test_stop_cb, loop);
+    urio_loop_run_forever(loop);
+    assert_true(urio_future_cancel(f[0]));
+    assert_true(urio_future_cancel(f[N - 1]));
+    run_all(loop, f, N, 30);
+    for (int i = 0; i < N; i++) {
+        int err = urio_future_result(f[i], NULL);
+        assert_int_equal(err, (i == 0 || i == N - 1) ? -ECANCELED : 0);
+        urio_future_unref(f[i]);
+    }
+    urio_process_pool_stats_t st;
+    urio_process_pool_stats(ex, &st, NULL, 0);
+    assert_int_equal(st.jobs_done, N);      /* the warm-up and the first ran; the last never did */
+    urio_executor_free(ex);
+    free(f);
+    test_loop_close(loop);
+}
+
+static void test_process_pool_bad_input(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_loop_t *other = test_loop_new();
+    assert_int_equal(urio_process_pool_new(NULL, NULL), -EINVAL);
+    urio_executor_t *ex = NULL;
+    assert_int_equal(urio_process_pool_new(&ex, &(urio_process_pool_opts_t){ .workers = 5000 }),
+                     -EINVAL);
+    assert_int_equal(urio_process_pool_new(&ex, &(urio_process_pool_opts_t){ .start = 9 }),
+                     -EINVAL);
+    ex = pool_new(&(urio_process_pool_opts_t){ .workers = 1 });
+    assert_null(urio_process_pool_submit(NULL, ex, "echo", NULL, 0));
+    assert_int_equal(errno, EINVAL);
+    assert_null(urio_process_pool_submit(loop, ex, NULL, NULL, 0));
+    assert_int_equal(errno, EINVAL);
+    assert_null(urio_process_pool_submit(loop, ex, "echo", NULL, 3));
+    assert_int_equal(errno, EINVAL);
+    char name[300];
+    memset(name, 'n', sizeof name - 1);
+    name[sizeof name - 1] = '\0';
+    assert_null(urio_process_pool_submit(loop, ex, name, NULL, 0));
+    assert_int_equal(errno, EINVAL);
+    urio_executor_t *tp = NULL;
+    assert_int_equal(urio_thread_pool_new(&tp, 1), 0);
+    test_log_capture();
+    assert_null(urio_process_pool_submit(loop, tp, "echo", NULL, 0));
+    assert_int_equal(errno, EINVAL);
+    assert_log_contains("a thread pool is not a process pool");
+    urio_process_pool_stats_t st;
+    assert_int_equal(urio_process_pool_stats(tp, &st, NULL, 0), -EINVAL);
+    urio_executor_free(tp);
+    urio_future_t *f = submit(loop, ex, "echo", "z", 1);
+    assert_null(urio_process_pool_submit(other, ex, "echo", "z", 1));
+    assert_int_equal(errno, EXDEV);
+    run_all(loop, &f, 1, 30);
+    expect_echo(f, "z", 1);
+    urio_future_unref(f);
+    urio_executor_free(ex);
+    test_loop_close(other);
+    test_loop_close(loop);
+}
+
+/* ------------------------------------------------------------------ */
+/* Tasks, the fork server                                               */
+
+static int task_main(void *arg, void **result)
+{
+    urio_executor_t *ex = arg;
+    urio_future_t *f = urio_process_pool_submit(urio_loop_current(), ex, "echo", "task", 4);
+    if (f == NULL)
+        return -errno;
+    void *v = NULL;
+    int err = urio_await(f, &v);
+    if (err == 0) {
+        const urio_bytes_t *b = v;
+        err = b->len == 4 && memcmp(b->data, "task", 4) == 0 ? 0 : -EBADMSG;
+    }
+    urio_future_unref(f);
+    *result = NULL;
+    return err;
+}
+
+static void test_process_pool_awaited_in_task(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_executor_t *ex = pool_new(&(urio_process_pool_opts_t){ .workers = 1 });
+    urio_future_t *t = urio_spawn(loop, task_main, ex);
+    assert_non_null(t);
+    assert_int_equal(urio_loop_run_until_complete(loop, t), 0);
+    urio_future_unref(t);
+    urio_executor_free(ex);
+    test_loop_close(loop);
+}
+
+/* Without pidfds (kernels before 5.3): exits are seen through the channel's end. */
+static void test_process_pool_without_pidfd(void **state)
+{
+    (void)state;
+    urio__process_no_pidfd = true;
+    urio_loop_t *loop = test_loop_new();
+    urio_executor_t *ex = pool_new(&(urio_process_pool_opts_t){ .workers = 1,
+                                                                 .job_timeout_ns = 300 * MS });
+    uint8_t abrt = URIO__PT_ABORT, hang = URIO__PT_HANG;
+    urio_future_t *f[4] = { submit(loop, ex, "die", &abrt, 1), submit(loop, ex, "echo", "np", 2),
+                            submit(loop, ex, "die", &hang, 1), submit(loop, ex, "echo", "np", 2) };
+    run_all(loop, f, 4, 30);
+    assert_int_equal(urio_future_result(f[0], NULL), URIO_EBROKENWORKER);
+    assert_non_null(strstr(urio_future_error_message(f[0]), "SIGABRT"));
+    expect_echo(f[1], "np", 2);
+    assert_int_equal(urio_future_result(f[2], NULL), -ETIMEDOUT);
+    expect_echo(f[3], "np", 2);
+    for (int i = 0; i < 4; i++)
+        urio_future_unref(f[i]);
+    urio_executor_free(ex);
+    test_loop_close(loop);
+    urio__process_no_pidfd = false;
+}
+
+static bool fork_server_up;
+
+static void test_process_pool_fork_server(void **state)
+{
+    (void)state;
+    if (!fork_server_up)
+        skip();
+    urio_loop_t *loop = test_loop_new();
+    urio_executor_t *ex = pool_new(&(urio_process_pool_opts_t){
+        .workers = 2, .start = URIO_PROCESS_START_FORK_SERVER });
+    uint8_t segv = URIO__PT_SEGV;
+    urio_future_t *f[4] = { submit(loop, ex, "self", NULL, 0), submit(loop, ex, "die", &segv, 1),
+                            submit(loop, ex, "echo", "fs", 2),
+                            submit(loop, ex, "echo", "fs", 2) };
+    run_all(loop, f, 4, 30);
+    void *v = NULL;
+    assert_int_equal(urio_future_result(f[0], &v), 0);
+    const int32_t *out = ((const urio_bytes_t *)v)->data;
+    assert_int_equal(out[1], getpid());     /* a child of ours, not of the server */
+    assert_int_equal(out[2], URIO__PROCESS_CHANNEL_FD);
+    assert_int_equal(out[3], -1);
+    assert_int_equal(urio_future_result(f[1], NULL), URIO_EBROKENWORKER);
+    assert_non_null(strstr(urio_future_error_message(f[1]), "SIGSEGV"));
+    expect_echo(f[2], "fs", 2);
+    expect_echo(f[3], "fs", 2);
+    for (int i = 0; i < 4; i++)
+        urio_future_unref(f[i]);
+    urio_executor_free(ex);
+    test_loop_close(loop);
+}
+
+int main(void)
+{
+#if !defined(URIO_TSAN)
+    /* While this process has one thread: the fork server's precondition. */
+    fork_server_up = urio_process_fork_server_start() == 0;
+#endif
+    /* Under ASan a worker's SIGSEGV is its own report and exit 1: let the signal kill it. */
+    const char *asan = getenv("ASAN_OPTIONS");
+    char opts[512];
+    snprintf(opts, sizeof opts, "%s%shandle_segv=0:handle_abort=0", asan ? asan : "",
+             asan && *asan ? ":" : "");
+    setenv("ASAN_OPTIONS", opts, 1);
+    const char *tsan = getenv("TSAN_OPTIONS");
+    snprintf(opts, sizeof opts, "%s%shandle_segv=0:handle_abort=0", tsan ? tsan : "",
+             tsan && *tsan ? ":" : "");
+    setenv("TSAN_OPTIONS", opts, 1);
+    const struct CMUnitTest tests[] = {
+        PP_TEST(test_process_pool_echo_small_and_large),
+        PP_TEST(test_process_pool_error_with_message),
+        PP_TEST(test_process_pool_worker_isolation),
+        PP_TEST(test_process_pool_death_matrix),
+        PP_TEST(test_process_pool_out_of_memory),
+        PP_TEST(test_process_pool_replaced_within_a_second),
+        PP_TEST(test_process_pool_random_kills),
+        PP_TEST(test_process_pool_shutdown_wait),
+        PP_TEST(test_process_pool_shutdown_cancel_futures),
+        PP_TEST(test_process_pool_shutdown_no_wait),
+        PP_TEST(test_process_pool_shutdown_from_thread),
+        PP_TEST(test_process_pool_loop_close_while_busy),
+        PP_TEST(test_process_pool_payload_limit),
+        PP_TEST(test_process_pool_recycling_bounds_leak),
+        PP_TEST(test_process_pool_malformed_frame),
+        PP_TEST(test_process_pool_cancel),
+        PP_TEST(test_process_pool_bad_input),
+        PP_TEST(test_process_pool_awaited_in_task),
+        PP_TEST(test_process_pool_without_pidfd),
+        PP_TEST(test_process_pool_fork_server),
+    };
+    int ret = cmocka_run_group_tests(tests, NULL, NULL);
+    urio_process_fork_server_stop();
+    return ret;
+}
