@@ -32,11 +32,74 @@ static const urio__executor_ops_t freed_ops = {
     .free = freed_free,
 };
 
+/* ------------------------------------------------------------------ */
+/* Debug mode: executors never shut down, reported at exit              */
+
+static pthread_mutex_t g_live_mu = PTHREAD_MUTEX_INITIALIZER;
+static urio_executor_t *g_live;      /* guarded by g_live_mu */
+
+__attribute__((noinline)) void urio__executor_track(urio_executor_t *ex)
+{
+    if (!urio__debug_default())
+        return;
+#if URIO_DEBUG_CHECKS
+    ex->created = urio__malloc(sizeof *ex->created);
+    if (ex->created)
+        urio__backtrace_capture(ex->created, 2, true);     /* from the public constructor's caller */
+#endif
+    pthread_mutex_lock(&g_live_mu);
+    ex->live = true;
+    ex->live_prev = NULL;
+    ex->live_next = g_live;
+    if (g_live)
+        g_live->live_prev = ex;
+    g_live = ex;
+    pthread_mutex_unlock(&g_live_mu);
+    URIO_NO_TAILCALL();
+}
+
+void urio__executor_shut(urio_executor_t *ex)
+{
+    pthread_mutex_lock(&g_live_mu);
+    if (ex->live) {
+        ex->live = false;
+        if (ex->live_prev)
+            ex->live_prev->live_next = ex->live_next;
+        else
+            g_live = ex->live_next;
+        if (ex->live_next)
+            ex->live_next->live_prev = ex->live_prev;
+    }
+    pthread_mutex_unlock(&g_live_mu);
+    urio__free(ex->created);
+    ex->created = NULL;
+}
+
+/* asyncio's ResourceWarning, for executors: at exit, in debug mode. */
+__attribute__((destructor)) static void warn_unclosed_executors(void)
+{
+    pthread_mutex_lock(&g_live_mu);
+    for (urio_executor_t *ex = g_live; ex != NULL; ex = ex->live_next) {
+        char *tb = ex->created ? urio__backtrace_format(ex->created,
+                                                        "Executor created at (most recent "
+                                                        "call last):")
+                               : NULL;
+        urio__log(URIO_LOG_WARNING, "unclosed executor <%s %p>: never shut down "
+                  "(urio_executor_shutdown or urio_executor_free)%s%s", ex->ops->kind,
+                  (void *)ex, tb ? "\n" : "", tb ? tb : "");
+        urio__free(tb);
+    }
+    pthread_mutex_unlock(&g_live_mu);
+}
+
 URIO_EXPORT int urio_executor_shutdown(urio_executor_t *ex, bool wait, bool cancel_futures)
 {
     if (ex == NULL)
         return -EINVAL;
-    return ex->ops->shutdown(ex, wait, cancel_futures);
+    int ret = ex->ops->shutdown(ex, wait, cancel_futures);
+    if (ret == 0 && ex->ops != &freed_ops)
+        urio__executor_shut(ex);
+    return ret;
 }
 
 URIO_EXPORT void urio_executor_free(urio_executor_t *ex)
@@ -44,8 +107,10 @@ URIO_EXPORT void urio_executor_free(urio_executor_t *ex)
     if (ex == NULL)
         return;
     const urio__executor_ops_t *ops = ex->ops;
-    if (ops != &freed_ops)
+    if (ops != &freed_ops) {
+        urio__executor_shut(ex);
         ex->ops = &freed_ops;   /* first: the kind's free may let the memory go */
+    }
     ops->free(ex);
 }
 

@@ -18,7 +18,20 @@ typedef struct urio__executor_ops {
 
 struct urio_executor {
     const urio__executor_ops_t *ops;     /* the freed table once urio_executor_free ran */
+    /* Debug mode: on the list of executors never shut down (executor.c), with where made. */
+    struct urio_executor *live_next, *live_prev;
+    bool live;
+    urio__backtrace_t *created;
 };
+
+/*
+ * Debug mode's resource warning for executors: a new executor is tracked
+ * (with where it was made) until it is shut down; those still running at
+ * exit are reported.  track: at creation (it looks at debug mode itself);
+ * shut: at shutdown and at free.
+ */
+void urio__executor_track(urio_executor_t *ex);
+void urio__executor_shut(urio_executor_t *ex);
 
 /* True (and an ERROR naming fn) if the program's handle was freed already. */
 bool urio__executor_freed(const urio_executor_t *ex, const char *fn);

@@ -357,12 +357,36 @@ static void transition(urio_future_t *f, uint32_t state, int err, void *value)
     schedule_runner(f);
 }
 
+/*
+ * A future completed a second time: a state-machine mistake that would
+ * silently lose one of the two outcomes.  With debug mode's machinery
+ * compiled in, it is said, naming the future and where it was made (only
+ * this error path pays).
+ */
+__attribute__((cold, noinline)) static int done_already(const urio_future_t *f, const char *fn)
+{
+#if URIO_DEBUG_CHECKS
+    char desc[200];
+    char *src = urio__future_source_traceback(f);
+    urio__log(URIO_LOG_ERROR, "%s(): %s is done already: its outcome is kept, this one "
+              "refused%s%s%s", fn, urio__future_describe(f, desc, sizeof desc),
+              src ? "\n" : "", src ? src : "",
+              src || (f->loop && f->loop->debug) ? ""
+                  : "\nEnable debug mode (URIO_DEBUG=1) to get where it was created");
+    urio__free(src);
+#else
+    (void)f;
+    (void)fn;
+#endif
+    return -EINVAL;
+}
+
 static int complete(urio_future_t *f, uint32_t state, int err, void *value, const char *fn)
 {
     if (!check(f, fn))
         return f ? -EPERM : -EINVAL;
     if (state_of(f) != F_PENDING)
-        return -EINVAL;
+        return done_already(f, fn);
     transition(f, state, err, value);
     return 0;
 }
@@ -413,7 +437,7 @@ __attribute__((noinline)) static int set_error(urio_future_t *f, const urio_site
     if (f->ops && f->ops->sealed)
         return refuse_sealed(f, "urio_future_set_error");
     if (state_of(f) != F_PENDING)
-        return -EINVAL;
+        return done_already(f, "urio_future_set_error");
     char *msg = NULL;
     int ret = 0;
     if (fmt != NULL) {

@@ -1605,6 +1605,7 @@ URIO_EXPORT int urio_process_pool_new(urio_executor_t **out, const urio_process_
     atomic_init(&p->refs, 1);
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
+    urio__executor_track(&p->base);     /* debug mode: reported if never shut down */
     *out = &p->base;
     return 0;
 }

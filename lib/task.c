@@ -131,10 +131,30 @@ static void task_describe_short(const void *obj, char *buf, size_t n)
 /* Switches from the loop's stack into t, until t suspends or ends. */
 static void task_finish(urio__task_t *t);
 
+/*
+ * A task resumed while it runs, or after it ended: a state-machine mistake
+ * (a done callback or step run twice) that would jump into a stack in use
+ * or freed.  Refused and said, with debug mode's machinery compiled in.
+ */
+#if URIO_DEBUG_CHECKS
+__attribute__((cold, noinline)) static void resumed_wrongly(const urio__task_t *t)
+{
+    urio__log(URIO_LOG_ERROR, "task '%s' (created at %s:%d) resumed while %s: refused (a "
+              "step or done callback ran twice)", t->name, t->site ? t->site->file : "?",
+              t->site ? t->site->line : 0, t->state == URIO__TASK_RUNNING ? "running" : "done");
+}
+#endif
+
 static void switch_in(urio__task_t *t)
 {
     urio_loop_t *loop = t->loop;
     urio__tasks_t *ts = t->tasks;
+#if URIO_DEBUG_CHECKS
+    if (URIO_UNLIKELY(t->state == URIO__TASK_RUNNING || t->state == URIO__TASK_DONE)) {
+        resumed_wrongly(t);
+        return;
+    }
+#endif
     urio__tls_task = t;
     /* Whichever callback resumed it, the step is the task's: reports name the task. */
     urio__loop_attribute(loop, task_describe_short, t);

@@ -292,8 +292,10 @@ URIO_EXPORT int urio_thread_pool_new(urio_executor_t **out, unsigned max_workers
     *out = NULL;
     pool_t *ex;
     int ret = pool_new(&ex, max_workers);
-    if (ret == 0)
+    if (ret == 0) {
+        urio__executor_track(&ex->base);    /* debug mode: reported if never shut down */
         *out = &ex->base;
+    }
     return ret;
 }
 

@@ -246,6 +246,54 @@ static void test_misuse_log_null_format(void **state)
     assert_log_contains("ERROR urio_log(): called with a NULL format (level 30)");
 }
 
+/* A future completed twice: the second outcome is refused, and said (issue 13). */
+static void test_misuse_future_completed_twice(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_future_t *f = test_future_new(loop);
+    test_log_capture();
+    assert_int_equal(urio_future_set_result(f, (void *)1), 0);
+    assert_int_equal(urio_future_set_result(f, (void *)2), -EINVAL);
+    assert_int_equal(urio_future_set_error(f, -EIO, "late"), -EINVAL);
+    void *r;
+    assert_int_equal(urio_future_result(f, &r), 0);
+    assert_ptr_equal(r, (void *)1);                 /* the first outcome stands */
+    if (URIO_DEBUG_CHECKS) {
+        assert_log_contains("ERROR urio_future_set_result(): <Future finished result=0x1> is "
+                            "done already: its outcome is kept, this one refused");
+        assert_log_contains("ERROR urio_future_set_error(): <Future finished result=0x1> is "
+                            "done already");
+    }
+    urio_future_unref(f);
+    test_loop_close(loop);
+}
+
+/* Debug mode's resource warning: an executor never shut down is reported at exit. */
+static int __attribute__((noinline)) leaves_executor(void *arg)
+{
+    (void)arg;
+    setenv("URIO_DEBUG", "1", 1);
+    urio_executor_t *ex, *ok;
+    if (urio_thread_pool_new(&ex, 1) != 0 || urio_thread_pool_new(&ok, 1) != 0)
+        return 1;
+    urio_executor_free(ok);                         /* this one is closed: not reported */
+    return 0;                                       /* ex: never shut down */
+}
+
+static void test_misuse_unclosed_executor_reported(void **state)
+{
+    (void)state;
+    char out[4096];
+    int status = test_child(leaves_executor, NULL, out, sizeof out);
+    assert_int_equal(WEXITSTATUS(status), 0);
+    if (strstr(out, "WARNING urio: unclosed executor <thread pool ") == NULL)
+        fail_msg("no warning; the child wrote:\n%s", out);
+    assert_null(strstr(strstr(out, "unclosed executor") + 1, "unclosed executor"));
+    if (URIO_DEBUG_CHECKS && strstr(out, "in leaves_executor") == NULL)
+        fail_msg("no creation stack; the child wrote:\n%s", out);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -256,6 +304,8 @@ int main(void)
         URIO_TEST(test_misuse_executor_used_after_free),
         URIO_TEST(test_misuse_positive_error_codes),
         URIO_TEST(test_misuse_log_null_format),
+        URIO_TEST(test_misuse_future_completed_twice),
+        URIO_TEST(test_misuse_unclosed_executor_reported),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
