@@ -166,9 +166,20 @@ static void absolute_path(const char *dir, const char *file, char *out, size_t n
 
 typedef struct frame_info {
     const char *fn;
+    char fnbuf[160];             /* fn without a compiler's clone suffix */
     char file[PATH_MAX];
     int line;
 } frame_info_t;
+
+/* "crunch.constprop.0", "f.isra.0", "g.part.1", "h.cold": the function as written. */
+static void strip_clone_suffix(frame_info_t *fi)
+{
+    const char *dot = fi->fn ? strchr(fi->fn, '.') : NULL;
+    if (dot == NULL || dot == fi->fn)
+        return;
+    snprintf(fi->fnbuf, sizeof fi->fnbuf, "%.*s", (int)(dot - fi->fn), fi->fn);
+    fi->fn = fi->fnbuf;
+}
 
 /* Names addr (under g_sym_mu).  Returns: true if it found a name or a file. */
 static bool sym_lookup(uintptr_t addr, frame_info_t *fi)
@@ -200,6 +211,7 @@ static bool sym_lookup(uintptr_t addr, frame_info_t *fi)
         if (dladdr((void *)addr, &info) && info.dli_sname)
             fi->fn = info.dli_sname;
     }
+    strip_clone_suffix(fi);
     return fi->fn != NULL || fi->file[0] != '\0';
 }
 
