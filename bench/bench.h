@@ -341,4 +341,12 @@ static inline uint64_t bench_splitmix64(uint64_t *state)
     return z ^ (z >> 31);
 }
 
+/* debug.c: what debug mode costs. */
+void bench_urio_debug_dispatch(const bench_config_t *cfg, double *out);
+void bench_off_debug_dispatch(const bench_config_t *cfg, double *out);
+void bench_urio_debug_timers(const bench_config_t *cfg, double *out);
+void bench_off_debug_timers(const bench_config_t *cfg, double *out);
+void bench_urio_debug_compiled(const bench_config_t *cfg, double *out);
+void bench_nochecks_debug_compiled(const bench_config_t *cfg, double *out);
+
 #endif

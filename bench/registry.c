@@ -288,6 +288,43 @@ const bench_def_t bench_registry[] = {
             URIO_ONLY_METRIC("procpool.startup_fsrv", "ms/pool", 2),
         },
     },
+    /* What debug mode costs (debug.c): urio's column is debug mode on, the
+     * peer's off; then the default build against one without debug mode's
+     * machinery.  Goals: on <= 3x off (asyncio's costs about 18x); compiled
+     * in and off within noise of compiled out. */
+    {
+        .name = "debug.dispatch",
+        .group = "debug",
+        .urio = bench_urio_debug_dispatch,
+        .peer = bench_off_debug_dispatch,
+        .peer_name = "debug off",
+        .n_metrics = 1,
+        .metrics = {
+            METRIC("debug.dispatch", "ns/callback", 2, PEER_MAX(3.0)),
+        },
+    },
+    {
+        .name = "debug.timers",
+        .group = "debug",
+        .urio = bench_urio_debug_timers,
+        .peer = bench_off_debug_timers,
+        .peer_name = "debug off",
+        .n_metrics = 1,
+        .metrics = {
+            METRIC("debug.timers", "cpu ns/timer", 1, PEER_MAX(3.0)),
+        },
+    },
+    {
+        .name = "debug.compiled",
+        .group = "debug",
+        .urio = bench_urio_debug_compiled,
+        .peer = bench_nochecks_debug_compiled,
+        .peer_name = "compiled out",
+        .n_metrics = 1,
+        .metrics = {
+            METRIC("debug.compiled_in", "ns/callback", 2, PEER_MAX(1.10)),
+        },
+    },
 };
 
 const size_t bench_registry_len = sizeof bench_registry / sizeof bench_registry[0];

@@ -13,6 +13,12 @@
 #include "urio_config.h"
 #include "urio.h"
 
+/* The benchmark's second build of the library: debug mode's machinery out (bench/debug.c). */
+#ifdef URIO_FORCE_NO_DEBUG_CHECKS
+#undef URIO_DEBUG_CHECKS
+#define URIO_DEBUG_CHECKS 0
+#endif
+
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -177,6 +183,39 @@ static inline uint64_t urio__now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/*
+ * A cheap timestamp, for timing every callback in debug mode: the CPU's
+ * cycle counter where the kernel's clock itself uses a constant one (the
+ * TSC on x86-64, the virtual counter on AArch64), else the clock.
+ * urio__ticks_ns converts a difference to nanoseconds with the factor
+ * urio__ticks_calibrate measured (once per process; call it before timing).
+ */
+extern uint64_t urio__ticks_mult;        /* ns = ticks * mult >> 32; 0: ticks are ns */
+void urio__ticks_calibrate(void);
+
+static inline uint64_t urio__ticks(void)
+{
+#if defined(__x86_64__)
+    if (URIO_LIKELY(urio__ticks_mult != 0))
+        return __builtin_ia32_rdtsc();
+#elif defined(__aarch64__)
+    if (URIO_LIKELY(urio__ticks_mult != 0)) {
+        uint64_t v;
+        __asm__ volatile("mrs %0, cntvct_el0" : "=r"(v));
+        return v;
+    }
+#endif
+    return urio__now();
+}
+
+static inline uint64_t urio__ticks_ns(uint64_t ticks)
+{
+    if (urio__ticks_mult == 0)
+        return ticks;
+    __extension__ typedef unsigned __int128 u128;
+    return (uint64_t)(((u128)ticks * urio__ticks_mult) >> 32);
 }
 
 /*

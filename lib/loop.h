@@ -111,6 +111,7 @@ struct urio_loop {
     uint64_t run_ns;             /* in urio_loop_run_forever, runs that ended */
     uint64_t run_started;        /* the clock when the current run began */
     uint64_t wake_deadline;      /* the timer the loop blocked for, or 0 */
+    uint64_t debug_ticks;        /* debug mode: the last callback's end (urio__ticks), or 0 */
     uint64_t slow_callbacks;
     uint64_t lag_hist[URIO_STATS_BUCKETS];
     uint64_t callback_hist[URIO_STATS_BUCKETS];
