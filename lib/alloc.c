@@ -189,3 +189,35 @@ URIO_EXPORT void urio_mem_stats(urio_mem_stats_t *st)
     st->failures = atomic_load(&g_alloc.failures);
     st->live = st->allocs - st->frees;
 }
+
+/*
+ * Debug mode's quarantine of freed loops and executors: blocks kept (and
+ * forgotten by the counters) so a use after free meets poisoned memory that
+ * says what it was, not memory reused for something else.  Bounded: the
+ * oldest goes for good; all go at exit.
+ */
+#define QUARANTINE 32
+static pthread_mutex_t g_quarantine_mu = PTHREAD_MUTEX_INITIALIZER;
+static void *g_quarantine[QUARANTINE];      /* guarded by g_quarantine_mu */
+static unsigned g_quarantine_next;
+
+void urio__quarantine(void *p)
+{
+    urio__forget(p);
+    pthread_mutex_lock(&g_quarantine_mu);
+    void *old = g_quarantine[g_quarantine_next];
+    g_quarantine[g_quarantine_next] = p;
+    g_quarantine_next = (g_quarantine_next + 1) % QUARANTINE;
+    pthread_mutex_unlock(&g_quarantine_mu);
+    urio__free_forgotten(old);
+}
+
+__attribute__((destructor)) static void quarantine_free(void)
+{
+    pthread_mutex_lock(&g_quarantine_mu);
+    for (unsigned i = 0; i < QUARANTINE; i++) {
+        urio__free_forgotten(g_quarantine[i]);
+        g_quarantine[i] = NULL;
+    }
+    pthread_mutex_unlock(&g_quarantine_mu);
+}

@@ -90,6 +90,8 @@ void  urio__free(void *p);
  */
 void  urio__forget(void *p);
 void  urio__free_forgotten(void *p);
+/* Frees p later (a bounded quarantine, debug mode's: see alloc.c); forgotten at once. */
+void  urio__quarantine(void *p);
 char *urio__strdup(const char *s);
 char *urio__vasprintf(const char *fmt, va_list ap);
 char *urio__asprintf(const char *fmt, ...) URIO_PRINTF(1, 2);

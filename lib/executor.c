@@ -123,32 +123,10 @@ bool urio__executor_freed(const urio_executor_t *ex, const char *fn)
     return true;
 }
 
-#define QUARANTINE 16
-static pthread_mutex_t g_quarantine_mu = PTHREAD_MUTEX_INITIALIZER;
-static void *g_quarantine[QUARANTINE];      /* guarded by g_quarantine_mu */
-static unsigned g_quarantine_next;
-
 void urio__executor_release(urio_executor_t *ex)
 {
-    if (ex->ops != &freed_ops || !urio__debug_default()) {
+    if (ex->ops == &freed_ops && urio__debug_default())
+        urio__quarantine(ex);   /* a late use of the program's handle meets the freed table */
+    else
         urio__free(ex);
-        return;
-    }
-    urio__forget(ex);
-    pthread_mutex_lock(&g_quarantine_mu);
-    void *old = g_quarantine[g_quarantine_next];
-    g_quarantine[g_quarantine_next] = ex;
-    g_quarantine_next = (g_quarantine_next + 1) % QUARANTINE;
-    pthread_mutex_unlock(&g_quarantine_mu);
-    urio__free_forgotten(old);
-}
-
-__attribute__((destructor)) static void quarantine_free(void)
-{
-    pthread_mutex_lock(&g_quarantine_mu);
-    for (unsigned i = 0; i < QUARANTINE; i++) {
-        urio__free_forgotten(g_quarantine[i]);
-        g_quarantine[i] = NULL;
-    }
-    pthread_mutex_unlock(&g_quarantine_mu);
 }

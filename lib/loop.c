@@ -735,34 +735,12 @@ void urio__loop_ref(urio_loop_t *loop)
  * is closed" (every call checks) instead of a silent use of freed memory.
  * The oldest goes for good; all go at exit.
  */
-#define LOOP_QUARANTINE 16
-static pthread_mutex_t g_quarantine_mu = PTHREAD_MUTEX_INITIALIZER;
-static urio_loop_t *g_quarantine[LOOP_QUARANTINE];     /* guarded by g_quarantine_mu */
-static unsigned g_quarantine_next;
-
 static void loop_free(urio_loop_t *loop)
 {
-    if (!loop->debug || !loop->closed) {
+    if (loop->debug && loop->closed)
+        urio__quarantine(loop);     /* freed, as far as urio_mem_stats goes */
+    else
         urio__free(loop);
-        return;
-    }
-    urio__forget(loop);     /* freed, as far as urio_mem_stats goes */
-    pthread_mutex_lock(&g_quarantine_mu);
-    urio_loop_t *old = g_quarantine[g_quarantine_next];
-    g_quarantine[g_quarantine_next] = loop;
-    g_quarantine_next = (g_quarantine_next + 1) % LOOP_QUARANTINE;
-    pthread_mutex_unlock(&g_quarantine_mu);
-    urio__free_forgotten(old);
-}
-
-__attribute__((destructor)) static void loop_quarantine_free(void)
-{
-    pthread_mutex_lock(&g_quarantine_mu);
-    for (unsigned i = 0; i < LOOP_QUARANTINE; i++) {
-        urio__free_forgotten(g_quarantine[i]);
-        g_quarantine[i] = NULL;
-    }
-    pthread_mutex_unlock(&g_quarantine_mu);
 }
 
 void urio__loop_unref(urio_loop_t *loop)

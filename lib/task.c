@@ -74,18 +74,25 @@ static void task_describe(const urio_future_t *f, char *buf, size_t n)
 
 static void tasks_unref(urio__tasks_t *ts);
 
+/* Takes t off a list of tasks (the live ones, or the failed ones). */
+static void unlink_task(urio__task_t **head, urio__task_t *t)
+{
+    if (t->prev)
+        t->prev->next = t->next;
+    else
+        *head = t->next;
+    if (t->next)
+        t->next->prev = t->prev;
+    t->next = t->prev = NULL;
+}
+
 static void task_finalize(urio_future_t *f)
 {
     urio__task_t *t = urio__task_of(f);
     if (atomic_exchange(&t->failed_listed, false)) {
         urio__tasks_t *ts = t->tasks;
         pthread_mutex_lock(&ts->failed_mu);
-        if (t->prev)
-            t->prev->next = t->next;
-        else
-            ts->failed = t->next;
-        if (t->next)
-            t->next->prev = t->prev;
+        unlink_task(&ts->failed, t);
         pthread_mutex_unlock(&ts->failed_mu);
         tasks_unref(ts);
     }
@@ -250,13 +257,7 @@ static int schedule_step(urio__task_t *t)
 static void task_list_remove(urio__task_t *t)
 {
     urio__tasks_t *ts = t->tasks;
-    if (t->prev)
-        t->prev->next = t->next;
-    else
-        ts->list = t->next;
-    if (t->next)
-        t->next->prev = t->prev;
-    t->next = t->prev = NULL;
+    unlink_task(&ts->list, t);
     ts->n--;
     if (ts->n == 0 && ts->drained != NULL && !urio_future_done(ts->drained))
         urio_future_set_result(ts->drained, NULL);
@@ -765,12 +766,7 @@ static void report_failed(urio__tasks_t *ts)
             urio_future_unref(t->self);     /* cannot be the last: its finalizer has not run */
             continue;
         }
-        if (t->prev)
-            t->prev->next = t->next;
-        else
-            ts->failed = t->next;
-        if (t->next)
-            t->next->prev = t->prev;
+        unlink_task(&ts->failed, t);
         t->next = mine;
         mine = t;
     }
