@@ -2,7 +2,7 @@
  * main.c — urio-bench: runs the registered benchmarks side by side against
  * their peers, and reports medians, ratios, spreads and targets.
  *
- *   urio-bench [--quick] [--runs N] [--json FILE] [SUBCOMMAND...]
+ *   urio-bench [--quick] [--runs N] [--json FILE] [--compare FILE] [SUBCOMMAND...]
  *
  * SUBCOMMAND is a group of the registry ("dispatch", "timers", ...), "all"
  * (the default) or "list".  Each benchmark runs R times per side, the two
@@ -36,6 +36,7 @@ typedef struct options {
     bool quick;
     unsigned runs;             /* 0: the default for the mode */
     const char *json_path;     /* NULL: no JSON */
+    const char *compare_path;  /* NULL: no comparison with an earlier --json run */
     bool list;
     bool all;
     const char *groups[64];    /* the selected groups when !all */
@@ -54,11 +55,14 @@ static bool first_of_group(size_t i)
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: urio-bench [--quick] [--runs N] [--json FILE] [SUBCOMMAND...]\n"
+            "usage: urio-bench [--quick] [--runs N] [--json FILE] [--compare FILE] "
+            "[SUBCOMMAND...]\n"
             "\n"
-            "  --quick      smaller sizes: the whole default run in under a minute\n"
-            "  --runs N     runs per side and benchmark (default 5, quick 3)\n"
-            "  --json FILE  also write the results, with every run, to FILE\n"
+            "  --quick         smaller sizes: the whole default run in about a minute\n"
+            "  --runs N        runs per side and benchmark (default 5, quick 3)\n"
+            "  --json FILE     also write the results, with every run, to FILE\n"
+            "  --compare FILE  also print the change of each row against FILE, the\n"
+            "                  --json output of an earlier run\n"
             "\n"
             "subcommands: all (default), list, or a group:");
     for (size_t i = 0; i < bench_registry_len; i++)
@@ -135,6 +139,8 @@ static options_t parse_args(int argc, char **argv)
             o.runs = parse_runs(v);
         } else if ((v = option_value(argc, argv, &i, "--json"))) {
             o.json_path = v;
+        } else if ((v = option_value(argc, argv, &i, "--compare"))) {
+            o.compare_path = v;
         } else if (argv[i][0] == '-') {
             fprintf(stderr, "urio-bench: unknown option '%s'\n", argv[i]);
             usage(stderr);
@@ -174,14 +180,22 @@ static const bench_def_t *def_of(const bench_metric_t *m)
     bench_die("metric %s is not in the registry", m->name);
 }
 
-/* The metric a BENCH_TARGET_REF_MAX target compares with. */
-static const bench_metric_t *ref_metric(const bench_metric_t *m)
+/* A metric's goals: the target, then the second one (target2). */
+enum { N_TARGETS = 2 };
+
+static const bench_target_t *target_of(const bench_metric_t *m, int k)
+{
+    return k == 0 ? &m->target : &m->target2;
+}
+
+/* The metric a BENCH_TARGET_REF_MAX target t of metric m compares with. */
+static const bench_metric_t *ref_metric(const bench_metric_t *m, const bench_target_t *t)
 {
     const bench_def_t *def = def_of(m);
-    if (m->target.ref < 0 || (size_t)m->target.ref >= def->n_metrics)
-        bench_die("metric %s: target refers to metric %d of %zu", m->name, m->target.ref,
+    if (t->ref < 0 || (size_t)t->ref >= def->n_metrics)
+        bench_die("metric %s: target refers to metric %d of %zu", m->name, t->ref,
                   def->n_metrics);
-    return &def->metrics[m->target.ref];
+    return &def->metrics[t->ref];
 }
 
 static bool has_peer(const bench_def_t *def, const bench_metric_t *m)
@@ -195,18 +209,18 @@ static const char *peer_name(const bench_def_t *def)
     return def->peer_name ? def->peer_name : PEER_NAME;
 }
 
-static void format_target(char *buf, size_t size, const bench_metric_t *m)
+static void format_target(char *buf, size_t size, const bench_metric_t *m,
+                          const bench_target_t *t)
 {
-    switch (m->target.kind) {
+    switch (t->kind) {
     case BENCH_TARGET_URIO_MAX:
-        snprintf(buf, size, "urio <= %g %s", m->target.value, m->unit);
+        snprintf(buf, size, "urio <= %g %s", t->value, m->unit);
         break;
     case BENCH_TARGET_RATIO_MIN:
-        snprintf(buf, size, "%s/urio >= %gx", peer_name(def_of(m)), m->target.value);
+        snprintf(buf, size, "%s/urio >= %gx", peer_name(def_of(m)), t->value);
         break;
     case BENCH_TARGET_REF_MAX:
-        snprintf(buf, size, "urio <= %gx %s", m->target.value,
-                 ref_metric(m)->name);
+        snprintf(buf, size, "urio <= %gx %s", t->value, ref_metric(m, t)->name);
         break;
     case BENCH_TARGET_NONE:
         snprintf(buf, size, "-");
@@ -220,11 +234,16 @@ static void list_benchmarks(void)
     for (size_t i = 0; i < bench_registry_len; i++) {
         const bench_def_t *def = &bench_registry[i];
         for (size_t m = 0; m < def->n_metrics; m++) {
-            char target[96];
-            format_target(target, sizeof target, &def->metrics[m]);
-            printf("%-12s %-22s %-16s %-11s %s\n", def->group, def->metrics[m].name,
+            char target[96], target2[96] = "";
+            format_target(target, sizeof target, &def->metrics[m], &def->metrics[m].target);
+            if (def->metrics[m].target2.kind != BENCH_TARGET_NONE) {
+                strcpy(target2, ", ");
+                format_target(target2 + 2, sizeof target2 - 2, &def->metrics[m],
+                              &def->metrics[m].target2);
+            }
+            printf("%-12s %-22s %-16s %-11s %s%s\n", def->group, def->metrics[m].name,
                    def->metrics[m].unit, has_peer(def, &def->metrics[m]) ? peer_name(def) : "-",
-                   target);
+                   target, target2);
         }
     }
 }
@@ -239,8 +258,10 @@ typedef struct row {
     double *urio, *peer, *ratio;   /* one per run; NAN where absent */
     double urio_med, peer_med;
     double ratio_med, ratio_min, ratio_max;
-    double ref_ratio_med;          /* BENCH_TARGET_REF_MAX: median of urio/ref per run */
-    bool has_target, met;
+    struct {
+        double ref_ratio_med;      /* BENCH_TARGET_REF_MAX: median of urio/ref per run */
+        bool has, met;
+    } goal[N_TARGETS];             /* metric->target, metric->target2 */
 } row_t;
 
 static int cmp_double(const void *a, const void *b)
@@ -268,25 +289,26 @@ static void summarize(const double *v, size_t n, double *med, double *min, doubl
 }
 
 /* rows: every row of r's benchmark, in metric order, already summarized. */
-static void judge_target(row_t *r, const row_t *rows, unsigned runs)
+static void judge_target(row_t *r, int k, const row_t *rows, unsigned runs)
 {
-    const bench_target_t *t = &r->metric->target;
-    r->has_target = t->kind != BENCH_TARGET_NONE;
-    r->ref_ratio_med = NAN;
+    const bench_target_t *t = target_of(r->metric, k);
+    r->goal[k].has = t->kind != BENCH_TARGET_NONE;
+    r->goal[k].ref_ratio_med = NAN;
     if (t->kind == BENCH_TARGET_URIO_MAX) {
-        r->met = isfinite(r->urio_med) && r->urio_med <= t->value;
+        r->goal[k].met = isfinite(r->urio_med) && r->urio_med <= t->value;
     } else if (t->kind == BENCH_TARGET_RATIO_MIN) {
-        r->met = isfinite(r->ratio_med) && r->ratio_med >= t->value;
+        r->goal[k].met = isfinite(r->ratio_med) && r->ratio_med >= t->value;
     } else if (t->kind == BENCH_TARGET_REF_MAX) {
         /* Per run, like the peer ratio: both values come from one call of
          * urio's side, taken at the same moment of the machine. */
-        const row_t *ref = &rows[ref_metric(r->metric) - r->def->metrics];
+        const row_t *ref = &rows[ref_metric(r->metric, t) - r->def->metrics];
         double rel[MAX_RUNS], lo, hi;
         for (unsigned i = 0; i < runs; i++)
             rel[i] = (isfinite(r->urio[i]) && ref->urio[i] > 0.0) ? r->urio[i] / ref->urio[i]
                                                                    : NAN;
-        summarize(rel, runs, &r->ref_ratio_med, &lo, &hi);
-        r->met = isfinite(r->ref_ratio_med) && r->ref_ratio_med <= t->value;
+        summarize(rel, runs, &r->goal[k].ref_ratio_med, &lo, &hi);
+        r->goal[k].met = isfinite(r->goal[k].ref_ratio_med) &&
+                         r->goal[k].ref_ratio_med <= t->value;
     }
 }
 
@@ -374,7 +396,8 @@ static void run_benchmark(const bench_def_t *def, const bench_config_t *cfg,
     for (size_t m = 0; m < def->n_metrics; m++)
         summarize_row(&rows[m], runs);
     for (size_t m = 0; m < def->n_metrics; m++)
-        judge_target(&rows[m], rows, runs);
+        for (int k = 0; k < N_TARGETS; k++)
+            judge_target(&rows[m], k, rows, runs);
 }
 
 static row_t *alloc_rows(const options_t *o, size_t *n_rows)
@@ -466,21 +489,24 @@ static void print_targets(const row_t *rows, size_t n)
     printf("\ntargets (reported, not enforced):\n");
     for (size_t i = 0; i < n; i++) {
         const row_t *r = &rows[i];
-        if (!r->has_target)
-            continue;
-        char target[96], got[48];
-        format_target(target, sizeof target, r->metric);
-        if (r->metric->target.kind == BENCH_TARGET_RATIO_MIN) {
-            format_value(got, sizeof got, r->ratio_med, 2);
-        } else if (r->metric->target.kind == BENCH_TARGET_REF_MAX) {
-            format_value(got, sizeof got - 1, r->ref_ratio_med, 2);
-            if (isfinite(r->ref_ratio_med))
-                strcat(got, "x");
-        } else {
-            format_value(got, sizeof got, r->urio_med, r->metric->decimals);
+        for (int k = 0; k < N_TARGETS; k++) {
+            if (!r->goal[k].has)
+                continue;
+            const bench_target_t *t = target_of(r->metric, k);
+            char target[96], got[48];
+            format_target(target, sizeof target, r->metric, t);
+            if (t->kind == BENCH_TARGET_RATIO_MIN) {
+                format_value(got, sizeof got, r->ratio_med, 2);
+            } else if (t->kind == BENCH_TARGET_REF_MAX) {
+                format_value(got, sizeof got - 1, r->goal[k].ref_ratio_med, 2);
+                if (isfinite(r->goal[k].ref_ratio_med))
+                    strcat(got, "x");
+            } else {
+                format_value(got, sizeof got, r->urio_med, r->metric->decimals);
+            }
+            printf("  %-22s %-34s got %-10s %s\n", r->metric->name, target, got,
+                   r->goal[k].met ? "MET" : "MISSED");
         }
-        printf("  %-22s %-34s got %-10s %s\n", r->metric->name, target, got,
-               r->met ? "MET" : "MISSED");
     }
 }
 
@@ -507,23 +533,25 @@ static void json_array(FILE *f, const double *v, unsigned n)
     fputc(']', f);
 }
 
-static void json_target(FILE *f, const row_t *r)
+/* "target"/"met" for the first goal, "target2"/"met2" for the second. */
+static void json_target(FILE *f, const row_t *r, int k)
 {
-    const bench_target_t *t = &r->metric->target;
-    if (!r->has_target) {
-        fputs("\"target\": null, \"met\": null", f);
+    const bench_target_t *t = target_of(r->metric, k);
+    const char *sfx = k == 0 ? "" : "2";
+    if (!r->goal[k].has) {
+        fprintf(f, "\"target%s\": null, \"met%s\": null", sfx, sfx);
         return;
     }
     const char *kind = t->kind == BENCH_TARGET_URIO_MAX   ? "urio_max"
                        : t->kind == BENCH_TARGET_RATIO_MIN ? "ratio_min"
                                                            : "ref_max";
-    fprintf(f, "\"target\": {\"kind\": \"%s\", \"value\": ", kind);
+    fprintf(f, "\"target%s\": {\"kind\": \"%s\", \"value\": ", sfx, kind);
     json_number(f, t->value);
     if (t->kind == BENCH_TARGET_REF_MAX) {
-        fprintf(f, ", \"ref\": \"%s\", \"got\": ", ref_metric(r->metric)->name);
-        json_number(f, r->ref_ratio_med);
+        fprintf(f, ", \"ref\": \"%s\", \"got\": ", ref_metric(r->metric, t)->name);
+        json_number(f, r->goal[k].ref_ratio_med);
     }
-    fprintf(f, "}, \"met\": %s", r->met ? "true" : "false");
+    fprintf(f, "}, \"met%s\": %s", sfx, r->goal[k].met ? "true" : "false");
 }
 
 static void json_row(FILE *f, const row_t *r, unsigned runs)
@@ -543,7 +571,11 @@ static void json_row(FILE *f, const row_t *r, unsigned runs)
     fputs(", \"ratio_max\": ", f);
     json_number(f, r->ratio_max);
     fputs(",\n     ", f);
-    json_target(f, r);
+    json_target(f, r, 0);
+    if (r->goal[1].has) {
+        fputs(", ", f);
+        json_target(f, r, 1);
+    }
     fputs(",\n     \"runs\": {\"urio\": ", f);
     json_array(f, r->urio, runs);
     fputs(", \"peer\": ", f);
@@ -562,7 +594,9 @@ static void json_config(FILE *f, const bench_config_t *c)
             "             \"xthread_n\": %llu, \"wakeup_n\": %llu, \"wakeup_warmup\": %llu, "
             "\"wakeup_gap_ns\": %llu, \"pool_rtt_n\": %llu, \"pool_n\": %llu, "
             "\"pool_inflight\": %llu, \"pool_warmup\": %llu, \"pool_workers\": %u, "
-            "\"switch_n\": %llu},\n",
+            "\"switch_n\": %llu,\n"
+            "             \"sparse_n\": %llu, \"sparse_span_ns\": %llu, "
+            "\"sparse_lead_ns\": %llu, \"idle_ticks\": %llu},\n",
             (unsigned long long)c->chain_n, (unsigned long long)c->fanout_n,
             (unsigned long long)c->fanout_round, (unsigned long long)c->allocs_warmup,
             (unsigned long long)c->allocs_n, (unsigned long long)c->timer_n,
@@ -572,19 +606,22 @@ static void json_config(FILE *f, const bench_config_t *c)
             (unsigned long long)c->wakeup_gap_ns, (unsigned long long)c->pool_rtt_n,
             (unsigned long long)c->pool_n, (unsigned long long)c->pool_inflight,
             (unsigned long long)c->pool_warmup, c->pool_workers,
-            (unsigned long long)c->switch_n);
+            (unsigned long long)c->switch_n, (unsigned long long)c->sparse_n,
+            (unsigned long long)c->sparse_span_ns, (unsigned long long)c->sparse_lead_ns,
+            (unsigned long long)c->idle_ticks);
 }
 
 static void write_json(const char *path, const row_t *rows, size_t n, const options_t *o,
-                       const bench_config_t *cfg)
+                       const bench_config_t *cfg, const char *load0, const char *load1)
 {
     FILE *f = fopen(path, "w");
     if (!f)
         bench_die("cannot write %s: %s", path, strerror(errno));
     fprintf(f, "{\n  \"quick\": %s, \"runs\": %u, \"cpus\": %ld, \"peer\": \"%s\", "
-               "\"peer_version\": \"%s\",\n",
+               "\"peer_version\": \"%s\",\n"
+               "  \"loadavg_start\": \"%s\", \"loadavg_end\": \"%s\",\n",
             o->quick ? "true" : "false", o->runs, sysconf(_SC_NPROCESSORS_ONLN), PEER_NAME,
-            uv_version_string());
+            uv_version_string(), load0, load1);
     json_config(f, cfg);
     fputs("  \"results\": [\n", f);
     for (size_t i = 0; i < n; i++) {
@@ -610,16 +647,31 @@ int main(int argc, char **argv)
     bench_config_init(&cfg, o.quick);
     watchdog_install();
 
+    char load0[64], load1[64];
+    bench_loadavg(load0, sizeof load0);
     size_t n_rows;
     row_t *rows = alloc_rows(&o, &n_rows);
     for (size_t i = 0; i < n_rows; i += rows[i].def->n_metrics) {
         run_benchmark(rows[i].def, &cfg, o.runs, &rows[i]);
     }
 
+    bench_loadavg(load1, sizeof load1);
     print_table(rows, n_rows, &o);
+    printf("load average (1, 5, 15 min) at the start: %s; at the end: %s\n", load0, load1);
     print_targets(rows, n_rows);
+    if (o.compare_path) {
+        bench_compare_row_t *cmp = calloc(n_rows ? n_rows : 1, sizeof *cmp);
+        if (!cmp)
+            bench_die("out of memory");
+        for (size_t i = 0; i < n_rows; i++)
+            cmp[i] = (bench_compare_row_t){ rows[i].metric->name, rows[i].metric->unit,
+                                            rows[i].metric->decimals, rows[i].urio_med,
+                                            rows[i].peer_med, rows[i].ratio_med };
+        bench_compare_print(o.compare_path, cmp, n_rows);
+        free(cmp);
+    }
     if (o.json_path)
-        write_json(o.json_path, rows, n_rows, &o, &cfg);
+        write_json(o.json_path, rows, n_rows, &o, &cfg, load0, load1);
 
     free_rows(rows, n_rows);
     /* Targets are reported, not enforced: a missed one is not a failure. */
