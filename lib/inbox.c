@@ -282,7 +282,7 @@ uint32_t urio__inbox_drain(urio_loop_t *loop)
             n = (urio__inbox_node_t *)(void *)link;
         }
         /* Copy it into the ready FIFO; if that cannot grow, hold it for the next turn. */
-        if (urio__ready_push(&loop->ready, n->fn, n->arg, NULL, 0, 0) == 0) {
+        if (urio__ready_push(&loop->ready, n->fn, n->arg, NULL, 0) == 0) {
             ib->held = n;
             break;
         }

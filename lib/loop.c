@@ -140,8 +140,8 @@ static inline bool ready_pop(urio_loop_t *loop, struct urio__ready *out)
     urio__ready_fifo_t *q = &loop->ready;
     *out = q->e[q->head & q->mask];
     q->head++;
-    if (URIO_UNLIKELY(out->slot1 != 0) && out->slot1 != URIO__READY_KIND &&
-        !urio__timer_take_due(&loop->timers, out->slot1 - 1, out->gen))
+    if (URIO_UNLIKELY(out->key > URIO__READY_KIND) &&
+        !urio__timer_take_due(&loop->timers, out->key))
         return false;       /* a timer cancelled after it came due */
     return out->fn != NULL;
 }
@@ -244,14 +244,13 @@ static inline int64_t how_long_to_block(urio_loop_t *loop)
     }
     if (loop->timers.count == 0)
         return -1;
-    uint64_t next = urio__timer_next(&loop->timers);
-    if (next == UINT64_MAX)
+    /* Until the timers' slack runs out: timers due close together share a wake-up. */
+    uint64_t until = urio__timer_wake(&loop->timers);
+    if (until == UINT64_MAX)
         return -1;
-    /* Sleep past the deadline by the slack: timers due close together share a wake-up. */
     uint64_t now = urio__now();
-    if (next <= now)
+    if (until <= now)
         return 0;
-    uint64_t until = next > UINT64_MAX - loop->timer_slack_ns ? next : next + loop->timer_slack_ns;
     return until - now > INT64_MAX ? -1 : (int64_t)(until - now);
 }
 
@@ -301,6 +300,9 @@ static int loop_turn(urio_loop_t *loop)
         loop->cbs_since_enter = 0;
         loop->cbs_next_check = URIO__CLOCK_EVERY_CALLBACKS;
         loop->last_enter_ns = urio__now();
+        /* The clock timers scheduled this step measure their delay from. */
+        if (loop->last_enter_ns > loop->timers.now_cache)
+            loop->timers.now_cache = loop->last_enter_ns;
         if (URIO_UNLIKELY(ret < 0))
             return ret;
     }

@@ -53,12 +53,12 @@ static int grow(urio__ready_fifo_t *q)
 __attribute__((cold, noinline)) uint64_t urio__ready_push_slow(urio__ready_fifo_t *q,
                                                                 urio_callback_fn fn, void *arg,
                                                                 const urio_site_t *site,
-                                                                uint32_t slot1, uint32_t gen)
+                                                                uint64_t key)
 {
     if (grow(q) < 0)
         return 0;
     uint64_t s = q->tail++;
-    q->e[s & q->mask] = (struct urio__ready){ fn, arg, site, slot1, gen };
+    q->e[s & q->mask] = (struct urio__ready){ fn, arg, site, key };
     return s;
 }
 
@@ -77,7 +77,7 @@ uint64_t urio__ready_push_reserved(urio__ready_fifo_t *q, urio_callback_fn fn, v
     atomic_fetch_sub_explicit(&q->reserved, 1, memory_order_relaxed);
     URIO_ASSERT(q->tail - q->head <= q->mask);
     uint64_t s = q->tail++;
-    q->e[s & q->mask] = (struct urio__ready){ fn, arg, &kind->site, URIO__READY_KIND, 0 };
+    q->e[s & q->mask] = (struct urio__ready){ fn, arg, &kind->site, URIO__READY_KIND };
     return s;
 }
 
@@ -86,7 +86,7 @@ bool urio__ready_cancel(urio__ready_fifo_t *q, uint64_t seq)
     if (seq < q->head || seq >= q->tail)
         return false;   /* ran, or never ours: a harmless no-op */
     struct urio__ready *e = &q->e[seq & q->mask];
-    if (e->fn == NULL || e->slot1 != 0)
+    if (e->fn == NULL || e->key != 0)
         return false;   /* already cancelled, or not a call_soon's entry */
     e->fn = NULL;
     return true;
@@ -100,14 +100,14 @@ uint32_t urio__ready_drop_all(urio_loop_t *loop)
         const struct urio__ready *e = &q->e[s & q->mask];
         if (e->fn == NULL)
             continue;
-        if (e->slot1 == URIO__READY_KIND) {
+        if (e->key == URIO__READY_KIND) {
             /* urio's own entry holds a reference: release it. */
             const urio__ready_kind_t *kind = (const urio__ready_kind_t *)(const void *)e->site;
             if (kind->drop)
                 kind->drop(e->arg);
             continue;
         }
-        dropped += e->slot1 == 0 || urio__timer_entry_live(&loop->timers, e->slot1 - 1, e->gen);
+        dropped += e->key == 0 || urio__timer_entry_live(&loop->timers, e->key);
     }
     q->head = q->tail;
     return dropped;
@@ -128,7 +128,7 @@ __attribute__((cold, noinline)) static urio_handle_t call_soon_slow(urio_loop_t 
                                                                    urio_callback_fn fn, void *arg,
                                                                    const urio_site_t *site)
 {
-    uint64_t s = urio__ready_push_slow(&loop->ready, fn, arg, site, 0, 0);
+    uint64_t s = urio__ready_push_slow(&loop->ready, fn, arg, site, 0);
     if (s == 0)
         return fail_handle(-ENOMEM);
     return (urio_handle_t){ s };
@@ -139,7 +139,7 @@ int urio__call_soon_kind(urio_loop_t *loop, urio_callback_fn fn, void *arg,
 {
     if (URIO_UNLIKELY(loop->closing))
         return -ESHUTDOWN;
-    if (urio__ready_push(&loop->ready, fn, arg, &kind->site, URIO__READY_KIND, 0) == 0)
+    if (urio__ready_push(&loop->ready, fn, arg, &kind->site, URIO__READY_KIND) == 0)
         return -ENOMEM;
     return 0;
 }
@@ -159,7 +159,7 @@ URIO_EXPORT urio_handle_t urio_call_soon_site(urio_loop_t *loop, urio_callback_f
     if (URIO_UNLIKELY(q->tail - q->head + reserved > q->mask))
         return call_soon_slow(loop, fn, arg, site);
     uint64_t s = q->tail++;
-    q->e[s & q->mask] = (struct urio__ready){ fn, arg, site, 0, 0 };
+    q->e[s & q->mask] = (struct urio__ready){ fn, arg, site, 0 };
     return (urio_handle_t){ s };
 }
 

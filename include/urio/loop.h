@@ -107,9 +107,12 @@ URIO_EXPORT uint64_t urio_loop_get_slow_callback_duration(const urio_loop_t *loo
 /*
  * Timer slack: when the loop sleeps until a timer, it may sleep this much
  * longer, so that timers due close together share one wake-up (and one
- * system call).  Timers never fire early; they may fire up to this late
- * beyond the time the loop takes.  Default 50 µs, Linux's own default slack
- * for a thread's timed waits; 0 wakes exactly at each deadline.  At most 1 s.
+ * system call).  Timers never fire early; they may fire up to their slack
+ * late beyond the time the loop takes: this value, or 1/1024 of the delay
+ * the timer was scheduled with (at most 100 ms) if that is more — Linux's
+ * rule for poll/select timeouts.  Default 50 µs, Linux's own default slack
+ * for a thread's timed waits; 0 wakes exactly at each deadline (for timers
+ * scheduled while it is 0).  At most 1 s.
  * Thread: the loop's thread.
  */
 URIO_EXPORT void urio_loop_set_timer_slack(urio_loop_t *loop, uint64_t ns);
@@ -159,7 +162,9 @@ typedef struct urio_handle { uint64_t id; } urio_handle_t;   /* a value; id 0 me
  * Returns: a handle; id 0 on failure with errno set: EINVAL (NULL loop or
  *          fn), EPERM (called from a thread other than the running loop's;
  *          an ERROR line names the function), ESHUTDOWN (closed or closing
- *          loop), ENOMEM.  When the call fails, fn never runs.
+ *          loop), ENOMEM (also when the loop already holds 16,777,215
+ *          timers, the most one loop can: an ERROR line says so).  When the
+ *          call fails, fn never runs.
  * Thread: the loop's thread.
  * The macros record the callback's name, file and line (urio_site_t) for
  * reports; the functions of the same names still exist, so taking
