@@ -907,6 +907,19 @@ static inline uint64_t slack_for(const urio_loop_t *loop, uint64_t delay)
     return slack != 0 && prop > slack ? prop : slack;
 }
 
+/*
+ * The delay a call_at gives is measured from the clock the loop last read
+ * (at most a step old) while it runs, so scheduling reads no clock.
+ */
+static inline uint64_t loop_now(urio_loop_t *loop)
+{
+    if (atomic_load_explicit(&loop->owner, memory_order_relaxed) != NULL)
+        return loop->timers.now_cache;
+    return urio__now();
+}
+
+#define NOW_CACHED UINT64_MAX   /* call_at's `now`: take loop_now once the thread is checked */
+
 static urio_handle_t call_at(urio_loop_t *loop, uint64_t when, uint64_t now,
                              urio_callback_fn fn, void *arg, const urio_site_t *site,
                              const char *name)
@@ -918,6 +931,8 @@ static urio_handle_t call_at(urio_loop_t *loop, uint64_t when, uint64_t now,
     if (URIO_UNLIKELY(loop->closing))
         return fail_handle(-ESHUTDOWN);
     urio__timers_t *tm = &loop->timers;
+    if (now == NOW_CACHED)
+        now = loop_now(loop);
     uint64_t slack = slack_for(loop, when > now ? when - now : 0);
     int64_t slot = slot_alloc(tm, fn, arg, slack, name);
     if (URIO_UNLIKELY(slot < 0))
@@ -933,22 +948,11 @@ static urio_handle_t call_at(urio_loop_t *loop, uint64_t when, uint64_t now,
     return timer_handle((uint32_t)slot, gen);
 }
 
-/*
- * The delay a call_at gives is measured from the clock the loop last read
- * (at most a turn old) while it runs, so scheduling reads no clock.
- */
-static inline uint64_t loop_now(urio_loop_t *loop)
-{
-    if (loop != NULL && atomic_load_explicit(&loop->owner, memory_order_relaxed) != NULL)
-        return loop->timers.now_cache;
-    return urio__now();
-}
-
 URIO_EXPORT urio_handle_t urio_call_at_site(urio_loop_t *loop, uint64_t when_ns,
                                             urio_callback_fn fn, void *arg,
                                             const urio_site_t *site)
 {
-    return call_at(loop, when_ns, loop_now(loop), fn, arg, site, "urio_call_at");
+    return call_at(loop, when_ns, NOW_CACHED, fn, arg, site, "urio_call_at");
 }
 
 URIO_EXPORT urio_handle_t urio_call_later_site(urio_loop_t *loop, uint64_t delay_ns,
@@ -966,7 +970,7 @@ URIO_EXPORT urio_handle_t urio_call_later_site(urio_loop_t *loop, uint64_t delay
 URIO_EXPORT urio_handle_t urio_call_at(urio_loop_t *loop, uint64_t when_ns,
                                        urio_callback_fn fn, void *arg)
 {
-    return call_at(loop, when_ns, loop_now(loop), fn, arg, NULL, "urio_call_at");
+    return call_at(loop, when_ns, NOW_CACHED, fn, arg, NULL, "urio_call_at");
 }
 
 #undef urio_call_later
