@@ -140,7 +140,7 @@ static inline bool ready_pop(urio_loop_t *loop, struct urio__ready *out)
     urio__ready_fifo_t *q = &loop->ready;
     *out = q->e[q->head & q->mask];
     q->head++;
-    if (URIO_UNLIKELY(out->key > URIO__READY_KIND) &&
+    if (URIO_UNLIKELY(out->key > URIO__READY_INBOX) &&
         !urio__timer_take_due(&loop->timers, out->key))
         return false;       /* a timer cancelled after it came due */
     return out->fn != NULL;

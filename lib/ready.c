@@ -29,7 +29,7 @@ void urio__ready_free(urio__ready_fifo_t *q)
     q->head = q->tail;
 }
 
-static int grow(urio__ready_fifo_t *q)
+int urio__ready_grow(urio__ready_fifo_t *q)
 {
     uint64_t cap = q->mask + 1, ncap = cap * 2;
     if (ncap > (1ull << 31))
@@ -55,7 +55,7 @@ __attribute__((cold, noinline)) uint64_t urio__ready_push_slow(urio__ready_fifo_
                                                                 const urio_site_t *site,
                                                                 uint64_t key)
 {
-    if (grow(q) < 0)
+    if (urio__ready_grow(q) < 0)
         return 0;
     uint64_t s = q->tail++;
     q->e[s & q->mask] = (struct urio__ready){ fn, arg, site, key };
@@ -65,7 +65,7 @@ __attribute__((cold, noinline)) uint64_t urio__ready_push_slow(urio__ready_fifo_
 int urio__ready_reserve(urio__ready_fifo_t *q)
 {
     uint32_t reserved = atomic_load_explicit(&q->reserved, memory_order_relaxed);
-    if (q->tail - q->head + reserved > q->mask && grow(q) < 0)
+    if (q->tail - q->head + reserved > q->mask && urio__ready_grow(q) < 0)
         return -ENOMEM;
     atomic_fetch_add_explicit(&q->reserved, 1, memory_order_relaxed);
     return 0;
@@ -90,6 +90,23 @@ bool urio__ready_cancel(urio__ready_fifo_t *q, uint64_t seq)
         return false;   /* already cancelled, or not a call_soon's entry */
     e->fn = NULL;
     return true;
+}
+
+uint32_t urio__ready_run_inbox(urio_loop_t *loop)
+{
+    urio__ready_fifo_t *q = &loop->ready;
+    uint32_t ran = 0;
+    for (uint64_t s = q->head; s != q->tail; s++) {
+        struct urio__ready *e = &q->e[s & q->mask];
+        if (e->key != URIO__READY_INBOX || e->fn == NULL)
+            continue;
+        urio_callback_fn fn = e->fn;
+        void *arg = e->arg;
+        e->fn = NULL;           /* first: the call may append, and the FIFO move */
+        fn(arg);
+        ran++;
+    }
+    return ran;
 }
 
 uint32_t urio__ready_drop_all(urio_loop_t *loop)

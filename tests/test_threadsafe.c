@@ -1,10 +1,12 @@
 /*
  * test_threadsafe.c — urio_call_soon_threadsafe: every accepted call runs
- * exactly once, in order per producer; a sleeping loop wakes; after close
- * begins, calls are refused, and calls accepted before still run.
+ * exactly once, in order per producer; a sleeping loop wakes;
+ * after close begins, calls are refused, and calls accepted before still
+ * run; calls from signal handlers, errno kept.
  */
 #include "helpers.h"
 
+#include <signal.h>
 #include <unistd.h>
 
 /*
@@ -258,6 +260,98 @@ static void test_threadsafe_bad_input(void **state)
     test_loop_close(loop);
 }
 
+
+/* ---------------------------------------------------------------- */
+/* Signal handlers                                                    */
+
+static urio_loop_t *sig_loop;
+static atomic_int sig_calls, sig_accepted, sig_errno_bad;
+static atomic_int sig_ran;
+static void sig_cb(void *arg)
+{
+    (void)arg;
+    atomic_fetch_add(&sig_ran, 1);
+}
+
+static void on_sigusr1(int sig)
+{
+    (void)sig;
+    int saved = errno;      /* a handler keeps the interrupted code's errno */
+    errno = EDOM;
+    int ret = urio_call_soon_threadsafe(sig_loop, sig_cb, NULL);
+    if (errno != EDOM)
+        atomic_fetch_add(&sig_errno_bad, 1);
+    atomic_fetch_add(&sig_calls, 1);
+    if (ret == 0)
+        atomic_fetch_add(&sig_accepted, 1);
+    errno = saved;
+}
+
+static atomic_bool sig_stop;
+static atomic_int busy_accepted;
+/* Calls in a tight loop, so that signals land inside calls too. */
+static void *busy_producer(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&sig_stop)) {
+        errno = ERANGE;
+        if (urio_call_soon_threadsafe(sig_loop, sig_cb, NULL) == 0)
+            atomic_fetch_add(&busy_accepted, 1);
+        if (errno != ERANGE)
+            atomic_fetch_add(&sig_errno_bad, 1);
+    }
+    return NULL;
+}
+
+static void count_until_cb(void *arg)
+{
+    urio_loop_t *loop = arg;
+    if (atomic_load(&sig_stop) && atomic_load(&sig_ran) == atomic_load(&busy_accepted) +
+                                                          atomic_load(&sig_accepted))
+        urio_loop_stop(loop);
+    else
+        urio_call_later(loop, 1 * MS, count_until_cb, loop);
+}
+
+/*
+ * urio_call_soon_threadsafe is async-signal-safe: handlers that interrupt a
+ * thread, also in the middle of its own call, post calls that all run once,
+ * and errno is as the handler left it.
+ */
+static void test_threadsafe_from_signal_handler(void **state)
+{
+    (void)state;
+    sig_loop = test_loop_new();
+    atomic_store(&sig_calls, 0);
+    atomic_store(&sig_accepted, 0);
+    atomic_store(&sig_errno_bad, 0);
+    atomic_store(&sig_ran, 0);
+    atomic_store(&busy_accepted, 0);
+    atomic_store(&sig_stop, false);
+    struct sigaction sa = { .sa_handler = on_sigusr1 }, old;
+    sigemptyset(&sa.sa_mask);
+    assert_int_equal(sigaction(SIGUSR1, &sa, &old), 0);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, busy_producer, NULL), 0);
+    for (int i = 0; i < 2000; i++) {
+        pthread_kill(t, SIGUSR1);
+        if (i % 100 == 0)
+            usleep(100);
+    }
+    raise(SIGUSR1);                         /* and on the loop's own thread */
+    atomic_store(&sig_stop, true);
+    pthread_join(t, NULL);
+    urio_call_soon(sig_loop, count_until_cb, sig_loop);
+    assert_int_equal(urio_loop_run_forever(sig_loop), 0);
+    assert_true(atomic_load(&sig_calls) > 0);
+    assert_int_equal(atomic_load(&sig_accepted), atomic_load(&sig_calls));
+    assert_int_equal(atomic_load(&sig_ran), atomic_load(&busy_accepted) +
+                                            atomic_load(&sig_accepted));
+    assert_int_equal(atomic_load(&sig_errno_bad), 0);
+    sigaction(SIGUSR1, &old, NULL);
+    test_loop_close(sig_loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -270,6 +364,7 @@ int main(void)
         URIO_TEST(test_threadsafe_wakes_sleeping_loop),
         URIO_TEST(test_threadsafe_close_runs_accepted_refuses_late),
         URIO_TEST(test_threadsafe_bad_input),
+        URIO_TEST(test_threadsafe_from_signal_handler),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -201,12 +201,13 @@ URIO_EXPORT bool urio_handle_cancel(urio_loop_t *loop, urio_handle_t h);
 
 /*
  * Schedules fn(arg) on the loop from any thread; wakes the loop only when it
- * sleeps.  Lock-free: only growing the inbox's node pool takes a lock and
- * allocates, which a steady state never does.  Every accepted call runs exactly once: on the loop, or during
- * urio_loop_close() if the loop closes first.
+ * sleeps.  Lock-free, and async-signal-safe: no lock, no malloc (the node
+ * pool, process-wide, grows by mmap), errno kept; a signal handler may call
+ * it (to stop a loop on SIGTERM, say).  Every accepted call runs exactly
+ * once: on the loop, or during urio_loop_close() if the loop closes first.
  * Returns: 0; -EINVAL (NULL loop or fn); -ESHUTDOWN once the loop's close
  *          has begun; -ENOMEM.  When it fails, fn never runs.
- * Thread: any thread.
+ * Thread: any thread; a signal handler.
  */
 URIO_EXPORT int urio_call_soon_threadsafe(urio_loop_t *loop, urio_callback_fn fn, void *arg);
 
