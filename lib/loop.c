@@ -23,7 +23,7 @@
 #include <string.h>
 
 _Thread_local char urio__tls_token __attribute__((tls_model("initial-exec")));
-static _Thread_local urio_loop_t *tls_current __attribute__((tls_model("initial-exec")));
+_Thread_local urio_loop_t *urio__tls_loop __attribute__((tls_model("initial-exec")));
 
 /*
  * The loops not yet closed, for the "unclosed event loop" warning at exit.
@@ -132,27 +132,36 @@ static void run_close_hooks(urio_loop_t *loop, size_t hook_offset)
 /* The turn                                                             */
 
 /*
- * Pops the next ready entry into *out.  Returns: false if it was cancelled.
- * A due timer's slot is released here: its handle is spent.
+ * Pops the next ready entry: its callback (NULL if it was cancelled), its
+ * argument in *arg.  The fields are read from the ring in place (no copy of
+ * the entry): the callback may grow the FIFO, so nothing of the entry is
+ * used after it is called.  A due timer's slot is released here: its handle
+ * is spent.
  */
-static inline bool ready_pop(urio_loop_t *loop, struct urio__ready *out)
+static inline urio_callback_fn ready_pop(urio_loop_t *loop, void **arg,
+                                         const urio_site_t **site)
 {
     urio__ready_fifo_t *q = &loop->ready;
-    *out = q->e[q->head & q->mask];
-    q->head++;
-    if (URIO_UNLIKELY(out->key > URIO__READY_INBOX) &&
-        !urio__timer_take_due(&loop->timers, out->key))
-        return false;       /* a timer cancelled after it came due */
-    return out->fn != NULL;
+    const struct urio__ready *e = &q->e[q->head++ & q->mask];
+    urio_callback_fn fn = e->fn;
+    *arg = e->arg;
+    if (site)
+        *site = e->site;
+    if (URIO_UNLIKELY(e->key > URIO__READY_INBOX) &&
+        !urio__timer_take_due(&loop->timers, e->key))
+        return NULL;        /* a timer cancelled after it came due */
+    return fn;
 }
 
 /* Runs n ready callbacks.  The release path: no clock read. */
 static void run_ready(urio_loop_t *loop, uint32_t n)
 {
-    struct urio__ready e;
-    for (uint32_t k = 0; k < n; k++)
-        if (ready_pop(loop, &e))
-            e.fn(e.arg);
+    for (uint32_t k = 0; k < n; k++) {
+        void *arg;
+        urio_callback_fn fn = ready_pop(loop, &arg, NULL);
+        if (fn)
+            fn(arg);
+    }
 }
 
 #if URIO_DEBUG_CHECKS
@@ -173,16 +182,18 @@ static void log_slow_callback(urio_loop_t *loop, urio_callback_fn fn, const urio
 /* Runs n ready callbacks, timing each against the slow-callback duration. */
 static void run_ready_debug(urio_loop_t *loop, uint32_t n)
 {
-    struct urio__ready e;
     for (uint32_t k = 0; k < n; k++) {
-        if (!ready_pop(loop, &e))
+        void *arg;
+        const urio_site_t *site;
+        urio_callback_fn fn = ready_pop(loop, &arg, &site);
+        if (!fn)
             continue;
         loop->attrib_describe = NULL;
         uint64_t t0 = urio__now();
-        e.fn(e.arg);
+        fn(arg);
         uint64_t took = urio__now() - t0;
         if (took >= loop->slow_ns)
-            log_slow_callback(loop, e.fn, e.site, took);
+            log_slow_callback(loop, fn, site, took);
     }
 }
 #endif
@@ -381,7 +392,7 @@ URIO_EXPORT int urio_loop_run_forever(urio_loop_t *loop)
         return -EINVAL;
     if (loop->closing)
         return -ESHUTDOWN;
-    if (loop->running || tls_current != NULL) {
+    if (loop->running || urio__tls_loop != NULL) {
         urio__log(URIO_LOG_ERROR, "urio_loop_run_forever(): %s",
                   loop->running ? "This event loop is already running"
                                 : "Cannot run the event loop while another loop is running");
@@ -401,7 +412,7 @@ URIO_EXPORT int urio_loop_run_forever(urio_loop_t *loop)
         return ret;
     }
     loop->running = true;
-    tls_current = loop;
+    urio__tls_loop = loop;
     atomic_store(&loop->home, urio__thread_token());
     atomic_store_explicit(&loop->owner, urio__thread_token(), memory_order_release);
     for (;;) {
@@ -416,7 +427,7 @@ URIO_EXPORT int urio_loop_run_forever(urio_loop_t *loop)
     }
     loop->stopping = false;
     loop->running = false;
-    tls_current = NULL;
+    urio__tls_loop = NULL;
     /*
      * Last: once owner reads NULL another thread may close (and free) the
      * loop, so nothing of it may be touched after this store.
@@ -434,7 +445,7 @@ URIO_EXPORT void urio_loop_stop(urio_loop_t *loop)
 
 URIO_EXPORT urio_loop_t *urio_loop_current(void)
 {
-    return tls_current;
+    return urio__tls_loop;
 }
 
 URIO_EXPORT uint64_t urio_loop_time(const urio_loop_t *loop)
