@@ -151,6 +151,20 @@ __attribute__((cold, noinline)) static urio_handle_t call_soon_slow(urio_loop_t 
     return (urio_handle_t){ s };
 }
 
+/* The inbox holds calls: they go to the FIFO first (out of line, cold). */
+__attribute__((cold, noinline)) static urio_handle_t call_soon_after_inbox(urio_loop_t *loop,
+                                                                          urio_callback_fn fn,
+                                                                          void *arg,
+                                                                          const urio_site_t *site)
+{
+    if (urio__inbox_drain_all(loop) < 0)
+        return fail_handle(-ENOMEM);
+    uint64_t s = urio__ready_push(&loop->ready, fn, arg, site, 0);
+    if (s == 0)
+        return fail_handle(-ENOMEM);
+    return (urio_handle_t){ s };
+}
+
 int urio__call_soon_kind(urio_loop_t *loop, urio_callback_fn fn, void *arg,
                          const urio__ready_kind_t *kind)
 {
@@ -170,6 +184,13 @@ URIO_EXPORT urio_handle_t urio_call_soon_site(urio_loop_t *loop, urio_callback_f
         return fail_handle(-EPERM);
     if (URIO_UNLIKELY(loop->closing))
         return fail_handle(-ESHUTDOWN);
+    /*
+     * Calls the inbox accepted come first: one of them may have happened
+     * before this call (made on this thread, or seen done by it), and calls
+     * run in happens-before order whichever threads made them.
+     */
+    if (URIO_UNLIKELY(urio__inbox_pending(&loop->inbox)))
+        return call_soon_after_inbox(loop, fn, arg, site);
     /* urio__ready_push's fast path, here so that success needs no further test. */
     urio__ready_fifo_t *q = &loop->ready;
     uint32_t reserved = atomic_load_explicit(&q->reserved, memory_order_relaxed);

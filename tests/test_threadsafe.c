@@ -1,6 +1,7 @@
 /*
  * test_threadsafe.c — urio_call_soon_threadsafe: every accepted call runs
- * exactly once, in order per producer; a sleeping loop wakes;
+ * exactly once, in order per producer; calls that happen before one another
+ * run in that order, whichever threads made them; a sleeping loop wakes;
  * after close begins, calls are refused, and calls accepted before still
  * run; calls from signal handlers, errno kept.
  */
@@ -262,6 +263,130 @@ static void test_threadsafe_bad_input(void **state)
 
 
 /* ---------------------------------------------------------------- */
+/* Happens-before order, whichever threads made the calls (issue 12) */
+
+static char order_log[64];
+static int order_len;
+static void order_cb(void *arg)
+{
+    order_log[order_len++] = *(const char *)arg;
+}
+
+/* asyncio's test_call_soon_threadsafe_same_thread: made on the loop's thread. */
+static void same_thread_cb(void *arg)
+{
+    urio_loop_t *loop = arg;
+    assert_int_equal(urio_call_soon_threadsafe(loop, order_cb, "h"), 0);
+    assert_int_not_equal(urio_call_soon(loop, order_cb, "w").id, 0);
+    assert_int_equal(urio_call_soon_threadsafe(loop, order_cb, "!"), 0);
+    urio_call_soon(loop, test_stop_cb, loop);
+}
+
+static void test_threadsafe_same_thread_keeps_order(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    order_len = 0;
+    /* Before the loop runs, from its home thread, then from a callback. */
+    assert_int_equal(urio_call_soon_threadsafe(loop, order_cb, "a"), 0);
+    assert_int_not_equal(urio_call_soon(loop, order_cb, "b").id, 0);
+    urio_call_soon(loop, same_thread_cb, loop);
+    assert_int_equal(urio_loop_run_forever(loop), 0);
+    assert_int_equal(order_len, 5);
+    assert_memory_equal(order_log, "abhw!", 5);
+    test_loop_close(loop);
+}
+
+/*
+ * asyncio's test_call_soon_threadsafe: another thread's calls happen before
+ * the loop thread's call_soon (the loop thread saw them made); they run
+ * first, all of them.
+ */
+enum { HB_CALLS = 1000 };
+static atomic_int posted;
+static int xs_run, xs_at_y;
+static void x_cb(void *arg)
+{
+    (void)arg;
+    xs_run++;
+}
+
+static void y_cb(void *arg)
+{
+    (void)arg;
+    xs_at_y = xs_run;
+}
+
+static void *post_then_flag(void *arg)
+{
+    urio_loop_t *loop = arg;
+    for (int i = 0; i < HB_CALLS; i++)
+        assert_int_equal(urio_call_soon_threadsafe(loop, x_cb, NULL), 0);
+    atomic_store(&posted, 1);
+    return NULL;
+}
+
+static void wait_then_call_soon(void *arg)
+{
+    urio_loop_t *loop = arg;
+    while (!atomic_load(&posted))
+        ;                   /* the other thread's calls happen before what follows */
+    assert_int_not_equal(urio_call_soon(loop, y_cb, NULL).id, 0);
+    urio_call_soon(loop, test_stop_cb, loop);
+}
+
+static void test_threadsafe_other_thread_happens_before(void **state)
+{
+    (void)state;
+    for (int round = 0; round < 20; round++) {
+        urio_loop_t *loop = test_loop_new();
+        atomic_store(&posted, 0);
+        xs_run = 0;
+        xs_at_y = -1;
+        pthread_t t;
+        urio_call_soon(loop, wait_then_call_soon, loop);
+        assert_int_equal(pthread_create(&t, NULL, post_then_flag, loop), 0);
+        assert_int_equal(urio_loop_run_forever(loop), 0);
+        pthread_join(t, NULL);
+        assert_int_equal(xs_at_y, HB_CALLS);
+        assert_int_equal(xs_run, HB_CALLS);
+        test_loop_close(loop);
+    }
+}
+
+/*
+ * A call accepted by the inbox, drained into the FIFO by a later call_soon,
+ * when the loop stops before it runs: close runs it (exactly once), it is
+ * not dropped like a call_soon.
+ */
+static int inbox_ran;
+static void inbox_count_cb(void *arg)
+{
+    (void)arg;
+    inbox_ran++;
+}
+
+static void drain_then_stop(void *arg)
+{
+    urio_loop_t *loop = arg;
+    assert_int_equal(urio_call_soon_threadsafe(loop, inbox_count_cb, NULL), 0);
+    assert_int_not_equal(urio_call_soon(loop, inbox_count_cb, NULL).id, 0);   /* drains it */
+    urio_loop_stop(loop);
+}
+
+static void test_threadsafe_drained_call_runs_at_close(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    inbox_ran = 0;
+    urio_call_soon(loop, drain_then_stop, loop);
+    assert_int_equal(urio_loop_run_forever(loop), 0);
+    assert_int_equal(inbox_ran, 0);         /* both were queued for the next turn */
+    test_loop_close(loop);
+    assert_int_equal(inbox_ran, 1);         /* the accepted one ran; the call_soon was dropped */
+}
+
+/* ---------------------------------------------------------------- */
 /* Signal handlers                                                    */
 
 static urio_loop_t *sig_loop;
@@ -364,6 +489,9 @@ int main(void)
         URIO_TEST(test_threadsafe_wakes_sleeping_loop),
         URIO_TEST(test_threadsafe_close_runs_accepted_refuses_late),
         URIO_TEST(test_threadsafe_bad_input),
+        URIO_TEST(test_threadsafe_same_thread_keeps_order),
+        URIO_TEST(test_threadsafe_other_thread_happens_before),
+        URIO_TEST(test_threadsafe_drained_call_runs_at_close),
         URIO_TEST(test_threadsafe_from_signal_handler),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

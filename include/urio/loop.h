@@ -158,7 +158,9 @@ typedef struct urio_handle { uint64_t id; } urio_handle_t;   /* a value; id 0 me
 /*
  * Schedules fn(arg) to run on the loop's thread: soon (FIFO), after delay_ns,
  * or at when_ns on urio_loop_time()'s clock.  Timers run in deadline order,
- * FIFO among equal deadlines, never before their deadline.
+ * FIFO among equal deadlines, never before their deadline.  A call_soon
+ * runs after every urio_call_soon_threadsafe() call that happened before it
+ * (made on this thread, or seen made): it moves them to the FIFO first.
  * Returns: a handle; id 0 on failure with errno set: EINVAL (NULL loop or
  *          fn), EPERM (called from a thread other than the running loop's;
  *          an ERROR line names the function), ESHUTDOWN (closed or closing
@@ -205,6 +207,8 @@ URIO_EXPORT bool urio_handle_cancel(urio_loop_t *loop, urio_handle_t h);
  * pool, process-wide, grows by mmap), errno kept; a signal handler may call
  * it (to stop a loop on SIGTERM, say).  Every accepted call runs exactly
  * once: on the loop, or during urio_loop_close() if the loop closes first.
+ * Order: calls made with urio_call_soon() and this function run in
+ * happens-before order, whichever threads made them (docs/threads.md).
  * Returns: 0; -EINVAL (NULL loop or fn); -ESHUTDOWN once the loop's close
  *          has begun; -ENOMEM.  When it fails, fn never runs.
  * Thread: any thread; a signal handler.
