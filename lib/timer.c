@@ -39,7 +39,6 @@
 #define ARITY 4
 #define SLOT_CHUNK (1u << URIO__SLOT_CHUNK_BITS)
 #define MAX_SLACK_NS (100u * 1000u * 1000u)     /* Linux's MAX_SLACK */
-#define SLACK_FIELD_MAX ((1ull << (64 - URIO__SLOT_SLACK_SHIFT)) - 1)
 
 static inline uint64_t tick_of(uint64_t when)
 {
@@ -51,9 +50,16 @@ static inline uint32_t slot_state(const struct urio__slot *s)
     return (uint32_t)(s->word >> URIO__SLOT_STATE_SHIFT) & 3u;
 }
 
-static inline uint64_t slot_slack(const struct urio__slot *s)
+/* A slack in the units wheel entries keep it in (rounded down: never later). */
+static inline uint32_t slack_units(uint64_t slack)
 {
-    return (s->word >> URIO__SLOT_SLACK_SHIFT) << URIO__SLOT_SLACK_UNIT;
+    uint64_t u = slack >> URIO__TW_SLACK_UNIT;
+    return u > UINT32_MAX ? UINT32_MAX : (uint32_t)u;
+}
+
+static inline uint64_t units_slack(uint32_t u)
+{
+    return (uint64_t)u << URIO__TW_SLACK_UNIT;
 }
 
 static inline uint32_t key_slot(uint64_t key)
@@ -109,7 +115,7 @@ static struct urio__tw_entry *sort_bucket(const struct urio__tw_bucket *b,
     uint32_t bytes = range == 0 ? 0 : (uint32_t)(64 - __builtin_clzll(range) + 7) / 8;
     for (const struct urio__tw_chunk *c = b->first; c != NULL; c = c->next)
         for (uint32_t i = 0; i < c->n; i++)
-            x[k++] = (struct urio__tw_entry){ c->when[i], c->key[i] };
+            x[k++] = (struct urio__tw_entry){ c->when[i], c->key[i], c->slack[i], 0 };
     if (b->sorted || bytes == 0)
         return x;
     if (n <= 32) {
@@ -292,7 +298,8 @@ static int bucket_add(urio__timers_t *tm, uint32_t bi, uint64_t when, uint64_t k
         b->last = c = nc;
     }
     c->when[c->n] = when;
-    c->key[c->n++] = key;
+    c->key[c->n] = key;
+    c->slack[c->n++] = slack_units(latest - when);
     /* Appending in order keeps a bucket sorted: the common case costs nothing. */
     if (when >= b->max)
         b->max = when;
@@ -379,18 +386,24 @@ static int due_reserve(urio__timers_t *tm, uint32_t n)
         cap *= 2;
     struct urio__tw_entry *due = urio__malloc((size_t)cap * sizeof *due);
     struct urio__tw_entry *tmp = urio__malloc((size_t)cap * sizeof *tmp);
-    if (due == NULL || tmp == NULL) {
+    uint64_t *lat = urio__malloc((size_t)cap * sizeof *lat);
+    if (due == NULL || tmp == NULL || lat == NULL) {
         urio__free(due);
         urio__free(tmp);
+        urio__free(lat);
         return -ENOMEM;
     }
     uint32_t left = tm->due_n - tm->due_head;
     if (left)
         memcpy(due, tm->due + tm->due_head, (size_t)left * sizeof *due);
+    if (left)
+        memcpy(lat, tm->due_lat + tm->due_head, (size_t)left * sizeof *lat);
     urio__free(tm->due);
     urio__free(tm->tmp);
+    urio__free(tm->due_lat);
     tm->due = due;
     tm->tmp = tmp;
+    tm->due_lat = lat;
     tm->due_head = 0;
     tm->due_n = left;
     tm->due_cap = cap;
@@ -398,22 +411,28 @@ static int due_reserve(urio__timers_t *tm, uint32_t n)
 }
 
 /*
- * The due run's wake-up bound: the least deadline + slack of its live
- * timers.  Sorted by deadline, so only those due before the best bound so
- * far can lower it: the ones the next wake-up fires anyway.
+ * The due run's wake-up bound: the least deadline + slack of its timers
+ * from the head on.  The suffix minima are computed once per new run from
+ * the entries alone (reading no slot: slots in deadline order are random in
+ * memory, and this scan was 13% of a sparse run), so each firing pass finds
+ * the bound of what it left in O(1).  It may be a cancelled timer's: an
+ * early wake-up, never a late one.
  */
-static void due_bound(urio__timers_t *tm)
+static void due_suffix(urio__timers_t *tm)
 {
     uint64_t best = UINT64_MAX;
-    for (uint32_t j = tm->due_head; j < tm->due_n && tm->due[j].when < best; j++) {
-        const struct urio__slot *s = entry_slot(tm, tm->due[j].key);
-        if (s == NULL)
-            continue;
-        uint64_t latest = sat_add(tm->due[j].when, slot_slack(s));
+    for (uint32_t j = tm->due_n; j-- > tm->due_head;) {
+        /* Slots in deadline order are random in memory: let the misses overlap. */
+        uint64_t latest = sat_add(tm->due[j].when, units_slack(tm->due[j].slack));
         if (latest < best)
             best = latest;
+        tm->due_lat[j] = best;
     }
-    tm->due_latest = best;
+}
+
+static inline void due_bound(urio__timers_t *tm)
+{
+    tm->due_latest = tm->due_head < tm->due_n ? tm->due_lat[tm->due_head] : UINT64_MAX;
 }
 
 /*
@@ -463,6 +482,7 @@ static void take_bucket(urio__timers_t *tm, uint32_t bi)
     tm->due_n = left + n;
     /* The bucket's entries are the run's now: tw_count is unchanged. */
     bucket_clear(tm, bi);
+    due_suffix(tm);
     due_bound(tm);
 }
 
@@ -664,6 +684,7 @@ static void sweep(urio__timers_t *tm)
             tm->due[kept++] = tm->due[j];       /* order kept */
     tm->due_head = 0;
     tm->due_n = kept;
+    due_suffix(tm);
     due_bound(tm);
     uint32_t tw_count = kept;
     for (uint32_t bi = 0; tm->tw && bi < URIO__TW_BUCKETS; bi++) {
@@ -677,23 +698,24 @@ static void sweep(urio__timers_t *tm)
         for (struct urio__tw_chunk *c = b->first; c != NULL; c = c->next) {
             for (uint32_t k = 0; k < c->n; k++) {
                 uint64_t key = c->key[k];
-                const struct urio__slot *s = entry_slot(tm, key);
-                if (s == NULL)
+                if (entry_slot(tm, key) == NULL)
                     continue;
                 uint64_t when = c->when[k];
+                uint32_t slack = c->slack[k];
                 if (wn == URIO__TW_CHUNK) {
                     wc->n = wn;
                     wc = wc->next;
                     wn = 0;
                 }
                 wc->when[wn] = when;
-                wc->key[wn++] = key;
+                wc->key[wn] = key;
+                wc->slack[wn++] = slack;
                 n++;
                 if (when < min)
                     min = when;
                 if (when > max)
                     max = when;
-                uint64_t latest = sat_add(when, slot_slack(s));
+                uint64_t latest = sat_add(when, units_slack(slack));
                 if (latest < min_latest)
                     min_latest = latest;
             }
@@ -760,6 +782,7 @@ void urio__timers_free(urio__timers_t *tm)
     urio__free(tm->heap);
     urio__free(tm->due);
     urio__free(tm->tmp);
+    urio__free(tm->due_lat);
     uint32_t chunks = (tm->nslots + SLOT_CHUNK - 1) / SLOT_CHUNK;
     for (uint32_t k = 0; k < chunks; k++) {
         urio__free(tm->slot_dir[k]);
@@ -843,7 +866,7 @@ __attribute__((cold, noinline)) static void limit_reached(urio__timers_t *tm, co
 
 /* Takes a free slot for fn(arg).  Returns: its index, or -ENOMEM. */
 static inline int64_t slot_alloc(urio__timers_t *tm, urio_callback_fn fn, void *arg,
-                                 uint64_t slack, const char *name)
+                                 const char *name)
 {
     uint32_t i;
     struct urio__slot *s;
@@ -866,11 +889,9 @@ static inline int64_t slot_alloc(urio__timers_t *tm, urio_callback_fn fn, void *
         gen = 1;
     }
     URIO_ASSERT(gen & 1);
-    uint64_t sl = slack >> URIO__SLOT_SLACK_UNIT;
     s->fn = fn;
     s->arg = arg;
-    s->word = gen | ((uint64_t)URIO__SLOT_WHEEL << URIO__SLOT_STATE_SHIFT) |
-              ((sl > SLACK_FIELD_MAX ? SLACK_FIELD_MAX : sl) << URIO__SLOT_SLACK_SHIFT);
+    s->word = gen | ((uint64_t)URIO__SLOT_WHEEL << URIO__SLOT_STATE_SHIFT);
     return i;
 }
 
@@ -934,7 +955,7 @@ static urio_handle_t call_at(urio_loop_t *loop, uint64_t when, uint64_t now,
     if (now == NOW_CACHED)
         now = loop_now(loop);
     uint64_t slack = slack_for(loop, when > now ? when - now : 0);
-    int64_t slot = slot_alloc(tm, fn, arg, slack, name);
+    int64_t slot = slot_alloc(tm, fn, arg, name);
     if (URIO_UNLIKELY(slot < 0))
         return fail_handle(-ENOMEM);
     if (URIO_UNLIKELY(tm->site_dir != NULL || loop->debug))

@@ -21,9 +21,8 @@
 #define URIO__TIMER_GEN_MASK  ((1ull << URIO__TIMER_GEN_BITS) - 1)
 
 /*
- * A timer's slot, 24 bytes.  `word` packs the generation (bits 0-38), the
- * state (bits 39-40) and the slack the timer may fire late by (bits 41-63,
- * in units of 1,024 ns).  Entries in the wheel, the heap and the ready FIFO
+ * A timer's slot, 24 bytes.  `word` packs the generation (bits 0-38) and
+ * the state (bits 39-40).  Entries in the wheel, the heap and the ready FIFO
  * name their timer by key: slot | generation << 24.  Cancelling frees the
  * slot at once; its entry, left behind, no longer matches the slot's
  * generation and is skipped when reached.
@@ -35,8 +34,7 @@ struct urio__slot {
 };
 enum { URIO__SLOT_FREE, URIO__SLOT_WHEEL, URIO__SLOT_READY };
 #define URIO__SLOT_STATE_SHIFT URIO__TIMER_GEN_BITS
-#define URIO__SLOT_SLACK_SHIFT (URIO__TIMER_GEN_BITS + 2)
-#define URIO__SLOT_SLACK_UNIT  10   /* slack is kept in units of 2^10 ns */
+#define URIO__TW_SLACK_UNIT    10   /* wheel entries keep their slack in units of 2^10 ns */
 
 #define URIO__SLOT_CHUNK_BITS 10    /* slots come in chunks of 1,024 */
 
@@ -44,15 +42,21 @@ enum { URIO__SLOT_FREE, URIO__SLOT_WHEEL, URIO__SLOT_READY };
 struct urio__tw_entry {
     uint64_t when;
     uint64_t key;           /* slot | generation << 24 */
+    uint32_t slack;         /* in units of 2^URIO__TW_SLACK_UNIT ns */
+    uint32_t pad;
 };
 
-/* A bucket's entries, in insertion order, in chunks of 63 (1 KiB). */
-#define URIO__TW_CHUNK 63
+/*
+ * A bucket's entries, in insertion order, in chunks of 50 (1 KiB).  Each
+ * keeps its slack, so bounding a wake-up reads no slot.
+ */
+#define URIO__TW_CHUNK 50
 struct urio__tw_chunk {
     struct urio__tw_chunk *next;
     uint32_t n, pad;
     uint64_t when[URIO__TW_CHUNK];
     uint64_t key[URIO__TW_CHUNK];
+    uint32_t slack[URIO__TW_CHUNK];
 };
 
 struct urio__tw_bucket {    /* the timers of one tick, in insertion order */
@@ -94,8 +98,9 @@ typedef struct urio__timers {
     struct urio__tw_chunk *spare;    /* chunks of emptied buckets, for reuse */
     /* The due run: the sorted timers of tick tw_tick not fired yet. */
     struct urio__tw_entry *due, *tmp;   /* two buffers of due_cap entries (tmp: to sort) */
+    uint64_t *due_lat;           /* due_lat[j]: the least deadline + slack of due[j, due_n) */
     uint32_t due_head, due_n, due_cap;
-    uint64_t due_latest;         /* the due run's wake-up bound */
+    uint64_t due_latest;         /* the due run's wake-up bound: due_lat[due_head] */
     uint32_t tw_count;           /* entries in buckets and the due run, live or stale */
     struct urio__heap_entry *heap;
     uint32_t nheap, cap_heap;
