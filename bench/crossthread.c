@@ -30,6 +30,7 @@
 #include "bench.h"
 #include "loop_util.h"
 
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -143,6 +144,20 @@ static inline void cpu_relax(void)
 #endif
 }
 
+/*
+ * A side with nothing to do spins a little, then yields: on a machine with
+ * fewer free CPUs than threads, the side that would make progress may need
+ * this one's CPU (urio's loop sleeps then; a floor that only spun would
+ * measure the scheduler, not the queue).
+ */
+static inline void floor_wait(uint32_t spins)
+{
+    if (spins < 256)
+        cpu_relax();
+    else
+        sched_yield();
+}
+
 typedef struct floor_node {
     urio__mpsc_node_t link;    /* first */
     void (*fn)(void *arg);
@@ -189,10 +204,10 @@ static void *floor_producer_main(void *arg)
     for (int round = 0; round < 2; round++) {
         pthread_barrier_wait(&p->run->go);
         for (uint64_t i = 0; i < p->n; i++, sent++) {
-            while (sent - ran >= FLOOR_RING) {
+            for (uint32_t spins = 0; sent - ran >= FLOOR_RING; spins++) {
                 ran = atomic_load_explicit(&p->ran, memory_order_acquire);
                 if (sent - ran >= FLOOR_RING)
-                    cpu_relax();
+                    floor_wait(spins);
             }
             floor_node_t *n = &p->nodes[sent % FLOOR_RING];
             n->fn = floor_call;
@@ -206,13 +221,15 @@ static void *floor_producer_main(void *arg)
 static void floor_consume(floor_run_t *run)
 {
     run->stop = false;
+    uint32_t spins = 0;
     while (!run->stop) {
         bool busy;
         urio__mpsc_node_t *link = urio__mpsc_pop(&run->q, &busy);
         if (link == NULL) {
-            cpu_relax();
+            floor_wait(spins++);
             continue;
         }
+        spins = 0;
         floor_node_t *n = (floor_node_t *)(void *)link;
         n->fn(n->arg);
     }
