@@ -48,6 +48,10 @@ typedef struct bench_config {
     uint64_t timer_span_ns;    /* deadlines uniform in [lead, lead + span) */
     uint64_t timer_lead_ns;    /* see bench_timer_offsets() */
     uint64_t seed;             /* of the PRNG giving both sides the same deadlines */
+    uint64_t sparse_n;         /* timers.sparse_*: timers, on a fresh loop */
+    uint64_t sparse_span_ns;   /* timers.sparse_*: deadlines uniform in [lead, lead + span) */
+    uint64_t sparse_lead_ns;
+    uint64_t idle_ticks;       /* timers.idle_cpu: 1 ms ticks of a periodic timer */
 
     uint64_t xthread_n;        /* crossthread.*: calls per run, split among the producers */
 
@@ -102,6 +106,7 @@ typedef struct bench_metric {
     const char *unit;          /* "ns/callback" */
     int decimals;              /* digits after the point in the table */
     bench_target_t target;
+    bench_target_t target2;    /* a second goal (vs a floor, say); zero: none */
     bool urio_only;            /* a reference the urio side measures (a floor): no peer value */
 } bench_metric_t;
 
@@ -145,6 +150,15 @@ void bench_uv_pool_throughput(const bench_config_t *cfg, double *out);
 void bench_urio_switch(const bench_config_t *cfg, double *out);
 void bench_urio_tasks(const bench_config_t *cfg, double *out);
 void bench_ucontext_switch(const bench_config_t *cfg, double *out);
+/* Timers beyond the warm run (timers.c, peers/uv_timers.c): a fresh loop
+ * (cold), sparse deadlines on a fresh loop, and the CPU of an idle loop
+ * with a periodic 1 ms timer. */
+void bench_urio_timers_cold(const bench_config_t *cfg, double *out);
+void bench_uv_timers_cold(const bench_config_t *cfg, double *out);
+void bench_urio_timers_sparse(const bench_config_t *cfg, double *out);
+void bench_uv_timers_sparse(const bench_config_t *cfg, double *out);
+void bench_urio_timers_idle(const bench_config_t *cfg, double *out);
+void bench_uv_timers_idle(const bench_config_t *cfg, double *out);
 
 /* The process pool (procpool.c); the peer is Python's ProcessPoolExecutor
  * (peers/procpool.py).  bench_procpool_init starts urio's fork server: call
@@ -169,6 +183,16 @@ enum {
     BENCH_TIMERS_LATE_P50,     /* µs past the deadline */
     BENCH_TIMERS_LATE_P99,
     BENCH_TIMERS_N_METRICS
+};
+
+/* The metrics of the cross-thread experiments, in out[] order.  The floor
+ * is a bare Vyukov MPSC queue of preallocated nodes drained by a spinning
+ * thread, running the same callback: measured by urio's side in the same
+ * run (crossthread.c). */
+enum {
+    BENCH_XT_CALLS,            /* ns per call */
+    BENCH_XT_FLOOR,
+    BENCH_XT_N_METRICS
 };
 
 /* The metrics of the wake-up experiment, in out[] order.  The floor is a
@@ -257,6 +281,9 @@ void *bench_alloc_prefaulted(size_t size);
  * the firing phase measures firing, not the backlog left by a slow
  * scheduler (which the schedule row already reports). */
 void bench_timer_offsets(const bench_config_t *cfg, uint64_t *offsets);
+/* The same for n deadlines in [lead, lead + span) (the sparse rows). */
+void bench_timer_offsets_n(uint64_t n, uint64_t span_ns, uint64_t lead_ns, uint64_t seed,
+                           uint64_t *offsets);
 
 /* The lateness percentiles in µs of n samples in ns; sorts late[] in place.
  * Fills out[BENCH_TIMERS_LATE_P50] and out[BENCH_TIMERS_LATE_P99]. */
@@ -302,6 +329,18 @@ void bench_pingpong_start(bench_pingpong_t *pp, const bench_config_t *cfg,
 void bench_pingpong_reply(bench_pingpong_t *pp);
 /* Joins the client, gives the percentiles in µs, frees everything. */
 void bench_pingpong_join(bench_pingpong_t *pp, double *p50, double *p99);
+
+/* --compare (compare.c): one row of this run, and the printer that sets
+ * it against the same rows of an earlier --json file. */
+typedef struct bench_compare_row {
+    const char *name, *unit;
+    int decimals;
+    double urio, peer, ratio;  /* medians; NAN where absent */
+} bench_compare_row_t;
+void bench_compare_print(const char *path, const bench_compare_row_t *rows, size_t n);
+
+/* The first three fields of /proc/loadavg ("?" where unreadable). */
+void bench_loadavg(char *buf, size_t size);
 
 /* pthread_create and pthread_join, dying on failure. */
 pthread_t bench_thread_start(void *(*fn)(void *), void *arg);

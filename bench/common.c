@@ -55,6 +55,12 @@ void bench_config_init(bench_config_t *cfg, bool quick)
         .timer_span_ns = quick ? 200000000u : 1000000000u,
         .timer_lead_ns = quick ? 100000000u : 300000000u,
         .seed = 0x75726f69u,   /* "urio" */
+        /* The sparse row is the same in both modes: 200,000 deadlines over a
+         * second, one per 5 µs, where a loop's fixed cost per wake-up shows. */
+        .sparse_n = 200000u,
+        .sparse_span_ns = 1000000000u,
+        .sparse_lead_ns = 200000000u,
+        .idle_ticks = quick ? 500u : 2000u,
         .xthread_n = quick ? 1000000u : 5000000u,
         .wakeup_n = quick ? 20000u : 100000u,
         .wakeup_warmup = 1000u,
@@ -92,11 +98,18 @@ void *bench_alloc_prefaulted(size_t size)
     return p;
 }
 
+void bench_timer_offsets_n(uint64_t n, uint64_t span_ns, uint64_t lead_ns, uint64_t seed,
+                           uint64_t *offsets)
+{
+    uint64_t state = seed;
+    for (uint64_t i = 0; i < n; i++)
+        offsets[i] = lead_ns + bench_splitmix64(&state) % span_ns;
+}
+
 void bench_timer_offsets(const bench_config_t *cfg, uint64_t *offsets)
 {
-    uint64_t state = cfg->seed;
-    for (uint64_t i = 0; i < cfg->timer_n; i++)
-        offsets[i] = cfg->timer_lead_ns + bench_splitmix64(&state) % cfg->timer_span_ns;
+    bench_timer_offsets_n(cfg->timer_n, cfg->timer_span_ns, cfg->timer_lead_ns, cfg->seed,
+                          offsets);
 }
 
 static int cmp_i64(const void *a, const void *b)

@@ -2,7 +2,7 @@
  * main.c — urio-bench: runs the registered benchmarks side by side against
  * their peers, and reports medians, ratios, spreads and targets.
  *
- *   urio-bench [--quick] [--runs N] [--json FILE] [SUBCOMMAND...]
+ *   urio-bench [--quick] [--runs N] [--json FILE] [--compare FILE] [SUBCOMMAND...]
  *
  * SUBCOMMAND is a group of the registry ("dispatch", "timers", ...), "all"
  * (the default) or "list".  Each benchmark runs R times per side, the two
@@ -36,6 +36,7 @@ typedef struct options {
     bool quick;
     unsigned runs;             /* 0: the default for the mode */
     const char *json_path;     /* NULL: no JSON */
+    const char *compare_path;  /* NULL: no comparison with an earlier --json run */
     bool list;
     bool all;
     const char *groups[64];    /* the selected groups when !all */
@@ -54,11 +55,13 @@ static bool first_of_group(size_t i)
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: urio-bench [--quick] [--runs N] [--json FILE] [SUBCOMMAND...]\n"
+            "usage: urio-bench [--quick] [--runs N] [--json FILE] [--compare FILE] [SUBCOMMAND...]\n"
             "\n"
             "  --quick      smaller sizes: the whole default run in about two minutes\n"
             "  --runs N     runs per side and benchmark (default 5, quick 3)\n"
             "  --json FILE  also write the results, with every run, to FILE\n"
+            "  --compare FILE  also print each row's change against FILE, the --json\n"
+            "               output of an earlier run\n"
             "\n"
             "subcommands: all (default), list, or a group:");
     for (size_t i = 0; i < bench_registry_len; i++)
@@ -135,6 +138,8 @@ static options_t parse_args(int argc, char **argv)
             o.runs = parse_runs(v);
         } else if ((v = option_value(argc, argv, &i, "--json"))) {
             o.json_path = v;
+        } else if ((v = option_value(argc, argv, &i, "--compare"))) {
+            o.compare_path = v;
         } else if (argv[i][0] == '-') {
             fprintf(stderr, "urio-bench: unknown option '%s'\n", argv[i]);
             usage(stderr);
@@ -217,6 +222,18 @@ static void format_target(char *buf, size_t size, const bench_metric_t *m)
     }
 }
 
+static void format_target2(char *buf, size_t size, const bench_metric_t *m);
+
+/* The second goal, if any, under the row's line. */
+static void list_target2(const bench_metric_t *m)
+{
+    if (m->target2.kind == BENCH_TARGET_NONE)
+        return;
+    char target[96];
+    format_target2(target, sizeof target, m);
+    printf("%-12s %-22s %-16s %-11s %s\n", "", "", "", "", target);
+}
+
 static void list_benchmarks(void)
 {
     printf("%-12s %-22s %-16s %-11s %s\n", "group", "benchmark", "unit", "peer", "target");
@@ -228,6 +245,7 @@ static void list_benchmarks(void)
             printf("%-12s %-22s %-16s %-11s %s\n", def->group, def->metrics[m].name,
                    def->metrics[m].unit, has_peer(def, &def->metrics[m]) ? peer_name(def) : "-",
                    target);
+            list_target2(&def->metrics[m]);
         }
     }
 }
@@ -247,6 +265,8 @@ typedef struct row {
     bool has_target, met;
     const char *urio_missing;      /* why a side did not run, or NULL (bench_def_t) */
     const char *peer_missing;
+    double ref2_ratio_med;         /* the same for metric->target2 */
+    bool has_target2, met2;
 } row_t;
 
 static int cmp_double(const void *a, const void *b)
@@ -300,6 +320,94 @@ static void judge_target(row_t *r, const row_t *rows, unsigned runs)
         summarize(rel, runs, &r->ref_ratio_med, &lo, &hi);
         r->met = isfinite(r->ref_ratio_med) && r->ref_ratio_med <= t->value;
     }
+}
+
+/* ------------------------------------------------------------------ */
+/* A metric's second goal (bench_metric_t.target2): against a floor,    */
+/* say.  Kept apart from the first goal's code, which rows of other     */
+/* experiments extend.                                                  */
+
+static const bench_metric_t *ref2_metric(const bench_metric_t *m)
+{
+    const bench_def_t *def = def_of(m);
+    if (m->target2.ref < 0 || (size_t)m->target2.ref >= def->n_metrics)
+        bench_die("metric %s: target2 refers to metric %d of %zu", m->name, m->target2.ref,
+                  def->n_metrics);
+    return &def->metrics[m->target2.ref];
+}
+
+static void format_target2(char *buf, size_t size, const bench_metric_t *m)
+{
+    const bench_target_t *t = &m->target2;
+    if (t->kind == BENCH_TARGET_URIO_MAX)
+        snprintf(buf, size, "urio <= %g %s", t->value, m->unit);
+    else if (t->kind == BENCH_TARGET_RATIO_MIN)
+        snprintf(buf, size, "%s/urio >= %gx", peer_name(def_of(m)), t->value);
+    else if (t->kind == BENCH_TARGET_REF_MAX)
+        snprintf(buf, size, "urio <= %gx %s", t->value, ref2_metric(m)->name);
+    else
+        snprintf(buf, size, "-");
+}
+
+/* rows: every row of r's benchmark, in metric order, already summarized. */
+static void judge_target2(row_t *r, const row_t *rows, unsigned runs)
+{
+    const bench_target_t *t = &r->metric->target2;
+    r->has_target2 = t->kind != BENCH_TARGET_NONE;
+    r->ref2_ratio_med = NAN;
+    if (t->kind == BENCH_TARGET_URIO_MAX) {
+        r->met2 = isfinite(r->urio_med) && r->urio_med <= t->value;
+    } else if (t->kind == BENCH_TARGET_RATIO_MIN) {
+        r->met2 = isfinite(r->ratio_med) && r->ratio_med >= t->value;
+    } else if (t->kind == BENCH_TARGET_REF_MAX) {
+        /* Per run, as for the first goal. */
+        const row_t *ref = &rows[ref2_metric(r->metric) - r->def->metrics];
+        double rel[MAX_RUNS], lo, hi;
+        for (unsigned i = 0; i < runs; i++)
+            rel[i] = (isfinite(r->urio[i]) && ref->urio[i] > 0.0) ? r->urio[i] / ref->urio[i]
+                                                                   : NAN;
+        summarize(rel, runs, &r->ref2_ratio_med, &lo, &hi);
+        r->met2 = isfinite(r->ref2_ratio_med) && r->ref2_ratio_med <= t->value;
+    }
+}
+
+static void print_targets2(const row_t *rows, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        const row_t *r = &rows[i];
+        if (!r->has_target2)
+            continue;
+        char target[96], got[48];
+        format_target2(target, sizeof target, r->metric);
+        if (r->metric->target2.kind == BENCH_TARGET_RATIO_MIN)
+            snprintf(got, sizeof got, "%.2f", r->ratio_med);
+        else if (r->metric->target2.kind == BENCH_TARGET_REF_MAX)
+            snprintf(got, sizeof got, "%.2fx", r->ref2_ratio_med);
+        else
+            snprintf(got, sizeof got, "%.*f", r->metric->decimals, r->urio_med);
+        printf("  %-22s %-34s got %-10s %s\n", r->metric->name, target, got,
+               r->met2 ? "MET" : "MISSED");
+    }
+}
+
+/* , "target2": {...}, "met2": ... after the first goal's fields (nothing if none). */
+static void json_target2(FILE *f, const row_t *r)
+{
+    const bench_target_t *t = &r->metric->target2;
+    if (!r->has_target2)
+        return;
+    const char *kind = t->kind == BENCH_TARGET_URIO_MAX   ? "urio_max"
+                       : t->kind == BENCH_TARGET_RATIO_MIN ? "ratio_min"
+                                                           : "ref_max";
+    fprintf(f, ", \"target2\": {\"kind\": \"%s\", \"value\": %.9g", kind, t->value);
+    if (t->kind == BENCH_TARGET_REF_MAX) {
+        fprintf(f, ", \"ref\": \"%s\", \"got\": ", ref2_metric(r->metric)->name);
+        if (isfinite(r->ref2_ratio_med))
+            fprintf(f, "%.9g", r->ref2_ratio_med);
+        else
+            fputs("null", f);
+    }
+    fprintf(f, "}, \"met2\": %s", r->met2 ? "true" : "false");
 }
 
 static void summarize_row(row_t *r, unsigned runs)
@@ -399,6 +507,8 @@ static void run_benchmark(const bench_def_t *def, const bench_config_t *cfg,
     }
     for (size_t m = 0; m < def->n_metrics; m++)
         judge_target(&rows[m], rows, runs);
+    for (size_t m = 0; m < def->n_metrics; m++)
+        judge_target2(&rows[m], rows, runs);
 }
 
 static row_t *alloc_rows(const options_t *o, size_t *n_rows)
@@ -591,6 +701,7 @@ static void json_row(FILE *f, const row_t *r, unsigned runs)
     json_number(f, r->ratio_max);
     fputs(",\n     ", f);
     json_target(f, r);
+    json_target2(f, r);
     fputs(",\n     \"runs\": {\"urio\": ", f);
     json_array(f, r->urio, runs);
     fputs(", \"peer\": ", f);
@@ -609,7 +720,9 @@ static void json_config(FILE *f, const bench_config_t *c)
             "             \"xthread_n\": %llu, \"wakeup_n\": %llu, \"wakeup_warmup\": %llu, "
             "\"wakeup_gap_ns\": %llu, \"pool_rtt_n\": %llu, \"pool_n\": %llu, "
             "\"pool_inflight\": %llu, \"pool_warmup\": %llu, \"pool_workers\": %u, "
-            "\"switch_n\": %llu},\n",
+            "\"switch_n\": %llu,\n"
+            "             \"sparse_n\": %llu, \"sparse_span_ns\": %llu, "
+            "\"sparse_lead_ns\": %llu, \"idle_ticks\": %llu},\n",
             (unsigned long long)c->chain_n, (unsigned long long)c->fanout_n,
             (unsigned long long)c->fanout_round, (unsigned long long)c->allocs_warmup,
             (unsigned long long)c->allocs_n, (unsigned long long)c->timer_n,
@@ -619,19 +732,22 @@ static void json_config(FILE *f, const bench_config_t *c)
             (unsigned long long)c->wakeup_gap_ns, (unsigned long long)c->pool_rtt_n,
             (unsigned long long)c->pool_n, (unsigned long long)c->pool_inflight,
             (unsigned long long)c->pool_warmup, c->pool_workers,
-            (unsigned long long)c->switch_n);
+            (unsigned long long)c->switch_n, (unsigned long long)c->sparse_n,
+            (unsigned long long)c->sparse_span_ns, (unsigned long long)c->sparse_lead_ns,
+            (unsigned long long)c->idle_ticks);
 }
 
 static void write_json(const char *path, const row_t *rows, size_t n, const options_t *o,
-                       const bench_config_t *cfg)
+                       const bench_config_t *cfg, const char *load0, const char *load1)
 {
     FILE *f = fopen(path, "w");
     if (!f)
         bench_die("cannot write %s: %s", path, strerror(errno));
     fprintf(f, "{\n  \"quick\": %s, \"runs\": %u, \"cpus\": %ld, \"peer\": \"%s\", "
-               "\"peer_version\": \"%s\",\n",
+               "\"peer_version\": \"%s\",\n"
+               "  \"loadavg_start\": \"%s\", \"loadavg_end\": \"%s\",\n",
             o->quick ? "true" : "false", o->runs, sysconf(_SC_NPROCESSORS_ONLN), PEER_NAME,
-            uv_version_string());
+            uv_version_string(), load0, load1);
     json_config(f, cfg);
     fputs("  \"results\": [\n", f);
     for (size_t i = 0; i < n; i++) {
@@ -641,6 +757,20 @@ static void write_json(const char *path, const row_t *rows, size_t n, const opti
     fputs("  ]\n}\n", f);
     if (fclose(f) != 0)
         bench_die("error writing %s: %s", path, strerror(errno));
+}
+
+/* --compare: this run's medians beside an earlier --json file's (compare.c). */
+static void compare_rows(const char *path, const row_t *rows, size_t n)
+{
+    bench_compare_row_t *cmp = calloc(n ? n : 1, sizeof *cmp);
+    if (!cmp)
+        bench_die("out of memory");
+    for (size_t i = 0; i < n; i++)
+        cmp[i] = (bench_compare_row_t){ rows[i].metric->name, rows[i].metric->unit,
+                                        rows[i].metric->decimals, rows[i].urio_med,
+                                        rows[i].peer_med, rows[i].ratio_med };
+    bench_compare_print(path, cmp, n);
+    free(cmp);
 }
 
 /* ------------------------------------------------------------------ */
@@ -658,16 +788,23 @@ int main(int argc, char **argv)
     bench_config_init(&cfg, o.quick);
     watchdog_install();
 
+    char load0[64], load1[64];
+    bench_loadavg(load0, sizeof load0);
     size_t n_rows;
     row_t *rows = alloc_rows(&o, &n_rows);
     for (size_t i = 0; i < n_rows; i += rows[i].def->n_metrics) {
         run_benchmark(rows[i].def, &cfg, o.runs, &rows[i]);
     }
 
+    bench_loadavg(load1, sizeof load1);
     print_table(rows, n_rows, &o);
+    printf("load average (1, 5, 15 min) at the start: %s; at the end: %s\n", load0, load1);
     print_targets(rows, n_rows);
+    print_targets2(rows, n_rows);
+    if (o.compare_path)
+        compare_rows(o.compare_path, rows, n_rows);
     if (o.json_path)
-        write_json(o.json_path, rows, n_rows, &o, &cfg);
+        write_json(o.json_path, rows, n_rows, &o, &cfg, load0, load1);
 
     free_rows(rows, n_rows);
     /* Targets are reported, not enforced: a missed one is not a failure. */

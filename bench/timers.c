@@ -6,6 +6,13 @@
  * scheduling cost, the CPU spent while they fire, and how late they fire.
  * The scheduling loop runs inside a callback, as a service schedules its
  * timers: from the loop's own thread while it runs.
+ *
+ * Three runs of it: warm (the loop has held as many timers before), cold
+ * (a fresh loop: the tables' growth and page faults are measured too) and
+ * sparse (cold, 200,000 timers over a second: the fixed cost per wake-up
+ * shows).  The peer runs each the same way (peers/uv_timers.c).  A fourth
+ * experiment measures the CPU an otherwise idle loop spends on a periodic
+ * 1 ms timer.
  */
 #include "bench.h"
 #include "loop_util.h"
@@ -81,20 +88,22 @@ static void timers_schedule(void *arg)
     run->cpu0 = bench_thread_cpu_ns();
 }
 
-void bench_urio_timers(const bench_config_t *cfg, double *out)
+/*
+ * One run of n timers at offsets[]: warm (the loop has held as many timers
+ * before: see timers_warm) or cold (a fresh loop, nothing grown yet: every
+ * allocation and page fault of the timer tables is in the measurement).
+ */
+static void urio_timers_run(uint64_t n, const uint64_t *offsets, bool warm, double *out)
 {
-    uint64_t n = cfg->timer_n;
-    uint64_t *offsets = bench_alloc_prefaulted(n * sizeof *offsets);
     timers_run_t run = {
         .loop = bench_urio_loop_new(),
         .offsets = offsets,
         .late = bench_alloc_prefaulted(n * sizeof(int64_t)),
         .n = n,
     };
-    bench_timer_offsets(cfg, offsets);
     current_run = &run;
 
-    if (urio_call_soon(run.loop, timers_warm, &run).id == 0 ||
+    if ((warm && urio_call_soon(run.loop, timers_warm, &run).id == 0) ||
         urio_call_soon(run.loop, timers_schedule, &run).id == 0)
         bench_die("urio_call_soon: %s", strerror(errno));
     bench_urio_run(run.loop);   /* the last timer stops it */
@@ -110,5 +119,67 @@ void bench_urio_timers(const bench_config_t *cfg, double *out)
     bench_urio_loop_close(run.loop);
     current_run = NULL;
     free(run.late);
+}
+
+void bench_urio_timers(const bench_config_t *cfg, double *out)
+{
+    uint64_t *offsets = bench_alloc_prefaulted(cfg->timer_n * sizeof *offsets);
+    bench_timer_offsets(cfg, offsets);
+    urio_timers_run(cfg->timer_n, offsets, true, out);
     free(offsets);
+}
+
+void bench_urio_timers_cold(const bench_config_t *cfg, double *out)
+{
+    uint64_t *offsets = bench_alloc_prefaulted(cfg->timer_n * sizeof *offsets);
+    bench_timer_offsets(cfg, offsets);
+    urio_timers_run(cfg->timer_n, offsets, false, out);
+    free(offsets);
+}
+
+void bench_urio_timers_sparse(const bench_config_t *cfg, double *out)
+{
+    uint64_t *offsets = bench_alloc_prefaulted(cfg->sparse_n * sizeof *offsets);
+    bench_timer_offsets_n(cfg->sparse_n, cfg->sparse_span_ns, cfg->sparse_lead_ns, cfg->seed,
+                          offsets);
+    urio_timers_run(cfg->sparse_n, offsets, false, out);
+    free(offsets);
+}
+
+/* ------------------------------------------------------------------ */
+/* An idle loop with a periodic timer                                    */
+
+/*
+ * The loop holds one timer, due 1 ms after the previous one fired
+ * (urio_call_later from its own callback, as libuv's repeat re-arms from the
+ * loop's time), and nothing else: the CPU it burns per second of wall time
+ * is what keeping a periodic tick costs a service that is otherwise idle.
+ */
+typedef struct idle_run {
+    urio_loop_t *loop;
+    uint64_t ticks, left;
+} idle_run_t;
+
+static void idle_tick(void *arg)
+{
+    idle_run_t *run = arg;
+    if (--run->left == 0) {
+        urio_loop_stop(run->loop);
+        return;
+    }
+    if (urio_call_later(run->loop, 1000000u, idle_tick, run).id == 0)
+        bench_die("urio_call_later: %s", strerror(errno));
+}
+
+void bench_urio_timers_idle(const bench_config_t *cfg, double *out)
+{
+    idle_run_t run = { .loop = bench_urio_loop_new(), .ticks = cfg->idle_ticks,
+                       .left = cfg->idle_ticks };
+    if (urio_call_later(run.loop, 1000000u, idle_tick, &run).id == 0)
+        bench_die("urio_call_later: %s", strerror(errno));
+    uint64_t t0 = bench_now_ns(), cpu0 = bench_thread_cpu_ns();
+    bench_urio_run(run.loop);
+    uint64_t cpu1 = bench_thread_cpu_ns(), t1 = bench_now_ns();
+    out[0] = (double)(cpu1 - cpu0) / 1000.0 / ((double)(t1 - t0) / 1e9);
+    bench_urio_loop_close(run.loop);
 }

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #if URIO_HAVE_JEMALLOC && !defined(URIO_FORCE_LIBC_MALLOC)
 #include <jemalloc/jemalloc.h>
@@ -146,6 +147,20 @@ void urio__free_forgotten(void *p)
     }
 #endif
     free(p);
+}
+
+void *urio__pages_alloc(size_t n)
+{
+    if (URIO_UNLIKELY(inject_failure())) {
+        atomic_fetch_add_explicit(&g_alloc.failures, 1, memory_order_relaxed);
+        return NULL;
+    }
+    void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+        atomic_fetch_add_explicit(&g_alloc.failures, 1, memory_order_relaxed);
+        return NULL;
+    }
+    return p;
 }
 
 char *urio__strdup(const char *s)

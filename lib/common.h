@@ -95,6 +95,13 @@ void  urio__quarantine(void *p);
 char *urio__strdup(const char *s);
 char *urio__vasprintf(const char *fmt, va_list ap);
 char *urio__asprintf(const char *fmt, ...) URIO_PRINTF(1, 2);
+/*
+ * n bytes of fresh zeroed pages (mmap), for memory that lives as long as the
+ * process (the cross-thread node pool): never freed, so not counted as live
+ * blocks.  Failure injection applies.  No lock, no malloc: usable from a
+ * signal handler.  Returns: the pages, or NULL.
+ */
+void *urio__pages_alloc(size_t n);
 
 /*
  * Failure injection for tests: after `countdown` more successful

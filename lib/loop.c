@@ -27,7 +27,7 @@
 #include <unistd.h>
 
 _Thread_local char urio__tls_token __attribute__((tls_model("initial-exec")));
-static _Thread_local urio_loop_t *tls_current __attribute__((tls_model("initial-exec")));
+_Thread_local urio_loop_t *urio__tls_loop __attribute__((tls_model("initial-exec")));
 
 /*
  * The loops not yet closed, for the "unclosed event loop" warning at exit.
@@ -94,7 +94,7 @@ atomic_uint urio__fork_gen;
 static void fork_child(void)
 {
     atomic_fetch_add(&urio__fork_gen, 1);
-    tls_current = NULL;
+    urio__tls_loop = NULL;
     pthread_mutex_init(&g_open_mu, NULL);
 }
 
@@ -214,27 +214,36 @@ static void run_close_hooks(urio_loop_t *loop, size_t hook_offset)
 /* The turn                                                             */
 
 /*
- * Pops the next ready entry into *out.  Returns: false if it was cancelled.
- * A due timer's slot is released here: its handle is spent.
+ * Pops the next ready entry: its callback (NULL if it was cancelled), its
+ * argument in *arg.  The fields are read from the ring in place (no copy of
+ * the entry): the callback may grow the FIFO, so nothing of the entry is
+ * used after it is called.  A due timer's slot is released here: its handle
+ * is spent.
  */
-static inline bool ready_pop(urio_loop_t *loop, struct urio__ready *out)
+static inline urio_callback_fn ready_pop(urio_loop_t *loop, void **arg,
+                                         const urio_site_t **site)
 {
     urio__ready_fifo_t *q = &loop->ready;
-    *out = q->e[q->head & q->mask];
-    q->head++;
-    if (URIO_UNLIKELY(out->slot1 != 0) && out->slot1 != URIO__READY_KIND &&
-        !urio__timer_take_due(&loop->timers, out->slot1 - 1, out->gen))
-        return false;       /* a timer cancelled after it came due */
-    return out->fn != NULL;
+    const struct urio__ready *e = &q->e[q->head++ & q->mask];
+    urio_callback_fn fn = e->fn;
+    *arg = e->arg;
+    if (site)
+        *site = e->site;
+    if (URIO_UNLIKELY(e->key > URIO__READY_INBOX) &&
+        !urio__timer_take_due(&loop->timers, e->key))
+        return NULL;        /* a timer cancelled after it came due */
+    return fn;
 }
 
 /* Runs n ready callbacks.  The release path: no clock read. */
 static void run_ready(urio_loop_t *loop, uint32_t n)
 {
-    struct urio__ready e;
-    for (uint32_t k = 0; k < n; k++)
-        if (ready_pop(loop, &e))
-            e.fn(e.arg);
+    for (uint32_t k = 0; k < n; k++) {
+        void *arg;
+        urio_callback_fn fn = ready_pop(loop, &arg, NULL);
+        if (fn)
+            fn(arg);
+    }
 }
 
 #if URIO_DEBUG_CHECKS
@@ -255,7 +264,6 @@ static void log_slow_callback(urio_loop_t *loop, urio_callback_fn fn, const urio
 /* Runs n ready callbacks, timing each against the slow-callback duration. */
 static void run_ready_debug(urio_loop_t *loop, uint32_t n)
 {
-    struct urio__ready e;
     /*
      * One cycle-counter read per callback: each callback's end is the next
      * one's start, also across steps while the loop stays out of the kernel
@@ -263,17 +271,20 @@ static void run_ready_debug(urio_loop_t *loop, uint32_t n)
      */
     uint64_t t0 = loop->debug_ticks ? loop->debug_ticks : urio__ticks();
     for (uint32_t k = 0; k < n; k++) {
-        if (!ready_pop(loop, &e))
+        void *arg;
+        const urio_site_t *site;
+        urio_callback_fn fn = ready_pop(loop, &arg, &site);
+        if (!fn)
             continue;
         loop->attrib_describe = NULL;
-        e.fn(e.arg);
+        fn(arg);
         uint64_t t1 = urio__ticks();
         uint64_t took = urio__ticks_ns(t1 - t0);
         t0 = t1;
         loop->callback_hist[urio__stats_bucket(took)]++;
         if (took >= loop->slow_ns) {
             loop->slow_callbacks++;
-            log_slow_callback(loop, e.fn, e.site, took);
+            log_slow_callback(loop, fn, site, took);
             t0 = urio__ticks();     /* the report's own time is nobody's */
         }
     }
@@ -338,15 +349,14 @@ static inline int64_t how_long_to_block(urio_loop_t *loop)
     }
     if (loop->timers.count == 0)
         return -1;
-    uint64_t next = urio__timer_next(&loop->timers);
-    if (next == UINT64_MAX)
+    /* Until the timers' slack runs out: timers due close together share a wake-up. */
+    uint64_t until = urio__timer_wake(&loop->timers);
+    if (until == UINT64_MAX)
         return -1;
-    /* Sleep past the deadline by the slack: timers due close together share a wake-up. */
     uint64_t now = urio__now();
-    if (next <= now)
+    if (until <= now)
         return 0;
-    loop->wake_deadline = next;     /* for the lag histogram */
-    uint64_t until = next > UINT64_MAX - loop->timer_slack_ns ? next : next + loop->timer_slack_ns;
+    loop->wake_deadline = until;    /* for the lag histogram */
     return until - now > INT64_MAX ? -1 : (int64_t)(until - now);
 }
 
@@ -411,6 +421,9 @@ static int loop_turn(urio_loop_t *loop)
         loop->last_enter_ns = urio__now();
         if (t0)
             loop->idle_ns += loop->last_enter_ns - t0;
+        /* The clock timers scheduled this step measure their delay from. */
+        if (loop->last_enter_ns > loop->timers.now_cache)
+            loop->timers.now_cache = loop->last_enter_ns;
         if (URIO_UNLIKELY(ret < 0))
             return ret;
     }
@@ -524,7 +537,7 @@ URIO_EXPORT int urio_loop_run_forever(urio_loop_t *loop)
         return URIO_EFORKED;
     if (urio__loop_refuses(loop, "urio_loop_run_forever"))
         return -ESHUTDOWN;
-    if (loop->running || tls_current != NULL) {
+    if (loop->running || urio__tls_loop != NULL) {
         urio__log(URIO_LOG_ERROR, "urio_loop_run_forever(): %s",
                   loop->running ? "This event loop is already running"
                                 : "Cannot run the event loop while another loop is running");
@@ -546,7 +559,7 @@ URIO_EXPORT int urio_loop_run_forever(urio_loop_t *loop)
     loop->running = true;
     loop->run_started = urio__now();
     atomic_store(&loop->owner_thread, (unsigned long)pthread_self());
-    tls_current = loop;
+    urio__tls_loop = loop;
     atomic_store(&loop->home, urio__thread_token());
     atomic_store(&loop->bound, loop->ring.single_issuer);
     atomic_store_explicit(&loop->owner, urio__thread_token(), memory_order_release);
@@ -563,7 +576,7 @@ URIO_EXPORT int urio_loop_run_forever(urio_loop_t *loop)
     loop->stopping = false;
     loop->running = false;
     loop->run_ns += urio__now() - loop->run_started;
-    tls_current = NULL;
+    urio__tls_loop = NULL;
     /*
      * Last: once owner reads NULL another thread may close (and free) the
      * loop, so nothing of it may be touched after this store.
@@ -625,7 +638,9 @@ URIO_EXPORT int64_t urio_loop_next_timeout(urio_loop_t *loop)
         return 0;
     if (has_ready_work(loop))
         return 0;
-    uint64_t next = loop->timers.count > 0 ? urio__timer_next(&loop->timers) : UINT64_MAX;
+    /* Only cancelled timers left: nothing is scheduled. */
+    uint64_t next = loop->timers.count > loop->timers.stale ? urio__timer_next(&loop->timers)
+                                                            : UINT64_MAX;
     if (next == UINT64_MAX)
         return -1;
     uint64_t now = urio__now();
@@ -660,7 +675,7 @@ URIO_EXPORT void urio_loop_stop(urio_loop_t *loop)
 
 URIO_EXPORT urio_loop_t *urio_loop_current(void)
 {
-    return tls_current;
+    return urio__tls_loop;
 }
 
 URIO_EXPORT uint64_t urio_loop_time(const urio_loop_t *loop)

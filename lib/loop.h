@@ -162,9 +162,17 @@ static inline void urio__loop_attribute(urio_loop_t *loop, urio__describe_fn fn,
 /* Logs a loop-only call made from another thread, naming `fn`. */
 void urio__loop_wrong_thread(const char *fn);
 
-/* Wrong-thread check for loop-only calls; logs the refusal naming `fn`. */
+/* The loop this thread is running (urio_loop_current), or NULL. */
+extern _Thread_local urio_loop_t *urio__tls_loop __attribute__((tls_model("initial-exec")));
+
+/*
+ * Wrong-thread check for loop-only calls; logs the refusal naming `fn`.
+ * The common case, a call from the loop's own callbacks, is one compare.
+ */
 static inline bool urio__loop_check_thread(const urio_loop_t *loop, const char *fn)
 {
+    if (URIO_LIKELY(urio__tls_loop == loop))
+        return true;
     const void *owner = atomic_load_explicit(&loop->owner, memory_order_relaxed);
     if (URIO_LIKELY(owner == NULL || owner == urio__thread_token()))
         return true;

@@ -3,9 +3,10 @@
  * (Dmitry Vyukov's design, written from its description; the always-present
  * dummy node he describes is the `sentinel` here).
  *
- * A push is one atomic exchange and one store; a pop is plain loads and
- * stores, plus one exchange when the queue drains to its last node.  Nodes
- * live in their owners' memory; the queue never allocates.
+ * A push is one atomic exchange (or one compare-and-swap, when the queue
+ * can be closed) and one store; a pop is plain loads and stores, plus one
+ * exchange when the queue drains to its last node.  Nodes live in their
+ * owners' memory; the queue never allocates.
  *
  * Memory ordering:
  * - push: the exchange on `back` is seq_cst.  It orders the node's fields
@@ -52,6 +53,27 @@ static inline void urio__mpsc_push(urio__mpsc_t *q, urio__mpsc_node_t *n)
     atomic_store_explicit(&n->next, NULL, memory_order_relaxed);
     urio__mpsc_node_t *prev = atomic_exchange_explicit(&q->back, n, memory_order_seq_cst);
     atomic_store_explicit(&prev->next, n, memory_order_release);
+}
+
+/*
+ * Any thread: pushes n unless `back` is `closed` (a value the consumer's
+ * closer exchanged in, never a node).  One compare-and-swap when
+ * uncontended, seq_cst like push's exchange (the wake-up protocol relies on
+ * it); a closed queue is seen and refused in the same atomic step, so
+ * every node pushed lies before the close point.  Returns: false if closed.
+ */
+static inline bool urio__mpsc_push_open(urio__mpsc_t *q, urio__mpsc_node_t *n,
+                                        urio__mpsc_node_t *closed)
+{
+    atomic_store_explicit(&n->next, NULL, memory_order_relaxed);
+    urio__mpsc_node_t *prev = atomic_load_explicit(&q->back, memory_order_relaxed);
+    do {
+        if (__builtin_expect(prev == closed, 0))
+            return false;
+    } while (!atomic_compare_exchange_weak_explicit(&q->back, &prev, n, memory_order_seq_cst,
+                                                    memory_order_relaxed));
+    atomic_store_explicit(&prev->next, n, memory_order_release);
+    return true;
 }
 
 /*

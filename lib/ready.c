@@ -29,7 +29,7 @@ void urio__ready_free(urio__ready_fifo_t *q)
     q->head = q->tail;
 }
 
-static int grow(urio__ready_fifo_t *q)
+int urio__ready_grow(urio__ready_fifo_t *q)
 {
     uint64_t cap = q->mask + 1, ncap = cap * 2;
     if (ncap > (1ull << 31))
@@ -53,19 +53,19 @@ static int grow(urio__ready_fifo_t *q)
 __attribute__((cold, noinline)) uint64_t urio__ready_push_slow(urio__ready_fifo_t *q,
                                                                 urio_callback_fn fn, void *arg,
                                                                 const urio_site_t *site,
-                                                                uint32_t slot1, uint32_t gen)
+                                                                uint64_t key)
 {
-    if (grow(q) < 0)
+    if (urio__ready_grow(q) < 0)
         return 0;
     uint64_t s = q->tail++;
-    q->e[s & q->mask] = (struct urio__ready){ fn, arg, site, slot1, gen };
+    q->e[s & q->mask] = (struct urio__ready){ fn, arg, site, key };
     return s;
 }
 
 int urio__ready_reserve(urio__ready_fifo_t *q)
 {
     uint32_t reserved = atomic_load_explicit(&q->reserved, memory_order_relaxed);
-    if (q->tail - q->head + reserved > q->mask && grow(q) < 0)
+    if (q->tail - q->head + reserved > q->mask && urio__ready_grow(q) < 0)
         return -ENOMEM;
     atomic_fetch_add_explicit(&q->reserved, 1, memory_order_relaxed);
     return 0;
@@ -77,7 +77,7 @@ uint64_t urio__ready_push_reserved(urio__ready_fifo_t *q, urio_callback_fn fn, v
     atomic_fetch_sub_explicit(&q->reserved, 1, memory_order_relaxed);
     URIO_ASSERT(q->tail - q->head <= q->mask);
     uint64_t s = q->tail++;
-    q->e[s & q->mask] = (struct urio__ready){ fn, arg, &kind->site, URIO__READY_KIND, 0 };
+    q->e[s & q->mask] = (struct urio__ready){ fn, arg, &kind->site, URIO__READY_KIND };
     return s;
 }
 
@@ -86,10 +86,27 @@ bool urio__ready_cancel(urio__ready_fifo_t *q, uint64_t seq)
     if (seq < q->head || seq >= q->tail)
         return false;   /* ran, or never ours: a harmless no-op */
     struct urio__ready *e = &q->e[seq & q->mask];
-    if (e->fn == NULL || e->slot1 != 0)
+    if (e->fn == NULL || e->key != 0)
         return false;   /* already cancelled, or not a call_soon's entry */
     e->fn = NULL;
     return true;
+}
+
+uint32_t urio__ready_run_inbox(urio_loop_t *loop)
+{
+    urio__ready_fifo_t *q = &loop->ready;
+    uint32_t ran = 0;
+    for (uint64_t s = q->head; s != q->tail; s++) {
+        struct urio__ready *e = &q->e[s & q->mask];
+        if (e->key != URIO__READY_INBOX || e->fn == NULL)
+            continue;
+        urio_callback_fn fn = e->fn;
+        void *arg = e->arg;
+        e->fn = NULL;           /* first: the call may append, and the FIFO move */
+        fn(arg);
+        ran++;
+    }
+    return ran;
 }
 
 uint32_t urio__ready_drop_all(urio_loop_t *loop)
@@ -100,14 +117,14 @@ uint32_t urio__ready_drop_all(urio_loop_t *loop)
         const struct urio__ready *e = &q->e[s & q->mask];
         if (e->fn == NULL)
             continue;
-        if (e->slot1 == URIO__READY_KIND) {
+        if (e->key == URIO__READY_KIND) {
             /* urio's own entry holds a reference: release it. */
             const urio__ready_kind_t *kind = (const urio__ready_kind_t *)(const void *)e->site;
             if (kind->drop)
                 kind->drop(e->arg);
             continue;
         }
-        dropped += e->slot1 == 0 || urio__timer_entry_live(&loop->timers, e->slot1 - 1, e->gen);
+        dropped += e->key == 0 || urio__timer_entry_live(&loop->timers, e->key);
     }
     q->head = q->tail;
     return dropped;
@@ -128,7 +145,21 @@ __attribute__((cold, noinline)) static urio_handle_t call_soon_slow(urio_loop_t 
                                                                    urio_callback_fn fn, void *arg,
                                                                    const urio_site_t *site)
 {
-    uint64_t s = urio__ready_push_slow(&loop->ready, fn, arg, site, 0, 0);
+    uint64_t s = urio__ready_push_slow(&loop->ready, fn, arg, site, 0);
+    if (s == 0)
+        return fail_handle(-ENOMEM);
+    return (urio_handle_t){ s };
+}
+
+/* The inbox holds calls: they go to the FIFO first (out of line, cold). */
+__attribute__((cold, noinline)) static urio_handle_t call_soon_after_inbox(urio_loop_t *loop,
+                                                                          urio_callback_fn fn,
+                                                                          void *arg,
+                                                                          const urio_site_t *site)
+{
+    if (urio__inbox_drain_all(loop) < 0)
+        return fail_handle(-ENOMEM);
+    uint64_t s = urio__ready_push(&loop->ready, fn, arg, site, 0);
     if (s == 0)
         return fail_handle(-ENOMEM);
     return (urio_handle_t){ s };
@@ -139,7 +170,7 @@ int urio__call_soon_kind(urio_loop_t *loop, urio_callback_fn fn, void *arg,
 {
     if (URIO_UNLIKELY(loop->closing))
         return -ESHUTDOWN;
-    if (urio__ready_push(&loop->ready, fn, arg, &kind->site, URIO__READY_KIND, 0) == 0)
+    if (urio__ready_push(&loop->ready, fn, arg, &kind->site, URIO__READY_KIND) == 0)
         return -ENOMEM;
     return 0;
 }
@@ -153,13 +184,20 @@ URIO_EXPORT urio_handle_t urio_call_soon_site(urio_loop_t *loop, urio_callback_f
         return fail_handle(-EPERM);
     if (urio__loop_refuses(loop, "urio_call_soon"))
         return fail_handle(-ESHUTDOWN);
+    /*
+     * Calls the inbox accepted come first: one of them may have happened
+     * before this call (made on this thread, or seen done by it), and calls
+     * run in happens-before order whichever threads made them.
+     */
+    if (URIO_UNLIKELY(urio__inbox_pending(&loop->inbox)))
+        return call_soon_after_inbox(loop, fn, arg, site);
     /* urio__ready_push's fast path, here so that success needs no further test. */
     urio__ready_fifo_t *q = &loop->ready;
     uint32_t reserved = atomic_load_explicit(&q->reserved, memory_order_relaxed);
     if (URIO_UNLIKELY(q->tail - q->head + reserved > q->mask))
         return call_soon_slow(loop, fn, arg, site);
     uint64_t s = q->tail++;
-    q->e[s & q->mask] = (struct urio__ready){ fn, arg, site, 0, 0 };
+    q->e[s & q->mask] = (struct urio__ready){ fn, arg, site, 0 };
     return (urio_handle_t){ s };
 }
 

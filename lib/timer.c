@@ -3,19 +3,32 @@
  * and where they wait: a wheel of 1 ms buckets for the next ~4.3 s, and a
  * 4-ary heap for deadlines beyond it.
  *
- * Scheduling appends to a bucket (no ordering work at all); a bucket is
- * sorted on (deadline, sequence) only when its tick comes due, so firing is
- * a walk along a sorted array instead of a heap pop per timer with a cache
- * miss per level.  Ordering stays exact: the sequence number keeps FIFO
- * order among equal deadlines, and a timer fires when the clock has passed
- * its own deadline, not its bucket's.  Deadlines past the wheel wait in the
- * heap, and move to the wheel as it turns (invariant: every heap entry's
- * tick is at or after tw_tick + URIO__TW_BUCKETS).
+ * Nothing is copied to grow: slots come in chunks of 1,024 that never move,
+ * and a bucket is a list of 1 KiB chunks of (deadline, slot) pairs, taken
+ * from and given back to a pool of spare chunks.  Scheduling writes a slot
+ * and appends a pair: no ordering work.  When a bucket's tick comes due its
+ * pairs are sorted into the *due run* (a stable LSD radix sort on the
+ * deadline's low bytes: FIFO among equal deadlines is insertion order), and
+ * firing walks the due run.  A bucket filled in deadline order, the common
+ * case (equal delays), is not sorted at all.  Ordering stays exact: a timer
+ * fires when the clock has passed its own deadline, not its bucket's.
+ * Deadlines past the wheel wait in the heap and move to the wheel as it
+ * turns (invariant: every heap entry's tick is at or after tw_tick +
+ * URIO__TW_BUCKETS, unless a move failed for memory; then timers of those
+ * ticks go to the heap too, so FIFO order holds).
  *
- * Entries carry their slot's generation: cancelling frees the slot at once
- * and leaves a stale entry that is dropped when reached, or when stale
- * entries outnumber live ones (an O(n) sweep paid for by those cancels).
- * No SQE per timer: the earliest deadline is the loop's wait timeout.
+ * Entries name their timer by slot and generation: cancelling frees the
+ * slot at once and leaves a stale entry, skipped when reached, or dropped
+ * when stale entries outnumber live ones (an O(n) sweep paid for by those
+ * cancels).  Generations are 39 bits and a slot whose generations are used
+ * up is retired, so a stale entry or handle never matches a later timer.
+ *
+ * Slack: a timer may fire up to max(the loop's slack, its delay / 1024,
+ * capped at 100 ms) late — Linux's rule for poll and select timeouts (0.1%)
+ * — so timers far ahead share wake-ups with their neighbours: on the 2-core
+ * test machine a wake-up costs ~15-20 µs of CPU, more than firing 100
+ * timers.  Each bucket keeps the least deadline + slack of its timers; the
+ * loop sleeps until the least of those (urio__timer_wake).  No SQE per timer.
  */
 #include "loop.h"
 
@@ -24,91 +37,132 @@
 #define TW_MASK  (URIO__TW_BUCKETS - 1)
 #define TW_WORDS (URIO__TW_BUCKETS / 64)
 #define ARITY 4
-
-
-static inline bool before(const struct urio__timer *a, const struct urio__timer *b)
-{
-    return a->when < b->when || (a->when == b->when && a->seq < b->seq);
-}
-
-static inline bool live(const urio__timers_t *tm, const struct urio__timer *t)
-{
-    return tm->slots[t->slot].gen == t->gen;
-}
+#define SLOT_CHUNK (1u << URIO__SLOT_CHUNK_BITS)
+#define MAX_SLACK_NS (100u * 1000u * 1000u)     /* Linux's MAX_SLACK */
 
 static inline uint64_t tick_of(uint64_t when)
 {
     return when >> URIO__TW_SHIFT;
 }
 
-/* ------------------------------------------------------------------ */
-/* Sorting a bucket: quicksort (median of three) over insertion sort.   */
-
-static void insertion_sort(struct urio__timer *a, size_t n)
+static inline uint32_t slot_state(const struct urio__slot *s)
 {
-    for (size_t i = 1; i < n; i++) {
-        struct urio__timer t = a[i];
-        size_t j = i;
-        for (; j > 0 && before(&t, &a[j - 1]); j--)
+    return (uint32_t)(s->word >> URIO__SLOT_STATE_SHIFT) & 3u;
+}
+
+/* A slack in the units wheel entries keep it in (rounded down: never later). */
+static inline uint32_t slack_units(uint64_t slack)
+{
+    uint64_t u = slack >> URIO__TW_SLACK_UNIT;
+    return u > UINT32_MAX ? UINT32_MAX : (uint32_t)u;
+}
+
+static inline uint64_t units_slack(uint32_t u)
+{
+    return (uint64_t)u << URIO__TW_SLACK_UNIT;
+}
+
+static inline uint32_t key_slot(uint64_t key)
+{
+    return (uint32_t)(key & URIO__TIMER_MAX);
+}
+
+static inline uint64_t key_gen(uint64_t key)
+{
+    return key >> URIO__TIMER_SLOT_BITS;
+}
+
+/* The slot of a live entry, or NULL if its timer was cancelled since. */
+static inline struct urio__slot *entry_slot(const urio__timers_t *tm, uint64_t key)
+{
+    struct urio__slot *s = urio__slot_at(tm, key_slot(key));
+    return (s->word & URIO__TIMER_GEN_MASK) == key_gen(key) ? s : NULL;
+}
+
+static inline uint64_t sat_add(uint64_t a, uint64_t b)
+{
+    return a > UINT64_MAX - b ? UINT64_MAX : a + b;
+}
+
+/* ------------------------------------------------------------------ */
+/* Sorting a bucket into the due run: a stable LSD radix sort           */
+
+/* Stable insertion sort, for short runs. */
+static void insertion_sort(struct urio__tw_entry *a, uint32_t n)
+{
+    for (uint32_t i = 1; i < n; i++) {
+        struct urio__tw_entry t = a[i];
+        uint32_t j = i;
+        for (; j > 0 && t.when < a[j - 1].when; j--)
             a[j] = a[j - 1];
         a[j] = t;
     }
 }
 
-static inline void swap(struct urio__timer *a, size_t i, size_t j)
+/*
+ * Sorts the n entries of bucket b by deadline, stably, into one of the two
+ * buffers x and y.  Returns: the buffer holding the result.  The keys are
+ * deadline - b->min: a bucket spans ~2^20 ns, so three byte-wide passes at
+ * most, fewer where a byte is the same for every entry.
+ */
+static struct urio__tw_entry *sort_bucket(const struct urio__tw_bucket *b,
+                                          struct urio__tw_entry *x, struct urio__tw_entry *y)
 {
-    struct urio__timer t = a[i];
-    a[i] = a[j];
-    a[j] = t;
-}
-
-static void sort_timers(struct urio__timer *a, size_t n)
-{
-    while (n > 16) {
-        size_t m = n / 2;
-        if (before(&a[m], &a[0]))
-            swap(a, 0, m);
-        if (before(&a[n - 1], &a[0]))
-            swap(a, 0, n - 1);
-        if (before(&a[n - 1], &a[m]))
-            swap(a, m, n - 1);
-        struct urio__timer p = a[m];
-        /* Hoare's partition; keys are unique (the sequence number). */
-        size_t i = 0, j = n - 1;
-        for (;;) {
-            while (before(&a[i], &p))
-                i++;
-            while (before(&p, &a[j]))
-                j--;
-            if (i >= j)
-                break;
-            swap(a, i, j);
-            i++;
-            j--;
-        }
-        size_t left = j + 1;
-        /* Recurse into the smaller side: the stack stays O(log n). */
-        if (left < n - left) {
-            sort_timers(a, left);
-            a += left;
-            n -= left;
-        } else {
-            sort_timers(a + left, n - left);
-            n = left;
-        }
+    uint32_t n = b->n, k = 0;
+    uint64_t base = b->min;
+    /* Gather, counting every byte of the keys in the same pass. */
+    uint64_t range = b->max - base;
+    uint32_t bytes = range == 0 ? 0 : (uint32_t)(64 - __builtin_clzll(range) + 7) / 8;
+    for (const struct urio__tw_chunk *c = b->first; c != NULL; c = c->next)
+        for (uint32_t i = 0; i < c->n; i++)
+            x[k++] = (struct urio__tw_entry){ c->when[i], c->key[i], c->slack[i], 0 };
+    if (b->sorted || bytes == 0)
+        return x;
+    if (n <= 32) {
+        insertion_sort(x, n);
+        return x;
     }
-    insertion_sort(a, n);
+    uint32_t count[8][256];
+    memset(count, 0, bytes * sizeof count[0]);
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t key = x[i].when - base;
+        for (uint32_t d = 0; d < bytes; d++)
+            count[d][(key >> (8 * d)) & 0xff]++;
+    }
+    struct urio__tw_entry *src = x, *dst = y;
+    for (uint32_t d = 0; d < bytes; d++) {
+        uint32_t *c = count[d];
+        if (c[((src[0].when - base) >> (8 * d)) & 0xff] == n)
+            continue;       /* every key has this byte: the pass would change nothing */
+        uint32_t sum = 0;
+        for (uint32_t v = 0; v < 256; v++) {
+            uint32_t t = c[v];
+            c[v] = sum;
+            sum += t;
+        }
+        for (uint32_t i = 0; i < n; i++)
+            dst[c[((src[i].when - base) >> (8 * d)) & 0xff]++] = src[i];
+        struct urio__tw_entry *t = src;
+        src = dst;
+        dst = t;
+    }
+    return src;
 }
 
 /* ------------------------------------------------------------------ */
 /* The far heap                                                         */
 
-static void sift_up(struct urio__timer *h, uint32_t i)
+static inline bool heap_before(const struct urio__heap_entry *a, const struct urio__heap_entry *b)
 {
-    struct urio__timer t = h[i];
+    return a->when < b->when || (a->when == b->when && a->seq < b->seq);
+}
+
+static void sift_up(struct urio__heap_entry *h, uint32_t i)
+{
+    struct urio__heap_entry t = h[i];
     while (i > 0) {
         uint32_t p = (i - 1) / ARITY;
-        if (!before(&t, &h[p]))
+        if (!heap_before(&t, &h[p]))
             break;
         h[i] = h[p];
         i = p;
@@ -116,9 +170,9 @@ static void sift_up(struct urio__timer *h, uint32_t i)
     h[i] = t;
 }
 
-static void sift_down(struct urio__timer *h, uint32_t n, uint32_t i)
+static void sift_down(struct urio__heap_entry *h, uint32_t n, uint32_t i)
 {
-    struct urio__timer t = h[i];
+    struct urio__heap_entry t = h[i];
     for (;;) {
         uint32_t c = i * ARITY + 1;
         if (c >= n)
@@ -126,9 +180,9 @@ static void sift_down(struct urio__timer *h, uint32_t n, uint32_t i)
         uint32_t best = c;
         uint32_t end = c + ARITY < n ? c + ARITY : n;
         for (uint32_t k = c + 1; k < end; k++)
-            if (before(&h[k], &h[best]))
+            if (heap_before(&h[k], &h[best]))
                 best = k;
-        if (!before(&h[best], &t))
+        if (!heap_before(&h[best], &t))
             break;
         h[i] = h[best];
         i = best;
@@ -136,18 +190,20 @@ static void sift_down(struct urio__timer *h, uint32_t n, uint32_t i)
     h[i] = t;
 }
 
-static int heap_push(urio__timers_t *tm, const struct urio__timer *t)
+static int heap_push(urio__timers_t *tm, const struct urio__heap_entry *t)
 {
     if (URIO_UNLIKELY(tm->nheap == tm->cap_heap)) {
         uint32_t cap = tm->cap_heap ? tm->cap_heap * 2 : 64;
         if (cap <= tm->cap_heap)
             return -ENOMEM;
-        struct urio__timer *h = urio__realloc(tm->heap, (size_t)cap * sizeof *h);
+        struct urio__heap_entry *h = urio__realloc(tm->heap, (size_t)cap * sizeof *h);
         if (h == NULL)
             return -ENOMEM;
         tm->heap = h;
         tm->cap_heap = cap;
     }
+    if (tm->nheap == 0 || t->latest - t->when < tm->heap_min_slack)
+        tm->heap_min_slack = t->latest - t->when;
     tm->heap[tm->nheap] = *t;
     sift_up(tm->heap, tm->nheap++);
     return 0;
@@ -161,13 +217,13 @@ static void heap_pop(urio__timers_t *tm)
     }
     /* The heap property at its top: no child of the root comes before it. */
     for (uint32_t k = 1; k <= ARITY && k < tm->nheap; k++)
-        URIO_ASSERT(!before(&tm->heap[k], &tm->heap[0]));
+        URIO_ASSERT(!heap_before(&tm->heap[k], &tm->heap[0]));
 }
 
 /* Drops cancelled entries from the heap's top. */
 static void heap_trim(urio__timers_t *tm)
 {
-    while (tm->nheap > 0 && !live(tm, &tm->heap[0])) {
+    while (tm->nheap > 0 && entry_slot(tm, tm->heap[0].key) == NULL) {
         heap_pop(tm);
         tm->count--;
         tm->stale--;
@@ -184,87 +240,93 @@ static int wheel_make(urio__timers_t *tm)
         return -ENOMEM;
     for (uint32_t i = 0; i < URIO__TW_BUCKETS; i++) {
         tm->tw[i].sorted = true;
-        tm->tw[i].min = UINT64_MAX;
+        tm->tw[i].min = tm->tw[i].min_latest = UINT64_MAX;
     }
     return 0;
 }
 
-/*
- * Arrays of emptied buckets wait in a list threaded through themselves (a
- * bucket array holds at least 16 entries, room for the link), so the wheel
- * allocates only while the number of busy buckets grows: in steady state,
- * scheduling allocates nothing.
- */
-struct urio__tw_spare {
-    struct urio__tw_spare *next;
-    uint32_t cap;
-};
-_Static_assert(sizeof(struct urio__tw_spare) <= 16 * sizeof(struct urio__timer),
-               "a spare bucket array holds its link");
+static struct urio__tw_chunk *chunk_get(urio__timers_t *tm)
+{
+    struct urio__tw_chunk *c = tm->spare;
+    if (c != NULL)
+        tm->spare = c->next;
+    else if ((c = urio__malloc(sizeof *c)) == NULL)
+        return NULL;
+    c->next = NULL;
+    c->n = 0;
+    return c;
+}
 
+/* Empties bucket bi, its chunks back to the pool. */
 static void bucket_clear(urio__timers_t *tm, uint32_t bi)
 {
     struct urio__tw_bucket *b = &tm->tw[bi];
-    if (b->e != NULL) {
-        struct urio__tw_spare *sp = (struct urio__tw_spare *)(void *)b->e;
-        sp->next = tm->tw_spare;
-        sp->cap = b->cap;
-        tm->tw_spare = sp;
-        b->e = NULL;
-        b->cap = 0;
+    if (b->first != NULL) {
+        b->last->next = tm->spare;
+        tm->spare = b->first;
     }
-    b->head = b->n = 0;
-    b->sorted = true;
-    b->min = UINT64_MAX;
+    *b = (struct urio__tw_bucket){ .min = UINT64_MAX, .min_latest = UINT64_MAX,
+                                   .sorted = true };
     tm->tw_bits[bi / 64] &= ~(1ull << (bi % 64));
 }
 
-static int bucket_add(urio__timers_t *tm, uint32_t bi, const struct urio__timer *t)
+static int due_reserve(urio__timers_t *tm, uint32_t n);
+
+/*
+ * Appends a timer to bucket bi.  Room to sort the bucket into the due run
+ * (and merge it with what the run still holds) is made here, so firing
+ * never needs memory.  Returns: 0 or -ENOMEM (nothing changed).
+ */
+static int bucket_add(urio__timers_t *tm, uint32_t bi, uint64_t when, uint64_t key,
+                      uint64_t latest)
 {
     struct urio__tw_bucket *b = &tm->tw[bi];
-    if (b->cap == 0 && tm->tw_spare != NULL) {
-        struct urio__tw_spare *sp = tm->tw_spare;
-        tm->tw_spare = sp->next;
-        b->e = (struct urio__timer *)(void *)sp;
-        b->cap = sp->cap;
+    uint32_t need = b->n + 1;
+    if (bi == (uint32_t)(tm->tw_tick & TW_MASK))
+        need += tm->due_n - tm->due_head;
+    if (URIO_UNLIKELY(need > tm->due_cap) && due_reserve(tm, need) < 0)
+        return -ENOMEM;
+    struct urio__tw_chunk *c = b->last;
+    if (URIO_UNLIKELY(c == NULL || c->n == URIO__TW_CHUNK)) {
+        struct urio__tw_chunk *nc = chunk_get(tm);
+        if (nc == NULL)
+            return -ENOMEM;
+        if (c != NULL)
+            c->next = nc;
+        else
+            b->first = nc;
+        b->last = c = nc;
     }
-    if (URIO_UNLIKELY(b->n == b->cap)) {
-        if (b->head > 0 && b->head >= b->n / 2) {
-            /* Half of it already fired: slide down instead of growing. */
-            memmove(b->e, b->e + b->head, (size_t)(b->n - b->head) * sizeof *b->e);
-            b->n -= b->head;
-            b->head = 0;
-        } else {
-            uint32_t cap = b->cap ? b->cap * 2 : 16;
-            if (cap <= b->cap)
-                return -ENOMEM;
-            struct urio__timer *e = urio__realloc(b->e, (size_t)cap * sizeof *e);
-            if (e == NULL)
-                return -ENOMEM;
-            b->e = e;
-            b->cap = cap;
-        }
-    }
+    c->when[c->n] = when;
+    c->key[c->n] = key;
+    c->slack[c->n++] = slack_units(latest - when);
     /* Appending in order keeps a bucket sorted: the common case costs nothing. */
-    if (b->sorted && b->n > b->head && before(t, &b->e[b->n - 1]))
+    if (when >= b->max)
+        b->max = when;
+    else
         b->sorted = false;
-    b->e[b->n++] = *t;
-    if (t->when < b->min)
-        b->min = t->when;
-    tm->tw_bits[bi / 64] |= 1ull << (bi % 64);
+    if (when < b->min)
+        b->min = when;
+    if (latest < b->min_latest)
+        b->min_latest = latest;
+    if (b->n++ == 0)
+        tm->tw_bits[bi / 64] |= 1ull << (bi % 64);
     tm->tw_count++;
     return 0;
 }
 
-/* Adds t to the wheel if its tick is inside it, else to the heap. */
-static int place(urio__timers_t *tm, const struct urio__timer *t)
+/* The bucket a deadline waits in, or -1 for the heap. */
+static inline int64_t bucket_for(const urio__timers_t *tm, uint64_t when)
 {
-    uint64_t tick = tick_of(t->when);
+    uint64_t tick = tick_of(when);
     if (tick < tm->tw_tick)
         tick = tm->tw_tick;           /* already due: the wheel's first bucket */
     if (tick - tm->tw_tick >= URIO__TW_BUCKETS)
-        return heap_push(tm, t);
-    return bucket_add(tm, (uint32_t)(tick & TW_MASK), t);
+        return -1;
+    /* A heap entry that a failed move left inside the wheel goes first. */
+    if (URIO_UNLIKELY(tm->nheap > 0) && tick >= tick_of(tm->heap[0].when))
+        return -1;
+    return (int64_t)(tick & TW_MASK);
 }
 
 /* Moves heap entries that the wheel now spans into it. */
@@ -272,43 +334,162 @@ static void refill(urio__timers_t *tm)
 {
     heap_trim(tm);
     while (tm->nheap > 0 && tick_of(tm->heap[0].when) < tm->tw_tick + URIO__TW_BUCKETS) {
-        struct urio__timer t = tm->heap[0];
+        struct urio__heap_entry t = tm->heap[0];
         uint64_t tick = tick_of(t.when);
         if (tick < tm->tw_tick)
             tick = tm->tw_tick;       /* overdue: the wheel's first bucket */
-        if (bucket_add(tm, (uint32_t)(tick & TW_MASK), &t) < 0)
-            return;     /* ENOMEM: it stays in the heap, fired from there later */
+        if (bucket_add(tm, (uint32_t)(tick & TW_MASK), t.when, t.key, t.latest) < 0)
+            return;     /* ENOMEM: it stays in the heap; bucket_for routes its tick there */
         heap_pop(tm);
         heap_trim(tm);
     }
-    /* The invariant: every heap entry lies beyond the wheel. */
-    URIO_ASSERT(tm->nheap == 0 || tick_of(tm->heap[0].when) >= tm->tw_tick + URIO__TW_BUCKETS);
 }
 
-/* The first non-empty bucket at or after tw_tick (tw_count must be > 0). */
-static uint32_t first_bucket(const urio__timers_t *tm, uint64_t *tick)
+/*
+ * The first non-empty bucket at offset >= from of the wheel (offsets count
+ * ticks from tw_tick).  Returns: the bucket, *off its offset; or -1.
+ */
+static int64_t next_bucket(const urio__timers_t *tm, uint32_t from, uint32_t *off)
 {
+    if (from >= URIO__TW_BUCKETS)
+        return -1;
     uint32_t pos = (uint32_t)(tm->tw_tick & TW_MASK);
-    uint32_t w = pos / 64;
-    uint64_t bits = tm->tw_bits[w] & (~0ull << (pos % 64));
-    /* TW_WORDS + 1 steps: the last revisits the first word for bits below pos. */
+    uint32_t start = (pos + from) & TW_MASK;
+    uint32_t w = start / 64;
+    uint64_t bits = tm->tw_bits[w] & (~0ull << (start % 64));
+    /* TW_WORDS + 1 steps: the last revisits the first word for bits below start. */
     for (uint32_t k = 0; k <= TW_WORDS; k++) {
         if (bits) {
             uint32_t bi = w * 64 + (uint32_t)__builtin_ctzll(bits);
-            *tick = tm->tw_tick + ((bi - pos) & TW_MASK);
+            uint32_t o = (bi - pos) & TW_MASK;
+            if (o < from)
+                return -1;  /* wrapped round to before `from`: none */
+            *off = o;
             return bi;
         }
         w = (w + 1) % TW_WORDS;
         bits = tm->tw_bits[w];
     }
-    *tick = UINT64_MAX;     /* can't happen while tw_count > 0 */
+    return -1;
+}
+
+/* ------------------------------------------------------------------ */
+/* The due run                                                          */
+
+/* Makes both due buffers hold n entries.  Returns: 0 or -ENOMEM. */
+static int due_reserve(urio__timers_t *tm, uint32_t n)
+{
+    if (n <= tm->due_cap)
+        return 0;
+    uint32_t cap = tm->due_cap ? tm->due_cap : 256;
+    while (cap < n)
+        cap *= 2;
+    struct urio__tw_entry *due = urio__malloc((size_t)cap * sizeof *due);
+    struct urio__tw_entry *tmp = urio__malloc((size_t)cap * sizeof *tmp);
+    uint64_t *lat = urio__malloc((size_t)cap * sizeof *lat);
+    if (due == NULL || tmp == NULL || lat == NULL) {
+        urio__free(due);
+        urio__free(tmp);
+        urio__free(lat);
+        return -ENOMEM;
+    }
+    uint32_t left = tm->due_n - tm->due_head;
+    if (left)
+        memcpy(due, tm->due + tm->due_head, (size_t)left * sizeof *due);
+    if (left)
+        memcpy(lat, tm->due_lat + tm->due_head, (size_t)left * sizeof *lat);
+    urio__free(tm->due);
+    urio__free(tm->tmp);
+    urio__free(tm->due_lat);
+    tm->due = due;
+    tm->tmp = tmp;
+    tm->due_lat = lat;
+    tm->due_head = 0;
+    tm->due_n = left;
+    tm->due_cap = cap;
     return 0;
+}
+
+/*
+ * The due run's wake-up bound: the least deadline + slack of its timers
+ * from the head on.  The suffix minima are computed once per new run from
+ * the entries alone (reading no slot: slots in deadline order are random in
+ * memory, and this scan was 13% of a sparse run), so each firing pass finds
+ * the bound of what it left in O(1).  It may be a cancelled timer's: an
+ * early wake-up, never a late one.
+ */
+static void due_suffix(urio__timers_t *tm)
+{
+    uint64_t best = UINT64_MAX;
+    for (uint32_t j = tm->due_n; j-- > tm->due_head;) {
+        /* Slots in deadline order are random in memory: let the misses overlap. */
+        uint64_t latest = sat_add(tm->due[j].when, units_slack(tm->due[j].slack));
+        if (latest < best)
+            best = latest;
+        tm->due_lat[j] = best;
+    }
+}
+
+static inline void due_bound(urio__timers_t *tm)
+{
+    tm->due_latest = tm->due_head < tm->due_n ? tm->due_lat[tm->due_head] : UINT64_MAX;
+}
+
+/*
+ * Moves bucket bi (tw_tick's) into the due run: sorted, and merged behind
+ * what the run still holds (stable: on equal deadlines the run's timers were
+ * scheduled first).  The room was made when the timers were added.
+ */
+static void take_bucket(urio__timers_t *tm, uint32_t bi)
+{
+    struct urio__tw_bucket *b = &tm->tw[bi];
+    uint32_t left = tm->due_n - tm->due_head, n = b->n;
+    URIO_ASSERT(left + n <= tm->due_cap);
+    if (tm->due_head > 0 && left > 0)
+        memmove(tm->due, tm->due + tm->due_head, (size_t)left * sizeof *tm->due);
+    /* Sorted in the run's free tail, or in tmp. */
+    struct urio__tw_entry *r = sort_bucket(b, tm->due + left, tm->tmp);
+    if (left == 0) {
+        if (r == tm->tmp) {
+            tm->tmp = tm->due;
+            tm->due = r;
+        }
+    } else if (r == tm->tmp) {
+        /* Merge from the back into due[0, left + n): tmp and due do not overlap. */
+        struct urio__tw_entry *d = tm->due;
+        int64_t l = (int64_t)left - 1, k = (int64_t)n - 1, o = (int64_t)(left + n) - 1;
+        while (k >= 0) {
+            if (l >= 0 && r[k].when < d[l].when)
+                d[o--] = d[l--];
+            else
+                d[o--] = r[k--];
+        }
+    } else {
+        /* The sorted bucket is due's tail: merge forwards into tmp, which becomes the run. */
+        const struct urio__tw_entry *l = tm->due, *le = l + left, *re = r + n;
+        struct urio__tw_entry *o = tm->tmp;
+        while (l < le && r < re)
+            *o++ = r->when < l->when ? *r++ : *l++;
+        while (l < le)
+            *o++ = *l++;
+        while (r < re)
+            *o++ = *r++;
+        struct urio__tw_entry *t = tm->due;
+        tm->due = tm->tmp;
+        tm->tmp = t;
+    }
+    tm->due_head = 0;
+    tm->due_n = left + n;
+    /* The bucket's entries are the run's now: tw_count is unchanged. */
+    bucket_clear(tm, bi);
+    due_suffix(tm);
+    due_bound(tm);
 }
 
 /* ------------------------------------------------------------------ */
 /* Where timers wait                                                    */
 
-static int timer_push(urio__timers_t *tm, uint64_t when, uint32_t slot, uint32_t gen)
+static int timer_push(urio__timers_t *tm, uint64_t when, uint64_t key, uint64_t slack)
 {
     if (URIO_UNLIKELY(tm->tw == NULL) && wheel_make(tm) < 0)
         return -ENOMEM;
@@ -327,8 +508,13 @@ static int timer_push(urio__timers_t *tm, uint64_t when, uint32_t slot, uint32_t
             refill(tm);
         }
     }
-    struct urio__timer t = { when, tm->seq++, slot, gen };
-    int ret = place(tm, &t);
+    uint64_t latest = sat_add(when, slack);
+    int64_t bi = bucket_for(tm, when);
+    int ret;
+    if (URIO_LIKELY(bi >= 0))
+        ret = bucket_add(tm, (uint32_t)bi, when, key, latest);
+    else
+        ret = heap_push(tm, &(struct urio__heap_entry){ when, latest, tm->seq++, key });
     if (ret == 0)
         tm->count++;
     return ret;
@@ -336,26 +522,98 @@ static int timer_push(urio__timers_t *tm, uint64_t when, uint32_t slot, uint32_t
 
 uint64_t urio__timer_next(urio__timers_t *tm)
 {
-    while (tm->tw_count > 0) {
-        uint64_t tick;
-        uint32_t bi = first_bucket(tm, &tick);
-        struct urio__tw_bucket *b = &tm->tw[bi];
-        if (!b->sorted)
-            return b->min;  /* maybe a cancelled timer's: an early wake-up at worst */
-        while (b->head < b->n && !live(tm, &b->e[b->head])) {
-            b->head++;
-            tm->tw_count--;
-            tm->count--;
+    uint64_t best = UINT64_MAX;
+    /* Stale entries at the run's head are dropped on the way. */
+    while (tm->due_head < tm->due_n) {
+        if (entry_slot(tm, tm->due[tm->due_head].key) != NULL) {
+            best = tm->due[tm->due_head].when;
+            break;
+        }
+        tm->due_head++;
+        tm->tw_count--;
+        tm->count--;
+        tm->stale--;
+    }
+    uint32_t off;
+    int64_t bi = next_bucket(tm, 0, &off);
+    if (bi >= 0 && tm->tw[bi].min < best)
+        best = tm->tw[bi].min;      /* maybe a cancelled timer's: an early wake-up at worst */
+    if (best == UINT64_MAX) {
+        heap_trim(tm);
+        if (tm->nheap > 0)
+            best = tm->heap[0].when;
+    }
+    return best;
+}
+
+uint64_t urio__timer_wake(urio__timers_t *tm)
+{
+    uint64_t target = tm->due_head < tm->due_n ? tm->due_latest : UINT64_MAX;
+    /* Buckets in tick order, while a timer in them could be due before the bound. */
+    uint32_t off = 0;
+    int64_t bi;
+    while ((bi = next_bucket(tm, off, &off)) >= 0) {
+        const struct urio__tw_bucket *b = &tm->tw[bi];
+        if (b->min >= target)
+            break;          /* and every later bucket's deadlines are later still */
+        if (b->min_latest < target)
+            target = b->min_latest;
+        off++;
+    }
+    if (tm->nheap > 0) {
+        uint64_t h = sat_add(tm->heap[0].when, tm->heap_min_slack);
+        if (h < target)
+            target = h;
+    }
+    return target;
+}
+
+/*
+ * Fires the due run's timers due at `now`.  Returns: false if the ready
+ * FIFO could not grow (the rest waits for the next turn).
+ */
+static bool fire_due(urio_loop_t *loop, uint64_t now, uint32_t *fired)
+{
+    urio__timers_t *tm = &loop->timers;
+    const urio_site_t ***sites = tm->site_dir;
+    uint32_t h = tm->due_head, n = tm->due_n;
+    bool ok = true;
+    while (h < n && tm->due[h].when <= now) {
+        /*
+         * Slots are touched in deadline order, which is random in memory:
+         * fetch a few ahead so their misses overlap.
+         */
+        if (h + 8 < n)
+            __builtin_prefetch(urio__slot_at(tm, key_slot(tm->due[h + 8].key)));
+        uint64_t key = tm->due[h].key;
+        struct urio__slot *s = entry_slot(tm, key);
+        if (URIO_LIKELY(s != NULL)) {
+            uint32_t idx = key_slot(key);
+            const urio_site_t *site = NULL;
+            if (URIO_UNLIKELY(sites != NULL) && sites[idx >> URIO__SLOT_CHUNK_BITS] != NULL)
+                site = sites[idx >> URIO__SLOT_CHUNK_BITS][idx & (SLOT_CHUNK - 1)];
+            /* The FIFO entry's key is the handle id.  If the FIFO cannot grow,
+             * the timer stays and fires next turn. */
+            uint64_t id = (1ull << 63) | (key_gen(key) << URIO__TIMER_SLOT_BITS) | (idx + 1ull);
+            if (URIO_UNLIKELY(urio__ready_push(&loop->ready, s->fn, s->arg, site, id) == 0)) {
+                ok = false;
+                break;
+            }
+            s->word += (uint64_t)(URIO__SLOT_READY - URIO__SLOT_WHEEL) << URIO__SLOT_STATE_SHIFT;
+            (*fired)++;
+        } else {
             tm->stale--;
         }
-        if (b->head < b->n) {
-            URIO_ASSERT(b->min <= b->e[b->head].when);
-            return b->min = b->e[b->head].when;
-        }
-        bucket_clear(tm, bi);
+        tm->count--;
+        h++;
     }
-    heap_trim(tm);
-    return tm->nheap > 0 ? tm->heap[0].when : UINT64_MAX;
+    tm->tw_count -= h - tm->due_head;
+    tm->due_head = h;
+    if (h == n)
+        tm->due_head = tm->due_n = 0;
+    else
+        due_bound(tm);
+    return ok;
 }
 
 uint32_t urio__timer_fire(urio_loop_t *loop, uint64_t now)
@@ -377,48 +635,28 @@ uint32_t urio__timer_fire(urio_loop_t *loop, uint64_t now)
                 break;      /* out of memory for the bucket; next turn */
             continue;
         }
-        uint64_t tick;
-        uint32_t bi = first_bucket(tm, &tick);
-        if (tick > now_tick)
+        /* Timers scheduled into the run's own tick (or overdue) join it first. */
+        uint32_t bi = (uint32_t)(tm->tw_tick & TW_MASK);
+        if (tm->tw[bi].n > 0)
+            take_bucket(tm, bi);
+        if (tm->due_head < tm->due_n) {
+            if (!fire_due(loop, now, &fired))
+                break;
+            if (tm->due_head < tm->due_n)
+                break;      /* the rest of this tick is not due yet */
+        }
+        uint32_t off;
+        int64_t next = next_bucket(tm, 0, &off);
+        if (next < 0) {
+            URIO_ASSERT(tm->tw_count == 0);
+            if (tm->tw_count != 0)
+                break;
+            continue;       /* the wheel is empty: the heap, above */
+        }
+        if (tm->tw_tick + off > now_tick)
             break;
-        if (tick > tm->tw_tick) {
-            tm->tw_tick = tick;
-            refill(tm);
-        }
-        struct urio__tw_bucket *b = &tm->tw[bi];
-        if (!b->sorted) {
-            sort_timers(b->e + b->head, b->n - b->head);
-            b->sorted = true;
-        }
-        while (b->head < b->n && b->e[b->head].when <= now) {
-            struct urio__timer *t = &b->e[b->head];
-            /*
-             * Slots are touched in deadline order, which is random in memory:
-             * fetch a few ahead so their misses overlap (measured: the miss
-             * on the slot was most of the cost of firing a timer).
-             */
-            if (b->head + 8 < b->n)
-                __builtin_prefetch(&tm->slots[b->e[b->head + 8].slot]);
-            if (live(tm, t)) {
-                struct urio__slot *s = &tm->slots[t->slot];
-                /* If the FIFO cannot grow, the timer stays and fires next turn. */
-                if (URIO_UNLIKELY(urio__ready_push(&loop->ready, s->fn, s->arg, s->site, t->slot + 1,
-                                                   t->gen) == 0))
-                    return fired;
-                s->where = URIO__SLOT_READY;
-                fired++;
-            } else {
-                tm->stale--;
-            }
-            b->head++;
-            tm->tw_count--;
-            tm->count--;
-        }
-        if (b->head < b->n) {
-            b->min = b->e[b->head].when;
-            break;          /* the rest of this tick is not due yet */
-        }
-        bucket_clear(tm, bi);
+        tm->tw_tick += off;
+        refill(tm);
     }
     return fired;
 }
@@ -426,42 +664,95 @@ uint32_t urio__timer_fire(urio_loop_t *loop, uint64_t now)
 uint32_t urio__timer_count_live(const urio__timers_t *tm)
 {
     uint32_t n = 0;
+    for (uint32_t j = tm->due_head; j < tm->due_n; j++)
+        n += entry_slot(tm, tm->due[j].key) != NULL;
     for (uint32_t i = 0; tm->tw && i < URIO__TW_BUCKETS; i++)
-        for (uint32_t k = tm->tw[i].head; k < tm->tw[i].n; k++)
-            n += live(tm, &tm->tw[i].e[k]);
+        for (const struct urio__tw_chunk *c = tm->tw[i].first; c != NULL; c = c->next)
+            for (uint32_t k = 0; k < c->n; k++)
+                n += entry_slot(tm, c->key[k]) != NULL;
     for (uint32_t k = 0; k < tm->nheap; k++)
-        n += live(tm, &tm->heap[k]);
+        n += entry_slot(tm, tm->heap[k].key) != NULL;
     return n;
 }
 
-/* Drops every stale entry, from the wheel and the heap. */
+/* Drops every stale entry, from the due run, the wheel and the heap. */
 static void sweep(urio__timers_t *tm)
 {
+    uint32_t kept = 0;
+    for (uint32_t j = tm->due_head; j < tm->due_n; j++)
+        if (entry_slot(tm, tm->due[j].key) != NULL)
+            tm->due[kept++] = tm->due[j];       /* order kept */
+    tm->due_head = 0;
+    tm->due_n = kept;
+    due_suffix(tm);
+    due_bound(tm);
+    uint32_t tw_count = kept;
     for (uint32_t bi = 0; tm->tw && bi < URIO__TW_BUCKETS; bi++) {
         struct urio__tw_bucket *b = &tm->tw[bi];
-        if (b->head == b->n)
+        if (b->n == 0)
             continue;
-        uint32_t kept = 0;
-        uint64_t min = UINT64_MAX;
-        for (uint32_t k = b->head; k < b->n; k++) {
-            if (!live(tm, &b->e[k]))
-                continue;
-            if (b->e[k].when < min)
-                min = b->e[k].when;
-            b->e[kept++] = b->e[k];     /* order kept: a sorted bucket stays sorted */
+        /* Compact in place, chunk by chunk, keeping the order. */
+        struct urio__tw_chunk *wc = b->first;
+        uint32_t wn = 0, n = 0;
+        uint64_t min = UINT64_MAX, max = 0, min_latest = UINT64_MAX;
+        for (struct urio__tw_chunk *c = b->first; c != NULL; c = c->next) {
+            for (uint32_t k = 0; k < c->n; k++) {
+                uint64_t key = c->key[k];
+                if (entry_slot(tm, key) == NULL)
+                    continue;
+                uint64_t when = c->when[k];
+                uint32_t slack = c->slack[k];
+                if (wn == URIO__TW_CHUNK) {
+                    wc->n = wn;
+                    wc = wc->next;
+                    wn = 0;
+                }
+                wc->when[wn] = when;
+                wc->key[wn] = key;
+                wc->slack[wn++] = slack;
+                n++;
+                if (when < min)
+                    min = when;
+                if (when > max)
+                    max = when;
+                uint64_t latest = sat_add(when, units_slack(slack));
+                if (latest < min_latest)
+                    min_latest = latest;
+            }
         }
-        tm->tw_count -= (b->n - b->head) - kept;
-        b->head = 0;
-        b->n = kept;
-        b->min = min;
-        if (kept == 0)
+        if (n == 0) {
             bucket_clear(tm, bi);
+            continue;
+        }
+        wc->n = wn;
+        /* Chunks past the last one written go back to the pool. */
+        if (wc->next != NULL) {
+            struct urio__tw_chunk *rest = wc->next, *end = rest;
+            while (end->next != NULL)
+                end = end->next;
+            end->next = tm->spare;
+            tm->spare = rest;
+            wc->next = NULL;
+        }
+        b->last = wc;
+        b->n = n;
+        b->min = min;
+        b->max = max;       /* sorted stays as it was: the order is kept */
+        b->min_latest = min_latest;
+        tw_count += n;
     }
+    tm->tw_count = tw_count;
     uint32_t n = 0;
-    for (uint32_t i = 0; i < tm->nheap; i++)
-        if (live(tm, &tm->heap[i]))
-            tm->heap[n++] = tm->heap[i];
+    uint64_t min_slack = UINT64_MAX;
+    for (uint32_t i = 0; i < tm->nheap; i++) {
+        if (entry_slot(tm, tm->heap[i].key) == NULL)
+            continue;
+        if (tm->heap[i].latest - tm->heap[i].when < min_slack)
+            min_slack = tm->heap[i].latest - tm->heap[i].when;
+        tm->heap[n++] = tm->heap[i];
+    }
     tm->nheap = n;
+    tm->heap_min_slack = n ? min_slack : 0;
     if (n > 1)
         for (uint32_t i = (n - 2) / ARITY + 1; i-- > 0;)
             sift_down(tm->heap, n, i);
@@ -469,101 +760,153 @@ static void sweep(urio__timers_t *tm)
     tm->stale = 0;
 }
 
-static void timer_cancelled(urio__timers_t *tm)
-{
-    tm->stale++;
-    if (tm->stale >= 1024 && tm->stale * 2 >= tm->count)
-        sweep(tm);
-}
-
 int urio__timers_init(urio__timers_t *tm, uint64_t now)
 {
     memset(tm, 0, sizeof *tm);
-    tm->cap_slots = 64;
-    tm->slots = urio__malloc(tm->cap_slots * sizeof *tm->slots);
-    tm->free_slots = urio__malloc(tm->cap_slots * sizeof *tm->free_slots);
-    if (tm->slots == NULL || tm->free_slots == NULL) {
-        urio__timers_free(tm);
-        return -ENOMEM;
-    }
     tm->now_cache = now;
+    tm->max_slots = URIO__TIMER_MAX;
     return 0;
 }
 
 void urio__timers_free(urio__timers_t *tm)
 {
     for (uint32_t i = 0; tm->tw && i < URIO__TW_BUCKETS; i++)
-        urio__free(tm->tw[i].e);
-    while (tm->tw_spare != NULL) {
-        struct urio__tw_spare *sp = tm->tw_spare;
-        tm->tw_spare = sp->next;
-        urio__free(sp);
+        if (tm->tw[i].n > 0)
+            bucket_clear(tm, i);
+    while (tm->spare != NULL) {
+        struct urio__tw_chunk *c = tm->spare;
+        tm->spare = c->next;
+        urio__free(c);
     }
     urio__free(tm->tw);
     urio__free(tm->heap);
-    urio__free(tm->slots);
-    urio__free(tm->free_slots);
-    tm->tw = NULL;
-    tm->heap = NULL;
-    tm->slots = NULL;
-    tm->free_slots = NULL;
-    tm->nheap = tm->cap_heap = tm->tw_count = tm->count = tm->stale = 0;
-    tm->nslots = tm->nfree = tm->cap_slots = 0;
+    urio__free(tm->due);
+    urio__free(tm->tmp);
+    urio__free(tm->due_lat);
+    uint32_t chunks = (tm->nslots + SLOT_CHUNK - 1) / SLOT_CHUNK;
+    for (uint32_t k = 0; k < chunks; k++) {
+        urio__free(tm->slot_dir[k]);
+        if (tm->site_dir)
+            urio__free(tm->site_dir[k]);
+    }
+    urio__free(tm->slot_dir);
+    urio__free(tm->site_dir);
+    urio__free(tm->free_stack);
+    uint32_t max_slots = tm->max_slots;
+    memset(tm, 0, sizeof *tm);
+    tm->max_slots = max_slots;
 }
 
 /* ------------------------------------------------------------------ */
 /* Slots and handles                                                    */
 
-static int slot_alloc(urio__timers_t *tm, urio_callback_fn fn, void *arg,
-                      const urio_site_t *site, uint32_t *out)
+/* Makes room for one more chunk of slots (and its sites).  Returns: 0 or -ENOMEM. */
+__attribute__((cold, noinline)) static int slots_grow(urio__timers_t *tm)
 {
-    uint32_t i, gen;
-    if (URIO_LIKELY(tm->nfree > 0)) {
-        /* The stack holds the generation: allocating reads no cold slot. */
-        struct urio__free_slot f = tm->free_slots[--tm->nfree];
-        i = f.idx;
-        gen = f.gen + 1;
-    } else {
-        if (tm->nslots == tm->cap_slots) {
-            uint32_t cap = tm->cap_slots * 2;
-            if (cap > (1u << URIO__TIMER_SLOT_BITS) - 1)
-                return -ENOMEM;     /* a handle has 24 bits for the slot */
-            struct urio__slot *s = urio__realloc(tm->slots, (size_t)cap * sizeof *s);
-            if (s == NULL)
-                return -ENOMEM;
-            tm->slots = s;
-            struct urio__free_slot *f = urio__realloc(tm->free_slots, (size_t)cap * sizeof *f);
-            if (f == NULL)
-                return -ENOMEM;     /* slots grew, cap_slots did not: harmless */
-            tm->free_slots = f;
-            tm->cap_slots = cap;
-        }
-        i = tm->nslots++;
-        gen = 1;
+    uint32_t k = tm->nslots / SLOT_CHUNK;
+    if (tm->nslots + SLOT_CHUNK > tm->free_cap) {
+        uint32_t cap = tm->free_cap ? tm->free_cap * 2 : SLOT_CHUNK;
+        uint64_t *fs = urio__realloc(tm->free_stack, (size_t)cap * sizeof *fs);
+        if (fs == NULL)
+            return -ENOMEM;
+        tm->free_stack = fs;
+        tm->free_cap = cap;
     }
-    URIO_ASSERT(gen & 1);
-    tm->slots[i] = (struct urio__slot){ fn, arg, site, gen, URIO__SLOT_WHEEL };
-    *out = i;
+    if (k == tm->slot_dir_cap) {
+        uint32_t cap = tm->slot_dir_cap ? tm->slot_dir_cap * 2 : 16;
+        struct urio__slot **d = urio__realloc(tm->slot_dir, (size_t)cap * sizeof *d);
+        if (d == NULL)
+            return -ENOMEM;
+        tm->slot_dir = d;
+        if (tm->site_dir != NULL) {
+            const urio_site_t ***sd = urio__realloc(tm->site_dir, (size_t)cap * sizeof *sd);
+            if (sd == NULL)
+                return -ENOMEM;
+            memset(sd + tm->slot_dir_cap, 0, (size_t)(cap - tm->slot_dir_cap) * sizeof *sd);
+            tm->site_dir = sd;
+        }
+        tm->slot_dir_cap = cap;
+    }
+    struct urio__slot *c = urio__malloc(SLOT_CHUNK * sizeof *c);
+    if (c == NULL)
+        return -ENOMEM;
+    tm->slot_dir[k] = c;
     return 0;
 }
 
-static void slot_release(urio__timers_t *tm, uint32_t i)
+/* Debug mode: remembers the site of slot i's timer for reports (best effort). */
+__attribute__((cold, noinline)) static void site_set(urio__timers_t *tm, uint32_t i,
+                                                     const urio_site_t *site)
 {
-    uint32_t gen = ++tm->slots[i].gen;    /* even: free */
-    URIO_ASSERT(!(gen & 1));
-    tm->free_slots[tm->nfree++] = (struct urio__free_slot){ i, gen };
+    if (tm->site_dir == NULL) {
+        tm->site_dir = urio__calloc(tm->slot_dir_cap, sizeof *tm->site_dir);
+        if (tm->site_dir == NULL)
+            return;         /* reports name the callback by its symbol instead */
+    }
+    uint32_t k = i >> URIO__SLOT_CHUNK_BITS;
+    if (tm->site_dir[k] == NULL) {
+        if (site == NULL)
+            return;
+        tm->site_dir[k] = urio__calloc(SLOT_CHUNK, sizeof *tm->site_dir[k]);
+        if (tm->site_dir[k] == NULL)
+            return;
+    }
+    tm->site_dir[k][i & (SLOT_CHUNK - 1)] = site;
 }
 
-/*
- * A timer handle's id: bit 63, the slot's whole 32-bit generation and the
- * slot index + 1 (24 bits).
- */
-#define TIMER_BIT  (1ull << 63)
-#define SLOT_MASK  ((1ull << URIO__TIMER_SLOT_BITS) - 1)
-
-static inline urio_handle_t timer_handle(uint32_t slot, uint32_t gen)
+__attribute__((cold, noinline)) static void limit_reached(urio__timers_t *tm, const char *name)
 {
-    return (urio_handle_t){ TIMER_BIT | ((uint64_t)gen << URIO__TIMER_SLOT_BITS) | (slot + 1ull) };
+    if (tm->limit_logged)
+        return;
+    tm->limit_logged = true;
+    urio__log(URIO_LOG_ERROR, "%s(): this loop already holds %u pending timers, the most one "
+              "loop can hold (a handle has %d bits for the timer's slot): ENOMEM", name,
+              tm->max_slots, URIO__TIMER_SLOT_BITS);
+}
+
+/* Takes a free slot for fn(arg).  Returns: its index, or -ENOMEM. */
+static inline int64_t slot_alloc(urio__timers_t *tm, urio_callback_fn fn, void *arg,
+                                 const char *name)
+{
+    uint32_t i;
+    struct urio__slot *s;
+    uint64_t gen;
+    if (URIO_LIKELY(tm->nfree > 0)) {
+        uint64_t f = tm->free_stack[--tm->nfree];
+        i = (uint32_t)(f & URIO__TIMER_MAX);
+        s = urio__slot_at(tm, i);
+        gen = (f >> URIO__TIMER_SLOT_BITS) + 1;
+    } else {
+        if (URIO_UNLIKELY(tm->nslots - tm->retired >= tm->max_slots ||
+                          tm->nslots >= URIO__TIMER_MAX)) {
+            limit_reached(tm, name);
+            return -ENOMEM;
+        }
+        if (URIO_UNLIKELY(tm->nslots % SLOT_CHUNK == 0) && slots_grow(tm) < 0)
+            return -ENOMEM;
+        i = tm->nslots++;
+        s = urio__slot_at(tm, i);
+        gen = 1;
+    }
+    URIO_ASSERT(gen & 1);
+    s->fn = fn;
+    s->arg = arg;
+    s->word = gen | ((uint64_t)URIO__SLOT_WHEEL << URIO__SLOT_STATE_SHIFT);
+    return i;
+}
+
+/* Frees a slot whose timer was never scheduled (its push failed). */
+static void slot_unalloc(urio__timers_t *tm, uint32_t i)
+{
+    struct urio__slot *s = urio__slot_at(tm, i);
+    urio__slot_free(tm, i, s, s->word & URIO__TIMER_GEN_MASK);
+}
+
+#define TIMER_BIT  (1ull << 63)
+
+static inline urio_handle_t timer_handle(uint32_t slot, uint64_t gen)
+{
+    return (urio_handle_t){ TIMER_BIT | (gen << URIO__TIMER_SLOT_BITS) | (slot + 1ull) };
 }
 
 __attribute__((cold, noinline)) static urio_handle_t fail_handle(int err)
@@ -572,8 +915,35 @@ __attribute__((cold, noinline)) static urio_handle_t fail_handle(int err)
     return (urio_handle_t){ 0 };
 }
 
-static urio_handle_t call_at(urio_loop_t *loop, uint64_t when, urio_callback_fn fn, void *arg,
-                             const urio_site_t *site, const char *name)
+/*
+ * How late a timer scheduled `delay` ahead may fire: the loop's slack, or
+ * 1/1024 of the delay (at most 100 ms) if that is more; 0 if the loop's
+ * slack is 0 (exact wake-ups asked for).
+ */
+static inline uint64_t slack_for(const urio_loop_t *loop, uint64_t delay)
+{
+    uint64_t slack = loop->timer_slack_ns, prop = delay >> 10;
+    if (prop > MAX_SLACK_NS)
+        prop = MAX_SLACK_NS;
+    return slack != 0 && prop > slack ? prop : slack;
+}
+
+/*
+ * The delay a call_at gives is measured from the clock the loop last read
+ * (at most a step old) while it runs, so scheduling reads no clock.
+ */
+static inline uint64_t loop_now(urio_loop_t *loop)
+{
+    if (atomic_load_explicit(&loop->owner, memory_order_relaxed) != NULL)
+        return loop->timers.now_cache;
+    return urio__now();
+}
+
+#define NOW_CACHED UINT64_MAX   /* call_at's `now`: take loop_now once the thread is checked */
+
+static urio_handle_t call_at(urio_loop_t *loop, uint64_t when, uint64_t now,
+                             urio_callback_fn fn, void *arg, const urio_site_t *site,
+                             const char *name)
 {
     if (URIO_UNLIKELY(loop == NULL || fn == NULL))
         return fail_handle(-EINVAL);
@@ -582,22 +952,28 @@ static urio_handle_t call_at(urio_loop_t *loop, uint64_t when, urio_callback_fn 
     if (urio__loop_refuses(loop, name))
         return fail_handle(-ESHUTDOWN);
     urio__timers_t *tm = &loop->timers;
-    uint32_t slot;
-    if (URIO_UNLIKELY(slot_alloc(tm, fn, arg, site, &slot) < 0))
+    if (now == NOW_CACHED)
+        now = loop_now(loop);
+    uint64_t slack = slack_for(loop, when > now ? when - now : 0);
+    int64_t slot = slot_alloc(tm, fn, arg, name);
+    if (URIO_UNLIKELY(slot < 0))
         return fail_handle(-ENOMEM);
-    uint32_t gen = tm->slots[slot].gen;
-    if (URIO_UNLIKELY(timer_push(tm, when, slot, gen) < 0)) {
-        slot_release(tm, slot);
+    if (URIO_UNLIKELY(tm->site_dir != NULL || loop->debug))
+        site_set(tm, (uint32_t)slot, loop->debug ? site : NULL);
+    uint64_t gen = urio__slot_at(tm, (uint32_t)slot)->word & URIO__TIMER_GEN_MASK;
+    if (URIO_UNLIKELY(timer_push(tm, when, (uint64_t)slot | gen << URIO__TIMER_SLOT_BITS,
+                                 slack) < 0)) {
+        slot_unalloc(tm, (uint32_t)slot);
         return fail_handle(-ENOMEM);
     }
-    return timer_handle(slot, gen);
+    return timer_handle((uint32_t)slot, gen);
 }
 
 URIO_EXPORT urio_handle_t urio_call_at_site(urio_loop_t *loop, uint64_t when_ns,
                                             urio_callback_fn fn, void *arg,
                                             const urio_site_t *site)
 {
-    return call_at(loop, when_ns, fn, arg, site, "urio_call_at");
+    return call_at(loop, when_ns, NOW_CACHED, fn, arg, site, "urio_call_at");
 }
 
 URIO_EXPORT urio_handle_t urio_call_later_site(urio_loop_t *loop, uint64_t delay_ns,
@@ -605,17 +981,17 @@ URIO_EXPORT urio_handle_t urio_call_later_site(urio_loop_t *loop, uint64_t delay
                                                const urio_site_t *site)
 {
     uint64_t now = urio__now();
-    uint64_t when = delay_ns > UINT64_MAX - now ? UINT64_MAX : now + delay_ns;
+    uint64_t when = sat_add(now, delay_ns);
     if (loop != NULL && loop->owner == urio__thread_token())
         loop->timers.now_cache = now;      /* a fresher start for the timer wheel */
-    return call_at(loop, when, fn, arg, site, "urio_call_later");
+    return call_at(loop, when, now, fn, arg, site, "urio_call_later");
 }
 
 #undef urio_call_at
 URIO_EXPORT urio_handle_t urio_call_at(urio_loop_t *loop, uint64_t when_ns,
                                        urio_callback_fn fn, void *arg)
 {
-    return call_at(loop, when_ns, fn, arg, NULL, "urio_call_at");
+    return call_at(loop, when_ns, NOW_CACHED, fn, arg, NULL, "urio_call_at");
 }
 
 #undef urio_call_later
@@ -627,20 +1003,24 @@ URIO_EXPORT urio_handle_t urio_call_later(urio_loop_t *loop, uint64_t delay_ns,
 
 bool urio__timer_cancel(urio__timers_t *tm, uint64_t id)
 {
-    uint64_t slot = (id & SLOT_MASK) - 1;
-    uint32_t gen = (uint32_t)(id >> URIO__TIMER_SLOT_BITS);
-    if (slot >= tm->nslots)
+    uint64_t slot = (id & URIO__TIMER_MAX) - 1;
+    uint64_t gen = (id >> URIO__TIMER_SLOT_BITS) & URIO__TIMER_GEN_MASK;
+    if (slot >= tm->nslots || !(gen & 1))
         return false;
-    struct urio__slot *s = &tm->slots[slot];
-    if (s->gen != gen || !(gen & 1))
+    struct urio__slot *s = urio__slot_at(tm, (uint32_t)slot);
+    uint32_t state = slot_state(s);
+    if ((s->word & URIO__TIMER_GEN_MASK) != gen ||
+        (state != URIO__SLOT_WHEEL && state != URIO__SLOT_READY))
         return false;       /* ran or was cancelled */
     /*
      * Free the slot now.  Its entry in the wheel, the heap or the FIFO names
      * the old generation and is skipped when it comes up.
      */
-    bool in_wheel = s->where == URIO__SLOT_WHEEL;
-    slot_release(tm, (uint32_t)slot);
-    if (in_wheel)
-        timer_cancelled(tm);    /* the wheel counts its stale entries */
+    urio__slot_free(tm, (uint32_t)slot, s, gen);
+    if (state == URIO__SLOT_WHEEL) {
+        tm->stale++;        /* the wheel counts its held entries */
+        if (tm->stale >= 1024 && tm->stale * 2 >= tm->count)
+            sweep(tm);
+    }
     return true;
 }

@@ -560,6 +560,59 @@ static void test_executor_completion_in_inbox_at_close_delivered(void **state)
     assert_int_equal(freed_results, 0);
 }
 
+/*
+ * A worker takes a share of a long queue under one lock; a job it took but
+ * did not start is still "not started": shutdown(cancel_futures) cancels
+ * it, as Python does, and it never runs.
+ */
+static atomic_int g2_open, g2_started;
+static void *gated2(void *arg)
+{
+    atomic_store(&g2_started, 1);
+    while (!atomic_load(&g2_open))
+        usleep(100);
+    return arg;
+}
+
+static void test_executor_shutdown_cancels_jobs_taken_not_started(void **state)
+{
+    (void)state;
+    enum { REST = 30 };
+    urio_loop_t *loop = test_loop_new();
+    urio_executor_t *ex;
+    assert_int_equal(urio_thread_pool_new(&ex, 1), 0);
+    gate_reset();
+    atomic_store(&ran_count, 0);
+    atomic_store(&g2_open, 0);
+    atomic_store(&g2_started, 0);
+    urio_future_t *g = urio_run_in_executor(loop, ex, gated, NULL);
+    gate_wait_started(1);
+    /* Queued behind it: the worker will take them as a share, the first one first. */
+    urio_future_t *first = urio_run_in_executor(loop, ex, gated2, (void *)7);
+    urio_future_t *rest[REST];
+    for (int i = 0; i < REST; i++)
+        rest[i] = urio_run_in_executor(loop, ex, counting, NULL);
+    gate_release();
+    while (!atomic_load(&g2_started))
+        usleep(100);
+    assert_int_equal(urio_executor_shutdown(ex, false, true), 0);
+    atomic_store(&g2_open, 1);
+    void *v = NULL;
+    assert_int_equal(urio_loop_run_until_complete(loop, g), 0);
+    assert_int_equal(urio_loop_run_until_complete(loop, first), 0);
+    assert_int_equal(urio_future_result(first, &v), 0);
+    assert_ptr_equal(v, (void *)7);
+    for (int i = 0; i < REST; i++) {
+        assert_int_equal(urio_loop_run_until_complete(loop, rest[i]), -ECANCELED);
+        urio_future_unref(rest[i]);
+    }
+    assert_int_equal(atomic_load(&ran_count), 0);
+    urio_future_unref(g);
+    urio_future_unref(first);
+    urio_executor_free(ex);
+    test_loop_close(loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -579,6 +632,7 @@ int main(void)
         URIO_TEST(test_executor_set_default),
         URIO_TEST(test_executor_shutdown_default_executor),
         URIO_TEST(test_executor_completion_in_inbox_at_close_delivered),
+        URIO_TEST(test_executor_shutdown_cancels_jobs_taken_not_started),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

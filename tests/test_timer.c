@@ -1,7 +1,8 @@
 /*
  * test_timer.c — timers: deadline order, FIFO among equals, never early,
  * cancellation (also from a callback), the heap's compaction, no allocation
- * in steady state.
+ * in steady state, bursts into a tick already firing, 200,000 sparse timers
+ * on cold loops, slack, generations used up, the limit per loop.
  */
 #include "helpers.h"
 
@@ -159,7 +160,10 @@ static void test_timer_cancel_compacts_heap(void **state)
     test_loop_close(f.loop);
 }
 
-/* A cancelled timer's slot is reused: its stale handle cancels nothing. */
+/*
+ * A cancelled timer's slot is reused once its entry has been reached: its
+ * stale handle cancels nothing.
+ */
 static void test_timer_stale_handle_after_slot_reuse(void **state)
 {
     (void)state;
@@ -167,12 +171,16 @@ static void test_timer_stale_handle_after_slot_reuse(void **state)
     struct tmr a = { &f, 1, 0 }, b = { &f, 2, 0 };
     urio_handle_t ha = urio_call_later(f.loop, 1 * MS, timer_cb, &a);
     assert_true(urio_handle_cancel(f.loop, ha));
-    urio_handle_t hb = urio_call_later(f.loop, 1 * MS, timer_cb, &b);
+    urio_call_later(f.loop, 3 * MS, test_stop_cb, f.loop);
+    urio_loop_run_forever(f.loop);          /* past a's deadline: its slot is free */
+    assert_int_equal(f.n, 0);
+    urio_handle_t hb = { 0 };
+    for (int i = 0; i < 2 && (hb.id & 0xffffffu) != (ha.id & 0xffffffu); i++)
+        hb = urio_call_later(f.loop, 1 * MS, timer_cb, &b);
     assert_int_equal(ha.id & 0xffffffu, hb.id & 0xffffffu);        /* the same slot */
     assert_int_not_equal(ha.id, hb.id);
     assert_false(urio_handle_cancel(f.loop, ha));
     urio_loop_run_forever(f.loop);
-    assert_int_equal(f.n, 1);
     assert_int_equal(f.order[0], 2);
     assert_false(urio_handle_cancel(f.loop, hb));       /* it ran */
     test_loop_close(f.loop);
@@ -391,6 +399,264 @@ static void test_timer_steady_state_allocates_nothing(void **state)
     test_loop_close(loop);
 }
 
+
+/* ---------------------------------------------------------------- */
+/* Bursts, the due run, sparse and cold                               */
+
+struct order_rec {
+    int order[4096];
+    int n;
+};
+static struct order_rec orec;
+static void record_cb(void *arg)
+{
+    orec.order[orec.n++] = (int)(intptr_t)arg;
+}
+
+/* A permutation of 0..n-1 from a fixed seed. */
+static void shuffle(int *a, int n, uint64_t seed)
+{
+    for (int i = 0; i < n; i++)
+        a[i] = i;
+    for (int i = n - 1; i > 0; i--) {
+        seed ^= seed << 13; seed ^= seed >> 7; seed ^= seed << 17;
+        int j = (int)(seed % (uint64_t)(i + 1)), t = a[i];
+        a[i] = a[j];
+        a[j] = t;
+    }
+}
+
+/*
+ * A tick fires in part; then a burst lands in that same tick, some of it
+ * overdue, some with the deadlines of timers still waiting: the burst merges
+ * into what is left, in deadline order, and on equal deadlines the earlier
+ * scheduled timer first.  (The clock is driven by hand through
+ * urio__timer_fire: deterministic.)
+ */
+static void test_timer_burst_into_firing_tick(void **state)
+{
+    (void)state;
+    enum { N = 1000 };
+    urio_loop_t *loop = test_loop_new();
+    uint64_t t0 = ((urio_loop_time(loop) >> URIO__TW_SHIFT) + 10) << URIO__TW_SHIFT;
+    static int perm[N];
+    static uint64_t when[2 * N];
+    shuffle(perm, N, 12345);
+    orec.n = 0;
+    for (int i = 0; i < N; i++) {           /* A: tags 0..N-1, one per µs, shuffled */
+        int k = perm[i];
+        when[k] = t0 + (uint64_t)k * US;
+        assert_int_not_equal(urio_call_at(loop, when[k], record_cb, (void *)(intptr_t)k).id, 0);
+    }
+    assert_int_equal(urio__timer_fire(loop, t0 + 500 * US), 501);
+    shuffle(perm, N, 777);
+    for (int i = 0; i < N; i++) {           /* B: tags N..2N-1, same tick, shuffled */
+        int k = perm[i];
+        /* Every third one shares an A timer's deadline; the rest fall between. */
+        when[N + k] = t0 + (uint64_t)k * US + (k % 3 == 0 ? 0 : 300);
+        assert_int_not_equal(urio_call_at(loop, when[N + k], record_cb,
+                                          (void *)(intptr_t)(N + k)).id, 0);
+    }
+    assert_int_equal(urio__timer_fire(loop, t0 + 2 * (1ull << URIO__TW_SHIFT)), 2 * N - 501);
+    assert_int_equal(loop->timers.count, 0);
+    urio_loop_stop(loop);
+    assert_int_equal(urio_loop_run_forever(loop), 0);   /* runs the 2N ready callbacks */
+    assert_int_equal(orec.n, 2 * N);
+    for (int i = 0; i <= 500; i++)
+        assert_int_equal(orec.order[i], i);             /* the first firing: A 0..500 */
+    for (int i = 502; i < 2 * N; i++) {
+        int a = orec.order[i - 1], b = orec.order[i];
+        /* Equal deadlines: A (scheduled first) before B. */
+        assert_true(when[a] < when[b] || (when[a] == when[b] && a < b));
+    }
+    test_loop_close(loop);
+}
+
+/*
+ * 200,000 timers over a second on a fresh loop, scheduled before it runs:
+ * all fire, in order, none early; then the same loop again, warm.
+ */
+enum { SPARSE_N = 200000 };
+static uint64_t sparse_when[SPARSE_N];
+static int sparse_fired, sparse_early, sparse_disorder;
+static uint64_t sparse_last;
+static urio_loop_t *sparse_loop;
+static void sparse_cb(void *arg)
+{
+    uint64_t w = sparse_when[(intptr_t)arg];
+    if (urio_loop_time(sparse_loop) < w)
+        sparse_early++;
+    if (w < sparse_last)
+        sparse_disorder++;
+    sparse_last = w;
+    if (++sparse_fired == SPARSE_N)
+        urio_loop_stop(sparse_loop);
+}
+
+static void sparse_round(urio_loop_t *loop, uint64_t seed)
+{
+    uint64_t now = urio_loop_time(loop), x = seed;
+    sparse_fired = sparse_early = sparse_disorder = 0;
+    sparse_last = 0;
+    for (int i = 0; i < SPARSE_N; i++) {
+        x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+        sparse_when[i] = now + 20 * MS + x % (1000 * MS);
+        assert_int_not_equal(urio_call_at(loop, sparse_when[i], sparse_cb,
+                                          (void *)(intptr_t)i).id, 0);
+    }
+    assert_int_equal(loop->timers.count, SPARSE_N);
+    assert_int_equal(urio_loop_run_forever(loop), 0);
+    assert_int_equal(sparse_fired, SPARSE_N);
+    assert_int_equal(sparse_early, 0);
+    assert_int_equal(sparse_disorder, 0);
+    assert_int_equal(loop->timers.count, 0);
+}
+
+static void test_timer_sparse_200k_cold_and_warm(void **state)
+{
+    (void)state;
+    sparse_loop = test_loop_new();
+    sparse_round(sparse_loop, 0x1234567u);
+    sparse_round(sparse_loop, 0x7654321u);
+    test_loop_close(sparse_loop);
+}
+
+/* Many fresh loops, each with a burst of timers it never fired: close frees them all. */
+static void test_timer_cold_loops_close_pending(void **state)
+{
+    (void)state;
+    for (int l = 0; l < 50; l++) {
+        urio_loop_t *loop = test_loop_new();
+        uint64_t now = urio_loop_time(loop);
+        for (int i = 0; i < 3000; i++)
+            assert_int_not_equal(urio_call_at(loop, now + (uint64_t)(i * 7919 % 6000) * MS,
+                                              timer_cb, NULL).id, 0);
+        test_loop_close(loop);
+    }
+}
+
+/* ---------------------------------------------------------------- */
+/* Slack                                                              */
+
+/*
+ * A timer may fire up to max(the loop's slack, delay / 1024 capped at
+ * 100 ms) late; the loop wakes for the least deadline + slack of its
+ * timers, so a near timer with little slack is not made late by a far one.
+ */
+static void test_timer_slack_proportional(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio__timers_t *tm = &loop->timers;
+    uint64_t now = urio_loop_time(loop);
+    uint64_t a = now + 1000 * MS;
+    assert_int_not_equal(urio_call_at(loop, a, timer_cb, NULL).id, 0);
+    uint64_t w = urio__timer_wake(tm);
+    assert_true(w >= a + 1000 * MS / 1100 && w <= a + 1000 * MS / 1000);
+    /* A later deadline with the same slack does not move the wake-up. */
+    assert_int_not_equal(urio_call_at(loop, a + 200 * US, timer_cb, NULL).id, 0);
+    assert_int_equal(urio__timer_wake(tm), w);
+    /* An exact timer inside that window brings it forward to its deadline. */
+    urio_loop_set_timer_slack(loop, 0);
+    assert_int_not_equal(urio_call_at(loop, a + 500 * US, timer_cb, NULL).id, 0);
+    assert_int_equal(urio__timer_wake(tm), a + 500 * US);
+    /* A near timer with the loop's own slack: its deadline + 50 µs. */
+    urio_loop_set_timer_slack(loop, 50 * US);
+    assert_int_not_equal(urio_call_at(loop, now + 2 * MS, timer_cb, NULL).id, 0);
+    w = urio__timer_wake(tm);
+    assert_true(w >= now + 2 * MS + 49 * US && w <= now + 2 * MS + 50 * US);
+    /* Far beyond the wheel: capped at 100 ms. */
+    urio_loop_t *l2 = test_loop_new();
+    uint64_t far = urio_loop_time(l2) + 3600 * 1000 * MS;
+    assert_int_not_equal(urio_call_at(l2, far, timer_cb, NULL).id, 0);
+    w = urio__timer_wake(&l2->timers);
+    assert_true(w >= far + 99 * MS && w <= far + 100 * MS);
+    test_loop_close(l2);
+    test_loop_close(loop);
+}
+
+/* ---------------------------------------------------------------- */
+/* Generations and the limit                                          */
+
+static int gen_fired;
+static void gen_cb(void *arg)
+{
+    (void)arg;
+    gen_fired++;
+}
+
+/*
+ * A slot whose generations are used up (2^38 timers: too many to run here,
+ * so the test sets the generation) is retired: no later timer gets it, so
+ * no stale handle, whatever its generation, can cancel a live timer.
+ */
+static void test_timer_generation_used_up_retires_slot(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio__timers_t *tm = &loop->timers;
+    gen_fired = 0;
+    urio_handle_t ha = urio_call_later(loop, 0, gen_cb, NULL);
+    assert_int_equal(ha.id & URIO__TIMER_MAX, 1);               /* slot 0 */
+    urio_loop_stop(loop);
+    urio_loop_run_forever(loop);                                /* ran: slot 0 is free */
+    assert_int_equal(gen_fired, 1);
+    /* Slot 0 tops the free stack: give it the last free generation. */
+    assert_int_equal(tm->nfree, 1);
+    assert_int_equal(tm->free_stack[0] & URIO__TIMER_MAX, 0);
+    tm->free_stack[0] = (URIO__TIMER_GEN_MASK - 1) << URIO__TIMER_SLOT_BITS;
+    urio_handle_t hb = urio_call_later(loop, 0, gen_cb, NULL);
+    assert_int_equal(hb.id & URIO__TIMER_MAX, 1);               /* slot 0 again */
+    assert_int_equal((hb.id >> URIO__TIMER_SLOT_BITS) & URIO__TIMER_GEN_MASK,
+                     URIO__TIMER_GEN_MASK);
+    assert_true(hb.id >> 63);
+    urio_loop_stop(loop);
+    urio_loop_run_forever(loop);
+    assert_int_equal(gen_fired, 2);
+    assert_int_equal(tm->retired, 1);
+    /* Slot 0 is never handed out again. */
+    urio_handle_t hc = urio_call_later(loop, 1 * MS, gen_cb, NULL);
+    assert_int_equal(hc.id & URIO__TIMER_MAX, 2);
+    /* Stale handles for slot 0, the wrapped generation's too, cancel nothing. */
+    assert_false(urio_handle_cancel(loop, ha));
+    assert_false(urio_handle_cancel(loop, hb));
+    urio_handle_t wrapped = { (1ull << 63) | (1ull << URIO__TIMER_SLOT_BITS) | 1u };
+    assert_false(urio_handle_cancel(loop, wrapped));
+    /* The same through a cancel: slot 1's last generation, cancelled, retires it. */
+    assert_true(urio_handle_cancel(loop, hc));
+    assert_int_equal(tm->free_stack[tm->nfree - 1] & URIO__TIMER_MAX, 1);
+    tm->free_stack[tm->nfree - 1] = 1 | (URIO__TIMER_GEN_MASK - 1) << URIO__TIMER_SLOT_BITS;
+    urio_handle_t hd = urio_call_later(loop, 1 * MS, gen_cb, NULL);
+    assert_int_equal(hd.id & URIO__TIMER_MAX, 2);
+    assert_true(urio_handle_cancel(loop, hd));
+    assert_int_equal(tm->retired, 2);
+    urio_handle_t he = urio_call_later(loop, 1 * MS, gen_cb, NULL);
+    assert_int_equal(he.id & URIO__TIMER_MAX, 3);               /* a new slot */
+    assert_false(urio_handle_cancel(loop, hd));
+    urio_call_later(loop, 3 * MS, test_stop_cb, loop);
+    urio_loop_run_forever(loop);
+    assert_int_equal(gen_fired, 3);                             /* he only */
+    test_loop_close(loop);
+}
+
+/* The limit of timers per loop: the refusal says which limit it was. */
+static void test_timer_limit_named(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    loop->timers.max_slots = 1000;      /* URIO__TIMER_MAX is 16,777,215: too many here */
+    test_log_capture();
+    uint64_t now = urio_loop_time(loop);
+    for (int i = 0; i < 1000; i++)
+        assert_int_not_equal(urio_call_at(loop, now + 10 * MS, timer_cb, NULL).id, 0);
+    errno = 0;
+    assert_int_equal(urio_call_at(loop, now + 10 * MS, timer_cb, NULL).id, 0);
+    assert_int_equal(errno, ENOMEM);
+    assert_log_contains("already holds 1000 pending timers, the most one loop can hold");
+    assert_int_equal(URIO__TIMER_MAX, 16777215);
+    test_loop_close(loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -407,6 +673,12 @@ int main(void)
         URIO_TEST(test_timer_far_heap_overdue_not_stranded),
         URIO_TEST(test_timer_fires_under_ready_load),
         URIO_TEST(test_timer_steady_state_allocates_nothing),
+        URIO_TEST(test_timer_burst_into_firing_tick),
+        URIO_TEST(test_timer_sparse_200k_cold_and_warm),
+        URIO_TEST(test_timer_cold_loops_close_pending),
+        URIO_TEST(test_timer_slack_proportional),
+        URIO_TEST(test_timer_generation_used_up_retires_slot),
+        URIO_TEST(test_timer_limit_named),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

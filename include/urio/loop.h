@@ -97,8 +97,9 @@ URIO_EXPORT bool urio_loop_alive(const urio_loop_t *loop);
 
 /*
  * How long the loop would block now (libuv's uv_backend_timeout): 0 if work
- * is ready, the nanoseconds until its earliest timer, or -1 if nothing is
- * scheduled.  Thread: the loop's thread.
+ * is ready, the nanoseconds until its earliest timer is due, or -1 if nothing
+ * is scheduled.  With timers cancelled but not yet swept the answer may be
+ * early, never late.  Thread: the loop's thread.
  */
 URIO_EXPORT int64_t urio_loop_next_timeout(urio_loop_t *loop);
 
@@ -122,7 +123,8 @@ typedef struct urio_loop_stats {
     uint64_t busy_ns;            /* time running callbacks and bookkeeping, over every run */
     uint64_t idle_ns;            /* time blocked in the kernel waiting for work */
     uint64_t slow_callbacks;     /* debug mode: callbacks over the slow-callback duration */
-    /* How late the loop woke for the timer it slept until (loop lag). */
+    /* How late the loop woke past the wake-up it planned for its next timer
+     * (the deadline plus the timers' slack): loop lag. */
     uint64_t lag_hist[URIO_STATS_BUCKETS];
     /* Debug mode: how long each callback or task step took. */
     uint64_t callback_hist[URIO_STATS_BUCKETS];
@@ -178,9 +180,12 @@ URIO_EXPORT int urio_loop_set_stall_watchdog(urio_loop_t *loop, uint64_t thresho
 /*
  * Timer slack: when the loop sleeps until a timer, it may sleep this much
  * longer, so that timers due close together share one wake-up (and one
- * system call).  Timers never fire early; they may fire up to this late
- * beyond the time the loop takes.  Default 50 µs, Linux's own default slack
- * for a thread's timed waits; 0 wakes exactly at each deadline.  At most 1 s.
+ * system call).  Timers never fire early; they may fire up to their slack
+ * late beyond the time the loop takes: this value, or 1/1024 of the delay
+ * the timer was scheduled with (at most 100 ms) if that is more — Linux's
+ * rule for poll/select timeouts.  Default 50 µs, Linux's own default slack
+ * for a thread's timed waits; 0 wakes exactly at each deadline (for timers
+ * scheduled while it is 0).  At most 1 s.
  * Thread: the loop's thread.
  */
 URIO_EXPORT void urio_loop_set_timer_slack(urio_loop_t *loop, uint64_t ns);
@@ -232,11 +237,15 @@ typedef struct urio_handle { uint64_t id; } urio_handle_t;   /* a value; id 0 me
 /*
  * Schedules fn(arg) to run on the loop's thread: soon (FIFO), after delay_ns,
  * or at when_ns on urio_loop_time()'s clock.  Timers run in deadline order,
- * FIFO among equal deadlines, never before their deadline.
+ * FIFO among equal deadlines, never before their deadline.  A call_soon
+ * runs after every urio_call_soon_threadsafe() call that happened before it
+ * (made on this thread, or seen made): it moves them to the FIFO first.
  * Returns: a handle; id 0 on failure with errno set: EINVAL (NULL loop or
  *          fn), EPERM (called from a thread other than the running loop's;
  *          an ERROR line names the function), ESHUTDOWN (closed or closing
- *          loop), ENOMEM.  When the call fails, fn never runs.
+ *          loop), ENOMEM (also when the loop already holds 16,777,215
+ *          timers, the most one loop can: an ERROR line says so).  When the
+ *          call fails, fn never runs.
  * Thread: the loop's thread.
  * The macros record the callback's name, file and line (urio_site_t) for
  * reports; the functions of the same names still exist, so taking
@@ -273,12 +282,15 @@ URIO_EXPORT bool urio_handle_cancel(urio_loop_t *loop, urio_handle_t h);
 
 /*
  * Schedules fn(arg) on the loop from any thread; wakes the loop only when it
- * sleeps.  Lock-free: only growing the inbox's node pool takes a lock and
- * allocates, which a steady state never does.  Every accepted call runs exactly once: on the loop, or during
- * urio_loop_close() if the loop closes first.
+ * sleeps.  Lock-free, and async-signal-safe: no lock, no malloc (the node
+ * pool, process-wide, grows by mmap), errno kept; a signal handler may call
+ * it (to stop a loop on SIGTERM, say).  Every accepted call runs exactly
+ * once: on the loop, or during urio_loop_close() if the loop closes first.
+ * Order: calls made with urio_call_soon() and this function run in
+ * happens-before order, whichever threads made them (docs/threads.md).
  * Returns: 0; -EINVAL (NULL loop or fn); -ESHUTDOWN once the loop's close
  *          has begun; -ENOMEM.  When it fails, fn never runs.
- * Thread: any thread.
+ * Thread: any thread; a signal handler.
  */
 URIO_EXPORT int urio_call_soon_threadsafe(urio_loop_t *loop, urio_callback_fn fn, void *arg);
 
