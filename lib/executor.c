@@ -70,9 +70,11 @@ void urio__executor_shut(urio_executor_t *ex)
         if (ex->live_next)
             ex->live_next->live_prev = ex->live_prev;
     }
-    pthread_mutex_unlock(&g_live_mu);
-    urio__free(ex->created);
+    /* Taken under the lock: shutdowns may race (any thread, any number of times). */
+    urio__backtrace_t *created = ex->created;
     ex->created = NULL;
+    pthread_mutex_unlock(&g_live_mu);
+    urio__free(created);
 }
 
 /* asyncio's ResourceWarning, for executors: at exit, in debug mode. */

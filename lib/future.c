@@ -613,8 +613,13 @@ static void wait_pending(urio_future_t *f, const struct timespec *abs)
               .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG },
         };
         long r = syscall(SYS_futex_waitv, w, 2, 0, abs, CLOCK_MONOTONIC);
-        if (r >= 0 || errno != ENOSYS)
+        if (r >= 0 || errno == EAGAIN || errno == ETIMEDOUT || errno == EINTR)
             return;     /* woken, changed, timed out or interrupted: the caller looks */
+        /*
+         * ENOSYS (before 5.16), or refused: a seccomp filter that answers
+         * EPERM for system calls it does not know (container runtimes'
+         * defaults did, before futex_waitv).  Either way it never will.
+         */
         atomic_store_explicit(&no_waitv, 1, memory_order_relaxed);
     }
     struct timespec now, rel = { 0, 50 * 1000000 };

@@ -270,6 +270,7 @@ static void run_ready_debug(urio_loop_t *loop, uint32_t n)
      * (what runs between, the turn's bookkeeping, is a few ns).
      */
     uint64_t t0 = loop->debug_ticks ? loop->debug_ticks : urio__ticks();
+    loop->timing = true;
     for (uint32_t k = 0; k < n; k++) {
         void *arg;
         const urio_site_t *site;
@@ -287,7 +288,15 @@ static void run_ready_debug(urio_loop_t *loop, uint32_t n)
             log_slow_callback(loop, fn, site, took);
             t0 = urio__ticks();     /* the report's own time is nobody's */
         }
+        if (loop->attrib_release != NULL) {
+            /* The report is written: let go of what the callback worked for. */
+            void (*release)(const void *) = loop->attrib_release;
+            loop->attrib_release = NULL;
+            loop->attrib_describe = NULL;
+            release(loop->attrib_obj);
+        }
     }
+    loop->timing = false;
     loop->debug_ticks = t0;
 }
 #endif
@@ -444,8 +453,10 @@ static int loop_turn(urio_loop_t *loop)
     atomic_store_explicit(&loop->progress,
                           atomic_load_explicit(&loop->progress, memory_order_relaxed) + 1,
                           memory_order_relaxed);
-    if (URIO_UNLIKELY(loop->step_end_flags))                /* 7 */
+    if (URIO_UNLIKELY(loop->step_end_flags)) {              /* 7 */
         run_flagged(loop, &loop->step_end_flags, HOOK(step_end));
+        loop->debug_ticks = 0;      /* the hooks' time (threads started...) is no callback's */
+    }
     return 0;
 }
 
@@ -575,6 +586,7 @@ URIO_EXPORT int urio_loop_run_forever(urio_loop_t *loop)
     }
     loop->stopping = false;
     loop->running = false;
+    loop->debug_ticks = 0;          /* time between runs is no callback's */
     loop->run_ns += urio__now() - loop->run_started;
     urio__tls_loop = NULL;
     /*
@@ -693,6 +705,7 @@ URIO_EXPORT void urio_loop_set_debug(urio_loop_t *loop, bool on)
         urio__ticks_calibrate();
     }
     loop->debug = on;
+    loop->debug_ticks = 0;          /* time before now is no callback's */
     if (!loop->stall_set)
         urio__watchdog_set(loop, on ? debug_stall_ns(loop) : 0);   /* debug mode's default */
 }

@@ -85,6 +85,8 @@ struct urio_loop {
     uint64_t timer_slack_ns;     /* how late a wake-up for a timer may be */
     urio__describe_fn attrib_describe;   /* debug mode: see urio__describe_fn */
     const void *attrib_obj;
+    void (*attrib_release)(const void *obj);   /* drops the hold on attrib_obj, or NULL */
+    bool timing;                 /* run_ready_debug is timing callbacks (for a report) */
 
     urio__timers_t timers;
     urio__ring_t ring;
@@ -152,11 +154,21 @@ static inline void urio__loop_want_before_sleep(urio_loop_t *loop, int index)
     loop->sleep_flags |= 1u << index;
 }
 
-/* Debug mode: the running callback works for obj (see urio__describe_fn). */
-static inline void urio__loop_attribute(urio_loop_t *loop, urio__describe_fn fn, const void *obj)
+/*
+ * Debug mode: the running callback works for obj (see urio__describe_fn).
+ * While the loop is timing callbacks (loop->timing) a report may name obj
+ * after the callback returned, when obj may be gone: the subsystem then
+ * holds obj for it and passes `release`, which the loop calls once the
+ * report is written (or another attribution replaces this one).
+ */
+static inline void urio__loop_attribute(urio_loop_t *loop, urio__describe_fn fn, const void *obj,
+                                        void (*release)(const void *obj))
 {
+    if (URIO_UNLIKELY(loop->attrib_release != NULL))
+        loop->attrib_release(loop->attrib_obj);
     loop->attrib_describe = fn;
     loop->attrib_obj = obj;
+    loop->attrib_release = release;
 }
 
 /* Logs a loop-only call made from another thread, naming `fn`. */

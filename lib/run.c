@@ -1,6 +1,6 @@
 /*
- * run.c — running a program (urio_run, asyncio.run) and submitting a
- * coroutine from another thread (urio_run_coroutine_threadsafe).
+ * run.c — submitting a coroutine from another thread
+ * (urio_run_coroutine_threadsafe).  urio_run is lib/runner.c's.
  */
 #include "task.h"
 
@@ -36,52 +36,7 @@ void urio__proxy_task_ended(urio__task_t *t)
 }
 
 /* ------------------------------------------------------------------ */
-/* urio_run and run_coroutine_threadsafe                                */
-
-URIO_EXPORT int urio_run(urio_coro_t *main, const urio_run_opts_t *opts, void **result)
-{
-    if (main == NULL || !urio__coro_check(main, "urio_run"))
-        return -EINVAL;
-    if (urio_loop_current() != NULL) {
-        urio__coro_discard(main);
-        urio__log(URIO_LOG_ERROR, "urio_run(): cannot be called from a running event loop");
-        return -EBUSY;
-    }
-    urio_loop_opts_t lo = { .debug = opts ? opts->debug : 0 };
-    urio_loop_t *loop;
-    int ret = urio_loop_new(&loop, &lo);
-    if (ret < 0) {
-        urio__coro_discard(main);
-        return ret;
-    }
-    urio_future_t *f = urio_task_create(loop, main);
-    if (f == NULL) {
-        ret = -errno;
-        urio_loop_close(loop);
-        return ret;
-    }
-    ret = urio_loop_run_until_complete(loop, f);
-    if (ret == 0 && result)
-        urio_future_result(f, result);
-    urio_future_unref(f);
-    /*
-     * Cancel what is left and wait for it, as asyncio.run does: tasks get
-     * -ECANCELED at every await, so they end unless a shield holds them (then
-     * this waits for the shielded work, sleeping in the kernel meanwhile).
-     */
-    urio__tasks_t *ts = urio__tasks_find(loop);
-    urio_future_t *drained;
-    if (ts != NULL && ts->list != NULL && urio_future_new(&drained, loop) == 0) {
-        ts->drained = drained;
-        for (urio__task_t *t = ts->list; t != NULL; t = t->next)
-            urio_future_cancel(t->self);
-        urio_loop_run_until_complete(loop, drained);
-        ts->drained = NULL;
-        urio_future_unref(drained);
-    }
-    urio_loop_close(loop);          /* shuts the default pool down, reports what leaked */
-    return ret;
-}
+/* run_coroutine_threadsafe                                             */
 
 static bool proxy_cancel(urio_future_t *f, char *msg)
 {

@@ -152,6 +152,11 @@ __attribute__((cold, noinline)) static void resumed_wrongly(const urio__task_t *
 }
 #endif
 
+static void task_attrib_release(const void *obj)
+{
+    urio_future_unref(((const urio__task_t *)obj)->self);
+}
+
 static void switch_in(urio__task_t *t)
 {
     urio_loop_t *loop = t->loop;
@@ -163,8 +168,16 @@ static void switch_in(urio__task_t *t)
     }
 #endif
     urio__tls_task = t;
-    /* Whichever callback resumed it, the step is the task's: reports name the task. */
-    urio__loop_attribute(loop, task_describe_short, t);
+    /*
+     * Whichever callback resumed it, the step is the task's: reports name the
+     * task.  A report comes after the step, maybe its last: hold t for it.
+     */
+    if (URIO_UNLIKELY(loop->timing)) {
+        urio_future_ref(t->self);
+        urio__loop_attribute(loop, task_describe_short, t, task_attrib_release);
+    } else {
+        urio__loop_attribute(loop, task_describe_short, t, NULL);
+    }
     ts->thread = urio__thread_token();
     t->state = URIO__TASK_RUNNING;
     t->resumed_pc = t->await_pc;

@@ -135,22 +135,39 @@ static const urio__future_ops_t job_ops = {
 };
 
 /* Gives the future its outcome and lets go of the loop's side.  Loop thread. */
+/*
+ * A result the future will never take (it was cancelled, or failed at
+ * close): freed here once the job is done.  A job still running frees it at
+ * its end (job_send when the loop is gone, job_complete otherwise).
+ */
+static void job_discard_result(job_t *j)
+{
+    /* The state first: while the job runs, delivered is its worker's (job_send). */
+    if (atomic_load(&j->state) != JOB_DONE || j->delivered)
+        return;
+    if (j->err == 0 && j->free_result)
+        j->free_result(j->result);
+    j->delivered = true;
+}
+
 static void job_settle(job_t *j, int forced_err)
 {
-    if (j->settled)
+    if (j->settled) {
+        job_discard_result(j);      /* the job ended after its future was settled */
         return;
+    }
     j->settled = true;
     urio__future_set_cancel_hook(j->f, NULL, NULL);
     int state = atomic_load(&j->state);
     if (urio_future_done(j->f)) {
         /* Cancelled after the job started: the result is nobody's. */
-        if (state == JOB_DONE && j->err == 0 && j->free_result && !j->delivered)
-            j->free_result(j->result);
-        j->delivered = true;
+        job_discard_result(j);
+    } else if (forced_err < 0 && forced_err != -ECANCELED) {
+        /* Refused at hand-over (a pool shut down, no thread): the job never ran. */
+        urio__future_settle(j->f, forced_err, NULL, NULL);
     } else if (forced_err == -ECANCELED || state == JOB_CANCELLED) {
         urio__future_cancel_now(j->f, NULL);
-    } else if (forced_err < 0) {
-        urio__future_settle(j->f, forced_err, NULL, NULL);
+        job_discard_result(j);
     } else if (j->err < 0) {
         urio__future_set_origin(j->f, j->err_site, j->err_stack);
         j->err_stack = NULL;
@@ -387,14 +404,50 @@ static int side_may_close(urio_loop_t *loop, void *state)
  * inbox, whose accepted calls the loop runs next: they settle with their
  * real outcome.
  */
+/*
+ * Joins ex's workers while serving the loop's inbox: a running job may be
+ * blocked on a call it made to this loop (run_coroutine_threadsafe, then a
+ * wait on the proxy), which only running the inbox's accepted calls ends
+ * (on a closing loop they are refused, and the job's wait returns).
+ */
+static void join_serving(urio_loop_t *loop, pool_t *ex)
+{
+    pthread_mutex_lock(&ex->join_mu);
+    pthread_mutex_lock(&ex->mu);
+    while (ex->nthreads > 0) {
+        pthread_t t = ex->threads[--ex->nthreads];
+        pthread_mutex_unlock(&ex->mu);
+        for (;;) {
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_nsec += 10 * 1000000L;
+            if (until.tv_nsec >= 1000000000L) {
+                until.tv_sec++;
+                until.tv_nsec -= 1000000000L;
+            }
+            if (pthread_timedjoin_np(t, NULL, &until) == 0)
+                break;
+            urio__inbox_run_accepted(loop);
+        }
+        pthread_mutex_lock(&ex->mu);
+    }
+    pthread_mutex_unlock(&ex->mu);
+    pthread_mutex_unlock(&ex->join_mu);
+}
+
 static void side_shutdown(urio_loop_t *loop, void *state)
 {
-    (void)loop;
     loop_side_t *ls = state;
-    if (ls->default_ex != NULL && ls->default_owned)
-        pool_shutdown(&ls->default_ex->base, true, true);
+    bool own_default = ls->default_ex != NULL && ls->default_owned;
+    /* Stop them all first (queued jobs cancelled), then wait for each. */
+    if (own_default)
+        pool_shutdown(&ls->default_ex->base, false, true);
     for (pool_t *p = ls->retired; p != NULL; p = p->retired_next)
-        pool_shutdown(&p->base, true, true);
+        pool_shutdown(&p->base, false, true);
+    if (own_default)
+        join_serving(loop, ls->default_ex);
+    for (pool_t *p = ls->retired; p != NULL; p = p->retired_next)
+        join_serving(loop, p);
 }
 
 /* Close, then: jobs still in pools of the program's own are cancelled, their futures settled. */

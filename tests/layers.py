@@ -19,6 +19,8 @@ LAYERS = {
     "exec": ["base", "core", "future"],
     "io": ["base", "core", "future", "task"],
     "procpool": ["base", "core", "future", "exec"],
+    # urio_run (asyncio.run): over tasks and executors (it shuts the default one down)
+    "runner": ["base", "core", "future", "task", "exec"],
 }
 FILES = {
     "alloc": "base", "log": "base", "error": "base", "debug": "base",
@@ -29,6 +31,7 @@ FILES = {
     "executor": "exec", "thread_pool": "exec",
     "process_frame": "procpool", "process_worker": "procpool", "process_spawn": "procpool",
     "process_pool": "procpool",
+    "runner": "runner",
     "arch_": "task",
 }
 

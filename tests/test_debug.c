@@ -340,6 +340,41 @@ static void test_debug_opt_out_said(void **state)
     assert_true(said == !URIO_DEBUG_CHECKS);    /* said exactly where it is true */
 }
 
+/*
+ * Only callbacks' own time is charged to them: not the time between two
+ * runs, nor before debug mode was turned on.
+ */
+static void test_debug_time_between_runs_is_nobodys(void **state)
+{
+    (void)state;
+    if (!URIO_DEBUG_CHECKS)
+        skip();
+    urio_loop_t *loop = debug_loop();
+    test_log_capture();
+    urio_call_soon(loop, fast_cb, NULL);
+    urio_loop_stop(loop);
+    urio_loop_run_forever(loop);
+    usleep(30000);                  /* the program does something else between runs */
+    urio_call_soon(loop, fast_cb, NULL);
+    urio_loop_stop(loop);
+    urio_loop_run_forever(loop);
+    /* Debug mode off, a run, time passes, on again. */
+    urio_loop_set_debug(loop, false);
+    urio_call_soon(loop, fast_cb, NULL);
+    urio_loop_stop(loop);
+    urio_loop_run_forever(loop);
+    usleep(30000);
+    urio_loop_set_debug(loop, true);
+    urio_call_soon(loop, fast_cb, NULL);
+    urio_loop_stop(loop);
+    urio_loop_run_forever(loop);
+    assert_int_equal(test_log_count("Executing"), 0);
+    urio_loop_stats_t st;
+    assert_int_equal(urio_loop_stats(loop, &st), 0);
+    assert_int_equal(st.slow_callbacks, 0);
+    test_loop_close(loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -349,6 +384,7 @@ int main(void)
         URIO_TEST(test_debug_slow_callback_warning),
         URIO_TEST(test_debug_slow_callback_symbolised),
         URIO_TEST(test_debug_slow_callback_quiet_without_debug),
+        URIO_TEST(test_debug_time_between_runs_is_nobodys),
         URIO_TEST(test_debug_wrong_thread_refused),
         URIO_TEST(test_debug_poll_timing_logged),
         URIO_TEST(test_debug_no_poll_log_without_debug),

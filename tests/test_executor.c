@@ -613,6 +613,187 @@ static void test_executor_shutdown_cancels_jobs_taken_not_started(void **state)
     test_loop_close(loop);
 }
 
+/*
+ * A job that calls back into its loop and waits (asyncio's
+ * run_coroutine_threadsafe(...).result() from run_in_executor) while the
+ * program ends.  urio_run shuts the default executor down with the loop
+ * still running, so the call is served; a direct close serves the inbox
+ * while it waits for the workers, so the call is refused, not deadlocked.
+ */
+static urio_loop_t *callback_loop;
+static atomic_int callback_ret;
+static atomic_int callback_go, callback_started;
+
+static int forty_two(void *arg, void **res)
+{
+    (void)arg;
+    *res = (void *)42;
+    return 0;
+}
+
+static void *calls_back(void *arg)
+{
+    (void)arg;
+    atomic_store(&callback_started, 1);
+    while (!atomic_load(&callback_go))
+        usleep(1000);
+    usleep(20000);                  /* the program is ending by now */
+    urio_future_t *p = urio_run_coroutine_threadsafe(callback_loop, URIO_CORO(forty_two, NULL));
+    if (p == NULL) {
+        atomic_store(&callback_ret, -errno);
+        return NULL;
+    }
+    void *v = NULL;
+    int r = urio_future_wait(p, 10000 * (int64_t)MS, &v);
+    atomic_store(&callback_ret, r < 0 ? r : (int)(intptr_t)v);
+    urio_future_unref(p);
+    return NULL;
+}
+
+static int main_returns_at_once(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    callback_loop = urio_loop_current();
+    atomic_store(&callback_go, 1);
+    urio_future_unref(urio_run_in_executor(callback_loop, NULL, calls_back, NULL));
+    return 0;
+}
+
+static void test_executor_job_calls_back_while_program_ends(void **state)
+{
+    (void)state;
+    atomic_store(&callback_ret, 0);
+    atomic_store(&callback_go, 0);
+    assert_int_equal(urio_run(URIO_CORO(main_returns_at_once, NULL), NULL, NULL), 0);
+    assert_int_equal(atomic_load(&callback_ret), 42);
+
+    /* A close without urio_run. */
+    atomic_store(&callback_ret, 0);
+    atomic_store(&callback_go, 0);
+    atomic_store(&callback_started, 0);
+    urio_loop_t *loop = test_loop_new();
+    callback_loop = loop;
+    urio_future_t *f = urio_run_in_executor(loop, NULL, calls_back, NULL);
+    urio_call_soon(loop, test_stop_cb, loop);
+    urio_loop_run_forever(loop);    /* hands the job over */
+    while (!atomic_load(&callback_started))
+        usleep(1000);
+    atomic_store(&callback_go, 1);
+    test_log_capture();
+    test_loop_close(loop);
+    assert_int_equal(atomic_load(&callback_ret), -ESHUTDOWN);
+    urio_future_unref(f);
+}
+
+/* Shut down from two threads at once, in debug mode (the executor is tracked): once. */
+static urio_executor_t *racing_pool;
+static pthread_barrier_t racing_bar;
+
+static void *shut_racing(void *arg)
+{
+    (void)arg;
+    pthread_barrier_wait(&racing_bar);
+    urio_executor_shutdown(racing_pool, false, false);
+    return NULL;
+}
+
+static void test_executor_shutdown_races_shutdown(void **state)
+{
+    (void)state;
+    setenv("URIO_DEBUG", "1", 1);
+    for (int round = 0; round < 500; round++) {
+        assert_int_equal(urio_thread_pool_new(&racing_pool, 1), 0);
+        pthread_barrier_init(&racing_bar, NULL, 2);
+        pthread_t a, b;
+        pthread_create(&a, NULL, shut_racing, NULL);
+        pthread_create(&b, NULL, shut_racing, NULL);
+        pthread_join(a, NULL);
+        pthread_join(b, NULL);
+        pthread_barrier_destroy(&racing_bar);
+        urio_executor_free(racing_pool);
+    }
+    unsetenv("URIO_DEBUG");
+}
+
+/* A job another thread's shutdown refused before it was handed over fails with -ESHUTDOWN. */
+static urio_executor_t *refusing_pool;
+static urio_future_t *refused_job;
+
+static void *shut_refusing_pool(void *arg)
+{
+    (void)arg;
+    urio_executor_shutdown(refusing_pool, false, false);
+    return NULL;
+}
+
+static void submit_then_other_thread_shuts(void *arg)
+{
+    urio_loop_t *loop = arg;
+    refused_job = urio_run_in_executor(loop, refusing_pool, square, (void *)3);
+    assert_non_null(refused_job);
+    pthread_t th;               /* before this step ends: not handed over yet */
+    pthread_create(&th, NULL, shut_refusing_pool, NULL);
+    pthread_join(th, NULL);
+}
+
+static void test_executor_refused_at_hand_over_fails_eshutdown(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    assert_int_equal(urio_thread_pool_new(&refusing_pool, 2), 0);
+    urio_call_soon(loop, submit_then_other_thread_shuts, loop);
+    urio_call_later(loop, 20 * MS, test_stop_cb, loop);
+    urio_loop_run_forever(loop);
+    assert_int_equal(urio_future_result(refused_job, NULL), -ESHUTDOWN);
+    assert_false(urio_future_cancelled(refused_job));
+    urio_future_unref(refused_job);
+    test_loop_close(loop);
+    urio_executor_free(refusing_pool);
+}
+
+/*
+ * A job of the program's own pool, cancelled while it runs, its loop closed
+ * before it ends: its result is still freed (once), by whichever side lets
+ * the job go last.
+ */
+static atomic_int discarded_freed, slow_alloc_started;
+static void count_free(void *p)
+{
+    free(p);
+    atomic_fetch_add(&discarded_freed, 1);
+}
+
+static void *slow_alloc(void *arg)
+{
+    (void)arg;
+    atomic_store(&slow_alloc_started, 1);
+    usleep(50000);
+    return malloc(64);
+}
+
+static void test_executor_discarded_result_freed_after_close(void **state)
+{
+    (void)state;
+    atomic_store(&discarded_freed, 0);
+    urio_loop_t *loop = test_loop_new();
+    urio_executor_t *ex;
+    assert_int_equal(urio_thread_pool_new(&ex, 1), 0);
+    urio_job_opts_t o = { .free_result = count_free };
+    atomic_store(&slow_alloc_started, 0);
+    urio_future_t *f = urio_run_in_executor_opts(loop, ex, slow_alloc, NULL, &o);
+    assert_non_null(f);
+    urio_call_soon(loop, test_stop_cb, loop);
+    urio_loop_run_forever(loop);        /* hands the job over */
+    while (!atomic_load(&slow_alloc_started))
+        usleep(1000);
+    assert_true(urio_future_cancel(f));  /* while it runs: its result is nobody's */
+    urio_future_unref(f);
+    test_loop_close(loop);
+    urio_executor_free(ex);              /* waits for the worker: the job has ended */
+    assert_int_equal(atomic_load(&discarded_freed), 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -630,6 +811,10 @@ int main(void)
         URIO_TEST(test_executor_shutdown_in_same_turn_runs_job),
         URIO_TEST(test_executor_bad_input),
         URIO_TEST(test_executor_set_default),
+        URIO_TEST(test_executor_refused_at_hand_over_fails_eshutdown),
+        URIO_TEST(test_executor_discarded_result_freed_after_close),
+        URIO_TEST(test_executor_shutdown_races_shutdown),
+        URIO_TEST(test_executor_job_calls_back_while_program_ends),
         URIO_TEST(test_executor_shutdown_default_executor),
         URIO_TEST(test_executor_completion_in_inbox_at_close_delivered),
         URIO_TEST(test_executor_shutdown_cancels_jobs_taken_not_started),

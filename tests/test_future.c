@@ -6,6 +6,11 @@
  */
 #include "helpers.h"
 
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <sys/prctl.h>
+
 #include <stdatomic.h>
 #include <unistd.h>
 
@@ -965,9 +970,66 @@ static void test_future_wait_ends_when_loop_closes(void **state)
     urio_future_unref(f);
 }
 
+/*
+ * futex_waitv refused (a seccomp profile that answers EPERM for system
+ * calls it does not know): a cross-thread wait sleeps in slices instead,
+ * it does not spin.  In a child: a seccomp filter is for good.
+ */
+static void *waitv_refused_waiter(void *arg)
+{
+    urio_future_t *f = arg;
+    struct timespec c0, c1;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
+    int r = urio_future_wait(f, 300 * (int64_t)MS, NULL);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c1);
+    int64_t cpu = (int64_t)(c1.tv_sec - c0.tv_sec) * 1000000000 + (c1.tv_nsec - c0.tv_nsec);
+    if (r != -ETIMEDOUT)
+        return (void *)1;
+    return (void *)(intptr_t)(cpu > 100 * (int64_t)MS ? 2 : 0);   /* a spin uses all 300 ms */
+}
+
+static int waitv_refused_child(void *arg)
+{
+    (void)arg;
+    struct sock_filter filter[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 449 /* futex_waitv */, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = { .len = sizeof filter / sizeof filter[0], .filter = filter };
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
+        prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0)
+        return 77;
+    urio_loop_t *loop;
+    urio_future_t *f;
+    if (urio_loop_new(&loop, NULL) != 0 || urio_future_new(&f, loop) != 0)
+        return 3;
+    pthread_t th;
+    void *ret;
+    pthread_create(&th, NULL, waitv_refused_waiter, f);
+    pthread_join(th, &ret);
+    urio_future_unref(f);
+    urio_loop_close(loop);
+    return (int)(intptr_t)ret;
+}
+
+static void test_future_wait_without_futex_waitv(void **state)
+{
+    (void)state;
+    char out[4096];
+    int status = test_child(waitv_refused_child, NULL, out, sizeof out);
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 77)
+        skip();                     /* no seccomp here */
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        fail_msg("wait status %#x (exit 1: the wait did not time out; 2: it spun)\n%s",
+                 (unsigned)status, out);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        URIO_TEST(test_future_wait_without_futex_waitv),
         URIO_TEST(test_future_wait_ends_when_loop_closes),
         URIO_TEST(test_future_new_ref_unref),
         URIO_TEST(test_future_set_result_then_result),

@@ -935,10 +935,49 @@ static void test_task_slow_step_reported(void **state)
     test_loop_close(loop);
 }
 
+/*
+ * A fire-and-forget task whose last step is slow: nobody holds it once the
+ * step ends, and the report written after the step still names it (the
+ * loop holds the task until its report is written; the sanitize suite
+ * caught the read of freed memory this once was).
+ */
+static int slow_last_step(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    usleep(30000);
+    return 0;
+}
+
+static void spawn_and_forget(void *arg)
+{
+    urio_loop_t *loop = arg;
+    urio_future_unref(urio_task_create_opts(loop, URIO_CORO(slow_last_step, NULL),
+                                            &(urio_task_opts_t){ .name = "forgotten" }));
+}
+
+static void test_task_slow_last_step_of_forgotten_task(void **state)
+{
+    (void)state;
+    if (!URIO_DEBUG_CHECKS)
+        skip();
+    urio_loop_opts_t on = { .debug = 1 };
+    urio_loop_t *loop = test_loop_new_opts(&on);
+    urio_loop_set_slow_callback_duration(loop, 10 * MS);
+    test_log_capture();
+    urio_call_soon(loop, spawn_and_forget, loop);
+    urio_call_later(loop, 100 * MS, test_stop_cb, loop);
+    urio_loop_run_forever(loop);
+    assert_log_contains("WARNING Executing <Task 'forgotten' created at ");
+    assert_log_contains(" to its end> took 0.0");
+    test_loop_close(loop);          /* the leak check: the hold was let go */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         URIO_TEST(test_task_results_errors_and_order),
+        URIO_TEST(test_task_slow_last_step_of_forgotten_task),
         URIO_TEST(test_task_cancel_in_sleep),
         URIO_TEST(test_task_shield),
         URIO_TEST(test_task_wait_for_times_out),
