@@ -4,7 +4,7 @@
  * The umbrella header: include this one.  Each subsystem has its own header
  * under urio/, in the order of the layers (docs/architecture.md): base types
  * and errors, the logger, the loop with its callbacks and timers, futures,
- * executors, tasks.
+ * executors, tasks, I/O (operations on the ring; streams and servers).
  */
 #ifndef URIO_H
 #define URIO_H
@@ -15,5 +15,7 @@
 #include "urio/future.h"
 #include "urio/executor.h"
 #include "urio/task.h"
+#include "urio/io.h"
+#include "urio/stream.h"
 
 #endif

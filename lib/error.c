@@ -17,6 +17,9 @@ static const struct {
     { URIO_ESTOPPED, "URIO_ESTOPPED", "Event loop stopped before the future completed" },
     { URIO_EBROKENWORKER, "URIO_EBROKENWORKER",
       "A process-pool worker died while running the job" },
+    { URIO_ENOHOST, "URIO_ENOHOST", "No such host" },
+    { URIO_ELIMIT, "URIO_ELIMIT", "Separator not found within the limit" },
+    { URIO_EINCOMPLETE, "URIO_EINCOMPLETE", "End of stream before the bytes asked for" },
 };
 
 static int find_code(int err)

@@ -17,7 +17,8 @@ LAYERS = {
     "future": ["base", "core"],
     "task": ["base", "core", "future"],
     "exec": ["base", "core", "future"],
-    "io": ["base", "core", "future", "task"],
+    # io resolves names with getaddrinfo in the default executor, as asyncio does
+    "io": ["base", "core", "future", "task", "exec"],
     "procpool": ["base", "core", "future", "exec"],
 }
 FILES = {
@@ -26,6 +27,7 @@ FILES = {
     "future": "future", "exception": "future",
     "stack": "task", "coro": "task", "task": "task", "group": "task", "run": "task",
     "executor": "exec", "thread_pool": "exec",
+    "io": "io",
     "arch_": "task",
 }
 

@@ -39,6 +39,10 @@ enum {
     URIO_ENOURING      = -10002, /* io_uring is unavailable (disabled, seccomp, ENOSYS) */
     URIO_ESTOPPED      = -10003, /* the loop stopped before the future completed */
     URIO_EBROKENWORKER = -10004, /* a process-pool worker died while running the job */
+    /* -10005 is URIO_EFORKED (issue 14) */
+    URIO_ENOHOST       = -10006, /* no such host: the name does not resolve */
+    URIO_ELIMIT        = -10007, /* read_until: no delimiter within the limit (data kept) */
+    URIO_EINCOMPLETE   = -10008, /* EOF came before the bytes asked for (data kept) */
 };
 
 /*
