@@ -59,8 +59,8 @@ urio__task_t *urio__io_task(const char *fn)
 {
     urio__task_t *t = urio__task_running();
     if (URIO_UNLIKELY(t == NULL))
-        urio__log(URIO_LOG_ERROR, "%s(): called outside a task (use %s_submit from callbacks)",
-                  fn, fn);
+        urio__log(URIO_LOG_ERROR, "%s(): called outside a task: it waits, and only a task "
+                  "can (callbacks start operations with the _submit forms of urio/io.h)", fn);
     return t;
 }
 

@@ -141,7 +141,7 @@ const char *urio__addr_format(const struct sockaddr *sa, socklen_t len, char *bu
  * failures set the message, naming the host.
  */
 int urio__resolve(const char *host, int port, bool passive, struct addrinfo **out);
-/* io release: frees the lookups whose jobs are over (all of them once the executor is shut down). */
+/* Frees the lookups whose jobs are over (all: at release, the executor is shut down). */
 void urio__resolve_sweep(urio__io_t *io, bool all);
 
 /* ------------------------------------------------------------------ */

@@ -5,10 +5,11 @@
  * accepting, let the handlers finish, cancel the rest at a deadline.
  *
  * Running out of fds (EMFILE, ENFILE) while accepting is a state, not an
- * error: the server logs one WARNING, stops accepting for a while (10 ms,
- * doubling up to 1 s), and starts again at once when one of its own
- * connections ends and frees an fd.  It never spins and never gives up; the
- * connections waiting in the backlog are accepted when fds come back.
+ * error: the server logs one WARNING (at most one a minute), stops
+ * accepting for a while (10 ms, doubling up to 1 s), and starts again at
+ * once when one of its own connections ends and frees an fd.  It never
+ * spins and never gives up; the connections waiting in the backlog are
+ * accepted when fds come back.
  *
  * A server is reference counted (loop thread): its owner's, one per accept
  * op in flight, one per connection, one per task waiting in wait_closed.
@@ -24,6 +25,8 @@
 #define BACKOFF_MIN_NS  (10u * 1000 * 1000)
 #define BACKOFF_MAX_NS  (1000u * 1000 * 1000)
 #define MAX_LISTENERS   16
+/* Out of fds: one WARNING, then silence for this long (the state is the same). */
+#define FD_WARN_EVERY_NS (60ull * 1000 * 1000 * 1000)
 
 typedef struct listener {
     struct urio_server *srv;
@@ -56,7 +59,7 @@ struct urio_server {
     int wwake;
     urio_handle_t wtimer;
     bool backing_off;            /* out of fds: accepting paused */
-    bool fd_warned;              /* this episode's WARNING was logged */
+    uint64_t fd_warned_at;       /* when the last out-of-fds WARNING was logged, or 0 */
     uint64_t backoff_ns;
     urio_handle_t backoff_timer;
     struct urio_server *next, *prev;    /* io->servers */
@@ -285,16 +288,16 @@ static void on_accept(urio__op_t *op, int res, uint32_t flags)
         } else {
             conn_start(srv, res);
             srv->backoff_ns = 0;
-            srv->fd_warned = false;     /* the next exhaustion is a new episode */
         }
     } else if (res == -EMFILE || res == -ENFILE || res == -ENOBUFS || res == -ENOMEM) {
-        if (!srv->fd_warned) {
+        uint64_t now = urio__now();
+        if (srv->fd_warned_at == 0 || now - srv->fd_warned_at >= FD_WARN_EVERY_NS) {
             char desc[300];
             describe(srv, desc, sizeof desc);
             urio__log(URIO_LOG_WARNING, "%s: accept failed: %s (%s): pausing accepting, and "
                       "resuming when file descriptors free up; connections wait in the backlog",
                       desc, urio_strerror_name(res), urio_strerror(res));
-            srv->fd_warned = true;
+            srv->fd_warned_at = now;
         }
         backoff_start(srv);
     } else if (res == -EINVAL && l->multishot) {

@@ -298,6 +298,8 @@ static void on_recv(urio__op_t *op, int res, uint32_t flags)
         urio__io_op_done(s->io);
         stream_step(s);
         urio__stream_unref(s);      /* the op's */
+    } else if (URIO_UNLIKELY(rbuffered(s) >= 2 * s->limit)) {
+        stream_step(s);             /* enough unread: stop receiving */
     }
 }
 
@@ -319,6 +321,7 @@ static void receive_update(urio_stream_t *s)
         urio__ring_t *r = ring_of(s);
         urio__bufring_t *b = s->io->no_recv_multishot ? NULL : urio__io_bufs(s->io);
         int err;
+        s->rop.complete = on_recv;
         if (b != NULL) {
             s->multishot = true;
             err = urio__op_recv_multishot(r, &s->rop, s->fd, b, 0);
@@ -334,7 +337,6 @@ static void receive_update(urio_stream_t *s)
             reader_check(s);
             return;
         }
-        s->rop.complete = on_recv;
         s->rstate = URIO__R_ARMED;
         s->refs++;
         urio__io_op_started(s->io);

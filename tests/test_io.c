@@ -568,7 +568,8 @@ static int bad_input_task(void *arg, void **res)
     assert_int_equal(urio_read(-5, buf, 8, 0, 0), -EBADF);
     assert_int_equal(urio_recv(sv[0], NULL, 8, 0, 0), -EINVAL);
     assert_int_equal(urio_send(sv[0], NULL, 1, 0, 0), -EINVAL);
-    assert_int_equal(urio_read(sv[0], buf, (size_t)-1, 0, 0), -EINVAL);     /* a "negative" length */
+    /* A "negative" length, and one over INT_MAX. */
+    assert_int_equal(urio_read(sv[0], buf, (size_t)-1, 0, 0), -EINVAL);
     assert_int_equal(urio_write(sv[0], buf, (size_t)INT_MAX + 1, 0, 0), -EINVAL);
     assert_int_equal(urio_read(sv[0], buf, 8, -2, 0), -EINVAL);
     assert_int_equal(urio_readv(sv[0], NULL, 1, 0, 0), -EINVAL);

@@ -214,7 +214,11 @@ URIO_EXPORT int urio_server_port(const urio_server_t *srv);
 /* Connections whose handler is still running. */
 URIO_EXPORT unsigned urio_server_connections(const urio_server_t *srv);
 
-/* Stops accepting (the listening sockets close); running connections go on. */
+/*
+ * Stops accepting: the accepts are cancelled and the listening sockets
+ * closed through the ring, in the loop's next turns (a connect after that
+ * is refused).  Running connections go on.
+ */
 URIO_EXPORT void urio_server_close(urio_server_t *srv);
 
 /*
