@@ -16,6 +16,8 @@
  */
 #include "io.h"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -151,8 +153,13 @@ static int conn_main(void *arg, void **result);
 static void conn_done(urio_future_t *f, void *arg);
 
 /* A new connection: its stream, and a task running the handler on it. */
-static void conn_start(urio_server_t *srv, int fd)
+static void conn_start(urio_server_t *srv, int fd, bool tcp)
 {
+    if (tcp) {
+        /* As asyncio does: a reply is not held back waiting for more to send. */
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
     urio_stream_t *s = urio__stream_wrap(srv->io, fd, srv->site);
     if (s == NULL) {
         urio__log(URIO_LOG_ERROR, "server: a connection was dropped: out of memory");
@@ -286,7 +293,7 @@ static void on_accept(urio__op_t *op, int res, uint32_t flags)
         if (srv->closed || srv->loop->closing) {
             close(res);
         } else {
-            conn_start(srv, res);
+            conn_start(srv, res, l->addr.ss_family != AF_UNIX);
             srv->backoff_ns = 0;
         }
     } else if (res == -EMFILE || res == -ENFILE || res == -ENOBUFS || res == -ENOMEM) {
