@@ -55,13 +55,10 @@ URIO_EXPORT uint64_t urio_deadline_in(uint64_t ns)
     return ns > UINT64_MAX - now ? UINT64_MAX : now + ns;
 }
 
-urio__task_t *urio__io_task(const char *fn)
+__attribute__((cold, noinline)) void urio__io_no_task(const char *fn)
 {
-    urio__task_t *t = urio__task_running();
-    if (URIO_UNLIKELY(t == NULL))
-        urio__log(URIO_LOG_ERROR, "%s(): called outside a task: it waits, and only a task "
-                  "can (callbacks start operations with the _submit forms of urio/io.h)", fn);
-    return t;
+    urio__log(URIO_LOG_ERROR, "%s(): called outside a task: it waits, and only a task "
+              "can (callbacks start operations with the _submit forms of urio/io.h)", fn);
 }
 
 /* ------------------------------------------------------------------ */

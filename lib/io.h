@@ -124,8 +124,16 @@ static inline void urio__io_op_done(urio__io_t *io)
 int urio__io_fail(int err, const char *fmt, ...) URIO_PRINTF(2, 3);
 void urio__io_clear_message(void);
 
+/* Logs that `fn` was called outside a task (cold). */
+void urio__io_no_task(const char *fn);
 /* The running task, or NULL after logging that `fn` needs one. */
-urio__task_t *urio__io_task(const char *fn);
+static inline urio__task_t *urio__io_task(const char *fn)
+{
+    urio__task_t *t = urio__task_running();
+    if (URIO_UNLIKELY(t == NULL))
+        urio__io_no_task(fn);
+    return t;
+}
 
 /* ------------------------------------------------------------------ */
 /* io_addr.c: addresses and name resolution                             */

@@ -472,7 +472,7 @@ URIO_EXPORT int urio_server_new_site(urio_server_t **out, const char *host, int 
                                      urio_conn_fn fn, void *arg, const urio_server_opts_t *opts,
                                      const urio_site_t *site)
 {
-    urio__io_t *io;
+    urio__io_t *io = NULL;
     int err = server_check(out, fn, &io, "urio_server_new");
     if (err < 0)
         return err;
@@ -537,7 +537,7 @@ URIO_EXPORT int urio_server_new_unix_site(urio_server_t **out, const char *path,
                                           void *arg, const urio_server_opts_t *opts,
                                           const urio_site_t *site)
 {
-    urio__io_t *io;
+    urio__io_t *io = NULL;
     int err = server_check(out, fn, &io, "urio_server_new_unix");
     if (err < 0)
         return err;

@@ -217,7 +217,8 @@ static int stream_park(urio_stream_t *s, urio__task_t *t, bool reader, uint64_t 
         s->reader = t;
         s->rtimer = h;
         s->rwake = 0;
-        stream_step(s);      /* a reader that wants more than is buffered may resume receiving */
+        if (s->rstate == URIO__R_IDLE)
+            stream_step(s);  /* a reader that wants more than is buffered resumes receiving */
         urio__task_park(t, reader_cancel, s);
         return s->rwake;
     }
@@ -401,16 +402,22 @@ static void on_send(urio__op_t *op, int res, uint32_t flags)
     (void)flags;
     urio_stream_t *s = urio__container_of(op, urio_stream_t, wop);
     urio__io_op_done(s->io);
-    if (res > 0) {
+    if (URIO_LIKELY(res > 0)) {
         s->out.sent += (size_t)res;
     } else if (!(res == -ECANCELED && s->aborted)) {
         write_failed(s, res < 0 ? res : -EIO);   /* (0 bytes for a non-empty send: no progress) */
     }
-    if (s->wpaused && wbuffered(s) <= s->low)
+    if (URIO_UNLIKELY(s->wpaused) && wbuffered(s) <= s->low) {
         s->wpaused = false;
-    if (!s->wpaused)
         drainer_wake(s, 0);
-    stream_step(s);
+    }
+    if (URIO_LIKELY(s->out.sent == s->out.len && s->pend.len == 0 && !s->closed &&
+                    !s->eof_asked && !s->loop->closing)) {
+        /* All sent, nothing else to do: the common case of a reply. */
+        s->out.len = s->out.sent = 0;
+    } else {
+        stream_step(s);
+    }
     urio__stream_unref(s);          /* the op's */
 }
 
@@ -724,6 +731,11 @@ URIO_EXPORT int urio_stream_write(urio_stream_t *s, const void *data, size_t n)
 
 URIO_EXPORT int urio_stream_drain(urio_stream_t *s, uint64_t deadline)
 {
+    /* The common answer, "nothing to wait for", without the full checks. */
+    urio__task_t *self = urio__task_running();
+    if (URIO_LIKELY(self != NULL && s != NULL && !s->wpaused && s->werr == 0 && !s->closed &&
+                    s->loop == self->loop))
+        return 0;
     int err;
     urio__task_t *t = read_check(s, NULL, 0, "urio_stream_drain", &err);
     if (t == NULL)
