@@ -143,12 +143,14 @@ const char *urio__addr_format(const struct sockaddr *sa, socklen_t len, char *bu
 
 /*
  * Resolves host:port in the running task: numeric hosts at once, names by
- * getaddrinfo in the loop's default executor.  host NULL or "" with passive
- * gives the wildcard addresses.  Returns: 0 with *out (freeaddrinfo it),
- * URIO_ENOHOST, -EAGAIN (a temporary failure), -ECANCELED, -EINVAL, -ENOMEM;
- * failures set the message, naming the host.
+ * getaddrinfo in the loop's default executor, waited for until deadline (0:
+ * none).  host NULL or "" with passive gives the wildcard addresses.
+ * Returns: 0 with *out (freeaddrinfo it), URIO_ENOHOST, -EAGAIN (a
+ * temporary failure), -ETIMEDOUT, -ECANCELED, -EINVAL, -ENOMEM; failures
+ * set the message, naming the host.
  */
-int urio__resolve(const char *host, int port, bool passive, struct addrinfo **out);
+int urio__resolve(const char *host, int port, bool passive, uint64_t deadline,
+                  struct addrinfo **out);
 /* Frees the lookups whose jobs are over (all: at release, the executor is shut down). */
 void urio__resolve_sweep(urio__io_t *io, bool all);
 

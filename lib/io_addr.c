@@ -120,7 +120,8 @@ void urio__resolve_sweep(urio__io_t *io, bool all)
     }
 }
 
-int urio__resolve(const char *host, int port, bool passive, struct addrinfo **out)
+int urio__resolve(const char *host, int port, bool passive, uint64_t deadline,
+                  struct addrinfo **out)
 {
     *out = NULL;
     urio__task_t *t = urio__task_running();
@@ -178,9 +179,17 @@ int urio__resolve(const char *host, int port, bool passive, struct addrinfo **ou
         return urio__io_fail(err, "resolving '%s': %s", host, urio_strerror(err));
     }
     void *v = NULL;
-    int err = urio_await(f, &v);
+    int err;
+    if (deadline == 0) {
+        err = urio_await(f, &v);
+    } else {
+        uint64_t now = urio__now();
+        err = urio_wait_for(f, deadline > now ? deadline - now : 0, &v);
+    }
     if (err == 0) {
         *out = v;
+    } else if (err == -ETIMEDOUT) {
+        urio__io_fail(err, "resolving '%s' timed out", host);
     } else if (err != -ECANCELED) {
         const char *m = urio_future_error_message(f);
         urio__io_fail(err, "%s", m ? m : urio_strerror(err));
@@ -188,7 +197,8 @@ int urio__resolve(const char *host, int port, bool passive, struct addrinfo **ou
         freeaddrinfo(v);            /* the lookup finished, but its task was cancelled */
     }
     urio_future_unref(f);
-    if (err == -ECANCELED && !atomic_load_explicit(&rs->done, memory_order_acquire)) {
+    if ((err == -ECANCELED || err == -ETIMEDOUT) &&
+        !atomic_load_explicit(&rs->done, memory_order_acquire)) {
         rs->next = io->orphans;     /* the job may still read it */
         io->orphans = rs;
     } else {

@@ -501,7 +501,7 @@ URIO_EXPORT int urio_server_new_site(urio_server_t **out, const char *host, int 
         add_listener(srv, fd);
     } else {
         struct addrinfo *ai = NULL;
-        err = urio__resolve(host, port, true, &ai);
+        err = urio__resolve(host, port, true, 0, &ai);
         if (err < 0) {
             server_discard(srv);
             return err;

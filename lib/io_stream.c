@@ -917,7 +917,7 @@ URIO_EXPORT int urio_open_connection_site(urio_stream_t **out, const char *host,
         return urio__io_fail(-EINVAL, "urio_open_connection(): port %d is out of range "
                              "(1..65535)", port);
     struct addrinfo *ai = NULL;
-    int err = urio__resolve(host, port, false, &ai);
+    int err = urio__resolve(host, port, false, deadline, &ai);
     if (err < 0)
         return err;
     char addr[80] = "?";

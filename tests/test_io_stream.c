@@ -386,6 +386,48 @@ static int unknown_host_task(void *arg, void **res)
     return 0;
 }
 
+/* A connect cancelled while its name is looked up: nothing leaks, whenever the lookup ends. */
+static int resolving(void *arg, void **res)
+{
+    (void)res;
+    urio_stream_t *c = NULL;
+    int err = urio_open_connection(&c, "localhost", (int)(intptr_t)arg, 0);
+    if (err == 0)
+        urio_stream_close(c);
+    return err;
+}
+
+static int cancel_lookup_task(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    urio_server_t *srv;
+    assert_int_equal(urio_server_new(&srv, "127.0.0.1", 0, echo, NULL, NULL), 0);
+    void *port = (void *)(intptr_t)urio_server_port(srv);
+    /* Cancelled at once (the lookup's job queued), and a little later (running or done). */
+    for (int delay = 0; delay < 3; delay++) {
+        urio_future_t *t = urio_spawn(urio_loop_current(), resolving, port);
+        if (delay)
+            urio_sleep((uint64_t)delay * 100 * US);
+        else
+            urio_yield();
+        urio_future_cancel(t);
+        int err = urio_await(t, NULL);
+        assert_true(err == -ECANCELED || err == 0);
+        urio_future_unref(t);
+    }
+    server_done(srv);
+    return 0;
+}
+
+static void test_io_stream_cancel_during_lookup(void **state)
+{
+    (void)state;
+    int fds = test_count_fds();
+    assert_int_equal(test_run_task(cancel_lookup_task, NULL), 0);
+    assert_fds(fds);
+}
+
 static void test_io_stream_unknown_host(void **state)
 {
     (void)state;
@@ -1006,6 +1048,7 @@ int main(void)
         URIO_TEST(test_io_stream_connect_refused),
         URIO_TEST(test_io_stream_connect_timeout),
         URIO_TEST(test_io_stream_unknown_host),
+        URIO_TEST(test_io_stream_cancel_during_lookup),
         URIO_TEST(test_io_stream_read_limits),
         URIO_TEST(test_io_stream_backpressure),
         URIO_TEST(test_io_stream_read_pauses),
