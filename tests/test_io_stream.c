@@ -932,12 +932,26 @@ static int leaky_task(void *arg, void **res)
     return 0;       /* neither closed */
 }
 
+/* A server freed without being closed: reported at the free. */
+static int free_unclosed_task(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    urio_server_t *srv;
+    assert_int_equal(urio_server_new(&srv, "127.0.0.1", 0, echo, NULL, NULL), 0);
+    urio_server_free(srv);
+    assert_log_contains("unclosed <urio_server 127.0.0.1:");
+    return 0;
+}
+
 static void test_io_stream_unclosed_reported(void **state)
 {
     (void)state;
     int fds = test_count_fds();
     test_log_capture();
     urio_loop_opts_t o = { .debug = 1 };
+    assert_int_equal(test_run_task_opts(free_unclosed_task, NULL, &o), 0);
+    test_log_capture();
     assert_int_equal(test_run_task_opts(leaky_task, NULL, &o), 0);
     assert_log_contains("unclosed <urio_stream fd=");
     assert_log_contains("peer=127.0.0.1:");
