@@ -17,7 +17,8 @@ LAYERS = {
     "future": ["base", "core"],
     "task": ["base", "core", "future"],
     "exec": ["base", "core", "future"],
-    "io": ["base", "core", "future", "task"],
+    # io resolves names with getaddrinfo in the default executor, as asyncio does
+    "io": ["base", "core", "future", "task", "exec"],
     "procpool": ["base", "core", "future", "exec"],
 }
 FILES = {
@@ -29,6 +30,7 @@ FILES = {
     "executor": "exec", "thread_pool": "exec",
     "process_frame": "procpool", "process_worker": "procpool", "process_spawn": "procpool",
     "process_pool": "procpool",
+    "io": "io",
     "arch_": "task",
 }
 
