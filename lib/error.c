@@ -19,6 +19,9 @@ static const struct {
       "A process-pool worker died while running the job" },
     { URIO_EFORKED, "URIO_EFORKED",
       "The event loop belongs to the parent process (inherited through fork)" },
+    { URIO_ENOHOST, "URIO_ENOHOST", "No such host" },
+    { URIO_ELIMIT, "URIO_ELIMIT", "Separator not found within the limit" },
+    { URIO_EINCOMPLETE, "URIO_EINCOMPLETE", "End of stream before the bytes asked for" },
 };
 
 static int find_code(int err)

@@ -11,6 +11,8 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -188,6 +190,30 @@ int urio__ring_bind(urio__ring_t *r)
     return 0;
 }
 
+bool urio__ring_is_issuer(const urio__ring_t *r)
+{
+    return r->enabled && (!r->single_issuer || r->issuer == urio__thread_token());
+}
+
+bool urio__ring_has_op(urio__ring_t *r, unsigned opcode)
+{
+    if (opcode >= 256)
+        return false;
+    if (!r->probed) {
+        if (urio__ring_bind(r) < 0)
+            return true;        /* not ours to probe: let the op's own -EINVAL tell */
+        struct io_uring_probe *p = io_uring_get_probe_ring(&r->uring);
+        if (p == NULL)
+            return true;
+        for (unsigned i = 0; i <= p->last_op && i < p->ops_len && i < 256; i++)
+            if (p->ops[i].flags & IO_URING_OP_SUPPORTED)
+                r->ops_supported[i / 64] |= 1ull << (i % 64);
+        io_uring_free_probe(p);
+        r->probed = true;
+    }
+    return (r->ops_supported[opcode / 64] >> (opcode % 64)) & 1;
+}
+
 /* ------------------------------------------------------------------ */
 /* Ops                                                                  */
 
@@ -315,12 +341,49 @@ int urio__op_cancel(urio__ring_t *r, urio__op_t *op)
     do {                                                                            \
         int err_ = 0;                                                               \
         struct io_uring_sqe *sqe = urio__op_sqe((r), (op), &err_);                  \
-        if (sqe == NULL)                                                            \
+        if (sqe == NULL) {                                                          \
+            (r)->next_deadline = NULL;                                              \
             return err_;                                                            \
+        }                                                                           \
         prep;                                                                       \
         io_uring_sqe_set_data64(sqe, op_user_data((r), (op)->slot));                \
+        if (URIO_UNLIKELY((r)->next_deadline != NULL))                              \
+            link_deadline((r), sqe);                                                \
         return 0;                                                                   \
     } while (0)
+
+int urio__ring_deadline_next(urio__ring_t *r, struct __kernel_timespec *ts)
+{
+    /* Both SQEs in one submission: a link whose timeout came later would not be linked. */
+    if (io_uring_sq_space_left(&r->uring) < 2) {
+        int ret = make_room(r);
+        if (ret < 0)
+            return ret;
+        if (io_uring_sq_space_left(&r->uring) < 2)
+            return -EBUSY;
+    }
+    r->next_deadline = ts;
+    return 0;
+}
+
+/*
+ * Links a timeout to sqe, just prepared: urio__ring_deadline_next made room,
+ * and nothing was submitted since, so the next SQE follows it in the SQ.
+ * The timeout's CQE carries user_data 0: ignored.
+ */
+static void link_deadline(urio__ring_t *r, struct io_uring_sqe *sqe)
+{
+    struct __kernel_timespec *ts = r->next_deadline;
+    r->next_deadline = NULL;
+    struct io_uring_sqe *t = io_uring_get_sqe(&r->uring);
+    URIO_ASSERT(t != NULL);
+    if (t == NULL)
+        return;     /* can't happen (room was made): the op runs without its deadline */
+    sqe->flags |= IOSQE_IO_LINK;
+    io_uring_prep_link_timeout(t, ts, IORING_TIMEOUT_ABS);
+    io_uring_sqe_set_data64(t, 0);
+    r->sq_pending++;
+}
 
 int urio__op_nop(urio__ring_t *r, urio__op_t *op)
 {
@@ -342,6 +405,201 @@ int urio__op_write(urio__ring_t *r, urio__op_t *op, int fd, const void *buf, uns
                    uint64_t off)
 {
     PREP_OP(r, op, io_uring_prep_write(sqe, fd, buf, len, off));
+}
+
+int urio__op_recv(urio__ring_t *r, urio__op_t *op, int fd, void *buf, unsigned len, int flags)
+{
+    PREP_OP(r, op, io_uring_prep_recv(sqe, fd, buf, len, flags));
+}
+
+int urio__op_send(urio__ring_t *r, urio__op_t *op, int fd, const void *buf, unsigned len,
+                  int flags)
+{
+    PREP_OP(r, op, io_uring_prep_send(sqe, fd, buf, len, flags));
+}
+
+int urio__op_sendmsg(urio__ring_t *r, urio__op_t *op, int fd, const struct msghdr *msg,
+                     unsigned flags)
+{
+    PREP_OP(r, op, io_uring_prep_sendmsg(sqe, fd, msg, flags));
+}
+
+int urio__op_recvmsg(urio__ring_t *r, urio__op_t *op, int fd, struct msghdr *msg,
+                     unsigned flags)
+{
+    PREP_OP(r, op, io_uring_prep_recvmsg(sqe, fd, msg, flags));
+}
+
+int urio__op_poll(urio__ring_t *r, urio__op_t *op, int fd, unsigned mask)
+{
+    PREP_OP(r, op, io_uring_prep_poll_add(sqe, fd, mask));
+}
+
+int urio__op_readv(urio__ring_t *r, urio__op_t *op, int fd, const struct iovec *iov,
+                   unsigned n, uint64_t off)
+{
+    PREP_OP(r, op, io_uring_prep_readv(sqe, fd, iov, n, off));
+}
+
+int urio__op_writev(urio__ring_t *r, urio__op_t *op, int fd, const struct iovec *iov,
+                    unsigned n, uint64_t off)
+{
+    PREP_OP(r, op, io_uring_prep_writev(sqe, fd, iov, n, off));
+}
+
+int urio__op_accept(urio__ring_t *r, urio__op_t *op, int fd, struct sockaddr *addr,
+                    socklen_t *addrlen, int flags, bool multishot)
+{
+    if (multishot)
+        PREP_OP(r, op, io_uring_prep_multishot_accept(sqe, fd, addr, addrlen, flags));
+    PREP_OP(r, op, io_uring_prep_accept(sqe, fd, addr, addrlen, flags));
+}
+
+int urio__op_connect(urio__ring_t *r, urio__op_t *op, int fd, const struct sockaddr *addr,
+                     socklen_t addrlen)
+{
+    PREP_OP(r, op, io_uring_prep_connect(sqe, fd, addr, addrlen));
+}
+
+int urio__op_socket(urio__ring_t *r, urio__op_t *op, int domain, int type, int protocol)
+{
+    PREP_OP(r, op, io_uring_prep_socket(sqe, domain, type, protocol, 0));
+}
+
+/*
+ * bind and listen, as liburing 2.7 prepares them: bind's address in addr
+ * and its length in addr2 (the offset's field); listen's backlog in len.
+ */
+int urio__op_bind(urio__ring_t *r, urio__op_t *op, int fd, const struct sockaddr *addr,
+                  socklen_t addrlen)
+{
+    PREP_OP(r, op, io_uring_prep_rw((int)URIO__OP_BIND, sqe, fd, addr, 0, addrlen));
+}
+
+int urio__op_listen(urio__ring_t *r, urio__op_t *op, int fd, int backlog)
+{
+    PREP_OP(r, op, io_uring_prep_rw((int)URIO__OP_LISTEN, sqe, fd, NULL, (unsigned)backlog, 0));
+}
+
+int urio__op_shutdown(urio__ring_t *r, urio__op_t *op, int fd, int how)
+{
+    PREP_OP(r, op, io_uring_prep_shutdown(sqe, fd, how));
+}
+
+int urio__op_close(urio__ring_t *r, urio__op_t *op, int fd)
+{
+    PREP_OP(r, op, io_uring_prep_close(sqe, fd));
+}
+
+int urio__op_openat(urio__ring_t *r, urio__op_t *op, int dfd, const char *path, int flags,
+                    unsigned mode)
+{
+    PREP_OP(r, op, io_uring_prep_openat(sqe, dfd, path, flags, mode));
+}
+
+int urio__op_fsync(urio__ring_t *r, urio__op_t *op, int fd, unsigned flags)
+{
+    PREP_OP(r, op, io_uring_prep_fsync(sqe, fd, flags));
+}
+
+int urio__op_fallocate(urio__ring_t *r, urio__op_t *op, int fd, int mode, uint64_t off,
+                       uint64_t len)
+{
+    PREP_OP(r, op, io_uring_prep_fallocate(sqe, fd, mode, off, len));
+}
+
+int urio__op_statx(urio__ring_t *r, urio__op_t *op, int dfd, const char *path, int flags,
+                   unsigned mask, struct statx *out)
+{
+    PREP_OP(r, op, io_uring_prep_statx(sqe, dfd, path, flags, mask, out));
+}
+
+int urio__op_unlinkat(urio__ring_t *r, urio__op_t *op, int dfd, const char *path, int flags)
+{
+    PREP_OP(r, op, io_uring_prep_unlinkat(sqe, dfd, path, flags));
+}
+
+int urio__op_renameat(urio__ring_t *r, urio__op_t *op, int olddfd, const char *oldpath,
+                      int newdfd, const char *newpath, unsigned flags)
+{
+    PREP_OP(r, op, io_uring_prep_renameat(sqe, olddfd, oldpath, newdfd, newpath, flags));
+}
+
+int urio__op_mkdirat(urio__ring_t *r, urio__op_t *op, int dfd, const char *path, unsigned mode)
+{
+    PREP_OP(r, op, io_uring_prep_mkdirat(sqe, dfd, path, mode));
+}
+
+int urio__op_recv_multishot(urio__ring_t *r, urio__op_t *op, int fd, const urio__bufring_t *b,
+                            int flags)
+{
+    PREP_OP(r, op, {
+        io_uring_prep_recv_multishot(sqe, fd, NULL, 0, flags);
+        sqe->flags |= IOSQE_BUFFER_SELECT;
+        sqe->buf_group = b->bgid;
+    });
+}
+
+/* ------------------------------------------------------------------ */
+/* Provided buffers                                                     */
+
+int urio__bufring_init(urio__ring_t *r, urio__bufring_t *b, uint16_t bgid, uint32_t nbufs,
+                       uint32_t buf_size)
+{
+    memset(b, 0, sizeof *b);
+    if (nbufs == 0 || nbufs > 32768 || (nbufs & (nbufs - 1)) != 0 || buf_size == 0)
+        return -EINVAL;
+    int ret = urio__ring_bind(r);
+    if (ret < 0)
+        return ret;
+    /* The entries first, page-aligned as the kernel wants, then the buffers. */
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t ring_size = ((size_t)nbufs * sizeof(struct io_uring_buf) + page - 1) & ~(page - 1);
+    size_t size = ring_size + (size_t)nbufs * buf_size;
+    void *map = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (map == MAP_FAILED)
+        return -ENOMEM;
+    b->map = map;
+    b->map_size = size;
+    b->br = map;
+    b->bufs = (unsigned char *)map + ring_size;
+    b->nbufs = nbufs;
+    b->buf_size = buf_size;
+    b->bgid = bgid;
+    io_uring_buf_ring_init(b->br);
+    struct io_uring_buf_reg reg;
+    memset(&reg, 0, sizeof reg);
+    reg.ring_addr = (uint64_t)(uintptr_t)b->br;
+    reg.ring_entries = nbufs;
+    reg.bgid = bgid;
+    ret = io_uring_register_buf_ring(&r->uring, &reg, 0);
+    if (ret < 0) {
+        munmap(map, size);
+        memset(b, 0, sizeof *b);
+        return ret;
+    }
+    b->registered = true;
+    int mask = io_uring_buf_ring_mask(nbufs);
+    for (uint32_t i = 0; i < nbufs; i++)
+        io_uring_buf_ring_add(b->br, urio__bufring_buf(b, i), buf_size, (unsigned short)i,
+                              mask, (int)i);
+    io_uring_buf_ring_advance(b->br, (int)nbufs);
+    return 0;
+}
+
+void urio__bufring_exit(urio__ring_t *r, urio__bufring_t *b)
+{
+    if (b->map == NULL)
+        return;
+    /*
+     * No receive is in flight by now (the ring was drained, or had nothing
+     * in flight), so the kernel picks no more buffers; unregister where
+     * this thread may, and the ring's teardown forgets the group otherwise.
+     */
+    if (b->registered && urio__ring_is_issuer(r))
+        io_uring_unregister_buf_ring(&r->uring, b->bgid);
+    munmap(b->map, b->map_size);
+    memset(b, 0, sizeof *b);
 }
 
 /* ------------------------------------------------------------------ */
@@ -482,24 +740,4 @@ void urio__ring_abandon(urio__ring_t *r)
     }
     urio__free(r->ops);
     r->ops = NULL;
-}
-
-/* ------------------------------------------------------------------ */
-/* Process pool ops: the workers' channels and exits                    */
-
-int urio__op_sendmsg(urio__ring_t *r, urio__op_t *op, int fd, const struct msghdr *msg,
-                     unsigned flags)
-{
-    PREP_OP(r, op, io_uring_prep_sendmsg(sqe, fd, msg, flags));
-}
-
-int urio__op_recvmsg(urio__ring_t *r, urio__op_t *op, int fd, struct msghdr *msg,
-                     unsigned flags)
-{
-    PREP_OP(r, op, io_uring_prep_recvmsg(sqe, fd, msg, flags));
-}
-
-int urio__op_poll(urio__ring_t *r, urio__op_t *op, int fd, unsigned mask)
-{
-    PREP_OP(r, op, io_uring_prep_poll_add(sqe, fd, mask));
 }

@@ -52,6 +52,9 @@ typedef struct urio__ring {
     uint64_t enters;                 /* io_uring_enter calls made (statistics) */
     uint64_t cqes;                   /* CQEs reaped */
     uint32_t last_reaped;            /* CQEs reaped by the last urio__ring_reap */
+    struct __kernel_timespec *next_deadline;   /* urio__ring_deadline_next's, for the next typed op */
+    bool probed;                     /* ops[] below was filled in */
+    uint64_t ops_supported[4];       /* bit n: opcode n is supported (io_uring_get_probe_ring) */
 } urio__ring_t;
 
 int  urio__ring_init(urio__ring_t *r, unsigned entries);
@@ -93,6 +96,18 @@ void urio__ring_drain(urio__ring_t *r);
  */
 void urio__ring_abandon(urio__ring_t *r);
 /*
+ * True if the calling thread may enter the ring: it is enabled and this is
+ * its issuer, or it has no single issuer.  Binds nothing (see urio__ring_bind).
+ */
+bool urio__ring_is_issuer(const urio__ring_t *r);
+/*
+ * True if the kernel supports `opcode` (IORING_OP_*), probed once per ring
+ * (io_uring_get_probe_ring) the first time it is asked, on the issuer's
+ * thread (binding the ring to the caller).  Unprobeable rings answer true
+ * and leave the op's -EINVAL to tell.
+ */
+bool urio__ring_has_op(urio__ring_t *r, unsigned opcode);
+/*
  * True if completions may be waiting without an enter: always on rings
  * without DEFER_TASKRUN, where the kernel posts them at any time.
  */
@@ -114,16 +129,112 @@ int urio__op_write(urio__ring_t *r, urio__op_t *op, int fd, const void *buf, uns
                    uint64_t off);
 
 /*
- * Typed ops of the process pool (its workers' channels and exits), kept in
- * one block.  sendmsg and recvmsg: the msghdr, its iovecs and its control
- * buffer stay the owner's until op's CQE.  poll: a one-shot poll of fd for
- * `mask` (POLLIN...); res is the events that fired.
+ * A deadline for the next typed op submitted on r: a linked timeout
+ * (IORING_OP_LINK_TIMEOUT, absolute, on CLOCK_MONOTONIC: urio_loop_time's
+ * clock).  When it passes first, the op completes with -ECANCELED; the
+ * timeout's own CQE is ignored.  Room for both SQEs is made now, so the pair
+ * never splits across two submissions.  The kernel reads *ts when the SQEs
+ * are submitted (the next enter): keep it in the op's owner.  If the next
+ * typed op fails, the deadline is dropped with it.
+ * Returns: 0, or a negative errno (no deadline armed).
  */
-struct msghdr;
+int urio__ring_deadline_next(urio__ring_t *r, struct __kernel_timespec *ts);
+
+/*
+ * Typed ops of the I/O layer (lib/io*.c) and the process pool.  Same rules: every pointer the op
+ * is given (buffers, iovecs, msghdrs, sockaddrs, paths, statx) stays the
+ * owner's and alive until op's final CQE.  res is what the system call of
+ * the same name returns (a count, an fd, 0), or a negative errno.
+ */
+#define URIO__OP_BIND   56u     /* IORING_OP_BIND, 6.11: newer than Debian 12's headers */
+#define URIO__OP_LISTEN 57u     /* IORING_OP_LISTEN, 6.11 */
+struct statx;
+int urio__op_recv(urio__ring_t *r, urio__op_t *op, int fd, void *buf, unsigned len, int flags);
+int urio__op_send(urio__ring_t *r, urio__op_t *op, int fd, const void *buf, unsigned len,
+                  int flags);
 int urio__op_sendmsg(urio__ring_t *r, urio__op_t *op, int fd, const struct msghdr *msg,
                      unsigned flags);
 int urio__op_recvmsg(urio__ring_t *r, urio__op_t *op, int fd, struct msghdr *msg,
                      unsigned flags);
+/* A one-shot poll of fd for `mask` (POLLIN...); res is the events that fired. */
 int urio__op_poll(urio__ring_t *r, urio__op_t *op, int fd, unsigned mask);
+int urio__op_readv(urio__ring_t *r, urio__op_t *op, int fd, const struct iovec *iov,
+                   unsigned n, uint64_t off);
+int urio__op_writev(urio__ring_t *r, urio__op_t *op, int fd, const struct iovec *iov,
+                    unsigned n, uint64_t off);
+/* accept4(fd, addr, len, flags); with multishot, one CQE per connection (F_MORE while armed). */
+int urio__op_accept(urio__ring_t *r, urio__op_t *op, int fd, struct sockaddr *addr,
+                    socklen_t *addrlen, int flags, bool multishot);
+int urio__op_connect(urio__ring_t *r, urio__op_t *op, int fd, const struct sockaddr *addr,
+                     socklen_t addrlen);
+int urio__op_socket(urio__ring_t *r, urio__op_t *op, int domain, int type, int protocol);
+/* bind and listen: IORING_OP_BIND / LISTEN (6.11), filled in by hand (liburing 2.3 lacks them). */
+int urio__op_bind(urio__ring_t *r, urio__op_t *op, int fd, const struct sockaddr *addr,
+                  socklen_t addrlen);
+int urio__op_listen(urio__ring_t *r, urio__op_t *op, int fd, int backlog);
+int urio__op_shutdown(urio__ring_t *r, urio__op_t *op, int fd, int how);
+int urio__op_close(urio__ring_t *r, urio__op_t *op, int fd);
+int urio__op_openat(urio__ring_t *r, urio__op_t *op, int dfd, const char *path, int flags,
+                    unsigned mode);
+/* fsync(2) (flags 0) or fdatasync(2) (IORING_FSYNC_DATASYNC). */
+int urio__op_fsync(urio__ring_t *r, urio__op_t *op, int fd, unsigned flags);
+int urio__op_fallocate(urio__ring_t *r, urio__op_t *op, int fd, int mode, uint64_t off,
+                       uint64_t len);
+int urio__op_statx(urio__ring_t *r, urio__op_t *op, int dfd, const char *path, int flags,
+                   unsigned mask, struct statx *out);
+int urio__op_unlinkat(urio__ring_t *r, urio__op_t *op, int dfd, const char *path, int flags);
+int urio__op_renameat(urio__ring_t *r, urio__op_t *op, int olddfd, const char *oldpath,
+                      int newdfd, const char *newpath, unsigned flags);
+int urio__op_mkdirat(urio__ring_t *r, urio__op_t *op, int dfd, const char *path, unsigned mode);
+
+/*
+ * A ring of provided buffers (IORING_REGISTER_PBUF_RING, 5.19): the kernel
+ * picks a free buffer for each receive of an op submitted with its group
+ * (urio__op_recv_multishot), and the CQE names it (IORING_CQE_F_BUFFER, the
+ * id in the flags' upper 16 bits).  The owner gives each buffer back with
+ * urio__bufring_recycle once it has copied the data out.  One mapping holds
+ * the ring's entries and the buffers; liburing 2.3 has no
+ * io_uring_setup_buf_ring, so ring.c maps and registers it by hand.
+ * Loop thread only.
+ */
+typedef struct urio__bufring {
+    struct io_uring_buf_ring *br;    /* the entries, shared with the kernel */
+    unsigned char *bufs;             /* nbufs buffers of buf_size bytes */
+    void *map;
+    size_t map_size;
+    uint32_t nbufs, buf_size;
+    uint16_t bgid;
+    bool registered;
+} urio__bufring_t;
+
+/*
+ * Maps nbufs (a power of two, at most 32768) buffers of buf_size bytes,
+ * registers them as group bgid and hands them all to the kernel.
+ * Returns: 0; -EINVAL (sizes); -ENOMEM; the kernel's error (-EINVAL before
+ * 5.19: the caller falls back to plain receives).
+ */
+int  urio__bufring_init(urio__ring_t *r, urio__bufring_t *b, uint16_t bgid, uint32_t nbufs,
+                        uint32_t buf_size);
+/* Unregisters (when r is still usable from this thread) and unmaps b. */
+void urio__bufring_exit(urio__ring_t *r, urio__bufring_t *b);
+static inline unsigned char *urio__bufring_buf(const urio__bufring_t *b, uint32_t bid)
+{
+    return b->bufs + (size_t)bid * b->buf_size;
+}
+/* Gives buffer bid back to the kernel. */
+static inline void urio__bufring_recycle(urio__bufring_t *b, uint32_t bid)
+{
+    io_uring_buf_ring_add(b->br, urio__bufring_buf(b, bid), b->buf_size, (unsigned short)bid,
+                          io_uring_buf_ring_mask(b->nbufs), 0);
+    io_uring_buf_ring_advance(b->br, 1);
+}
+/*
+ * A multishot receive (IORING_RECV_MULTISHOT, 6.0) into b's buffers: one CQE
+ * per chunk received, F_MORE while it stays armed; a CQE without it (EOF's
+ * 0, an error, -ENOBUFS when b ran dry) ends it.  A kernel without multishot
+ * receive ends it at once with -EINVAL.
+ */
+int urio__op_recv_multishot(urio__ring_t *r, urio__op_t *op, int fd, const urio__bufring_t *b,
+                            int flags);
 
 #endif

@@ -88,6 +88,14 @@ void urio__stack_free(urio__task_stack_t *st)
 #ifdef URIO_VALGRIND
     VALGRIND_STACK_DEREGISTER(st->valgrind_id);
 #endif
+#ifdef URIO_ASAN
+    /*
+     * A task destroyed while suspended leaves its frames' redzones poisoned,
+     * and ASan keeps the shadow of unmapped memory: a later mapping at the
+     * same address (a new stack) would inherit it and fault at its first frame.
+     */
+    __asan_unpoison_memory_region(st->base, st->size);
+#endif
     munmap(st->map, st->map_size);
     urio__free(st);
 }

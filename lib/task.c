@@ -441,6 +441,12 @@ static bool task_cancel(urio_future_t *f, char *msg)
     if (t->awaiting != NULL) {
         /* Blocked in an await: cancel what it waits on; its completion resumes the task. */
         urio__future_cancel_take(t->awaiting, t->cancel_msg ? urio__strdup(t->cancel_msg) : NULL);
+    } else if (t->parked) {
+        /* Parked in I/O: the I/O layer stops the op; its final CQE unparks the task. */
+        urio__cancel_hook_fn hook = t->park_cancel;
+        t->park_cancel = NULL;
+        if (hook)
+            hook(t->park_arg);
     } else if (t->sleep_timer.id != 0) {
         /* Asleep: stop the timer and wake it now. */
         urio_handle_cancel(t->loop, t->sleep_timer);
@@ -621,6 +627,41 @@ URIO_EXPORT int urio_sleep(uint64_t ns)
     /* Resumed by the timer, or early by a cancel (which cancelled the timer). */
     t->sleep_timer.id = 0;
     return urio__task_cancel_pending(t) ? -ECANCELED : 0;
+}
+
+int urio__task_reserve_wake(urio__task_t *t)
+{
+    return urio__ready_reserve(&t->loop->ready);
+}
+
+void urio__task_release_wake(urio__task_t *t)
+{
+    urio__ready_unreserve(&t->loop->ready);
+}
+
+void urio__task_park(urio__task_t *t, urio__cancel_hook_fn on_cancel, void *arg)
+{
+    t->park_cancel = on_cancel;
+    t->park_arg = arg;
+    t->parked = true;
+    t->state = URIO__TASK_SUSPENDED;
+    switch_out(t, false);
+    t->park_cancel = NULL;
+}
+
+void urio__task_unpark(urio__task_t *t)
+{
+    if (!t->parked)
+        return;
+    t->parked = false;
+    urio_loop_t *loop = t->loop;
+    if (URIO_UNLIKELY(loop->closing)) {
+        /* Never resumed: the tasks' release hook destroys it. */
+        urio__ready_unreserve(&loop->ready);
+        return;
+    }
+    urio_future_ref(t->self);       /* the step's */
+    urio__ready_push_reserved(&loop->ready, task_step, t, &step_kind);
 }
 
 URIO_EXPORT int urio_yield(void)
@@ -813,6 +854,10 @@ static void tasks_release(urio_loop_t *loop, void *state)
         urio_loop_call_exception_handler(loop, &ctx);
         urio__free(tb);
         task_list_remove(t);
+        if (t->parked) {
+            urio__ready_unreserve(&loop->ready);    /* its wake-up will never come */
+            t->parked = false;
+        }
         if (t->awaiting) {
             urio_future_remove_done_callback(t->awaiting, await_done, t);
             urio_future_unref(t->awaiting);

@@ -14,6 +14,7 @@
 #include "arch/switch.h"
 
 #ifdef URIO_ASAN
+void __asan_unpoison_memory_region(void const volatile *addr, size_t size);
 void __sanitizer_start_switch_fiber(void **fake_stack_save, const void *bottom, size_t size);
 void __sanitizer_finish_switch_fiber(void *fake_stack_save, const void **bottom_old,
                                      size_t *size_old);
@@ -148,6 +149,9 @@ typedef struct urio__task {
     urio_future_t *awaiting;     /* the future it is blocked on, with a reference */
     urio_handle_t sleep_timer;   /* in urio_sleep: the timer that resumes it */
     urio_future_t *proxy;        /* run_coroutine_threadsafe's future mirroring it, or NULL */
+    urio__cancel_hook_fn park_cancel;   /* parked (urio__task_park): told of a cancel, once */
+    void *park_arg;
+    bool parked;                 /* parked, and room for its wake-up step is reserved */
     struct urio__task *next, *prev;   /* the loop's live tasks; then the failed list */
     atomic_bool failed_listed;   /* on its loop's failed list (whoever clears it unlinks) */
     uint8_t state;               /* enum urio__task_state */
@@ -200,6 +204,21 @@ static inline bool urio__task_cancel_pending(const urio__task_t *t)
 
 /* dump.c: installs the URIO_DUMP_SIGNAL handler, once per process. */
 void urio__dump_signal_setup(void);
+/*
+ * Parking: how the I/O layer waits for an op's final CQE or a stream's data
+ * without a future.  First reserve room for the wake-up step (so unparking
+ * cannot fail), then start the work, then park; if the work could not start,
+ * give the room back instead.  A cancel of the task while it is parked (and
+ * not shielded) calls on_cancel(arg) once: the hook asks the kernel to stop,
+ * or unparks the task itself; either way the task stays parked until
+ * urio__task_unpark.  A task still parked when its loop closes is destroyed
+ * there, never resumed.  Loop thread only.
+ */
+int  urio__task_reserve_wake(urio__task_t *t);   /* 0 or -ENOMEM */
+void urio__task_release_wake(urio__task_t *t);
+void urio__task_park(urio__task_t *t, urio__cancel_hook_fn on_cancel, void *arg);
+/* Schedules the parked task t's next step; harmless if t is not parked. */
+void urio__task_unpark(urio__task_t *t);
 
 /* run.c: the task ended (or is destroyed at close): settles the run_coroutine_threadsafe future. */
 void urio__proxy_task_ended(urio__task_t *t);

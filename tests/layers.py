@@ -17,7 +17,8 @@ LAYERS = {
     "future": ["base", "core"],
     "task": ["base", "core", "future"],
     "exec": ["base", "core", "future"],
-    "io": ["base", "core", "future", "task"],
+    # io resolves names with getaddrinfo in the default executor, as asyncio does
+    "io": ["base", "core", "future", "task", "exec"],
     "procpool": ["base", "core", "future", "exec"],
     # urio_run (asyncio.run): over tasks and executors (it shuts the default one down)
     "runner": ["base", "core", "future", "task", "exec"],
@@ -32,6 +33,7 @@ FILES = {
     "process_frame": "procpool", "process_worker": "procpool", "process_spawn": "procpool",
     "process_pool": "procpool",
     "runner": "runner",
+    "io": "io",
     "arch_": "task",
 }
 

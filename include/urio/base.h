@@ -40,6 +40,9 @@ enum {
     URIO_ESTOPPED      = -10003, /* the loop stopped before the future completed */
     URIO_EBROKENWORKER = -10004, /* a process-pool worker died while running the job */
     URIO_EFORKED       = -10005, /* the loop belongs to the parent process (inherited by fork) */
+    URIO_ENOHOST       = -10006, /* no such host: the name does not resolve */
+    URIO_ELIMIT        = -10007, /* read_until: no delimiter within the limit (data kept) */
+    URIO_EINCOMPLETE   = -10008, /* EOF came before the bytes asked for (data kept) */
 };
 
 /*
