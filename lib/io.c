@@ -51,7 +51,9 @@ int urio__io_fail(int err, const char *fmt, ...)
 
 URIO_EXPORT uint64_t urio_deadline_in(uint64_t ns)
 {
-    uint64_t now = urio__now();
+    /* On the running loop's clock (a virtual clock's included). */
+    urio_loop_t *loop = urio_loop_current();
+    uint64_t now = loop != NULL ? urio__loop_now(loop) : urio__now();
     return ns > UINT64_MAX - now ? UINT64_MAX : now + ns;
 }
 
@@ -197,8 +199,11 @@ static int req_start(urio__io_t *io, urio__io_req_t *rq)
     rq->io = io;
     rq->op.complete = req_complete;
     if (a->deadline != 0) {
-        rq->ts.tv_sec = (int64_t)(a->deadline / 1000000000u);
-        rq->ts.tv_nsec = (long long)(a->deadline % 1000000000u);
+        /* The kernel's clock is the real one: take back a virtual clock's jumps. */
+        uint64_t off = atomic_load_explicit(&io->loop->clock_offset, memory_order_relaxed);
+        uint64_t real = a->deadline > off ? a->deadline - off : 1;
+        rq->ts.tv_sec = (int64_t)(real / 1000000000u);
+        rq->ts.tv_nsec = (long long)(real % 1000000000u);
         int err = urio__ring_deadline_next(r, &rq->ts);
         if (err < 0)
             return err;

@@ -183,7 +183,7 @@ int urio__resolve(const char *host, int port, bool passive, uint64_t deadline,
     if (deadline == 0) {
         err = urio_await(f, &v);
     } else {
-        uint64_t now = urio__now();
+        uint64_t now = urio__loop_now(urio_future_loop(f));
         err = urio_wait_for(f, deadline > now ? deadline - now : 0, &v);
     }
     if (err == 0) {

@@ -83,6 +83,9 @@ struct urio_loop {
     uint32_t fork_gen;           /* urio__fork_gen when made: another value in a forked child */
     uint64_t slow_ns;
     uint64_t timer_slack_ns;     /* how late a wake-up for a timer may be */
+    _Atomic uint64_t clock_offset;   /* virtual clock: how far loop time ran ahead of the real
+                                        one (written by the loop, read by any thread) */
+    bool virtual_clock;          /* jump to the next timer instead of sleeping for it */
     urio__describe_fn attrib_describe;   /* debug mode: see urio__describe_fn */
     const void *attrib_obj;
     void (*attrib_release)(const void *obj);   /* drops the hold on attrib_obj, or NULL */
@@ -152,6 +155,16 @@ static inline void urio__loop_want_step_end(urio_loop_t *loop, int index)
 static inline void urio__loop_want_before_sleep(urio_loop_t *loop, int index)
 {
     loop->sleep_flags |= 1u << index;
+}
+
+/*
+ * The loop's time (urio_loop_time): the monotonic clock, plus what a virtual
+ * clock's jumps added.  Deadlines the kernel sees (linked timeouts) are
+ * real: subtract clock_offset.
+ */
+static inline uint64_t urio__loop_now(const urio_loop_t *loop)
+{
+    return urio__now() + atomic_load_explicit(&loop->clock_offset, memory_order_relaxed);
 }
 
 /*

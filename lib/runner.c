@@ -19,7 +19,8 @@ URIO_EXPORT int urio_run(urio_coro_t *main, const urio_run_opts_t *opts, void **
         urio__log(URIO_LOG_ERROR, "urio_run(): cannot be called from a running event loop");
         return -EBUSY;
     }
-    urio_loop_opts_t lo = { .debug = opts ? opts->debug : 0 };
+    urio_loop_opts_t lo = { .debug = opts ? opts->debug : 0,
+                            .virtual_clock = opts ? opts->virtual_clock : false };
     urio_loop_t *loop;
     int ret = urio_loop_new(&loop, &lo);
     if (ret < 0) {

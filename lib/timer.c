@@ -936,7 +936,7 @@ static inline uint64_t loop_now(urio_loop_t *loop)
 {
     if (atomic_load_explicit(&loop->owner, memory_order_relaxed) != NULL)
         return loop->timers.now_cache;
-    return urio__now();
+    return urio__loop_now(loop);
 }
 
 #define NOW_CACHED UINT64_MAX   /* call_at's `now`: take loop_now once the thread is checked */
@@ -980,7 +980,7 @@ URIO_EXPORT urio_handle_t urio_call_later_site(urio_loop_t *loop, uint64_t delay
                                                urio_callback_fn fn, void *arg,
                                                const urio_site_t *site)
 {
-    uint64_t now = urio__now();
+    uint64_t now = loop != NULL ? urio__loop_now(loop) : 0;
     uint64_t when = sat_add(now, delay_ns);
     if (loop != NULL && loop->owner == urio__thread_token())
         loop->timers.now_cache = now;      /* a fresher start for the timer wheel */

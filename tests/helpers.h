@@ -19,6 +19,7 @@
 #include "loop.h"   /* lib/: the loop's and the core's internals (tests only) */
 
 #define MS 1000000ull
+#define SEC (1000 * MS)
 #define US 1000ull
 
 /* ---------------------------------------------------------------- */

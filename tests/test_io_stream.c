@@ -14,7 +14,6 @@
 #include <sys/un.h>
 #include <sys/wait.h>
 
-#define SEC (1000 * MS)
 
 /* The echo handler: every byte back, until EOF. */
 static int echo(urio_stream_t *s, void *arg)

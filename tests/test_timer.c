@@ -6,6 +6,9 @@
  */
 #include "helpers.h"
 
+#include <time.h>
+#include <unistd.h>
+
 struct fired {
     urio_loop_t *loop;
     int order[20000];
@@ -657,9 +660,153 @@ static void test_timer_limit_named(void **state)
     test_loop_close(loop);
 }
 
+/* ------------------------------------------------------------------ */
+/* The virtual clock                                                    */
+
+static uint64_t real_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static urio_loop_t *virtual_loop(void)
+{
+    urio_loop_opts_t o = { .virtual_clock = true };
+    return test_loop_new_opts(&o);
+}
+
+typedef struct {
+    urio_loop_t *loop;
+    uint64_t at[4];
+    int n;
+} vfired_t;
+
+static void vfire(void *arg)
+{
+    vfired_t *v = arg;
+    v->at[v->n++] = urio_loop_time(v->loop);
+    if (v->n == 3)
+        urio_loop_stop(v->loop);
+}
+
+/* Ten minutes of timers in no time, each on its deadline, in order. */
+static void test_timer_virtual_clock_jumps(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = virtual_loop();
+    vfired_t v = { .loop = loop };
+    uint64_t real0 = real_now(), t0 = urio_loop_time(loop);
+    urio_call_later(loop, 600 * SEC, vfire, &v);
+    urio_call_later(loop, 60 * SEC, vfire, &v);
+    urio_call_later(loop, 300 * SEC, vfire, &v);
+    urio_loop_run_forever(loop);
+    assert_int_equal(v.n, 3);
+    uint64_t want[3] = { 60 * SEC, 300 * SEC, 600 * SEC };
+    for (int i = 0; i < 3; i++) {
+        assert_true(v.at[i] - t0 >= want[i]);
+        assert_true(v.at[i] - t0 < want[i] + 2 * SEC);     /* the real time spent, at most */
+    }
+    assert_true(real_now() - real0 < 2 * SEC);
+    /* The loop's time stays where the jumps took it. */
+    assert_true(urio_loop_time(loop) - t0 >= 600 * SEC);
+    test_loop_close(loop);
+}
+
+/* Tasks: a long sleep and a long wait_for run at once; the timeout is exact. */
+static int sleeps_then_times_out(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    urio_loop_t *loop = urio_loop_current();
+    uint64_t t0 = urio_loop_time(loop);
+    assert_int_equal(urio_sleep(3600 * SEC), 0);
+    uint64_t slept = urio_loop_time(loop) - t0;
+    assert_true(slept >= 3600 * SEC && slept < 3602 * SEC);
+    urio_future_t *never;
+    assert_int_equal(urio_future_new(&never, loop), 0);
+    t0 = urio_loop_time(loop);
+    assert_int_equal(urio_wait_for(never, 600 * SEC, NULL), -ETIMEDOUT);
+    uint64_t waited = urio_loop_time(loop) - t0;
+    assert_true(waited >= 600 * SEC && waited < 602 * SEC);
+    urio_future_unref(never);
+    return 0;
+}
+
+static void test_timer_virtual_clock_tasks(void **state)
+{
+    (void)state;
+    uint64_t real0 = real_now();
+    urio_run_opts_t o = { .virtual_clock = true };
+    assert_int_equal(urio_run(URIO_CORO(sleeps_then_times_out, NULL), &o, NULL), 0);
+    assert_true(real_now() - real0 < 2 * SEC);
+}
+
+/* I/O in flight stops the jump: the timer waits its real 50 ms. */
+static void test_timer_virtual_clock_io_stops_jump(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = virtual_loop();
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    char buf[8];
+    urio_future_t *rd = urio_read_submit(loop, p[0], buf, sizeof buf, -1, 0);
+    assert_non_null(rd);
+    uint64_t real0 = real_now();
+    urio_call_later(loop, 50 * MS, test_stop_cb, loop);
+    urio_loop_run_forever(loop);
+    assert_true(real_now() - real0 >= 40 * MS);
+    assert_false(urio_future_done(rd));
+    /* Once the read is done, time jumps again. */
+    assert_int_equal(write(p[1], "x", 1), 1);
+    assert_int_equal(urio_loop_run_until_complete(loop, rd), 0);
+    assert_int_equal(urio_io_result(rd), 1);
+    real0 = real_now();
+    urio_call_later(loop, 3600 * SEC, test_stop_cb, loop);
+    urio_loop_run_forever(loop);
+    assert_true(real_now() - real0 < 2 * SEC);
+    urio_future_unref(rd);
+    close(p[0]);
+    close(p[1]);
+    test_loop_close(loop);
+}
+
+/* An executor job out stops it too: the job's end comes before a timer far away. */
+static void *sleepy_job(void *arg)
+{
+    (void)arg;
+    usleep(50000);
+    return (void *)7;
+}
+
+static bool job_done_first;
+static void check_job_done(void *arg)
+{
+    job_done_first = urio_future_done(arg);
+}
+
+static void test_timer_virtual_clock_job_stops_jump(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = virtual_loop();
+    urio_future_t *job = urio_run_in_executor(loop, NULL, sleepy_job, NULL);
+    assert_non_null(job);
+    job_done_first = false;
+    urio_call_later(loop, 600 * SEC, check_job_done, job);
+    urio_call_later(loop, 601 * SEC, test_stop_cb, loop);
+    urio_loop_run_forever(loop);
+    assert_true(job_done_first);
+    urio_future_unref(job);
+    test_loop_close(loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        URIO_TEST(test_timer_virtual_clock_jumps),
+        URIO_TEST(test_timer_virtual_clock_tasks),
+        URIO_TEST(test_timer_virtual_clock_io_stops_jump),
+        URIO_TEST(test_timer_virtual_clock_job_stops_jump),
         URIO_TEST(test_timer_deadline_order),
         URIO_TEST(test_timer_equal_deadlines_fifo),
         URIO_TEST(test_timer_random_never_early),

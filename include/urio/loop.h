@@ -18,6 +18,13 @@ extern "C" {
 typedef struct urio_loop_opts {
     unsigned ring_entries;   /* SQ entries; 0: the default (256) */
     int debug;               /* 0: from URIO_DEBUG and the build; 1 on; -1 off */
+    /*
+     * A virtual clock, for tests: when the loop would sleep until a timer
+     * and nothing else can wake it (no I/O in flight, no executor job out),
+     * its time jumps to that timer instead.  A test of a 10-minute timeout
+     * runs in microseconds (docs/developing.md, "A virtual clock").
+     */
+    bool virtual_clock;
 } urio_loop_opts_t;          /* may grow: zero-initialise it (zero means "the default") */
 
 /*
@@ -141,8 +148,9 @@ URIO_EXPORT int urio_loop_stats(urio_loop_t *loop, urio_loop_stats_t *st);
 URIO_EXPORT urio_loop_t *urio_loop_current(void);
 
 /*
- * The loop's clock: CLOCK_MONOTONIC in nanoseconds.  Timers are due by this
- * clock.  Thread: any thread.
+ * The loop's clock: CLOCK_MONOTONIC in nanoseconds (plus the jumps of a
+ * virtual clock, urio_loop_opts_t).  Timers are due by this clock.
+ * Thread: any thread.
  */
 URIO_EXPORT uint64_t urio_loop_time(const urio_loop_t *loop);
 

@@ -237,7 +237,10 @@ URIO_EXPORT void urio_task_group_free(urio_task_group_t *group);
 /* ------------------------------------------------------------------ */
 /* Running a program, and crossing threads                              */
 
-typedef struct urio_run_opts { int debug; } urio_run_opts_t;   /* 0 default, 1 on, -1 off */
+typedef struct urio_run_opts {
+    int debug;                   /* 0 default, 1 on, -1 off */
+    bool virtual_clock;          /* the loop's virtual clock (urio_loop_opts_t) */
+} urio_run_opts_t;               /* may grow: zero-initialise it */
 
 /*
  * asyncio.run: a new loop, main as its task; when main is done, cancels the
