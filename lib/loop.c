@@ -535,6 +535,10 @@ URIO_EXPORT int urio_loop_new(urio_loop_t **out, const urio_loop_opts_t *opts)
     loop->timer_slack_ns = URIO__TIMER_SLACK_NS;
     loop->refs = 1;
     loop->fork_gen = atomic_load(&urio__fork_gen);
+    static atomic_uint serials;
+    do
+        loop->serial = atomic_fetch_add_explicit(&serials, 1, memory_order_relaxed) + 1;
+    while (loop->serial == 0);      /* after 2^32 loops: 0 is no loop's */
     loop->inbox.efd = -1;
     uint64_t now = urio__now();
     int ret = urio__ready_init(&loop->ready);

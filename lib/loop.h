@@ -81,6 +81,7 @@ struct urio_loop {
     _Atomic(const void *) home;  /* the thread that made it, then the ring's issuer */
     atomic_bool bound;           /* a run bound the ring to `home` (SINGLE_ISSUER) */
     uint32_t fork_gen;           /* urio__fork_gen when made: another value in a forked child */
+    uint32_t serial;             /* this loop's number in the process, never 0: in its handles */
     uint64_t slow_ns;
     uint64_t timer_slack_ns;     /* how late a wake-up for a timer may be */
     _Atomic uint64_t clock_offset;   /* virtual clock: how far loop time ran ahead of the real

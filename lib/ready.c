@@ -148,7 +148,7 @@ __attribute__((cold, noinline)) static urio_handle_t call_soon_slow(urio_loop_t 
     uint64_t s = urio__ready_push_slow(&loop->ready, fn, arg, site, 0);
     if (s == 0)
         return fail_handle(-ENOMEM);
-    return (urio_handle_t){ s };
+    return (urio_handle_t){ s, loop->serial };
 }
 
 /* The inbox holds calls: they go to the FIFO first (out of line, cold). */
@@ -162,7 +162,7 @@ __attribute__((cold, noinline)) static urio_handle_t call_soon_after_inbox(urio_
     uint64_t s = urio__ready_push(&loop->ready, fn, arg, site, 0);
     if (s == 0)
         return fail_handle(-ENOMEM);
-    return (urio_handle_t){ s };
+    return (urio_handle_t){ s, loop->serial };
 }
 
 int urio__call_soon_kind(urio_loop_t *loop, urio_callback_fn fn, void *arg,
@@ -198,7 +198,7 @@ URIO_EXPORT urio_handle_t urio_call_soon_site(urio_loop_t *loop, urio_callback_f
         return call_soon_slow(loop, fn, arg, site);
     uint64_t s = q->tail++;
     q->e[s & q->mask] = (struct urio__ready){ fn, arg, site, 0 };
-    return (urio_handle_t){ s };
+    return (urio_handle_t){ s, loop->serial };
 }
 
 #undef urio_call_soon
@@ -213,6 +213,11 @@ URIO_EXPORT bool urio_handle_cancel(urio_loop_t *loop, urio_handle_t h)
         return false;
     if (!urio__loop_check_thread(loop, "urio_handle_cancel"))
         return false;
+    if (URIO_UNLIKELY(h.loop != loop->serial)) {
+        urio__log(URIO_LOG_ERROR, "urio_handle_cancel(): the handle belongs to another event "
+                  "loop (a callback or timer it scheduled): nothing cancelled");
+        return false;
+    }
     if (urio__handle_is_timer(h.id))
         return urio__timer_cancel(&loop->timers, h.id);
     return urio__ready_cancel(&loop->ready, h.id);

@@ -904,9 +904,10 @@ static void slot_unalloc(urio__timers_t *tm, uint32_t i)
 
 #define TIMER_BIT  (1ull << 63)
 
-static inline urio_handle_t timer_handle(uint32_t slot, uint64_t gen)
+static inline urio_handle_t timer_handle(const urio_loop_t *loop, uint32_t slot, uint64_t gen)
 {
-    return (urio_handle_t){ TIMER_BIT | (gen << URIO__TIMER_SLOT_BITS) | (slot + 1ull) };
+    return (urio_handle_t){ TIMER_BIT | (gen << URIO__TIMER_SLOT_BITS) | (slot + 1ull),
+                            loop->serial };
 }
 
 __attribute__((cold, noinline)) static urio_handle_t fail_handle(int err)
@@ -966,7 +967,7 @@ static urio_handle_t call_at(urio_loop_t *loop, uint64_t when, uint64_t now,
         slot_unalloc(tm, (uint32_t)slot);
         return fail_handle(-ENOMEM);
     }
-    return timer_handle((uint32_t)slot, gen);
+    return timer_handle(loop, (uint32_t)slot, gen);
 }
 
 URIO_EXPORT urio_handle_t urio_call_at_site(urio_loop_t *loop, uint64_t when_ns,

@@ -179,7 +179,7 @@ static void test_debug_wrong_thread_refused(void **state)
     assert_int_equal(errno, EPERM);
     assert_int_equal(urio_call_at(w.loop, 0, fast_cb, NULL).id, 0);
     assert_int_equal(errno, EPERM);
-    assert_false(urio_handle_cancel(w.loop, (urio_handle_t){ 1ull << 32 | 1 }));
+    assert_false(urio_handle_cancel(w.loop, (urio_handle_t){ 1ull << 32 | 1, 1 }));
     urio_future_t *none;
     assert_int_equal(urio_future_new(&none, w.loop), -EPERM);
 

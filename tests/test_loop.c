@@ -102,7 +102,7 @@ static void test_loop_handle_cancel(void **state)
     assert_true(urio_handle_cancel(rec.loop, hb));
     assert_false(urio_handle_cancel(rec.loop, hb));       /* already cancelled */
     assert_false(urio_handle_cancel(rec.loop, (urio_handle_t){ 0 }));
-    assert_false(urio_handle_cancel(rec.loop, (urio_handle_t){ 0xdead00000001ull }));
+    assert_false(urio_handle_cancel(rec.loop, (urio_handle_t){ 0xdead00000001ull, hb.loop }));
     /* b's spent handle must not cancel c, scheduled after it. */
     urio_handle_t hc = urio_call_soon(rec.loop, record_cb, &c);
     assert_int_not_equal(hc.id, hb.id);
@@ -471,9 +471,48 @@ static void test_loop_fork_child_gets_clean_slate(void **state)
     test_loop_close(f.never_run);
 }
 
+/*
+ * issue 14 point 8: loops issue the same ids; a handle of loop B given to
+ * loop A is refused (an ERROR), and A's own callback and timer still run.
+ */
+static int other_loop_ran;
+static void count_other(void *arg)
+{
+    (void)arg;
+    other_loop_ran++;
+}
+
+static void test_loop_other_loops_handle_refused(void **state)
+{
+    (void)state;
+    urio_loop_t *a = test_loop_new(), *b = test_loop_new();
+    other_loop_ran = 0;
+    urio_handle_t ha = urio_call_soon(a, count_other, NULL);
+    urio_handle_t hb = urio_call_soon(b, count_other, NULL);
+    urio_handle_t ta = urio_call_later(a, 1 * MS, count_other, NULL);
+    urio_handle_t tb = urio_call_later(b, 1 * MS, count_other, NULL);
+    assert_int_equal(ha.id, hb.id);     /* the same ids: only the loop tells them apart */
+    assert_int_equal(ta.id, tb.id);
+    assert_int_not_equal(ha.loop, hb.loop);
+    test_log_capture();
+    assert_false(urio_handle_cancel(a, hb));
+    assert_false(urio_handle_cancel(a, tb));
+    assert_int_equal(test_log_count("ERROR urio_handle_cancel(): the handle belongs to another "
+                                    "event loop"), 2);
+    urio_call_later(a, 5 * MS, test_stop_cb, a);
+    urio_loop_run_forever(a);
+    assert_int_equal(other_loop_ran, 2);    /* a's callback and timer both ran */
+    /* Each loop's own handles still work. */
+    assert_true(urio_handle_cancel(b, hb));
+    assert_true(urio_handle_cancel(b, tb));
+    test_loop_close(a);
+    test_loop_close(b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        URIO_TEST(test_loop_other_loops_handle_refused),
         URIO_TEST(test_loop_new_close),
         URIO_TEST(test_loop_new_rejects_bad_input),
         URIO_TEST(test_loop_call_soon_fifo),

@@ -623,7 +623,7 @@ static void test_timer_generation_used_up_retires_slot(void **state)
     /* Stale handles for slot 0, the wrapped generation's too, cancel nothing. */
     assert_false(urio_handle_cancel(loop, ha));
     assert_false(urio_handle_cancel(loop, hb));
-    urio_handle_t wrapped = { (1ull << 63) | (1ull << URIO__TIMER_SLOT_BITS) | 1u };
+    urio_handle_t wrapped = { (1ull << 63) | (1ull << URIO__TIMER_SLOT_BITS) | 1u, ha.loop };
     assert_false(urio_handle_cancel(loop, wrapped));
     /* The same through a cancel: slot 1's last generation, cancelled, retires it. */
     assert_true(urio_handle_cancel(loop, hc));

@@ -240,7 +240,15 @@ URIO_EXPORT void urio_loop_default_exception_handler(urio_loop_t *loop,
 /* Callbacks and timers                                                 */
 
 typedef void (*urio_callback_fn)(void *arg);
-typedef struct urio_handle { uint64_t id; } urio_handle_t;   /* a value; id 0 means "none" */
+/*
+ * A value naming a pending callback or timer of one loop: `loop` is that
+ * loop's serial, so a handle given to another loop is refused, never taken
+ * for one of its own.  id 0 means "none".
+ */
+typedef struct urio_handle {
+    uint64_t id;
+    uint32_t loop;
+} urio_handle_t;
 
 /*
  * Schedules fn(arg) to run on the loop's thread: soon (FIFO), after delay_ns,
@@ -282,7 +290,8 @@ URIO_EXPORT urio_handle_t urio_call_at_site(urio_loop_t *loop, uint64_t when_ns,
 
 /*
  * Cancels a pending callback or timer.  A handle that already ran, was
- * cancelled, or is id 0 is a harmless no-op.
+ * cancelled, or is id 0 is a harmless no-op.  Another loop's handle is
+ * refused (false, and an ERROR line naming the misuse).
  * Returns: true if it was still pending (it will not run).
  * Thread: the loop's thread (false and an ERROR line from another).
  */
