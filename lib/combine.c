@@ -21,6 +21,7 @@ typedef struct gathering {
     size_t left;                 /* children not done yet */
     bool return_exceptions;
     bool cancelling;             /* the gathering future was cancelled */
+    bool abandoned;              /* urio_gather_new failed: its queued callbacks do nothing */
     int err;                     /* the first failure, in completion order */
     size_t failed;               /* its index */
     char *errmsg;
@@ -77,6 +78,10 @@ static void gathering_child_done(urio_future_t *child, void *arg)
 {
     urio_future_t *f = arg;
     gathering_t *g = urio__future_ext(f);
+    if (URIO_UNLIKELY(g->abandoned)) {
+        urio_future_unref(f);   /* the children are the caller's again: not looked at */
+        return;
+    }
     g->left--;
     int ret = urio_future_result(child, NULL);
     if (ret != 0 && g->err == 0 && !g->cancelling && !g->return_exceptions) {
@@ -139,6 +144,8 @@ URIO_EXPORT int urio_gather_new(urio_future_t **out, urio_loop_t *loop,
         int ret = urio_future_add_done_callback(fs[i], gathering_child_done, f);
         if (ret < 0) {
             urio_future_unref(f);
+            /* A done child's callback may be queued already: it must not act. */
+            g->abandoned = true;
             for (size_t k = 0; k < g->n; k++)
                 if (urio_future_remove_done_callback(fs[k], gathering_child_done, f) > 0)
                     urio_future_unref(f);

@@ -444,6 +444,8 @@ urio_future_t *urio__io_submit(urio_loop_t *loop, urio__io_args_t *a)
         err = -EINVAL;
     else if (!urio__loop_check_thread(loop, "urio_*_submit"))
         err = -EPERM;
+    else if (URIO_UNLIKELY(urio__loop_refuse_inherited(loop, "urio_*_submit")))
+        err = URIO_EFORKED;     /* the parent's ring (not mapped in this child) */
     else if (loop->closing)
         err = -ESHUTDOWN;
     else

@@ -478,9 +478,14 @@ __attribute__((cold, noinline)) static int break_cycle(urio__task_t *t, urio__ta
     urio__log(URIO_LOG_ERROR, "urio_await(): task '%s' would await task '%s', which awaits "
               "it (a cycle: neither could finish); both awaits fail with EDEADLK", t->name,
               x->name);
-    if (urio_future_remove_done_callback(t->self, await_done, x) > 0) {
+    /*
+     * x's wake-up step first: if there is no memory for it, x keeps waiting
+     * on t (and wakes when t ends), which is still no cycle once t fails.
+     */
+    if (schedule_step(x) == 0) {
+        urio_future_remove_done_callback(t->self, await_done, x);
         x->wake_err = -EDEADLK;
-        schedule_step(x);
+        x->awaiting = NULL;         /* a cancel of x before its step must not reach t */
     }
     return -EDEADLK;
 }
@@ -734,7 +739,8 @@ URIO_EXPORT int urio_shield_end(void)
 
 URIO_EXPORT unsigned urio_task_cancelling(const urio_future_t *task)
 {
-    if (!urio_future_is_task(task))
+    if (!urio_future_is_task(task) ||
+        !urio__loop_check_thread(urio_future_loop(task), "urio_task_cancelling"))
         return 0;
     return urio__task_of((urio_future_t *)task)->cancels;
 }
@@ -754,7 +760,8 @@ URIO_EXPORT unsigned urio_task_uncancel(urio_future_t *task)
 
 URIO_EXPORT const char *urio_task_cancel_message(const urio_future_t *task)
 {
-    if (!urio_future_is_task(task))
+    if (!urio_future_is_task(task) ||
+        !urio__loop_check_thread(urio_future_loop(task), "urio_task_cancel_message"))
         return NULL;
     return urio__task_of((urio_future_t *)task)->cancel_msg;
 }

@@ -544,6 +544,8 @@ URIO_EXPORT urio_future_t *urio_run_in_executor_opts(urio_loop_t *loop, urio_exe
     }
     if (!urio__loop_check_thread(loop, "urio_run_in_executor"))
         return fail(-EPERM);
+    if (URIO_UNLIKELY(urio__loop_refuse_inherited(loop, "urio_run_in_executor")))
+        return fail(URIO_EFORKED);  /* the parent's pools: no worker of theirs is here */
     if (urio__loop_refuses(loop, "urio_run_in_executor"))
         return fail(-ESHUTDOWN);
     loop_side_t *ls = side_of(loop);
@@ -803,6 +805,8 @@ URIO_EXPORT int urio_loop_set_default_executor(urio_loop_t *loop, urio_executor_
     }
     if (!urio__loop_check_thread(loop, "urio_loop_set_default_executor"))
         return -EPERM;
+    if (urio__loop_refuse_inherited(loop, "urio_loop_set_default_executor"))
+        return URIO_EFORKED;
     if (urio__loop_refuses(loop, "urio_loop_set_default_executor"))
         return -ESHUTDOWN;
     loop_side_t *ls = side_of(loop);
@@ -875,7 +879,11 @@ static void *shutdown_thread(void *arg)
 {
     shutdown_req_t *r = arg;
     pool_shutdown(&r->ex->base, true, false);
-    if (urio_call_soon_threadsafe(r->loop, shutdown_joined, r) < 0)
+    int err;
+    /* Out of memory for the call (the node pool could not grow): try again, never give up. */
+    while ((err = urio_call_soon_threadsafe(r->loop, shutdown_joined, r)) == -ENOMEM)
+        usleep(1000);
+    if (err < 0)
         req_unref(r);       /* the loop closed: its side of the request is gone with it */
     req_unref(r);
     return NULL;
@@ -888,6 +896,8 @@ URIO_EXPORT urio_future_t *urio_loop_shutdown_default_executor(urio_loop_t *loop
         return fail(-EINVAL);
     if (!urio__loop_check_thread(loop, "urio_loop_shutdown_default_executor"))
         return fail(-EPERM);
+    if (urio__loop_refuse_inherited(loop, "urio_loop_shutdown_default_executor"))
+        return fail(URIO_EFORKED);
     if (urio__loop_refuses(loop, "urio_loop_shutdown_default_executor"))
         return fail(-ESHUTDOWN);
     urio_future_t *f;
@@ -898,6 +908,10 @@ URIO_EXPORT urio_future_t *urio_loop_shutdown_default_executor(urio_loop_t *loop
     if (ls == NULL || ls->default_ex == NULL) {
         urio_future_set_result(f, NULL);    /* nothing to shut down */
         return f;
+    }
+    if (urio__executor_freed(&ls->default_ex->base, "urio_loop_shutdown_default_executor")) {
+        urio_future_unref(f);
+        return fail(-EINVAL);       /* the program freed the default it had set */
     }
     if (ls->jobs_head != NULL)
         flush(loop, ls);

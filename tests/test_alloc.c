@@ -640,9 +640,66 @@ static void test_alloc_turn_oom_loses_nothing(void **state)
     }
 }
 
+/*
+ * urio_gather_new failing part-way with a child already done: that child's
+ * callback, queued already, must not act for the abandoned gathering future
+ * (no cancel of the other children, no "never retrieved" report).
+ */
+static void noop_done(urio_future_t *f, void *arg)
+{
+    (void)f;
+    (void)arg;
+}
+
+static void test_alloc_gather_new_fails_with_a_done_child(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    test_log_capture();
+    bool failed_once = false;
+    for (int n = 0; n < 40; n++) {
+        urio_future_t *fs[3];
+        for (int i = 0; i < 3; i++)
+            fs[i] = test_future_new(loop);
+        urio_future_set_error(fs[0], -EIO, "done before the gather");
+        /* Callbacks there already: the gather's is a third one, which allocates. */
+        for (int i = 1; i < 3; i++) {
+            urio_future_add_done_callback(fs[i], noop_done, NULL);
+            urio_future_add_done_callback(fs[i], noop_done, NULL);
+        }
+        urio_future_t *g = NULL;
+        urio__alloc_fail_after(n, false);
+        int ret = urio_gather_new(&g, loop, fs, 3, NULL);
+        urio__alloc_fail_after(-1, false);
+        urio_call_soon(loop, test_stop_cb, loop);
+        urio_loop_run_forever(loop);        /* queued callbacks run */
+        if (ret == 0) {
+            urio_loop_run_until_complete(loop, g);
+            assert_int_equal(urio_future_result(g, NULL), -EIO);   /* fs[0]'s failure */
+            urio_future_unref(g);
+        } else {
+            assert_int_equal(ret, -ENOMEM);
+            failed_once = true;
+            assert_false(urio_future_done(fs[1]));
+            assert_false(urio_future_done(fs[2]));
+        }
+        assert_int_equal(urio_future_result(fs[0], NULL), -EIO);
+        for (int i = 0; i < 3; i++)
+            urio_future_unref(fs[i]);
+        urio_call_soon(loop, test_stop_cb, loop);
+        urio_loop_run_forever(loop);
+        if (ret == 0)
+            break;
+    }
+    assert_true(failed_once);
+    assert_int_equal(test_log_count("never retrieved"), 0);
+    test_loop_close(loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        URIO_TEST(test_alloc_gather_new_fails_with_a_done_child),
         URIO_TEST(test_alloc_stats_consistent),
         URIO_TEST(test_alloc_stats_loop_life_cycle),
         URIO_TEST(test_alloc_loop_new_oom_once),

@@ -405,6 +405,11 @@ static void child_cb(void *arg)
     *(int *)arg = 42;
 }
 
+static void *child_job(void *arg)
+{
+    return arg;
+}
+
 static int child_after_fork(void *arg)
 {
     urio_loop_t *inherited = arg;
@@ -424,6 +429,18 @@ static int child_after_fork(void *arg)
         return 14;
     if (urio_call_soon_threadsafe(inherited, child_cb, &x) != URIO_EFORKED)
         return 15;
+    /* The parent's pools and ring are not the child's: refused, not hung or crashed. */
+    errno = 0;
+    if (urio_run_in_executor(inherited, NULL, child_job, NULL) != NULL ||
+        errno != -URIO_EFORKED)
+        return 17;
+    int p[2];
+    char b[1];
+    if (pipe(p) != 0)
+        return 18;
+    errno = 0;
+    if (urio_read_submit(inherited, p[0], b, 1, -1, 0) != NULL || errno != -URIO_EFORKED)
+        return 19;
     if (urio_loop_close(inherited) != 0)
         return 16;
     return 0;
@@ -439,6 +456,8 @@ struct forker {
 static void fork_from_callback(void *arg)
 {
     struct forker *f = arg;
+    /* The parent's default pool exists (a job of its own is out) when the child is made. */
+    urio_future_unref(urio_run_in_executor(f->loop, NULL, child_job, NULL));
     f->status = test_child(child_after_fork, f->loop, f->out, sizeof f->out);
     f->status2 = test_child(child_after_fork, f->never_run, f->out, sizeof f->out);
     urio_loop_stop(f->loop);

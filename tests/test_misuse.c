@@ -107,6 +107,8 @@ static void test_misuse_task_outcome_set_from_outside(void **state)
 struct cycle {
     urio_future_t *a, *b;
     int ret_a, ret_b;
+    bool cancel_a;          /* b cancels a once its await failed */
+    int b_slept;
 };
 
 static int task_b(void *arg, void **res)
@@ -115,6 +117,11 @@ static int task_b(void *arg, void **res)
     struct cycle *c = arg;
     urio_sleep(1 * MS);     /* let a await b first */
     c->ret_b = urio_await(c->a, NULL);
+    if (c->cancel_a) {
+        /* a's wake-up step has not run yet: the cancel is a's alone, not passed on to b. */
+        urio_future_cancel(c->a);
+        c->b_slept = urio_sleep(1 * MS);
+    }
     return 0;
 }
 
@@ -152,6 +159,31 @@ static void test_misuse_await_cycle(void **state)
     (void)state;
     test_log_capture();
     assert_int_equal(run_main(makes_cycle, NULL, 0), 0);
+}
+
+static int cycle_then_cancel(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    struct cycle c = { .cancel_a = true, .b_slept = 1 };
+    urio_loop_t *loop = urio_loop_current();
+    c.b = urio_spawn(loop, task_b, &c);
+    c.a = urio_spawn(loop, task_a, &c);
+    urio_future_t *both[2] = { c.a, c.b };
+    urio_gather(both, 2, NULL, NULL);
+    assert_int_equal(c.ret_b, -EDEADLK);
+    assert_int_equal(c.b_slept, 0);             /* b was not cancelled */
+    assert_int_equal(urio_future_result(c.b, NULL), 0);
+    urio_future_unref(c.a);
+    urio_future_unref(c.b);
+    return 0;
+}
+
+static void test_misuse_await_cycle_then_cancel(void **state)
+{
+    (void)state;
+    test_log_capture();
+    assert_int_equal(run_main(cycle_then_cancel, NULL, 0), 0);
 }
 
 /* ---------------------------------------------------------------- */
@@ -300,6 +332,7 @@ int main(void)
         URIO_TEST(test_misuse_coroutine_reused),
         URIO_TEST(test_misuse_task_outcome_set_from_outside),
         URIO_TEST(test_misuse_await_cycle),
+        URIO_TEST(test_misuse_await_cycle_then_cancel),
         URIO_TEST(test_misuse_loop_used_after_close),
         URIO_TEST(test_misuse_executor_used_after_free),
         URIO_TEST(test_misuse_positive_error_codes),

@@ -137,11 +137,15 @@ URIO_EXPORT void urio_dump_all_tasks(void);
  * returns how many are left; at 0 the task is no longer being cancelled (its
  * later awaits run normally).  Structured-concurrency code uses the pair to
  * tell its own cancel from one that came from outside.
- * Thread: the loop's thread (uncancel); any (cancelling, a snapshot).
+ * Thread: the loop's thread (0 and an ERROR line from another).
  */
 URIO_EXPORT unsigned urio_task_cancelling(const urio_future_t *task);
 URIO_EXPORT unsigned urio_task_uncancel(urio_future_t *task);
-/* The message of the latest cancel request (urio_future_cancel_msg), or NULL. */
+/*
+ * The message of the latest cancel request (urio_future_cancel_msg), or
+ * NULL; valid until the task's next cancel or uncancel.  Thread: the loop's
+ * thread (NULL and an ERROR line from another).
+ */
 URIO_EXPORT const char *urio_task_cancel_message(const urio_future_t *task);
 /* A task's name ("fn" unless set); NULL for a plain future. */
 URIO_EXPORT const char *urio_task_name(const urio_future_t *task);
