@@ -357,6 +357,49 @@ int urio__io_run(urio__io_args_t *a)
 }
 
 /* ------------------------------------------------------------------ */
+/* Waiters: tasks parked on streams and servers                         */
+
+int urio__io_waiter_arm(urio_loop_t *loop, urio__io_waiter_t *w, urio__task_t *t,
+                        uint64_t deadline, urio_callback_fn fn, void *arg,
+                        const urio_site_t *site)
+{
+    if (urio__task_reserve_wake(t) < 0)
+        return -ENOMEM;
+    urio_handle_t h = { 0, 0 };
+    if (deadline != 0) {
+        h = urio_call_at_site(loop, deadline, fn, arg, site);
+        if (h.id == 0) {
+            urio__task_release_wake(t);
+            return -errno;
+        }
+    }
+    w->task = t;
+    w->timer = h;
+    w->why = 0;
+    return 0;
+}
+
+int urio__io_waiter_park(urio__io_waiter_t *w, urio__cancel_hook_fn on_cancel, void *arg)
+{
+    urio__task_park(w->task, on_cancel, arg);
+    return w->why;
+}
+
+void urio__io_waiter_wake(urio_loop_t *loop, urio__io_waiter_t *w, int why)
+{
+    urio__task_t *t = w->task;
+    if (t == NULL)
+        return;
+    w->task = NULL;
+    w->why = why;
+    if (w->timer.id) {
+        urio_handle_cancel(loop, w->timer);
+        w->timer.id = 0;
+    }
+    urio__task_unpark(t);
+}
+
+/* ------------------------------------------------------------------ */
 /* The future form                                                      */
 
 static bool io_future_cancel(urio_future_t *f, char *msg);

@@ -67,6 +67,26 @@ typedef struct urio__io_req {
 } urio__io_req_t;
 
 /*
+ * A task parked on an I/O object (a stream's reader or drainer, a server's
+ * wait_closed) until the object wakes it, with a deadline's timer.
+ * Arm (reserve the task's wake-up, start the timer: fn(arg) at deadline,
+ * none when 0), then park; the object wakes it with why it woke (0,
+ * -ECANCELED, -ETIMEDOUT, -EBADF); the timer's callback clears `timer`
+ * first.  Loop thread.
+ */
+typedef struct urio__io_waiter {
+    urio__task_t *task;          /* NULL: nobody waits */
+    urio_handle_t timer;
+    int why;
+} urio__io_waiter_t;
+
+int  urio__io_waiter_arm(urio_loop_t *loop, urio__io_waiter_t *w, urio__task_t *t,
+                         uint64_t deadline, urio_callback_fn fn, void *arg,
+                         const urio_site_t *site);     /* 0, -ENOMEM, or the timer's error */
+int  urio__io_waiter_park(urio__io_waiter_t *w, urio__cancel_hook_fn on_cancel, void *arg);
+void urio__io_waiter_wake(urio_loop_t *loop, urio__io_waiter_t *w, int why);
+
+/*
  * Checks an operation's arguments.  Returns: 0, -EBADF, -EINVAL.
  * Any thread (pure).
  */
@@ -187,12 +207,10 @@ struct urio_stream {
     unsigned char *rchunk;       /* one-shot receives land here (no provided buffers) */
     size_t limit;
     /* The task waiting for data, at most one. */
-    urio__task_t *reader;
+    urio__io_waiter_t rw;
     size_t want;                 /* wake it once this much is buffered */
     unsigned char *direct;       /* read: copy arriving bytes straight into its buffer */
     size_t direct_cap, direct_len;
-    int rwake;                   /* why it woke: 0, -ECANCELED, -ETIMEDOUT, -EBADF */
-    urio_handle_t rtimer;
     /* Sending: `out` is what the send in flight (wop) points into; writes
      * meanwhile append to `pend`; they swap when `out` is all sent. */
     urio__op_t wop;
@@ -202,9 +220,7 @@ struct urio_stream {
     bool eof_asked;              /* write_eof: shut the sending side once flushed */
     bool eof_sent;
     int werr;                    /* a send error: every later write gets it */
-    urio__task_t *drainer;
-    int dwake;
-    urio_handle_t dtimer;
+    urio__io_waiter_t dw;         /* the task waiting for the sends to drain */
     /* shutdown(SHUT_WR) or close */
     urio__op_t xop;
     uint8_t xkind;               /* URIO__X_* in flight */

@@ -57,9 +57,7 @@ struct urio_server {
     uint32_t refs;
     urio_stream_t *conns;        /* connections whose handler runs (stream->cnext) */
     unsigned nconns;
-    urio__task_t *waiter;        /* in wait_closed */
-    int wwake;
-    urio_handle_t wtimer;
+    urio__io_waiter_t ww;        /* the task in wait_closed */
     bool backing_off;            /* out of fds: accepting paused */
     uint64_t fd_warned_at;       /* when the last out-of-fds WARNING was logged, or 0 */
     uint64_t backoff_ns;
@@ -226,16 +224,8 @@ void urio__server_conn_ended(urio_server_t *srv, urio_stream_t *s)
         urio_handle_cancel(srv->loop, srv->backoff_timer);
         backoff_end(srv);
     }
-    if (srv->waiter && srv->nconns == 0) {
-        urio__task_t *w = srv->waiter;
-        srv->waiter = NULL;
-        srv->wwake = 0;
-        if (srv->wtimer.id) {
-            urio_handle_cancel(srv->loop, srv->wtimer);
-            srv->wtimer.id = 0;
-        }
-        urio__task_unpark(w);
-    }
+    if (srv->nconns == 0)
+        urio__io_waiter_wake(srv->loop, &srv->ww, 0);
     server_unref(srv);
 }
 
@@ -614,50 +604,27 @@ URIO_EXPORT void urio_server_close(urio_server_t *srv)
     }
 }
 
-static void wait_wake(urio_server_t *srv, int why)
-{
-    urio__task_t *w = srv->waiter;
-    if (w == NULL)
-        return;
-    srv->waiter = NULL;
-    srv->wwake = why;
-    if (srv->wtimer.id) {
-        urio_handle_cancel(srv->loop, srv->wtimer);
-        srv->wtimer.id = 0;
-    }
-    urio__task_unpark(w);
-}
-
 static void wait_cancel(void *arg)
 {
-    wait_wake(arg, -ECANCELED);
+    urio_server_t *srv = arg;
+    urio__io_waiter_wake(srv->loop, &srv->ww, -ECANCELED);
 }
 
 static void wait_timeout(void *arg)
 {
     urio_server_t *srv = arg;
-    srv->wtimer.id = 0;
-    wait_wake(srv, -ETIMEDOUT);
+    srv->ww.timer.id = 0;
+    urio__io_waiter_wake(srv->loop, &srv->ww, -ETIMEDOUT);
 }
 
 /* Parks t until the connections are gone (or the deadline, or a cancel). */
 static int wait_conns(urio_server_t *srv, urio__task_t *t, uint64_t deadline)
 {
     static const urio_site_t site = { "<server wait_closed deadline>", __FILE__, __LINE__ };
-    if (urio__task_reserve_wake(t) < 0)
-        return -ENOMEM;
-    srv->wtimer.id = 0;
-    if (deadline != 0) {
-        srv->wtimer = urio_call_at_site(srv->loop, deadline, wait_timeout, srv, &site);
-        if (srv->wtimer.id == 0) {
-            urio__task_release_wake(t);
-            return -errno;
-        }
-    }
-    srv->waiter = t;
-    srv->wwake = 0;
-    urio__task_park(t, wait_cancel, srv);
-    return srv->wwake;
+    int err = urio__io_waiter_arm(srv->loop, &srv->ww, t, deadline, wait_timeout, srv, &site);
+    if (err < 0)
+        return err;
+    return urio__io_waiter_park(&srv->ww, wait_cancel, srv);
 }
 
 static void cancel_conns(urio_server_t *srv)
@@ -674,7 +641,7 @@ URIO_EXPORT int urio_server_wait_closed(urio_server_t *srv, uint64_t deadline)
         return -EPERM;
     if (srv == NULL || !srv->closed || srv->loop != t->loop)
         return -EINVAL;
-    if (srv->waiter)
+    if (srv->ww.task)
         return -EBUSY;
     if (urio__task_cancel_pending(t))
         return -ECANCELED;

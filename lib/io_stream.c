@@ -58,10 +58,10 @@ static void stream_free(urio_stream_t *s)
     io->nstreams--;
     if (s->fd >= 0)
         close(s->fd);
-    if (s->rtimer.id)
-        urio_handle_cancel(s->loop, s->rtimer);
-    if (s->dtimer.id)
-        urio_handle_cancel(s->loop, s->dtimer);
+    if (s->rw.timer.id)
+        urio_handle_cancel(s->loop, s->rw.timer);
+    if (s->dw.timer.id)
+        urio_handle_cancel(s->loop, s->dw.timer);
     urio__free(s->rbuf);
     urio__free(s->rchunk);
     urio__free(s->out.p);
@@ -134,36 +134,18 @@ URIO_EXPORT int urio_stream_new_site(urio_stream_t **out, urio_loop_t *loop, int
 
 static void reader_wake(urio_stream_t *s, int why)
 {
-    urio__task_t *t = s->reader;
-    if (t == NULL)
-        return;
-    s->reader = NULL;
-    s->rwake = why;
-    if (s->rtimer.id) {
-        urio_handle_cancel(s->loop, s->rtimer);
-        s->rtimer.id = 0;
-    }
-    urio__task_unpark(t);
+    urio__io_waiter_wake(s->loop, &s->rw, why);
 }
 
 static void drainer_wake(urio_stream_t *s, int why)
 {
-    urio__task_t *t = s->drainer;
-    if (t == NULL)
-        return;
-    s->drainer = NULL;
-    s->dwake = why;
-    if (s->dtimer.id) {
-        urio_handle_cancel(s->loop, s->dtimer);
-        s->dtimer.id = 0;
-    }
-    urio__task_unpark(t);
+    urio__io_waiter_wake(s->loop, &s->dw, why);
 }
 
 /* Wakes the reader if what it waits for is here. */
 static void reader_check(urio_stream_t *s)
 {
-    if (s->reader && (s->direct_len > 0 || rbuffered(s) >= s->want || s->eof || s->rerr))
+    if (s->rw.task && (s->direct_len > 0 || rbuffered(s) >= s->want || s->eof || s->rerr))
         reader_wake(s, 0);
 }
 
@@ -175,7 +157,7 @@ static void reader_cancel(void *arg)
 static void reader_timeout(void *arg)
 {
     urio_stream_t *s = arg;
-    s->rtimer.id = 0;
+    s->rw.timer.id = 0;
     reader_wake(s, -ETIMEDOUT);
 }
 
@@ -187,7 +169,7 @@ static void drainer_cancel(void *arg)
 static void drainer_timeout(void *arg)
 {
     urio_stream_t *s = arg;
-    s->dtimer.id = 0;
+    s->dw.timer.id = 0;
     drainer_wake(s, -ETIMEDOUT);
 }
 
@@ -201,32 +183,19 @@ static int stream_park(urio_stream_t *s, urio__task_t *t, bool reader, uint64_t 
 {
     static const urio_site_t rsite = { "<stream read deadline>", __FILE__, __LINE__ };
     static const urio_site_t dsite = { "<stream drain deadline>", __FILE__, __LINE__ };
-    if (urio__task_reserve_wake(t) < 0)
-        return -ENOMEM;
-    urio_handle_t h = { 0 };
-    if (deadline != 0) {
-        h = urio_call_at_site(s->loop, deadline, reader ? reader_timeout : drainer_timeout, s,
-                              reader ? &rsite : &dsite);
-        if (h.id == 0) {
-            urio__task_release_wake(t);
-            return -errno;
-        }
-    }
+    int err = reader ? urio__io_waiter_arm(s->loop, &s->rw, t, deadline, reader_timeout, s,
+                                           &rsite)
+                     : urio__io_waiter_arm(s->loop, &s->dw, t, deadline, drainer_timeout, s,
+                                           &dsite);
+    if (err < 0)
+        return err;
     s->refs++;
     if (reader) {
-        s->reader = t;
-        s->rtimer = h;
-        s->rwake = 0;
         if (s->rstate == URIO__R_IDLE)
             stream_step(s);  /* a reader that wants more than is buffered resumes receiving */
-        urio__task_park(t, reader_cancel, s);
-        return s->rwake;
+        return urio__io_waiter_park(&s->rw, reader_cancel, s);
     }
-    s->drainer = t;
-    s->dtimer = h;
-    s->dwake = 0;
-    urio__task_park(t, drainer_cancel, s);
-    return s->dwake;
+    return urio__io_waiter_park(&s->dw, drainer_cancel, s);
 }
 
 /* ------------------------------------------------------------------ */
@@ -235,7 +204,7 @@ static int stream_park(urio_stream_t *s, urio__task_t *t, bool reader, uint64_t 
 /* Appends n received bytes, first into a reader's own buffer if one waits empty-handed. */
 static void deliver(urio_stream_t *s, const unsigned char *p, size_t n)
 {
-    if (s->reader && s->direct && rbuffered(s) == 0) {
+    if (s->rw.task && s->direct && rbuffered(s) == 0) {
         size_t c = s->direct_cap - s->direct_len;
         c = c < n ? c : n;
         memcpy(s->direct + s->direct_len, p, c);
@@ -310,7 +279,7 @@ static bool want_receive(const urio_stream_t *s)
     if (s->closed || s->eof || s->rerr || s->fd < 0)
         return false;
     size_t cap = 2 * s->limit;
-    if (s->reader && s->want > cap)
+    if (s->rw.task && s->want > cap)
         cap = s->want;
     return rbuffered(s) < cap;
 }
@@ -554,7 +523,7 @@ static urio__task_t *read_check(urio_stream_t *s, const void *buf, size_t n, con
 /* Why a read cannot wait: another reader, a cancel already asked.  0 if it can. */
 static int read_blocked(const urio_stream_t *s, const urio__task_t *t)
 {
-    if (s->reader)
+    if (s->rw.task)
         return -EBUSY;
     if (urio__task_cancel_pending(t))
         return -ECANCELED;
@@ -744,7 +713,7 @@ URIO_EXPORT int urio_stream_drain(urio_stream_t *s, uint64_t deadline)
         return s->werr;
     if (!s->wpaused)
         return 0;
-    if (s->drainer)
+    if (s->dw.task)
         return -EBUSY;
     if (urio__task_cancel_pending(t))
         return -ECANCELED;
