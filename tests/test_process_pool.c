@@ -14,7 +14,9 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -161,6 +163,53 @@ static int fn_big(urio_process_call_t *call, const void *in, size_t len)
     return 0;
 }
 URIO_PROCESS_FN("big", fn_big);
+
+/*
+ * Sends a frame of its own making into its channel, in place of its job's
+ * result (a buggy or hostile worker), then waits to be killed.  in: a
+ * struct forged; the job must be its worker's first (sequence number 1).
+ */
+enum { FD_NONE, FD_UNSEALED, FD_SMALL };
+struct forged {
+    uint8_t type, flags;
+    uint32_t seq;
+    uint64_t payload_len;
+    int fd_kind;
+};
+
+static int fn_forge(urio_process_call_t *call, const void *in, size_t len)
+{
+    (void)call;
+    struct forged fg;
+    memcpy(&fg, in, len < sizeof fg ? len : sizeof fg);
+    urio__pf_header_t h;
+    urio__pf_header_init(&h, fg.type, fg.flags, fg.seq, 0, 0, fg.payload_len);
+    struct iovec iov = { &h, sizeof h };
+    _Alignas(struct cmsghdr) char ctl[CMSG_SPACE(sizeof(int))];
+    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+    if (fg.fd_kind != FD_NONE) {
+        void *map;
+        int fd = urio__pf_shm_create(fg.fd_kind == FD_SMALL ? 4096 : fg.payload_len, &map);
+        if (fd < 0)
+            return fd;
+        munmap(map, fg.fd_kind == FD_SMALL ? 4096 : fg.payload_len);
+        if (fg.fd_kind == FD_SMALL)
+            urio__pf_shm_seal(fd);
+        memset(ctl, 0, sizeof ctl);
+        mh.msg_control = ctl;
+        mh.msg_controllen = sizeof ctl;
+        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &fd, sizeof fd);
+    }
+    if (sendmsg(URIO__PROCESS_CHANNEL_FD, &mh, MSG_NOSIGNAL) != (ssize_t)sizeof h)
+        return -EIO;
+    sleep(30);                  /* the parent kills this worker long before */
+    return 0;
+}
+URIO_PROCESS_FN("forge", fn_forge);
 
 /* ------------------------------------------------------------------ */
 /* Children, zombies and fds                                            */
@@ -896,6 +945,50 @@ static void test_process_pool_malformed_frame(void **state)
     test_loop_close(loop);
 }
 
+/*
+ * A worker whose result breaks the protocol is killed and its job fails with
+ * URIO_EBROKENWORKER saying why; in particular a memfd the parent would map
+ * must be sealed and as large as the frame says (or reading it could fault).
+ */
+static void test_process_pool_forged_results_refused(void **state)
+{
+    (void)state;
+    test_log_capture();
+    const struct {
+        struct forged fg;
+        const char *why;
+    } cases[] = {
+        { { URIO__PF_RESULT, URIO__PF_SHM, 1, URIO__PF_SHM_MIN, FD_UNSEALED },
+          "payload memfd not sealed against shrinking" },
+        { { URIO__PF_RESULT, URIO__PF_SHM, 1, URIO__PF_SHM_MIN, FD_SMALL },
+          "payload memfd smaller than its frame says" },
+        { { URIO__PF_RESULT, URIO__PF_SHM, 1, URIO__PF_SHM_MIN, FD_NONE },
+          "a shared-memory result without its memfd" },
+        { { URIO__PF_RESULT, URIO__PF_SHM | URIO__PF_INOFFER, 1, URIO__PF_SHM_MIN, FD_NONE },
+          "a result in a buffer it was not offered" },
+        { { URIO__PF_RESULT, 0, 7, 0, FD_NONE }, "a result for no job it held" },
+        { { URIO__PF_READY, 0, 1, sizeof(urio__pf_ready_t), FD_NONE }, "unexpected frame type" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        urio_loop_t *loop = test_loop_new();
+        urio_executor_t *ex = pool_new(&(urio_process_pool_opts_t){ .workers = 1 });
+        urio_future_t *f[2] = { submit(loop, ex, "forge", &cases[i].fg, sizeof cases[i].fg) };
+        run_all(loop, f, 1, 30);
+        f[1] = submit(loop, ex, "echo", "z", 1);
+        run_all(loop, &f[1], 1, 30);
+        if (urio_future_result(f[0], NULL) != URIO_EBROKENWORKER ||
+            strstr(urio_future_error_message(f[0]), cases[i].why) == NULL)
+            fail_msg("case %zu: %s: %s (expected EBROKENWORKER: %s)", i,
+                     urio_strerror_name(urio_future_result(f[0], NULL)),
+                     urio_future_error_message(f[0]), cases[i].why);
+        expect_echo(f[1], "z", 1);      /* a new worker took the next job */
+        urio_future_unref(f[0]);
+        urio_future_unref(f[1]);
+        urio_executor_free(ex);
+        test_loop_close(loop);
+    }
+}
+
 /* A queued job cancelled never runs; a held one runs, its output dropped. */
 static void test_process_pool_cancel(void **state)
 {
@@ -1089,6 +1182,7 @@ int main(void)
         PP_TEST(test_process_pool_payload_limit),
         PP_TEST(test_process_pool_recycling_bounds_leak),
         PP_TEST(test_process_pool_malformed_frame),
+        PP_TEST(test_process_pool_forged_results_refused),
         PP_TEST(test_process_pool_cancel),
         PP_TEST(test_process_pool_bad_input),
         PP_TEST(test_process_pool_awaited_in_task),
