@@ -946,6 +946,102 @@ static void test_process_pool_malformed_frame(void **state)
 }
 
 /*
+ * The decoder trusts nothing: each field out of its range or place is
+ * refused with its reason; a frame cut short is "need more" (0).
+ */
+static void test_process_pool_decoder_refuses_each_field(void **state)
+{
+    (void)state;
+    const unsigned any = (1u << URIO__PF_CONFIG) | (1u << URIO__PF_READY) |
+                         (1u << URIO__PF_JOB) | (1u << URIO__PF_RESULT);
+    struct {
+        uint8_t type, flags;
+        uint32_t seq;
+        int32_t err;
+        uint16_t text_len;
+        uint64_t payload_len;
+        void (*tweak)(urio__pf_header_t *h);
+        unsigned accept;
+        const char *why;
+    } cases[] = {
+        { URIO__PF_CONFIG, 0, 1, 0, 0, 16, NULL, 1u << URIO__PF_JOB, "unexpected frame type" },
+        { URIO__PF_JOB, 0x80, 1, 0, 4, 0, NULL, any, "unknown flags" },
+        { URIO__PF_RESULT, URIO__PF_OUTBUF, 1, 0, 0, 0, NULL, any, "flags out of place" },
+        { URIO__PF_RESULT, URIO__PF_INOFFER, 1, 0, 0, 0, NULL, any, "flags out of place" },
+        { URIO__PF_CONFIG, 0, 1, 0, 0, 16, NULL, any, NULL },   /* valid */
+        { URIO__PF_JOB, 0, 1, 0, 4, 8, NULL, any, NULL },       /* valid */
+        { URIO__PF_JOB, URIO__PF_SHM, 1, 0, 4, 100, NULL, any,
+          "payload in the wrong place for its size" },
+        { URIO__PF_JOB, 0, 1, 0, 4, 200, NULL, any, "payload over the limit" },
+        { URIO__PF_CONFIG, 0, 2, 0, 0, 16, NULL, any, "bad CONFIG frame" },
+        { URIO__PF_CONFIG, 0, 1, 0, 0, 8, NULL, any, "bad CONFIG frame" },
+        { URIO__PF_READY, 0, 1, -5, 0, 8, NULL, any, "bad READY frame" },
+        { URIO__PF_JOB, 0, 1, -5, 4, 0, NULL, any, "a job with an error" },
+        { URIO__PF_JOB, 0, 1, 0, 0, 0, NULL, any, "function name length out of range" },
+        { URIO__PF_JOB, 0, 1, 0, 300, 0, NULL, any, "function name length out of range" },
+        { URIO__PF_RESULT, 0, 1, -5000, 0, 0, NULL, any, "result error out of range" },
+        { URIO__PF_RESULT, 0, 1, 5, 0, 0, NULL, any, "result error out of range" },
+        { URIO__PF_RESULT, 0, 1, URIO_EBROKENWORKER, 0, 0, NULL, any, NULL },  /* urio's own */
+        { URIO__PF_RESULT, 0, 1, 0, 3, 0, NULL, any, "a message without an error" },
+        { URIO__PF_RESULT, 0, 1, -5, 0, 4, NULL, any, "an error with a payload" },
+        { URIO__PF_RESULT, 0, 1, -5, 2000, 0, NULL, any, "message length out of range" },
+    };
+    char buf[4096];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        urio__pf_header_t h;
+        urio__pf_header_init(&h, cases[i].type, cases[i].flags, cases[i].seq, cases[i].err,
+                             cases[i].text_len, cases[i].payload_len);
+        memset(buf, 'x', sizeof buf);
+        memcpy(buf, &h, sizeof h);
+        urio__pf_frame_t f;
+        const char *why = NULL;
+        ssize_t n = urio__pf_decode(buf, sizeof buf, cases[i].accept, 100, &f, &why);
+        if (cases[i].why == NULL) {
+            if (n != (ssize_t)h.len)
+                fail_msg("case %zu: a valid frame decoded to %zd (%s)", i, n, why ? why : "");
+        } else if (n != -EPROTO || why == NULL || strcmp(why, cases[i].why) != 0) {
+            fail_msg("case %zu: %zd (%s), expected -EPROTO (%s)", i, n, why ? why : "-",
+                     cases[i].why);
+        }
+    }
+    /* Fields that the constructor never gets wrong: set by hand. */
+    urio__pf_header_t h;
+    urio__pf_frame_t f;
+    const char *why = NULL;
+    urio__pf_header_init(&h, URIO__PF_JOB, 0, 1, 0, 4, 0);
+    h.reserved = 1;
+    memcpy(buf, &h, sizeof h);
+    assert_int_equal(urio__pf_decode(buf, sizeof buf, any, 100, &f, &why), -EPROTO);
+    assert_string_equal(why, "reserved field not zero");
+    urio__pf_header_init(&h, URIO__PF_JOB, 0, 1, 0, 4, 0);
+    h.len = 8;
+    memcpy(buf, &h, sizeof h);
+    assert_int_equal(urio__pf_decode(buf, sizeof buf, any, 100, &f, &why), -EPROTO);
+    assert_string_equal(why, "frame length out of range");
+    urio__pf_header_init(&h, URIO__PF_JOB, 0, 1, 0, 4, 0);
+    h.len += 1;
+    memcpy(buf, &h, sizeof h);
+    assert_int_equal(urio__pf_decode(buf, sizeof buf, any, 100, &f, &why), -EPROTO);
+    assert_string_equal(why, "frame length disagrees with its fields");
+    /* READY's pid: 0, or beyond any pid. */
+    urio__pf_header_init(&h, URIO__PF_READY, 0, 1, 0, 0, sizeof(urio__pf_ready_t));
+    memcpy(buf, &h, sizeof h);
+    urio__pf_ready_t r = { .pid = 0 };
+    memcpy(buf + sizeof h, &r, sizeof r);
+    assert_int_equal(urio__pf_decode(buf, sizeof buf, any, 100, &f, &why), -EPROTO);
+    assert_string_equal(why, "bad pid in READY");
+    r.pid = 0x80000000u;
+    memcpy(buf + sizeof h, &r, sizeof r);
+    assert_int_equal(urio__pf_decode(buf, sizeof buf, any, 100, &f, &why), -EPROTO);
+    r.pid = 42;
+    memcpy(buf + sizeof h, &r, sizeof r);
+    assert_int_equal(urio__pf_decode(buf, sizeof buf, any, 100, &f, &why), (ssize_t)h.len);
+    /* Cut short: a header's worth, or the frame's: need more. */
+    assert_int_equal(urio__pf_decode(buf, sizeof h - 1, any, 100, &f, &why), 0);
+    assert_int_equal(urio__pf_decode(buf, h.len - 1, any, 100, &f, &why), 0);
+}
+
+/*
  * A worker whose result breaks the protocol is killed and its job fails with
  * URIO_EBROKENWORKER saying why; in particular a memfd the parent would map
  * must be sealed and as large as the frame says (or reading it could fault).
@@ -986,6 +1082,144 @@ static void test_process_pool_forged_results_refused(void **state)
         urio_future_unref(f[1]);
         urio_executor_free(ex);
         test_loop_close(loop);
+    }
+}
+
+/*
+ * The worker's side: it trusts its parent no more than the parent trusts it.
+ * A worker runs in a child on a socketpair whose other end holds frames
+ * written in advance; it must exit with the protocol status (70) naming
+ * what was wrong, or 0 when the parent closes the channel, or 71 when its
+ * parent is not the one it was started for.
+ */
+struct worker_script {
+    int fd;                     /* the worker's end */
+    pid_t parent;               /* 0: the real parent */
+};
+
+static int worker_child(void *arg)
+{
+    struct worker_script *ws = arg;
+    if (ws->fd != URIO__PROCESS_CHANNEL_FD) {
+        dup2(ws->fd, URIO__PROCESS_CHANNEL_FD);
+        close(ws->fd);
+    }
+    urio__process_worker_run(URIO__PROCESS_CHANNEL_FD, ws->parent ? ws->parent : getppid());
+}
+
+/* Appends a frame (header, text, payload) to the parent's end; fd: sent with it, or -1. */
+static void script_frame(int sock, uint8_t type, uint8_t flags, uint32_t seq, const char *text,
+                         const void *payload, uint64_t payload_len, int fd)
+{
+    urio__pf_header_t h;
+    size_t tlen = text ? strlen(text) : 0;
+    urio__pf_header_init(&h, type, flags, seq, 0, (uint16_t)tlen, payload_len);
+    struct iovec iov[3] = { { &h, sizeof h }, { (void *)text, tlen },
+                            { (void *)payload, (flags & URIO__PF_SHM) ? 0 : payload_len } };
+    _Alignas(struct cmsghdr) char ctl[CMSG_SPACE(sizeof(int))];
+    struct msghdr mh = { .msg_iov = iov, .msg_iovlen = 3 };
+    if (fd >= 0) {
+        memset(ctl, 0, sizeof ctl);
+        mh.msg_control = ctl;
+        mh.msg_controllen = sizeof ctl;
+        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &fd, sizeof fd);
+    }
+    assert_true(sendmsg(sock, &mh, MSG_NOSIGNAL) > 0);
+}
+
+static void script_config(int sock, uint64_t max_payload)
+{
+    urio__pf_config_t cfg = { .max_payload = max_payload };
+    script_frame(sock, URIO__PF_CONFIG, 0, URIO__PF_VERSION, NULL, &cfg, sizeof cfg, -1);
+}
+
+enum { WS_OK, WS_BAD_MAGIC, WS_BAD_LIMIT, WS_OUT_OF_ORDER, WS_SHM_NO_FD, WS_SHM_UNSEALED,
+       WS_OFFER_UNSEALED, WS_ORPHAN, WS_SCRIPTS };
+
+/* Runs the worker on script `which`; returns its wait status, its stderr in out. */
+static int run_worker_script(int which, char *out, size_t n)
+{
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    struct worker_script ws = { .fd = sv[1] };
+    void *map;
+    int memfd = -1;
+    switch (which) {
+    case WS_OK:              /* a job, then the channel closed: exit 0 */
+        script_config(sv[0], 1 << 20);
+        script_frame(sv[0], URIO__PF_JOB, 0, 1, "echo", "hi", 2, -1);
+        break;
+    case WS_BAD_MAGIC: {
+        char junk[64];
+        memset(junk, 0x5a, sizeof junk);
+        assert_int_equal(write(sv[0], junk, sizeof junk), (ssize_t)sizeof junk);
+        break;
+    }
+    case WS_BAD_LIMIT:
+        script_config(sv[0], 0);
+        break;
+    case WS_OUT_OF_ORDER:
+        script_config(sv[0], 1 << 20);
+        script_frame(sv[0], URIO__PF_JOB, 0, 5, "echo", "hi", 2, -1);
+        break;
+    case WS_SHM_NO_FD:
+        script_config(sv[0], 1 << 20);
+        script_frame(sv[0], URIO__PF_JOB, URIO__PF_SHM, 1, "echo", NULL, URIO__PF_SHM_MIN, -1);
+        break;
+    case WS_SHM_UNSEALED:
+    case WS_OFFER_UNSEALED:
+        script_config(sv[0], 1 << 20);
+        memfd = urio__pf_shm_create(URIO__PF_SHM_MIN, &map);
+        assert_true(memfd >= 0);
+        munmap(map, URIO__PF_SHM_MIN);
+        if (which == WS_SHM_UNSEALED)
+            script_frame(sv[0], URIO__PF_JOB, URIO__PF_SHM, 1, "echo", NULL, URIO__PF_SHM_MIN,
+                         memfd);
+        else
+            script_frame(sv[0], URIO__PF_JOB, URIO__PF_OUTBUF, 1, "echo", "hi", 2, memfd);
+        break;
+    case WS_ORPHAN:
+        ws.parent = 1;      /* started for init: its parent is not that one */
+        break;
+    }
+    if (memfd >= 0)
+        close(memfd);
+    if (which == WS_OK || which == WS_ORPHAN)
+        shutdown(sv[0], SHUT_WR);       /* then the parent closes the channel */
+    int status = test_child(worker_child, &ws, out, n);
+    close(sv[0]);
+    close(sv[1]);
+    return status;
+}
+
+static void test_process_pool_worker_refuses_bad_parent(void **state)
+{
+    (void)state;
+    static const struct {
+        int status;
+        const char *said;
+    } want[WS_SCRIPTS] = {
+        [WS_OK] = { 0, NULL },
+        [WS_BAD_MAGIC] = { 70, "malformed frame from the parent: bad magic" },
+        [WS_BAD_LIMIT] = { 70, "bad payload limit 0 in CONFIG" },
+        [WS_OUT_OF_ORDER] = { 70, "job number 5 out of order (expected 1)" },
+        [WS_SHM_NO_FD] = { 70, "a shared-memory frame came without its memfd" },
+        [WS_SHM_UNSEALED] = { 70, "job 1: a shared buffer unsealed or smaller than its frame says" },
+        [WS_OFFER_UNSEALED] = { 70, "job 1: a shared buffer unsealed or smaller than its frame says" },
+        [WS_ORPHAN] = { 71, NULL },
+    };
+    for (int i = 0; i < WS_SCRIPTS; i++) {
+        char out[4096];
+        int status = run_worker_script(i, out, sizeof out);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != want[i].status)
+            fail_msg("script %d: status %#x (expected exit %d); it wrote:\n%s", i, status,
+                     want[i].status, out);
+        if (want[i].said != NULL && strstr(out, want[i].said) == NULL)
+            fail_msg("script %d: no \"%s\"; it wrote:\n%s", i, want[i].said, out);
     }
 }
 
@@ -1182,7 +1416,9 @@ int main(void)
         PP_TEST(test_process_pool_payload_limit),
         PP_TEST(test_process_pool_recycling_bounds_leak),
         PP_TEST(test_process_pool_malformed_frame),
+        PP_TEST(test_process_pool_decoder_refuses_each_field),
         PP_TEST(test_process_pool_forged_results_refused),
+        PP_TEST(test_process_pool_worker_refuses_bad_parent),
         PP_TEST(test_process_pool_cancel),
         PP_TEST(test_process_pool_bad_input),
         PP_TEST(test_process_pool_awaited_in_task),
