@@ -211,6 +211,56 @@ static int fn_forge(urio_process_call_t *call, const void *in, size_t len)
 }
 URIO_PROCESS_FN("forge", fn_forge);
 
+/* The calls a function makes, at their edges; in[0] is which (see test_process_pool_call_edges). */
+static int fn_edge(urio_process_call_t *call, const void *in, size_t len)
+{
+    (void)len;
+    char *out;
+    switch (((const uint8_t *)in)[0]) {
+    case 0:
+        errno = 0;
+        if (urio_process_output(NULL, 1) != NULL || errno != EINVAL)
+            return urio_process_fail(call, -EPROTO, "output(NULL) was not refused");
+        if (urio_process_fail(NULL, -EIO, "nobody") != -EIO)
+            return urio_process_fail(call, -EPROTO, "fail(NULL) changed the error");
+        if (urio_process_fail(call, EIO, NULL) != -EINVAL)
+            return urio_process_fail(call, -EPROTO, "a positive error was taken");
+        /* A large output (a memfd of its own), then a small one: the first is let go. */
+        if (urio_process_output(call, 200000) == NULL)
+            return urio_process_fail(call, -errno, "large output");
+        out = urio_process_output(call, 7);
+        if (out == NULL)
+            return urio_process_fail(call, -errno, "small output");
+        memcpy(out, "edge-ok", 7);
+        return 0;
+    case 1:                     /* a positive return is success */
+        out = urio_process_output(call, 3);
+        if (out == NULL)
+            return -ENOMEM;
+        memcpy(out, "pos", 3);
+        return 7;
+    case 2:                     /* fails with another error than its message's */
+        urio_process_fail(call, -EIO, "an I/O message");
+        return -EPIPE;
+    case 3:                     /* no memory for the output */
+        urio__alloc_fail_after(0, false);
+        out = urio_process_output(call, 10);
+        urio__alloc_fail_after(-1, false);
+        return out ? 0 : urio_process_fail(call, -errno, "no output buffer");
+    default: {                  /* no fd for a large output's memfd */
+        struct rlimit rl, low;
+        getrlimit(RLIMIT_NOFILE, &rl);
+        low = (struct rlimit){ 3, rl.rlim_max };
+        setrlimit(RLIMIT_NOFILE, &low);
+        out = urio_process_output(call, 200000);
+        int err = errno;
+        setrlimit(RLIMIT_NOFILE, &rl);
+        return out ? 0 : urio_process_fail(call, -err, "no memfd");
+    }
+    }
+}
+URIO_PROCESS_FN("edge", fn_edge);
+
 /* ------------------------------------------------------------------ */
 /* Children, zombies and fds                                            */
 
@@ -1223,6 +1273,121 @@ static void test_process_pool_worker_refuses_bad_parent(void **state)
     }
 }
 
+/* A function's calls at their edges, seen from the parent. */
+static void test_process_pool_call_edges(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_executor_t *ex = pool_new(&(urio_process_pool_opts_t){ .workers = 1 });
+    urio_future_t *f[5];
+    for (uint8_t i = 0; i < 5; i++)
+        f[i] = submit(loop, ex, "edge", &i, 1);
+    run_all(loop, f, 5, 30);
+    expect_echo(f[0], "edge-ok", 7);
+    expect_echo(f[1], "pos", 3);
+    /* The message was for -EIO: with -EPIPE it is not passed on. */
+    assert_int_equal(urio_future_result(f[2], NULL), -EPIPE);
+    assert_null(urio_future_error_message(f[2]));
+    assert_int_equal(urio_future_result(f[3], NULL), -ENOMEM);
+    assert_string_equal(urio_future_error_message(f[3]), "no output buffer");
+    assert_int_equal(urio_future_result(f[4], NULL), -EMFILE);
+    assert_string_equal(urio_future_error_message(f[4]), "no memfd");
+    for (int i = 0; i < 5; i++)
+        urio_future_unref(f[i]);
+    urio_executor_free(ex);
+    test_loop_close(loop);
+}
+
+/* The registry: bad registrations refused, the same one twice harmless, a name twice refused. */
+static int fn_other(urio_process_call_t *call, const void *in, size_t len)
+{
+    (void)call;
+    (void)in;
+    (void)len;
+    return 0;
+}
+
+static void test_process_pool_registry(void **state)
+{
+    (void)state;
+    test_log_capture();
+    static char long_name[300];
+    memset(long_name, 'n', sizeof long_name - 1);
+    static urio_process_fn_def_t no_name = { .fn = fn_other }, no_fn = { .name = "x" },
+                                 empty = { .name = "", .fn = fn_other },
+                                 too_long = { .name = long_name, .fn = fn_other },
+                                 again = { .name = "echo", .fn = fn_other },
+                                 fresh = { .name = "registry-fresh", .fn = fn_other };
+    assert_int_equal(urio_process_fn_register(NULL), -EINVAL);
+    assert_int_equal(urio_process_fn_register(&no_name), -EINVAL);
+    assert_int_equal(urio_process_fn_register(&no_fn), -EINVAL);
+    assert_int_equal(urio_process_fn_register(&empty), -EINVAL);
+    assert_int_equal(urio_process_fn_register(&too_long), -EINVAL);
+    assert_int_equal(urio_process_fn_register(&again), -EEXIST);
+    assert_log_contains("ERROR URIO_PROCESS_FN(\"echo\"): the name is registered twice; the "
+                        "second registration is ignored");
+    assert_int_equal(urio_process_fn_register(&fresh), 0);
+    assert_int_equal(urio_process_fn_register(&fresh), 0);     /* the same one: harmless */
+    assert_ptr_equal(urio__process_fn_find("registry-fresh", 14), &fresh);
+    assert_ptr_equal(urio__process_fn_find("echo", 4)->fn, fn_echo);   /* the first kept */
+}
+
+/* Shared memory buffers (inputs, and outputs offered) come back for reuse, data
+ * never mixed; the pool keeps at most 16 of them. */
+static int payload_memfds(void)
+{
+    int n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        char path[300], target[300];
+        snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
+        ssize_t k = readlink(path, target, sizeof target - 1);
+        if (k > 0) {
+            target[k] = '\0';
+            n += strstr(target, "memfd:urio-payload") != NULL;
+        }
+    }
+    closedir(d);
+    return n;
+}
+
+static void test_process_pool_shared_buffers_reused_and_bounded(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_executor_t *ex = pool_new(&(urio_process_pool_opts_t){ .workers = 1 });
+    enum { BIG = 1 << 20, N = 40 };
+    char *in = malloc(BIG + N * 4096);
+    /* One after another, the same size: the same buffers, each job its own data. */
+    for (int round = 0; round < 4; round++) {
+        memset(in, 'a' + round, BIG);
+        urio_future_t *f = submit(loop, ex, "echo", in, BIG);
+        run_all(loop, &f, 1, 30);
+        expect_echo(f, in, BIG);
+        urio_future_unref(f);
+    }
+    /* Many sizes at once: more buffers than the cache keeps. */
+    urio_future_t *f[N];
+    for (int i = 0; i < N; i++) {
+        memset(in, 'A' + i % 26, URIO__PF_SHM_MIN + (size_t)i * 4096);
+        f[i] = submit(loop, ex, "echo", in, URIO__PF_SHM_MIN + (size_t)i * 4096);
+    }
+    run_all(loop, f, N, 60);
+    for (int i = 0; i < N; i++) {
+        memset(in, 'A' + i % 26, URIO__PF_SHM_MIN + (size_t)i * 4096);
+        expect_echo(f[i], in, URIO__PF_SHM_MIN + (size_t)i * 4096);
+        urio_future_unref(f[i]);
+    }
+    int kept = payload_memfds();
+    if (kept > 16)
+        fail_msg("%d shared buffers kept after the jobs (the cache holds 16)", kept);
+    urio_executor_free(ex);
+    free(in);
+    test_loop_close(loop);
+    assert_int_equal(payload_memfds(), 0);     /* the pool's last reference let them go */
+}
+
 /* A queued job cancelled never runs; a held one runs, its output dropped. */
 static void test_process_pool_cancel(void **state)
 {
@@ -1419,6 +1584,9 @@ int main(void)
         PP_TEST(test_process_pool_decoder_refuses_each_field),
         PP_TEST(test_process_pool_forged_results_refused),
         PP_TEST(test_process_pool_worker_refuses_bad_parent),
+        PP_TEST(test_process_pool_call_edges),
+        PP_TEST(test_process_pool_registry),
+        PP_TEST(test_process_pool_shared_buffers_reused_and_bounded),
         PP_TEST(test_process_pool_cancel),
         PP_TEST(test_process_pool_bad_input),
         PP_TEST(test_process_pool_awaited_in_task),
