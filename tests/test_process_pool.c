@@ -13,6 +13,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <semaphore.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
@@ -260,6 +261,18 @@ static int fn_edge(urio_process_call_t *call, const void *in, size_t len)
     }
 }
 URIO_PROCESS_FN("edge", fn_edge);
+
+/*
+ * A worker image that fails before it is ready (a missing library, a crash in
+ * a static initialiser): with URIO_TEST_WORKER_EXIT=N in the environment a
+ * worker of this program exits with status N before urio's constructor runs.
+ */
+__attribute__((constructor(101))) static void worker_fails_early(void)
+{
+    const char *v = getenv("URIO_TEST_WORKER_EXIT");
+    if (v != NULL && getenv(URIO__PROCESS_ENV) != NULL)
+        _exit(atoi(v));
+}
 
 /* ------------------------------------------------------------------ */
 /* Children, zombies and fds                                            */
@@ -1388,6 +1401,239 @@ static void test_process_pool_shared_buffers_reused_and_bounded(void **state)
     assert_int_equal(payload_memfds(), 0);     /* the pool's last reference let them go */
 }
 
+/*
+ * Workers that cannot be started (no fd for their channel), or that die
+ * before they are ready: after three failures in a row the queued jobs fail
+ * with URIO_EBROKENWORKER saying why, instead of waiting forever; the next
+ * submit tries again, and works once workers can start.
+ */
+static int cannot_start_child(void *arg)
+{
+    (void)arg;
+    urio_loop_t *loop;
+    if (urio_loop_new(&loop, NULL) < 0)
+        return 77;
+    urio_executor_t *ex = NULL;
+    if (urio_process_pool_new(&ex, &(urio_process_pool_opts_t){ .workers = 1 }) != 0)
+        return 2;
+    /* No fd left: a limit just above those open, and the holes below it taken. */
+    int top = 0;
+    for (int fd = 0; fd < 1024; fd++)
+        if (fcntl(fd, F_GETFD) >= 0)
+            top = fd;
+    struct rlimit rl, tight;
+    getrlimit(RLIMIT_NOFILE, &rl);
+    tight = (struct rlimit){ (rlim_t)top + 1, rl.rlim_max };
+    setrlimit(RLIMIT_NOFILE, &tight);
+    int fillers[1024], nfillers = 0;
+    while (nfillers < 1024 && (fillers[nfillers] = dup(0)) >= 0)
+        nfillers++;
+    urio_future_t *f = urio_process_pool_submit(loop, ex, "echo", "a", 1);
+    if (f == NULL)
+        return 3;
+    urio_loop_run_until_complete(loop, f);
+    int err = urio_future_result(f, NULL);
+    const char *msg = urio_future_error_message(f);
+    fprintf(stderr, "first: %s: %s\n", urio_strerror_name(err), msg ? msg : "-");
+    urio_future_unref(f);
+    while (nfillers > 0)
+        close(fillers[--nfillers]);
+    setrlimit(RLIMIT_NOFILE, &rl);
+    f = urio_process_pool_submit(loop, ex, "echo", "b", 1);
+    urio_loop_run_until_complete(loop, f);
+    fprintf(stderr, "then: %s\n", urio_strerror_name(urio_future_result(f, NULL)));
+    urio_future_unref(f);
+    urio_executor_free(ex);
+    return urio_loop_close(loop) == 0 ? 0 : 4;
+}
+
+static void test_process_pool_workers_cannot_start(void **state)
+{
+    (void)state;
+    char out[8192];
+    int status = test_child(cannot_start_child, NULL, out, sizeof out);
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 77)
+        skip();
+    assert_true(WIFEXITED(status));
+    if (WEXITSTATUS(status) != 0 ||
+        strstr(out, "first: URIO_EBROKENWORKER: no worker could be started: ") == NULL ||
+        strstr(out, "WARNING urio: process pool: starting a worker failed: ") == NULL ||
+        strstr(out, "then: 0\n") == NULL)
+        fail_msg("status %d; the child wrote:\n%s", WEXITSTATUS(status), out);
+}
+
+static void test_process_pool_workers_die_before_ready(void **state)
+{
+    (void)state;
+    test_log_capture();
+    urio_loop_t *loop = test_loop_new();
+    setenv("URIO_TEST_WORKER_EXIT", "3", 1);
+    urio_executor_t *ex = pool_new(&(urio_process_pool_opts_t){ .workers = 1 });
+    urio_future_t *f = submit(loop, ex, "echo", "a", 1);
+    run_all(loop, &f, 1, 30);
+    unsetenv("URIO_TEST_WORKER_EXIT");
+    assert_int_equal(urio_future_result(f, NULL), URIO_EBROKENWORKER);
+    if (strstr(urio_future_error_message(f), "workers die before they are ready (the last, pid ") ==
+            NULL ||
+        strstr(urio_future_error_message(f), "exited with status 3") == NULL)
+        fail_msg("the job's error: %s", urio_future_error_message(f));
+    assert_log_contains("before it was ready");
+    urio_future_unref(f);
+    /* Workers can start again: the next job tries, and works. */
+    f = submit(loop, ex, "echo", "b", 1);
+    run_all(loop, &f, 1, 30);
+    expect_echo(f, "b", 1);
+    urio_future_unref(f);
+    urio_executor_free(ex);
+    test_loop_close(loop);
+}
+
+/* By default one worker per CPU; a task awaiting a job shows it in the task dump. */
+static int awaits_job(void *arg, void **res)
+{
+    (void)res;
+    return urio_await(arg, NULL);
+}
+
+static void test_process_pool_default_size_and_dump(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_executor_t *ex = NULL;
+    assert_int_equal(urio_process_pool_new(&ex, NULL), 0);
+    uint32_t ms = 20;
+    urio_future_t *job = submit(loop, ex, "sleep", &ms, sizeof ms);
+    urio_future_t *t = urio_spawn(loop, awaits_job, job);
+    urio_call_soon(loop, test_stop_cb, loop);
+    urio_loop_run_forever(loop);
+    char *text = NULL;
+    size_t len = 0;
+    FILE *out = open_memstream(&text, &len);
+    assert_int_equal(urio_loop_dump_tasks(loop, out), 1);
+    fclose(out);
+    if (strstr(text, "    awaiting <Future pending process job 'sleep'>") == NULL)
+        fail_msg("the dump lacks the job:\n%s", text);
+    free(text);
+    assert_int_equal(urio_loop_run_until_complete(loop, t), 0);
+    urio_process_pool_stats_t st;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    assert_int_equal(urio_process_pool_stats(ex, &st, NULL, 0), cores > 1024 ? 1024 : cores);
+    assert_int_equal(st.spawned, cores > 1024 ? 1024 : (unsigned)cores);
+    urio_future_unref(job);
+    urio_future_unref(t);
+    urio_executor_free(ex);
+    test_loop_close(loop);
+}
+
+/* Every allocation of a submit failed in turn: NULL with ENOMEM, or a job that runs. */
+static void test_process_pool_submit_oom(void **state)
+{
+    (void)state;
+    enum { BIG = 100000 };      /* a shared-memory input, and an output buffer offered */
+    char *in = malloc(BIG);
+    memset(in, 'q', BIG);
+    int failed_runs = 0;
+    bool clean = false;
+    test_log_capture();     /* a failure may also hit a worker's start: retried, said at WARNING */
+    for (long n = 0; !clean && n < 100; n++) {
+        urio_loop_t *loop = test_loop_new();        /* the first submit on a loop sets up its state */
+        urio_executor_t *ex = pool_new(&(urio_process_pool_opts_t){ .workers = 1 });
+        urio_mem_stats_t a;
+        urio_mem_stats(&a);
+        urio__alloc_fail_after(n, false);
+        errno = 0;
+        urio_future_t *f = urio_process_pool_submit(loop, ex, "echo", in, BIG);
+        int err = errno;
+        urio__alloc_fail_after(-1, false);
+        urio_mem_stats_t b;
+        urio_mem_stats(&b);
+        if (f == NULL) {
+            assert_true(b.failures > a.failures);
+            assert_int_equal(err, ENOMEM);
+            failed_runs++;
+        } else {
+            clean = b.failures == a.failures;
+            run_all(loop, &f, 1, 30);
+            expect_echo(f, in, BIG);
+            urio_future_unref(f);
+        }
+        urio_executor_free(ex);
+        test_loop_close(loop);
+    }
+    free(in);
+    assert_true(clean);
+    assert_true(failed_runs >= 3);      /* the job, its input buffer, the loop's pool state */
+}
+
+/* shutdown(cancel_futures) from another thread: queued jobs cancelled on the loop, running ones finish. */
+static void test_process_pool_shutdown_cancel_from_thread(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_executor_t *ex = pool_new(&(urio_process_pool_opts_t){ .workers = 1 });
+    enum { N = 40 };        /* beyond the worker's pipeline: some wait in the pool */
+    urio_future_t **f = submit_sleeps(loop, ex, N, 5);
+    run_all(loop, f, 1, 30);            /* the worker is ready and holds the next ones */
+    sd_t s = { ex, false, true, -1, 0 };
+    pthread_t t;
+    pthread_create(&t, NULL, shutdown_thread, &s);
+    pthread_join(t, NULL);
+    assert_int_equal(s.ret, 0);
+    run_all(loop, f, N, 30);
+    int done = 0, cancelled = 0;
+    for (int i = 0; i < N; i++) {
+        int err = urio_future_result(f[i], NULL);
+        assert_true(err == 0 || err == -ECANCELED);
+        done += err == 0;
+        cancelled += err == -ECANCELED;
+        urio_future_unref(f[i]);
+    }
+    assert_true(done >= 1);             /* what the worker held finished */
+    assert_true(cancelled >= 1);        /* what waited in the pool was cancelled */
+    urio_executor_free(ex);
+    free(f);
+    test_loop_close(loop);
+}
+
+/* The fork server: started twice is once; refused while the process has threads. */
+static void *idle_thread(void *arg)
+{
+    sem_wait(arg);
+    return NULL;
+}
+
+static int fork_server_threads_child(void *arg)
+{
+    (void)arg;
+    urio_process_fork_server_stop();    /* the parent's: not this process's to use */
+    sem_t sem;
+    sem_init(&sem, 0, 0);
+    pthread_t th;
+    pthread_create(&th, NULL, idle_thread, &sem);
+    int busy = urio_process_fork_server_start();
+    sem_post(&sem);
+    pthread_join(th, NULL);
+    int ok = urio_process_fork_server_start();
+    int again = urio_process_fork_server_start();
+    urio_process_fork_server_stop();
+    return busy == -EBUSY && ok == 0 && again == 0 ? 0 : 1;
+}
+
+static void test_process_pool_fork_server_refused_with_threads(void **state)
+{
+    (void)state;
+#ifdef URIO_TSAN
+    skip();     /* TSan's own thread makes every process multi-threaded */
+#endif
+    char out[4096];
+    int status = test_child(fork_server_threads_child, NULL, out, sizeof out);
+    assert_true(WIFEXITED(status));
+    if (WEXITSTATUS(status) != 0 ||
+        strstr(out, "urio_process_fork_server_start(): the process already runs 2 threads; "
+                    "forking it is not safe: call it at the top of main") == NULL)
+        fail_msg("status %d; the child wrote:\n%s", WEXITSTATUS(status), out);
+}
+
 /* A queued job cancelled never runs; a held one runs, its output dropped. */
 static void test_process_pool_cancel(void **state)
 {
@@ -1587,12 +1833,22 @@ int main(void)
         PP_TEST(test_process_pool_call_edges),
         PP_TEST(test_process_pool_registry),
         PP_TEST(test_process_pool_shared_buffers_reused_and_bounded),
+        PP_TEST(test_process_pool_workers_cannot_start),
+        PP_TEST(test_process_pool_workers_die_before_ready),
+        PP_TEST(test_process_pool_default_size_and_dump),
+        PP_TEST(test_process_pool_submit_oom),
+        PP_TEST(test_process_pool_shutdown_cancel_from_thread),
+        PP_TEST(test_process_pool_fork_server_refused_with_threads),
         PP_TEST(test_process_pool_cancel),
         PP_TEST(test_process_pool_bad_input),
         PP_TEST(test_process_pool_awaited_in_task),
         PP_TEST(test_process_pool_without_pidfd),
         PP_TEST(test_process_pool_fork_server),
     };
+    /* Symbolising (the task dump) opens libdw's session, kept for the process: open it
+     * now, before the tests count this process's fds. */
+    char where[160];
+    urio__describe_pc((uintptr_t)main, where, sizeof where);
     int ret = cmocka_run_group_tests(tests, NULL, NULL);
     urio_process_fork_server_stop();
     return ret;
