@@ -99,7 +99,8 @@ void urio__alloc_fail_after(long countdown, bool persistent);
  * Coverage builds only (-Db_coverage=true, ./dev coverage): writes this
  * process's gcov counters now.  gcov writes them at exit(); a urio process
  * that ends otherwise — a pool's worker or fork server by _exit(), a task's
- * stack overflow by death from SIGSEGV — would lose the counts of all it ran.
+ * stack overflow by death from SIGSEGV, a broken invariant by abort() —
+ * would lose the counts of all it ran.
  * Called just before such an end; nothing in any other build.
  */
 #if URIO_COVERAGE
