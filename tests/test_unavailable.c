@@ -11,49 +11,15 @@
  */
 #include "helpers.h"
 
-#include <linux/audit.h>
-#include <linux/filter.h>
-#include <linux/seccomp.h>
 #include <stddef.h>
-#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#if defined(__x86_64__)
-#define ARCH_NR AUDIT_ARCH_X86_64
-#elif defined(__aarch64__)
-#define ARCH_NR AUDIT_ARCH_AARCH64
-#endif
-
-/* Installs a filter that fails system call `nr` with errno `err`. */
-static int block_syscall(unsigned nr, int err)
-{
-#ifdef ARCH_NR
-    struct sock_filter filter[] = {
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, ARCH_NR, 1, 0),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, nr, 0, 1),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ((unsigned)err & SECCOMP_RET_DATA)),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-    };
-    struct sock_fprog prog = { .len = sizeof filter / sizeof filter[0], .filter = filter };
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
-        return -1;
-    return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog);
-#else
-    (void)nr;
-    (void)err;
-    return -1;
-#endif
-}
-
 /* Installs a filter that fails io_uring_setup with errno `err`. */
 static int block_io_uring_setup(int err)
 {
-    return block_syscall(__NR_io_uring_setup, err);
+    return test_block_syscall(__NR_io_uring_setup, err);
 }
 
 enum { CHILD_OK = 0, CHILD_NO_SECCOMP = 3, CHILD_WRONG_CODE = 4, CHILD_NO_LOG = 5,
@@ -151,7 +117,7 @@ static int enable_refused_child(void *arg)
     urio_loop_t *loop = NULL;
     if (urio_loop_new(&loop, NULL) != 0)
         return CHILD_LOOP_MADE;
-    if (block_syscall(__NR_io_uring_register, EPERM) != 0)
+    if (test_block_syscall(__NR_io_uring_register, EPERM) != 0)
         return CHILD_NO_SECCOMP;
     urio_call_soon(loop, test_stop_cb, loop);
     int ret = urio_loop_run_forever(loop);
