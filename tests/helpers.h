@@ -149,6 +149,25 @@ static inline int test_teardown_leaks(void **state)
     return 0;
 }
 
+/*
+ * Cases that need a second thread to make progress start with
+ * test_needs_threads().  The `valgrind` suite runs the test programs with
+ * URIO_TEST_NO_THREADS=1: valgrind runs one thread at a time, and one
+ * blocked in io_uring_enter (a loop waiting in the kernel) keeps the others
+ * from ever running, so such a case would hang there; it is skipped instead.
+ */
+static inline bool test_threads_unavailable(void)
+{
+    const char *v = getenv("URIO_TEST_NO_THREADS");
+    return v != NULL && *v != '\0' && strcmp(v, "0") != 0;
+}
+
+#define test_needs_threads()                                                            \
+    do {                                                                                \
+        if (test_threads_unavailable())                                                 \
+            skip();                                                                     \
+    } while (0)
+
 /* A test case with the leak check around it. */
 #define URIO_TEST(fn) cmocka_unit_test_setup_teardown(fn, test_setup_leaks, test_teardown_leaks)
 
