@@ -5,6 +5,7 @@
  */
 #include "helpers.h"
 
+#include <dirent.h>
 #include <signal.h>
 #include <time.h>
 #include <unistd.h>
@@ -49,6 +50,103 @@ static void test_observe_stall_reported_while_stuck(void **state)
     assert_log_contains(", in spin_for");
     assert_log_contains("test_observe.c\", line ");
     test_loop_close(loop);
+}
+
+/* The stall signal (SIGRTMAX - 7) is the program's own: the stall is still
+ * reported, without a stack, saying why; a stray stall signal is harmless. */
+static void programs_own(int sig)
+{
+    (void)sig;
+}
+
+static int stall_with_signal_taken(void *arg)
+{
+    (void)arg;
+    signal(SIGRTMAX - 7, programs_own);
+    urio_loop_t *loop;
+    if (urio_loop_new(&loop, NULL) != 0)
+        return 77;
+    urio_loop_set_stall_watchdog(loop, 30 * MS);
+    urio_call_soon(loop, stuck_callback, (void *)(uintptr_t)(150 * MS));
+    urio_call_soon(loop, test_stop_cb, loop);
+    urio_loop_run_forever(loop);
+    return urio_loop_close(loop) == 0 ? 0 : 1;
+}
+
+static int stray_stall_signal(void *arg)
+{
+    (void)arg;
+    urio_loop_t *loop;
+    if (urio_loop_new(&loop, NULL) != 0)
+        return 77;
+    urio_loop_set_stall_watchdog(loop, 20 * MS);
+    urio_call_soon(loop, stuck_callback, (void *)(uintptr_t)(60 * MS));    /* installs the handler */
+    urio_call_soon(loop, test_stop_cb, loop);
+    urio_loop_run_forever(loop);
+    raise(SIGRTMAX - 7);            /* nobody asked: ignored */
+    return urio_loop_close(loop) == 0 ? 0 : 1;
+}
+
+static void test_observe_stall_signal_not_ours(void **state)
+{
+    (void)state;
+    test_needs_threads();
+    char out[8192];
+    int status = test_child(stall_with_signal_taken, NULL, out, sizeof out);
+    assert_true(WIFEXITED(status));
+    if (WEXITSTATUS(status) == 77)
+        skip();
+    char want[200];
+    snprintf(want, sizeof want, "ms of CPU time (its stack could not be taken: the program "
+             "handles signal %d itself)", SIGRTMAX - 7);
+    if (WEXITSTATUS(status) != 0 || strstr(out, want) == NULL)
+        fail_msg("status %d; the child wrote:\n%s", WEXITSTATUS(status), out);
+    status = test_child(stray_stall_signal, NULL, out, sizeof out);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        fail_msg("a stray stall signal: status %#x; the child wrote:\n%s", status, out);
+}
+
+static int thread_count(void)
+{
+    int n = 0;
+    DIR *d = opendir("/proc/self/task");
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+/* Turning the watchdog off before it was ever on starts nothing; no memory for it:
+ * ENOMEM, and no thread left behind. */
+static void test_observe_watchdog_off_and_oom(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    int threads = thread_count();
+    assert_int_equal(urio_loop_set_stall_watchdog(loop, 0), 0);
+    assert_int_equal(thread_count(), threads);
+    int failed_runs = 0;
+    for (long n = 0; n < 10; n++) {
+        urio_mem_stats_t a, b;
+        urio_mem_stats(&a);
+        urio__alloc_fail_after(n, false);
+        int ret = urio_loop_set_stall_watchdog(loop, 50 * MS);
+        urio__alloc_fail_after(-1, false);
+        urio_mem_stats(&b);
+        if (b.failures == a.failures) {
+            assert_int_equal(ret, 0);
+            break;
+        }
+        assert_int_equal(ret, -ENOMEM);
+        assert_int_equal(thread_count(), threads);      /* its thread, if started, is gone */
+        assert_int_equal(b.live, a.live);
+        failed_runs++;
+    }
+    assert_int_equal(failed_runs, 1);   /* the watchdog itself */
+    assert_int_equal(thread_count(), threads + 1);
+    test_loop_close(loop);
+    assert_int_equal(thread_count(), threads);
 }
 
 static void quick_cb(void *arg)
@@ -238,7 +336,7 @@ static void test_observe_task_dump_describes_awaits(void **state)
     assert_int_equal(counted, 8);       /* urio_loop_stats counts them too */
     const char *want[] = {
         "urio: 8 tasks on loop ",
-        "<Task 'gathers' suspended in gathers() at test_observe.c:",
+        "<Task 'gathers' suspended in gathers() ",     /* at its line, or its return statement */
         "    awaiting <Future pending (gathering 2, 2 left)>",
         "    awaiting <Future pending (run_coroutine_threadsafe)>",
         "<Task 'shielded_nap' suspended in shielded_nap() at test_observe.c:",
@@ -401,6 +499,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         URIO_TEST(test_observe_stall_reported_while_stuck),
         URIO_TEST(test_observe_no_stall_no_report),
+        URIO_TEST(test_observe_stall_signal_not_ours),
+        URIO_TEST(test_observe_watchdog_off_and_oom),
         URIO_TEST(test_observe_task_dump),
         URIO_TEST(test_observe_dump_on_signal),
         URIO_TEST(test_observe_task_dump_describes_awaits),
