@@ -1079,11 +1079,81 @@ static void test_alloc_run_coroutine_threadsafe_oom(void **state)
     oom_in_task(op_run_coroutine_threadsafe, "urio_run_coroutine_threadsafe", 3);
 }
 
+/* ---------------------------------------------------------------- */
+/* URIO_MALLOC: which allocator urio's blocks come from               */
+
+/*
+ * Read once, before main (a constructor): so each value is tried in a fresh
+ * run of this program (URIO_TEST_ALLOC_PROBE set), which uses a loop, grows
+ * and shrinks blocks, has a huge realloc refused and counted, and checks
+ * every block it made was freed.  That the blocks then come from malloc,
+ * where valgrind sees them, is what the `valgrind` suite's leak-detector
+ * check shows (tests/valgrind_leak.c).
+ */
+static int alloc_probe(void)
+{
+    urio_loop_t *loop = test_loop_new();
+    urio_future_t *f = test_future_new(loop);
+    urio_future_set_result(f, NULL);
+    urio_call_soon(loop, test_stop_cb, loop);
+    urio_loop_run_forever(loop);
+    urio_future_unref(f);
+    void *p = urio__calloc(1000, 1000);
+    urio_mem_stats_t a;
+    urio_mem_stats(&a);
+    void *huge = urio__realloc(p, SIZE_MAX / 2);       /* refused: p stays */
+    urio_mem_stats_t b;
+    urio_mem_stats(&b);
+    p = urio__realloc(p, 8u << 20);
+    urio__free(p);
+    test_loop_close(loop);
+    fprintf(stderr, "huge realloc: %s, counted %s; blocks left: %llu\n",
+            huge ? "given" : "refused", b.failures == a.failures + 1 ? "yes" : "no",
+            (unsigned long long)test_live_blocks());
+    return 0;
+}
+
+static int exec_probe(void *value)
+{
+    if (value)
+        setenv("URIO_MALLOC", value, 1);
+    else
+        unsetenv("URIO_MALLOC");
+    setenv("URIO_TEST_ALLOC_PROBE", "1", 1);
+    execl("/proc/self/exe", "test_alloc", (char *)NULL);
+    return 127;
+}
+
+static void test_alloc_urio_malloc_env(void **state)
+{
+    (void)state;
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+    skip();     /* the sanitizer builds always use the C library's malloc */
+#endif
+    const char *values[] = { "libc", NULL, "jemalloc", "tcmalloc" };
+    for (size_t i = 0; i < sizeof values / sizeof values[0]; i++) {
+        char out[4096];
+        int status = test_child(exec_probe, (void *)values[i], out, sizeof out);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 ||
+            strstr(out, "huge realloc: refused, counted yes; blocks left: 0\n") == NULL)
+            fail_msg("URIO_MALLOC=%s: status %#x; the program wrote:\n%s",
+                     values[i] ? values[i] : "(unset)", status, out);
+        if (URIO_HAVE_JEMALLOC && (i == 3) !=
+            (strstr(out, "WARNING urio: URIO_MALLOC=tcmalloc is not understood (use libc or "
+                         "jemalloc): urio allocates with jemalloc") != NULL))
+            fail_msg("URIO_MALLOC=%s: a warning only for the value not understood:\n%s",
+                     values[i] ? values[i] : "(unset)", out);
+    }
+}
+
 int main(void)
 {
+    if (getenv("URIO_TEST_ALLOC_PROBE"))
+        return alloc_probe();
     const struct CMUnitTest tests[] = {
         URIO_TEST(test_alloc_stats_consistent),
         URIO_TEST(test_alloc_stats_loop_life_cycle),
+        URIO_TEST(test_alloc_urio_malloc_env),
         URIO_TEST(test_alloc_loop_new_oom_once),
         URIO_TEST(test_alloc_loop_new_oom_persistent),
         URIO_TEST(test_alloc_future_new_oom),
