@@ -225,6 +225,28 @@ static void test_debug_poll_timing_logged(void **state)
     test_loop_close(loop);
 }
 
+/* A wait bounded by a timer that ends early on a wake-up says its bound too. */
+static void test_debug_timed_poll_logged(void **state)
+{
+    (void)state;
+    urio_loop_opts_t on = { .debug = 1 };
+    urio_loop_t *loop = test_loop_new_opts(&on);
+    urio_handle_t far = urio_call_later(loop, 5000 * MS, test_stop_cb, loop);
+    int level = urio_log_get_level();
+    urio_log_set_level(URIO_LOG_DEBUG);
+    test_log_capture();
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, late_poke, loop), 0);
+    urio_loop_run_forever(loop);
+    pthread_join(t, NULL);
+    urio_log_set_level(level);
+    assert_log_contains("DEBUG poll 4");            /* about 5000 ms, less what has passed */
+    assert_log_contains(" ms took ");
+    assert_log_contains(" ms: 1 events");
+    assert_true(urio_handle_cancel(loop, far));
+    test_loop_close(loop);
+}
+
 static void test_debug_no_poll_log_without_debug(void **state)
 {
     (void)state;
@@ -351,6 +373,7 @@ int main(void)
         URIO_TEST(test_debug_slow_callback_quiet_without_debug),
         URIO_TEST(test_debug_wrong_thread_refused),
         URIO_TEST(test_debug_poll_timing_logged),
+        URIO_TEST(test_debug_timed_poll_logged),
         URIO_TEST(test_debug_no_poll_log_without_debug),
         URIO_TEST(test_debug_strerror_names_every_code),
         cmocka_unit_test(test_debug_unclosed_loop_warned_at_exit),
