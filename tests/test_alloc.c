@@ -626,6 +626,49 @@ static void test_alloc_turn_oom_loses_nothing(void **state)
  * or work; what it was given stays usable; nothing is left allocated.
  */
 
+/* A coroutine: no function, no memory (for it, or, made in a running loop
+ * that has no task yet, for the loop's task state): refused, nothing kept. */
+static int returns_seven(void *arg, void **res);
+
+static long coro_fail_at;
+static int coro_err;
+
+static void makes_coroutine(void *arg)
+{
+    urio__alloc_fail_after(coro_fail_at, false);
+    errno = 0;
+    urio_coro_t *c = URIO_CORO(returns_seven, NULL);
+    coro_err = errno;
+    urio__alloc_fail_after(-1, false);
+    if (c != NULL) {
+        coro_err = 0;
+        urio_coro_close(c);
+    }
+    urio_loop_stop(arg);
+}
+
+static void test_alloc_coro_create_oom(void **state)
+{
+    (void)state;
+    errno = 0;
+    assert_null(urio_coro_create(NULL, NULL, NULL));
+    assert_int_equal(errno, EINVAL);
+    int failed_runs = 0;
+    for (coro_fail_at = 0; coro_fail_at < 10; coro_fail_at++) {
+        uint64_t live = test_live_blocks();
+        urio_loop_t *loop = test_loop_new();
+        urio_call_soon(loop, makes_coroutine, loop);
+        urio_loop_run_forever(loop);
+        test_loop_close(loop);
+        assert_int_equal(test_live_blocks(), live);
+        if (coro_err == 0)
+            break;
+        assert_int_equal(coro_err, ENOMEM);
+        failed_runs++;
+    }
+    assert_int_equal(failed_runs, 2);       /* the coroutine, the loop's task state */
+}
+
 /* A gathering future's memory, or its registration on a child, cannot be had. */
 static void test_alloc_gather_new_oom(void **state)
 {
@@ -1167,6 +1210,7 @@ int main(void)
         URIO_TEST(test_alloc_call_soon_threadsafe_growth_oom),
         URIO_TEST(test_alloc_call_soon_threadsafe_oom_other_thread),
         URIO_TEST(test_alloc_turn_oom_loses_nothing),
+        URIO_TEST(test_alloc_coro_create_oom),
         URIO_TEST(test_alloc_gather_new_oom),
         URIO_TEST(test_alloc_shield_new_oom),
         URIO_TEST(test_alloc_task_create_oom),
