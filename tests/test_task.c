@@ -1229,6 +1229,128 @@ static void test_task_debug_alternate_signal_stack(void **state)
     assert_ptr_equal(own.seen.ss_sp, own.own_sp);
 }
 
+/* ---------------------------------------------------------------- */
+/* Misplaced task creation and runs                                    */
+
+struct from_thread {
+    urio_loop_t *loop;
+    urio_future_t *task;
+    int err, run;
+};
+
+static void *creates_task_elsewhere(void *arg)
+{
+    struct from_thread *x = arg;
+    errno = 0;
+    x->task = urio_task_create(x->loop, URIO_CORO(sets_flag, NULL));
+    x->err = errno;
+    return NULL;
+}
+
+static void create_from_thread(void *arg)
+{
+    struct from_thread *x = arg;
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, creates_task_elsewhere, x), 0);
+    assert_int_equal(pthread_join(th, NULL), 0);
+    urio_loop_stop(x->loop);
+}
+
+static void *runs_loop_elsewhere(void *arg)
+{
+    struct from_thread *x = arg;
+    x->run = urio_loop_run_forever(x->loop);
+    return NULL;
+}
+
+static void test_task_create_and_run_refused_elsewhere(void **state)
+{
+    (void)state;
+    test_log_capture();
+    ran_flag = false;
+    /* No loop given and none running. */
+    errno = 0;
+    assert_null(urio_task_create(NULL, URIO_CORO(sets_flag, NULL)));
+    assert_int_equal(errno, EINVAL);
+    /* Another thread, while the loop runs. */
+    struct from_thread x = { .loop = test_loop_new() };
+    urio_call_soon(x.loop, create_from_thread, &x);
+    assert_int_equal(urio_loop_run_forever(x.loop), 0);
+    assert_null(x.task);
+    assert_int_equal(x.err, EPERM);
+    assert_log_contains("ERROR urio_task_create(): Non-thread-safe operation");
+    /* A loop with a task suspended here cannot be run from another thread. */
+    urio_future_t *t = urio_spawn(x.loop, sleeps_forever, NULL);
+    urio_call_soon(x.loop, test_stop_cb, x.loop);
+    assert_int_equal(urio_loop_run_forever(x.loop), 0);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, runs_loop_elsewhere, &x), 0);
+    assert_int_equal(pthread_join(th, NULL), 0);
+    assert_int_equal(x.run, -EPERM);
+    assert_log_contains("ERROR urio_loop_run_forever(): this loop has tasks suspended on "
+                        "another thread; run it on that thread");
+    urio_future_cancel(t);
+    assert_int_equal(urio_loop_run_until_complete(x.loop, t), -ECANCELED);
+    urio_future_unref(t);
+    test_loop_close(x.loop);
+    assert_false(ran_flag);
+    assert_int_equal(test_log_count("never awaited"), 0);
+}
+
+/* A task made from a coroutine without a site (a binding's): described by name alone. */
+static int fails_quietly(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    return -EIO;
+}
+
+static void test_task_without_site(void **state)
+{
+    (void)state;
+    test_log_capture();
+    urio_loop_t *loop = test_loop_new();
+    urio_task_opts_t named = { .name = "anon" };
+    urio_future_t *t = urio_task_create_opts(loop, urio_coro_create(fails_quietly, NULL, NULL),
+                                             &named);
+    assert_non_null(t);
+    urio_call_soon(loop, test_stop_cb, loop);       /* after the task's step */
+    urio_loop_run_forever(loop);
+    assert_true(urio_future_done(t));
+    urio_future_unref(t);           /* its error never read: reported, by name */
+    t = urio_task_create(loop, urio_coro_create(fails_quietly, NULL, NULL));
+    assert_string_equal(urio_task_name(t), "?");
+    urio_loop_run_until_complete(loop, t);
+    assert_int_equal(urio_future_set_result(t, NULL), -EINVAL);     /* a task: refused */
+    urio_future_unref(t);
+    test_loop_close(loop);
+    assert_log_contains("Task exception was never retrieved\nfuture: <Task finished 'anon'>");
+    assert_log_contains("<Task finished '?'> gets its outcome from urio");
+}
+
+/* wait_for's waiter cancelled: what it waited for is cancelled too (asyncio.wait_for). */
+static int waits_long_for(void *arg, void **res)
+{
+    (void)res;
+    return urio_wait_for(arg, 3600 * 1000 * MS, NULL);
+}
+
+static void test_task_wait_for_cancelled_cancels_inner(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_future_t *inner = test_future_new(loop);
+    urio_future_t *t = urio_spawn(loop, waits_long_for, inner);
+    urio_call_soon(loop, test_stop_cb, loop);
+    urio_loop_run_forever(loop);
+    assert_true(urio_future_cancel(t));
+    assert_int_equal(urio_loop_run_until_complete(loop, t), -ECANCELED);
+    assert_true(urio_future_cancelled(inner));
+    urio_future_unref(t);
+    urio_future_unref(inner);
+    test_loop_close(loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1266,6 +1388,9 @@ int main(void)
         cmocka_unit_test(test_task_stack_beyond_address_space),
         cmocka_unit_test(test_task_other_segv_not_called_overflow),
         URIO_TEST(test_task_debug_alternate_signal_stack),
+        URIO_TEST(test_task_create_and_run_refused_elsewhere),
+        URIO_TEST(test_task_without_site),
+        URIO_TEST(test_task_wait_for_cancelled_cancels_inner),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
