@@ -715,6 +715,61 @@ static void test_waiting_bad_input_refused(void **state)
     assert_int_equal(test_log_count("never awaited"), 0);
 }
 
+/* gather with a cancel already pending: it returns -ECANCELED, and only once every
+ * child has ended (cancelled), so none outlives the call. */
+static int gathers_with_cancel_pending(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    urio_future_t *fs[2] = { SLEEPER(60 * 1000), SLEEPER(60 * 1000) };
+    urio_future_cancel(urio_task_current());
+    int ret = urio_gather(fs, 2, NULL, NULL);
+    assert_int_equal(ret, -ECANCELED);
+    assert_true(urio_future_cancelled(fs[0]));
+    assert_true(urio_future_cancelled(fs[1]));
+    unref_all(fs, 2);
+    return 0;
+}
+
+static void test_waiting_gather_with_cancel_pending(void **state)
+{
+    (void)state;
+    uint64_t t0 = urio__now();
+    assert_int_equal(run_main(gathers_with_cancel_pending, NULL), 0);
+    assert_true(urio__now() - t0 < 5000 * MS);
+}
+
+/* A task group's wait outside any task: refused (EPERM). */
+struct group_wait {
+    urio_task_group_t *g;
+    int ret;
+};
+
+static void waits_outside_task(void *arg)
+{
+    struct group_wait *w = arg;
+    w->ret = urio_task_group_wait(w->g);
+}
+
+static int group_waited_from_callback(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    struct group_wait w = { .ret = 1 };
+    assert_int_equal(urio_task_group_new(&w.g), 0);
+    urio_call_soon(urio_loop_current(), waits_outside_task, &w);
+    urio_yield();                   /* the callback runs meanwhile */
+    assert_int_equal(w.ret, -EPERM);
+    urio_task_group_free(w.g);
+    return 0;
+}
+
+static void test_waiting_group_wait_outside_task(void **state)
+{
+    (void)state;
+    assert_int_equal(run_main(group_waited_from_callback, NULL), 0);
+}
+
 /* Cancelling a gathering future again while it cancels its children: true, and once. */
 static void test_waiting_gather_cancelled_twice(void **state)
 {
@@ -754,6 +809,8 @@ int main(void)
         URIO_TEST(test_waiting_all_tasks),
         URIO_TEST(test_waiting_bad_input_refused),
         URIO_TEST(test_waiting_gather_cancelled_twice),
+        URIO_TEST(test_waiting_gather_with_cancel_pending),
+        URIO_TEST(test_waiting_group_wait_outside_task),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
