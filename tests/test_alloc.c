@@ -1170,6 +1170,7 @@ static int exec_probe(void *value)
 static void test_alloc_urio_malloc_env(void **state)
 {
     (void)state;
+    test_needs_exec_self();
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
     skip();     /* the sanitizer builds always use the C library's malloc */
 #endif

@@ -162,6 +162,7 @@ static void *loop_thread(void *arg)
 static void test_debug_wrong_thread_refused(void **state)
 {
     (void)state;
+    test_needs_threads();
     struct wrong_thread w = { .loop = test_loop_new(), .mu = PTHREAD_MUTEX_INITIALIZER,
                               .cv = PTHREAD_COND_INITIALIZER };
     test_log_capture();
@@ -210,6 +211,7 @@ static void *late_poke(void *arg)
 static void test_debug_poll_timing_logged(void **state)
 {
     (void)state;
+    test_needs_threads();
     urio_loop_opts_t on = { .debug = 1 };
     urio_loop_t *loop = test_loop_new_opts(&on);
     int level = urio_log_get_level();
@@ -229,6 +231,7 @@ static void test_debug_poll_timing_logged(void **state)
 static void test_debug_timed_poll_logged(void **state)
 {
     (void)state;
+    test_needs_threads();
     urio_loop_opts_t on = { .debug = 1 };
     urio_loop_t *loop = test_loop_new_opts(&on);
     urio_handle_t far = urio_call_later(loop, 5000 * MS, test_stop_cb, loop);
@@ -250,6 +253,7 @@ static void test_debug_timed_poll_logged(void **state)
 static void test_debug_no_poll_log_without_debug(void **state)
 {
     (void)state;
+    test_needs_threads();
     urio_loop_opts_t off = { .debug = -1 };
     urio_loop_t *loop = test_loop_new_opts(&off);
     int level = urio_log_get_level();

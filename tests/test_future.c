@@ -821,6 +821,7 @@ static void *loop_thread(void *arg)
 static void test_future_wrong_thread_refused(void **state)
 {
     (void)state;
+    test_needs_threads();
     struct seen s = { 0 };
     struct tag t0 = { &s, 0 };
     struct foreign x = { .loop = test_loop_new() };
@@ -912,6 +913,7 @@ static void test_future_handler_may_keep_future(void **state)
 static void test_future_cancel_from_other_thread(void **state)
 {
     (void)state;
+    test_needs_threads();
     struct seen s = { 0 };
     struct tag t0 = { &s, 0 };
     struct foreign x = { .loop = test_loop_new() };
@@ -947,6 +949,7 @@ static void *waits_forever(void *arg)
 static void test_future_wait_ends_when_loop_closes(void **state)
 {
     (void)state;
+    test_needs_threads();
     urio_loop_t *loop = test_loop_new();
     urio_future_t *f = test_future_new(loop);
     pthread_t th;

@@ -321,6 +321,7 @@ static void *run_thread(void *arg)
 static void test_loop_runs_on_another_thread(void **state)
 {
     (void)state;
+    test_needs_threads();
     urio_loop_t *loop = test_loop_new();
     pthread_t t;
     void *ret;
@@ -381,6 +382,7 @@ static void endless_cb(void *arg)
 static void test_loop_busy_loop_sees_inbox(void **state)
 {
     (void)state;
+    test_needs_threads();
     urio_loop_t *loop = test_loop_new();
     pthread_t t;
     urio_call_soon(loop, endless_cb, loop);
@@ -461,6 +463,7 @@ static void mark_and_stop(void *arg)
 static void test_loop_close_races_run_returning(void **state)
 {
     (void)state;
+    test_needs_threads();
     for (int round = 0; round < 200; round++) {
         urio_loop_t *loop = test_loop_new();
         urio_call_soon(loop, mark_and_stop, loop);
@@ -530,6 +533,7 @@ static void fork_from_callback(void *arg)
 static void test_loop_fork_child_gets_clean_slate(void **state)
 {
     (void)state;
+    test_needs_fork_with_rings();
     struct forker f = { .loop = test_loop_new(), .never_run = test_loop_new() };
     urio_call_soon(f.loop, fork_from_callback, &f);
     urio_loop_run_forever(f.loop);

@@ -36,6 +36,7 @@ static void __attribute__((noinline)) stuck_callback(void *arg)
 static void test_observe_stall_reported_while_stuck(void **state)
 {
     (void)state;
+    test_needs_threads();       /* the watchdog's thread, while the loop's is busy */
     urio_loop_t *loop = test_loop_new();
     assert_int_equal(urio_loop_set_stall_watchdog(loop, 50 * MS), 0);
     test_log_capture();
@@ -161,6 +162,7 @@ static void quick_cb(void *arg)
 static void test_observe_no_stall_no_report(void **state)
 {
     (void)state;
+    test_needs_threads();       /* the watchdog's thread, while the loop's is busy */
     urio_loop_t *loop = test_loop_new();
     assert_int_equal(urio_loop_set_stall_watchdog(loop, 20 * MS), 0);
     test_log_capture();
@@ -262,6 +264,7 @@ static int dump_signal_child(void *arg)
 static void test_observe_dump_on_signal(void **state)
 {
     (void)state;
+    test_needs_threads();       /* the dump's thread, while the loop waits */
 #ifdef URIO_TSAN
     skip();     /* the child starts a thread after a multi-threaded fork: TSan refuses */
 #endif
@@ -387,6 +390,7 @@ static int dump_signal_refused(void *arg)
 static void test_observe_dump_signal_spellings(void **state)
 {
     (void)state;
+    test_needs_threads();       /* the dump's thread, while the loop waits */
 #ifdef URIO_TSAN
     skip();     /* the child starts a thread after a multi-threaded fork: TSan refuses */
 #endif
@@ -428,8 +432,10 @@ static int forks_then_dumps(void *arg)
         return 1;
     fflush(NULL);
     pid_t pid = fork();
-    if (pid == 0)
+    if (pid == 0) {
+        test_child_started();
         exit(urio_run(URIO_CORO(signalled, NULL), NULL, NULL) != 0);
+    }
     int status;
     if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status))
         return 2;
@@ -439,6 +445,7 @@ static int forks_then_dumps(void *arg)
 static void test_observe_dump_signal_after_fork(void **state)
 {
     (void)state;
+    test_needs_threads();       /* the dump's thread, while the loop waits */
 #ifdef URIO_TSAN
     skip();     /* the child starts a thread after a multi-threaded fork: TSan refuses */
 #endif

@@ -53,8 +53,10 @@ static void run_child(int err, const char *expect1, const char *expect2)
     fflush(NULL);
     pid_t pid = fork();
     assert_true(pid >= 0);
-    if (pid == 0)
+    if (pid == 0) {
+        test_child_started();
         exit(child_try(err, expect1, expect2));
+    }
     int status;
     assert_int_equal(waitpid(pid, &status, 0), pid);
     assert_true(WIFEXITED(status));
