@@ -1634,6 +1634,78 @@ static void test_process_pool_fork_server_refused_with_threads(void **state)
         fail_msg("status %d; the child wrote:\n%s", WEXITSTATUS(status), out);
 }
 
+/*
+ * Kernels before 5.9 (no close_range) and 5.1 (no pidfd_send_signal): a
+ * worker still starts with only its channel open (closing what /proc/self/fd
+ * lists), and a job past its timeout is still killed (by kill()).  In a
+ * child whose seccomp filter answers both with ENOSYS; its workers inherit it.
+ */
+static int old_kernel_child(void *arg)
+{
+    (void)arg;
+    if (test_block_syscall(__NR_close_range, ENOSYS) != 0 ||
+        test_block_syscall(__NR_pidfd_send_signal, ENOSYS) != 0)
+        return 77;
+    urio_loop_t *loop;
+    if (urio_loop_new(&loop, NULL) != 0)
+        return 77;
+    urio_executor_t *ex = NULL;
+    if (urio_process_pool_new(&ex, &(urio_process_pool_opts_t){
+            .workers = 1, .job_timeout_ns = 300 * MS }) != 0)
+        return 2;
+    uint32_t ms = 30000;
+    urio_future_t *f[2] = { urio_process_pool_submit(loop, ex, "self", NULL, 0),
+                            urio_process_pool_submit(loop, ex, "sleep", &ms, sizeof ms) };
+    urio_loop_run_until_complete(loop, f[0]);
+    urio_loop_run_until_complete(loop, f[1]);
+    void *v = NULL;
+    int err = urio_future_result(f[0], &v);
+    const int32_t *out = err == 0 ? ((const urio_bytes_t *)v)->data : NULL;
+    fprintf(stderr, "self: %s, fds from 3: %d %d; sleep: %s\n", urio_strerror_name(err),
+            out ? out[2] : -2, out ? out[3] : -2, urio_strerror_name(urio_future_result(f[1], NULL)));
+    urio_future_unref(f[0]);
+    urio_future_unref(f[1]);
+    urio_executor_free(ex);
+    return urio_loop_close(loop) == 0 ? 0 : 3;
+}
+
+static void test_process_pool_old_kernel_fallbacks(void **state)
+{
+    (void)state;
+    char out[4096];
+    int status = test_child(old_kernel_child, NULL, out, sizeof out);
+    assert_true(WIFEXITED(status));
+    if (WEXITSTATUS(status) == 77)
+        skip();
+    if (WEXITSTATUS(status) != 0 || strstr(out, "self: 0, fds from 3: 3 -1; sleep: ETIMEDOUT\n") == NULL)
+        fail_msg("status %d; the child wrote:\n%s", WEXITSTATUS(status), out);
+}
+
+/* Jobs whose inputs and outputs fill the channel many times over: sent and read in
+ * parts, each job intact. */
+static void test_process_pool_batches_beyond_the_channel(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_executor_t *ex = pool_new(&(urio_process_pool_opts_t){ .workers = 1 });
+    enum { N = 48, LEN = URIO__PF_SHM_MIN - 1 };      /* inline, the largest */
+    char *in = malloc((size_t)N * LEN);
+    urio_future_t *f[N];
+    for (int i = 0; i < N; i++) {
+        for (int k = 0; k < LEN; k++)
+            in[(size_t)i * LEN + (size_t)k] = (char)(i * 13 + k);
+        f[i] = submit(loop, ex, "echo", in + (size_t)i * LEN, LEN);
+    }
+    run_all(loop, f, N, 60);
+    for (int i = 0; i < N; i++) {
+        expect_echo(f[i], in + (size_t)i * LEN, LEN);
+        urio_future_unref(f[i]);
+    }
+    free(in);
+    urio_executor_free(ex);
+    test_loop_close(loop);
+}
+
 /* A queued job cancelled never runs; a held one runs, its output dropped. */
 static void test_process_pool_cancel(void **state)
 {
@@ -1839,6 +1911,8 @@ int main(void)
         PP_TEST(test_process_pool_submit_oom),
         PP_TEST(test_process_pool_shutdown_cancel_from_thread),
         PP_TEST(test_process_pool_fork_server_refused_with_threads),
+        PP_TEST(test_process_pool_old_kernel_fallbacks),
+        PP_TEST(test_process_pool_batches_beyond_the_channel),
         PP_TEST(test_process_pool_cancel),
         PP_TEST(test_process_pool_bad_input),
         PP_TEST(test_process_pool_awaited_in_task),
