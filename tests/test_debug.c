@@ -250,6 +250,23 @@ static void test_debug_timed_poll_logged(void **state)
     test_loop_close(loop);
 }
 
+/* Naming a code address for a report: "fn() at file:line" where there is debug
+ * information, "fn()" where there is only a symbol (cmocka's library, which
+ * Debian ships without it), the address where there is nothing (after looking
+ * again for a library loaded since). */
+static void test_debug_describe_pc_fallbacks(void **state)
+{
+    (void)state;
+    char buf[256];
+    urio__describe_pc((uintptr_t)test_debug_describe_pc_fallbacks + 4, buf, sizeof buf);
+    assert_non_null(strstr(buf, "test_debug_describe_pc_fallbacks() at test_debug.c:"));
+    urio__describe_pc((uintptr_t)_cmocka_run_group_tests + 4, buf, sizeof buf);
+    if (strncmp(buf, "_cmocka_run_group_tests()", 25) != 0)
+        fail_msg("cmocka's _cmocka_run_group_tests named \"%s\"", buf);
+    urio__describe_pc(0x10, buf, sizeof buf);
+    assert_string_equal(buf, "0x10()");
+}
+
 static void test_debug_no_poll_log_without_debug(void **state)
 {
     (void)state;
@@ -378,6 +395,7 @@ int main(void)
         URIO_TEST(test_debug_wrong_thread_refused),
         URIO_TEST(test_debug_poll_timing_logged),
         URIO_TEST(test_debug_timed_poll_logged),
+        URIO_TEST(test_debug_describe_pc_fallbacks),
         URIO_TEST(test_debug_no_poll_log_without_debug),
         URIO_TEST(test_debug_strerror_names_every_code),
         cmocka_unit_test(test_debug_unclosed_loop_warned_at_exit),
