@@ -248,6 +248,17 @@ static int fn_edge(urio_process_call_t *call, const void *in, size_t len)
         out = urio_process_output(call, 10);
         urio__alloc_fail_after(-1, false);
         return out ? 0 : urio_process_fail(call, -errno, "no output buffer");
+    case 4: {                   /* a large output's memfd cannot be sized (RLIMIT_FSIZE) */
+        struct rlimit rl, small;
+        getrlimit(RLIMIT_FSIZE, &rl);
+        small = (struct rlimit){ 4096, rl.rlim_max };
+        signal(SIGXFSZ, SIG_IGN);
+        setrlimit(RLIMIT_FSIZE, &small);
+        out = urio_process_output(call, 200000);
+        int err = errno;
+        setrlimit(RLIMIT_FSIZE, &rl);
+        return out ? 0 : urio_process_fail(call, -err, "memfd not sized");
+    }
     default: {                  /* no fd for a large output's memfd */
         struct rlimit rl, low;
         getrlimit(RLIMIT_NOFILE, &rl);
@@ -1292,10 +1303,10 @@ static void test_process_pool_call_edges(void **state)
     (void)state;
     urio_loop_t *loop = test_loop_new();
     urio_executor_t *ex = pool_new(&(urio_process_pool_opts_t){ .workers = 1 });
-    urio_future_t *f[5];
-    for (uint8_t i = 0; i < 5; i++)
+    urio_future_t *f[6];
+    for (uint8_t i = 0; i < 6; i++)
         f[i] = submit(loop, ex, "edge", &i, 1);
-    run_all(loop, f, 5, 30);
+    run_all(loop, f, 6, 30);
     expect_echo(f[0], "edge-ok", 7);
     expect_echo(f[1], "pos", 3);
     /* The message was for -EIO: with -EPIPE it is not passed on. */
@@ -1303,9 +1314,11 @@ static void test_process_pool_call_edges(void **state)
     assert_null(urio_future_error_message(f[2]));
     assert_int_equal(urio_future_result(f[3], NULL), -ENOMEM);
     assert_string_equal(urio_future_error_message(f[3]), "no output buffer");
-    assert_int_equal(urio_future_result(f[4], NULL), -EMFILE);
-    assert_string_equal(urio_future_error_message(f[4]), "no memfd");
-    for (int i = 0; i < 5; i++)
+    assert_int_equal(urio_future_result(f[4], NULL), -EFBIG);
+    assert_string_equal(urio_future_error_message(f[4]), "memfd not sized");
+    assert_int_equal(urio_future_result(f[5], NULL), -EMFILE);
+    assert_string_equal(urio_future_error_message(f[5]), "no memfd");
+    for (int i = 0; i < 6; i++)
         urio_future_unref(f[i]);
     urio_executor_free(ex);
     test_loop_close(loop);
