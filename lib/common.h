@@ -110,6 +110,21 @@ void *urio__pages_alloc(size_t n);
  */
 void urio__alloc_fail_after(long countdown, bool persistent);
 
+/*
+ * Coverage builds only (-Db_coverage=true, ./dev coverage): writes this
+ * process's gcov counters now.  gcov writes them at exit(); a urio process
+ * that ends otherwise — a pool's worker or fork server by _exit(), a task's
+ * stack overflow by death from SIGSEGV, a broken invariant by abort() —
+ * would lose the counts of all it ran.
+ * Called just before such an end; nothing in any other build.
+ */
+#if URIO_COVERAGE
+void __gcov_dump(void);
+#define URIO_COVERAGE_FLUSH() __gcov_dump()
+#else
+#define URIO_COVERAGE_FLUSH() ((void)0)
+#endif
+
 /* ------------------------------------------------------------------ */
 /* log.c                                                                */
 

@@ -11,6 +11,7 @@
 #include "urio/process_pool.h"
 
 #include <sys/types.h>
+#include <unistd.h>
 
 /* ------------------------------------------------------------------ */
 /* The wire: length-prefixed frames on a stream socket                  */
@@ -122,6 +123,14 @@ bool urio__process_fn_any(void);
  * the pid that must stay its parent.
  */
 __attribute__((noreturn)) void urio__process_worker_run(int fd, pid_t expected_parent);
+
+/* How a worker or the fork server ends: _exit, its coverage counters written first
+ * in coverage builds (URIO_COVERAGE_FLUSH, lib/common.h). */
+__attribute__((noreturn)) static inline void urio__process_exit(int status)
+{
+    URIO_COVERAGE_FLUSH();
+    _exit(status);      /* GCOVR_EXCL_LINE: what runs after the flush is never counted */
+}
 
 /*
  * Test hooks (tests/test_process_pool.c), in the worker: die at the next

@@ -734,7 +734,8 @@ static void pool_dispatch(pool_t *p)
         return;
     for (unsigned depth = 1; depth <= PIPELINE && p->q_head != NULL; depth++) {
         for (worker_t *w = p->workers; w != NULL && p->q_head != NULL; w = w->next) {
-            if (w->state != W_READY || w->npipe >= depth)
+            /* A killed worker takes nothing more: what it took would fail with it. */
+            if (w->state != W_READY || w->killed || w->npipe >= depth)
                 continue;
             /* A worker about to be recycled takes no more than it has left to do. */
             if (p->max_jobs && w->jobs_done + w->npipe >= p->max_jobs)

@@ -188,7 +188,7 @@ __attribute__((noreturn)) static void fork_server_run(int fd, pid_t parent)
 {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent)
-        _exit(0);
+        urio__process_exit(0);
     for (;;) {
         char byte;
         struct iovec iov = { &byte, 1 };
@@ -199,7 +199,7 @@ __attribute__((noreturn)) static void fork_server_run(int fd, pid_t parent)
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0)
-            _exit(0);               /* the program closed its end, or died */
+            urio__process_exit(0);  /* the program closed its end, or died */
         struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
         if (c == NULL || c->cmsg_type != SCM_RIGHTS || c->cmsg_len != CMSG_LEN(sizeof(int)))
             continue;

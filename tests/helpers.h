@@ -150,6 +150,80 @@ static inline int test_teardown_leaks(void **state)
     return 0;
 }
 
+/*
+ * Under valgrind (the `valgrind` suite: tests/meson.build).  True where
+ * valgrind's client request says so (its header is installed with it) or
+ * URIO_TEST_VALGRIND is set (the suite sets it too).
+ */
+#if defined(__has_include)
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#define TEST_RUNNING_ON_VALGRIND() (RUNNING_ON_VALGRIND != 0)
+#endif
+#endif
+#ifndef TEST_RUNNING_ON_VALGRIND
+#define TEST_RUNNING_ON_VALGRIND() false
+#endif
+
+static inline bool test_under_valgrind(void)
+{
+    const char *v = getenv("URIO_TEST_VALGRIND");
+    return TEST_RUNNING_ON_VALGRIND() || (v != NULL && *v != '\0' && strcmp(v, "0") != 0);
+}
+
+/*
+ * What valgrind cannot run; such a case starts with one of these, and is
+ * skipped there:
+ * - test_needs_threads(): a second thread must run while a loop waits in
+ *   io_uring_enter.  valgrind runs one thread at a time and does not hand
+ *   over while a thread sits in that call: the case would hang.
+ * - test_needs_exec_self(): it runs /proc/self/exe again (a pool's
+ *   workers, a fresh process to read the environment): under valgrind that
+ *   is valgrind itself.
+ * - test_needs_fork_with_rings(): it forks while loops are open, and the
+ *   child makes a ring of its own; valgrind's address-space manager fails
+ *   an assertion mapping it (the parent's rings are MADV_DONTFORK holes).
+ * - test_needs_full_speed(): a scale test (100,000 tasks) that takes
+ *   minutes there, over code the other cases run too.
+ */
+#define test_needs_threads()                                                            \
+    do {                                                                                \
+        if (test_under_valgrind())                                                      \
+            skip();                                                                     \
+    } while (0)
+
+#define test_needs_exec_self()                                                          \
+    do {                                                                                \
+        if (test_under_valgrind())                                                      \
+            skip();                                                                     \
+    } while (0)
+
+#define test_needs_fork_with_rings()                                                    \
+    do {                                                                                \
+        if (test_under_valgrind())                                                      \
+            skip();                                                                     \
+    } while (0)
+
+#define test_needs_full_speed()                                                         \
+    do {                                                                                \
+        if (test_under_valgrind())                                                      \
+            skip();                                                                     \
+    } while (0)
+
+/*
+ * In a forked child that runs a scenario and ends (test_child): under
+ * valgrind, no leak check at its end.  Such a child leaves on purpose what
+ * its scenario made (an unclosed loop, a crash); its other errors are still
+ * reported, and the program itself is leak-checked as always.
+ */
+static inline void test_child_started(void)
+{
+#ifdef VALGRIND_CLO_CHANGE
+    if (TEST_RUNNING_ON_VALGRIND())
+        VALGRIND_CLO_CHANGE("--leak-check=no");
+#endif
+}
+
 /* A test case with the leak check around it. */
 #define URIO_TEST(fn) cmocka_unit_test_setup_teardown(fn, test_setup_leaks, test_teardown_leaks)
 
@@ -186,9 +260,11 @@ static inline int test_child(int (*child)(void *), void *arg, char *buf, size_t 
 {
     int fds[2];
     assert_int_equal(pipe(fds), 0);
+    fflush(NULL);       /* the child's exit() must not write what the parent buffered */
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
+        test_child_started();
         close(fds[0]);
         dup2(fds[1], STDERR_FILENO);
         urio_log_set_handler(NULL, NULL);   /* the default handler: to stderr */
@@ -204,6 +280,47 @@ static inline int test_child(int (*child)(void *), void *arg, char *buf, size_t 
     int status;
     assert_int_equal(waitpid(pid, &status, 0), pid);
     return status;
+}
+
+/*
+ * Installs a seccomp filter that fails system call `nr` with errno `err` in
+ * this process (for good: call it in a child, test_child).  As container
+ * runtimes' default profiles do, or as an older kernel without the call
+ * answers (ENOSYS).  Returns: 0, or -1 where seccomp is unavailable.
+ */
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+
+#if defined(__x86_64__)
+#define TEST_AUDIT_ARCH AUDIT_ARCH_X86_64
+#elif defined(__aarch64__)
+#define TEST_AUDIT_ARCH AUDIT_ARCH_AARCH64
+#endif
+
+static inline int test_block_syscall(unsigned nr, int err)
+{
+#ifdef TEST_AUDIT_ARCH
+    struct sock_filter filter[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TEST_AUDIT_ARCH, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, nr, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ((unsigned)err & SECCOMP_RET_DATA)),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = { .len = sizeof filter / sizeof filter[0], .filter = filter };
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+        return -1;
+    return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog);
+#else
+    (void)nr;
+    (void)err;
+    return -1;
+#endif
 }
 
 #endif

@@ -696,12 +696,589 @@ static void test_alloc_gather_new_fails_with_a_done_child(void **state)
     test_loop_close(loop);
 }
 
+/* ---------------------------------------------------------------- */
+/* The task layer: gather, shield, tasks, urio_run, the waiting calls */
+
+/*
+ * Each case steps the failing allocation through one call: allocation n
+ * (from the call on) fails once, for n = 0, 1, ... until a run sees no
+ * failure.  The call must fail cleanly (-ENOMEM, or NULL with errno ENOMEM)
+ * or work; what it was given stays usable; nothing is left allocated.
+ */
+
+/* A coroutine: no function, no memory (for it, or, made in a running loop
+ * that has no task yet, for the loop's task state): refused, nothing kept. */
+static int returns_seven(void *arg, void **res);
+
+static long coro_fail_at;
+static int coro_err;
+
+static void makes_coroutine(void *arg)
+{
+    urio__alloc_fail_after(coro_fail_at, false);
+    errno = 0;
+    urio_coro_t *c = URIO_CORO(returns_seven, NULL);
+    coro_err = errno;
+    urio__alloc_fail_after(-1, false);
+    if (c != NULL) {
+        coro_err = 0;
+        urio_coro_close(c);
+    }
+    urio_loop_stop(arg);
+}
+
+static void test_alloc_coro_create_oom(void **state)
+{
+    (void)state;
+    errno = 0;
+    assert_null(urio_coro_create(NULL, NULL, NULL));
+    assert_int_equal(errno, EINVAL);
+    int failed_runs = 0;
+    for (coro_fail_at = 0; coro_fail_at < 10; coro_fail_at++) {
+        uint64_t live = test_live_blocks();
+        urio_loop_t *loop = test_loop_new();
+        urio_call_soon(loop, makes_coroutine, loop);
+        urio_loop_run_forever(loop);
+        test_loop_close(loop);
+        assert_int_equal(test_live_blocks(), live);
+        if (coro_err == 0)
+            break;
+        assert_int_equal(coro_err, ENOMEM);
+        failed_runs++;
+    }
+    assert_int_equal(failed_runs, 2);       /* the coroutine, the loop's task state */
+}
+
+/* A gathering future's memory, or its registration on a child, cannot be had. */
+static void test_alloc_gather_new_oom(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    int failed_runs = 0;
+    bool clean = false;
+    for (long n = 0; !clean && n < 100; n++) {
+        memset(done_calls, 0, sizeof done_calls);
+        urio_future_t *a = test_future_new(loop), *b = test_future_new(loop);
+        /* b's inline callbacks are taken: registering on b needs memory. */
+        assert_int_equal(urio_future_add_done_callback(b, count_done, (void *)0), 0);
+        assert_int_equal(urio_future_add_done_callback(b, count_done, (void *)1), 0);
+        urio_future_t *fs[] = { a, b };
+        urio_mem_stats_t before = stats();
+        urio_future_t *g = (urio_future_t *)fs;
+        urio__alloc_fail_after(n, false);
+        int ret = urio_gather_new(&g, loop, fs, 2, NULL);
+        urio__alloc_fail_after(-1, false);
+        if (stats().failures > before.failures) {
+            if (ret != -ENOMEM)
+                fail_msg("allocation %ld failed: urio_gather_new returned %d", n, ret);
+            assert_null(g);
+            if (stats().live != before.live)
+                fail_msg("allocation %ld failed: %lld blocks left behind", n,
+                         (long long)(stats().live - before.live));
+            failed_runs++;
+        } else {
+            assert_int_equal(ret, 0);
+            clean = true;
+        }
+        /* The children still complete, and their own callbacks run. */
+        assert_int_equal(urio_future_set_result(a, (void *)1), 0);
+        assert_int_equal(urio_future_set_result(b, (void *)2), 0);
+        run_turns(loop, 3);
+        assert_int_equal(done_calls[0], 1);
+        assert_int_equal(done_calls[1], 1);
+        if (g != NULL) {
+            assert_true(urio_future_done(g));
+            assert_int_equal(urio_future_result(g, NULL), 0);
+            urio_future_unref(g);
+        }
+        urio_future_unref(a);
+        urio_future_unref(b);
+    }
+    assert_true(clean);
+    assert_true(failed_runs >= 3);      /* the future, its array, the registration on b */
+    test_loop_close(loop);
+}
+
+/* A shield's outer future, or its registration on the inner one, cannot be had. */
+static void test_alloc_shield_new_oom(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    int failed_runs = 0;
+    bool clean = false;
+    for (long n = 0; !clean && n < 100; n++) {
+        urio_future_t *inner = test_future_new(loop);
+        assert_int_equal(urio_future_add_done_callback(inner, count_done, (void *)0), 0);
+        assert_int_equal(urio_future_add_done_callback(inner, count_done, (void *)1), 0);
+        urio_mem_stats_t before = stats();
+        urio_future_t *outer = inner;
+        urio__alloc_fail_after(n, false);
+        int ret = urio_shield_new(&outer, inner);
+        urio__alloc_fail_after(-1, false);
+        if (stats().failures > before.failures) {
+            if (ret != -ENOMEM)
+                fail_msg("allocation %ld failed: urio_shield_new returned %d", n, ret);
+            assert_null(outer);
+            assert_int_equal(stats().live, before.live);
+            failed_runs++;
+        } else {
+            assert_int_equal(ret, 0);
+            clean = true;
+        }
+        assert_int_equal(urio_future_set_result(inner, (void *)5), 0);
+        run_turns(loop, 3);
+        if (outer != NULL) {
+            void *v = NULL;
+            assert_int_equal(urio_future_result(outer, &v), 0);
+            assert_ptr_equal(v, (void *)5);
+            urio_future_unref(outer);
+        }
+        urio_future_unref(inner);
+    }
+    assert_true(clean);
+    assert_true(failed_runs >= 2);      /* the outer future, the registration */
+    test_loop_close(loop);
+}
+
+static int returns_seven(void *arg, void **res)
+{
+    (void)arg;
+    *res = (void *)7;
+    return 0;
+}
+
+/*
+ * urio_task_create on a fresh loop (its first task makes the loop's task
+ * state): each failure is ENOMEM with the coroutine freed quietly; a name
+ * that cannot be copied leaves the task its coroutine's name.
+ */
+static void test_alloc_task_create_oom(void **state)
+{
+    (void)state;
+    test_log_capture();
+    int failed_runs = 0, unnamed = 0;
+    bool clean = false;
+    for (long n = 0; !clean && n < 100; n++) {
+        uint64_t live = test_live_blocks();
+        urio_loop_t *loop = test_loop_new();
+        urio_coro_t *coro = URIO_CORO(returns_seven, NULL);
+        assert_non_null(coro);
+        urio_task_opts_t opts = { .name = "seven" };
+        uint64_t fails = failures();
+        urio__alloc_fail_after(n, false);
+        errno = 0;
+        urio_future_t *t = urio_task_create_opts(loop, coro, &opts);
+        int err = errno;
+        urio__alloc_fail_after(-1, false);
+        bool injected = failures() > fails;
+        if (t == NULL) {
+            assert_true(injected);
+            assert_int_equal(err, ENOMEM);
+            failed_runs++;
+        } else {
+            if (injected) {
+                /* What failed was the name's copy: the task runs under its coroutine's name. */
+                assert_string_equal(urio_task_name(t), "returns_seven");
+                unnamed++;
+            } else {
+                assert_string_equal(urio_task_name(t), "seven");
+                clean = true;
+            }
+            void *r = NULL;
+            assert_int_equal(urio_loop_run_until_complete(loop, t), 0);
+            assert_int_equal(urio_future_result(t, &r), 0);
+            assert_ptr_equal(r, (void *)7);
+            urio_future_unref(t);
+        }
+        test_loop_close(loop);
+        if (test_live_blocks() != live)
+            fail_msg("allocation %ld failed: %lld blocks left behind", n,
+                     (long long)(test_live_blocks() - live));
+    }
+    assert_true(clean);
+    assert_true(failed_runs >= 3);      /* the loop's task state, the task, its stack */
+    assert_int_equal(unnamed, 1);
+    assert_int_equal(test_log_count("never awaited"), 0);   /* discarded, not forgotten */
+}
+
+/* urio_run: its loop, its main task, the run itself. */
+static void test_alloc_run_oom(void **state)
+{
+    (void)state;
+    test_log_capture();
+    int failed_runs = 0;
+    bool clean = false;
+    for (long n = 0; !clean && n < 200; n++) {
+        uint64_t live = test_live_blocks();
+        urio_coro_t *coro = URIO_CORO(returns_seven, NULL);
+        assert_non_null(coro);
+        uint64_t fails = failures();
+        void *r = NULL;
+        urio__alloc_fail_after(n, false);
+        int ret = urio_run(coro, NULL, &r);
+        urio__alloc_fail_after(-1, false);
+        if (failures() > fails) {
+            if (ret != -ENOMEM && ret != 0)
+                fail_msg("allocation %ld failed: urio_run returned %d (%s)", n, ret,
+                         urio_strerror(ret));
+            if (ret == 0)
+                assert_ptr_equal(r, (void *)7);
+            failed_runs++;
+        } else {
+            assert_int_equal(ret, 0);
+            assert_ptr_equal(r, (void *)7);
+            clean = true;
+        }
+        if (test_live_blocks() != live)
+            fail_msg("allocation %ld failed: %lld blocks left behind", n,
+                     (long long)(test_live_blocks() - live));
+    }
+    assert_true(clean);
+    assert_true(failed_runs >= 3);      /* the loop, the task, its stack at least */
+    assert_int_equal(test_log_count("never awaited"), 0);
+}
+
+/*
+ * Inside a running task: `op` arms the failure (urio__alloc_fail_after(oom_n,
+ * false)) just before the call it tests, disarms it, cleans up, and returns
+ * the call's outcome: 0, or -ENOMEM.
+ */
+static long oom_n;
+
+static void oom_in_task(urio_coro_fn op, const char *what, int min_failed_runs)
+{
+    test_log_capture();
+    int failed_runs = 0;
+    bool clean = false;
+    for (oom_n = 0; !clean && oom_n < 300; oom_n++) {
+        uint64_t live = test_live_blocks(), fails = failures();
+        int ret = urio_run(urio_coro_create(op, NULL, URIO_SITE(op)), NULL, NULL);
+        urio__alloc_fail_after(-1, false);
+        bool injected = failures() > fails;
+        if (injected && ret != 0 && ret != -ENOMEM)
+            fail_msg("%s, allocation %ld failed: %d (%s)", what, oom_n, ret, urio_strerror(ret));
+        if (!injected && ret != 0)
+            fail_msg("%s failed without an injected failure: %d (%s)", what, ret,
+                     urio_strerror(ret));
+        failed_runs += ret == -ENOMEM;
+        clean = !injected;
+        if (test_live_blocks() != live)
+            fail_msg("%s, allocation %ld failed: %lld blocks left behind", what, oom_n,
+                     (long long)(test_live_blocks() - live));
+    }
+    assert_true(clean);
+    if (failed_runs < min_failed_runs)
+        fail_msg("%s: only %d runs failed with ENOMEM", what, failed_runs);
+    assert_int_equal(test_log_count("never awaited"), 0);
+    assert_int_equal(test_log_count("never retrieved"), 0);
+}
+
+#define ARM() urio__alloc_fail_after(oom_n, false)
+#define DISARM() urio__alloc_fail_after(-1, false)
+
+static int nap(void *arg, void **res)
+{
+    int err = urio_sleep((uint64_t)(uintptr_t)arg * US);
+    if (err < 0)
+        return err;
+    *res = arg;
+    return 0;
+}
+
+/* Two napping children, made before the failure is armed. */
+static void spawn_two(urio_future_t *fs[2])
+{
+    fs[0] = urio_spawn(NULL, nap, (void *)100);
+    fs[1] = urio_spawn(NULL, nap, (void *)200);
+    assert_non_null(fs[0]);
+    assert_non_null(fs[1]);
+}
+
+/* Waits for both (their errors read) and lets them go. */
+static void finish_two(urio_future_t *fs[2])
+{
+    for (int i = 0; i < 2; i++) {
+        urio_shield_begin();
+        urio_await(fs[i], NULL);
+        urio_shield_end();
+        urio_future_unref(fs[i]);
+    }
+}
+
+static int op_gather(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    urio_future_t *fs[2];
+    spawn_two(fs);
+    void *r[2] = { NULL, NULL };
+    ARM();
+    int ret = urio_gather(fs, 2, r, NULL);
+    DISARM();
+    if (ret == 0) {
+        assert_ptr_equal(r[0], (void *)100);
+        assert_ptr_equal(r[1], (void *)200);
+    }
+    finish_two(fs);
+    return ret;
+}
+
+static int op_wait(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    urio_future_t *fs[2];
+    spawn_two(fs);
+    bool done[2] = { false, false };
+    ARM();
+    int ret = urio_wait(fs, 2, URIO_ALL_COMPLETED, -1, done);
+    int timed = ret < 0 ? ret : urio_wait(fs, 2, URIO_FIRST_COMPLETED, 10 * (int64_t)MS, NULL);
+    DISARM();
+    finish_two(fs);
+    if (ret >= 0) {
+        assert_int_equal(ret, 2);
+        assert_true(done[0] && done[1]);
+    }
+    if (timed < 0)
+        return timed;
+    return ret < 0 ? ret : 0;
+}
+
+static int op_as_completed(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    urio_future_t *fs[2];
+    spawn_two(fs);
+    urio_as_completed_t *it = NULL;
+    ARM();
+    int ret = urio_as_completed_new(&it, fs, 2, -1);
+    urio_future_t *got[2] = { NULL, NULL };
+    int ngot = 0;
+    while (ret == 0) {
+        urio_future_t *next = NULL;
+        int r = urio_as_completed_next(it, &next);
+        if (r < 0)
+            ret = r;
+        else if (r == 0)
+            break;
+        else
+            got[ngot++] = next;
+    }
+    DISARM();
+    urio_as_completed_free(it);
+    if (ret == 0) {
+        assert_int_equal(ngot, 2);
+        /* In completion order: by their sleeps (100 us, then 200 us) unless one failed at once. */
+        if (urio_future_result(fs[0], NULL) == 0 && urio_future_result(fs[1], NULL) == 0) {
+            assert_ptr_equal(got[0], fs[0]);
+            assert_ptr_equal(got[1], fs[1]);
+        } else {
+            assert_true(got[0] != got[1]);
+        }
+    }
+    finish_two(fs);
+    return ret;
+}
+
+static int op_task_group(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    urio_coro_t *c[2] = { URIO_CORO(nap, (void *)100), URIO_CORO(nap, (void *)200) };
+    assert_non_null(c[0]);
+    assert_non_null(c[1]);
+    urio_task_group_t *g = NULL;
+    ARM();
+    int ret = urio_task_group_new(&g);
+    if (ret < 0) {
+        DISARM();
+        urio_coro_close(c[0]);
+        urio_coro_close(c[1]);
+        return ret;
+    }
+    for (int i = 0; i < 2; i++) {
+        errno = 0;
+        urio_future_t *child = urio_task_group_spawn(g, c[i]);     /* takes c[i], also on failure */
+        if (child == NULL) {
+            assert_int_equal(errno, ENOMEM);
+            ret = -ENOMEM;
+        }
+    }
+    int waited = urio_task_group_wait(g);
+    DISARM();
+    if (waited == -ENOMEM && urio_task_group_error_message(g) == NULL) {
+        /* The wait itself failed, before it waited (no child did): it can be tried again. */
+        assert_int_equal(urio_task_group_wait(g), 0);
+    } else if (waited < 0) {
+        /* A child failed (its sleep's timer): the group says which. */
+        assert_int_equal(waited, -ENOMEM);
+        assert_non_null(strstr(urio_task_group_error_message(g), "child 'nap'"));
+    }
+    urio_task_group_free(g);
+    return ret < 0 ? ret : waited;
+}
+
+static int op_sleep_and_wait_for(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    urio_future_t *f = NULL;
+    assert_int_equal(urio_future_new(&f, urio_loop_current()), 0);
+    ARM();
+    int ret = urio_sleep(100 * US);
+    int timed = ret < 0 ? ret : urio_wait_for(f, 100 * US, NULL);
+    DISARM();
+    urio_future_unref(f);
+    if (ret < 0)
+        return ret;
+    assert_true(urio_future_cancelled(f) || timed == -ENOMEM);
+    return timed == -ETIMEDOUT ? 0 : timed;
+}
+
+static int op_run_coroutine_threadsafe(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    urio_coro_t *c = URIO_CORO(nap, (void *)100);
+    assert_non_null(c);
+    ARM();
+    errno = 0;
+    urio_future_t *p = urio_run_coroutine_threadsafe(urio_loop_current(), c);
+    if (p == NULL) {
+        DISARM();
+        assert_int_equal(errno, ENOMEM);
+        return -ENOMEM;
+    }
+    void *r = NULL;
+    int ret = urio_await(p, &r);
+    DISARM();
+    if (ret == 0) {
+        assert_ptr_equal(r, (void *)100);
+    } else {
+        /* The task could not be made on the loop (the proxy says so), or it failed (its sleep). */
+        assert_int_equal(ret, -ENOMEM);
+        const char *msg = urio_future_error_message(p);
+        if (msg != NULL)
+            assert_string_equal(msg, "urio_run_coroutine_threadsafe: Cannot allocate memory");
+    }
+    urio_future_unref(p);
+    return ret;
+}
+
+static void test_alloc_gather_in_task_oom(void **state)
+{
+    (void)state;
+    oom_in_task(op_gather, "urio_gather", 2);
+}
+
+static void test_alloc_wait_in_task_oom(void **state)
+{
+    (void)state;
+    oom_in_task(op_wait, "urio_wait", 3);
+}
+
+static void test_alloc_as_completed_oom(void **state)
+{
+    (void)state;
+    oom_in_task(op_as_completed, "urio_as_completed", 4);
+}
+
+static void test_alloc_task_group_oom(void **state)
+{
+    (void)state;
+    oom_in_task(op_task_group, "a task group", 4);
+}
+
+static void test_alloc_sleep_and_wait_for_oom(void **state)
+{
+    (void)state;
+    oom_in_task(op_sleep_and_wait_for, "urio_sleep and urio_wait_for", 2);
+}
+
+static void test_alloc_run_coroutine_threadsafe_oom(void **state)
+{
+    (void)state;
+    oom_in_task(op_run_coroutine_threadsafe, "urio_run_coroutine_threadsafe", 3);
+}
+
+/* ---------------------------------------------------------------- */
+/* URIO_MALLOC: which allocator urio's blocks come from               */
+
+/*
+ * Read once, before main (a constructor): so each value is tried in a fresh
+ * run of this program (URIO_TEST_ALLOC_PROBE set), which uses a loop, grows
+ * and shrinks blocks, has a huge realloc refused and counted, and checks
+ * every block it made was freed.  That the blocks then come from malloc,
+ * where valgrind sees them, is what the `valgrind` suite's leak-detector
+ * check shows (tests/valgrind_leak.c).
+ */
+static int alloc_probe(void)
+{
+    urio_loop_t *loop = test_loop_new();
+    urio_future_t *f = test_future_new(loop);
+    urio_future_set_result(f, NULL);
+    urio_call_soon(loop, test_stop_cb, loop);
+    urio_loop_run_forever(loop);
+    urio_future_unref(f);
+    void *p = urio__calloc(1000, 1000);
+    urio_mem_stats_t a;
+    urio_mem_stats(&a);
+    void *huge = urio__realloc(p, SIZE_MAX / 2);       /* refused: p stays */
+    urio_mem_stats_t b;
+    urio_mem_stats(&b);
+    p = urio__realloc(p, 8u << 20);
+    urio__free(p);
+    test_loop_close(loop);
+    fprintf(stderr, "huge realloc: %s, counted %s; blocks left: %llu\n",
+            huge ? "given" : "refused", b.failures == a.failures + 1 ? "yes" : "no",
+            (unsigned long long)test_live_blocks());
+    return 0;
+}
+
+static int exec_probe(void *value)
+{
+    if (value)
+        setenv("URIO_MALLOC", value, 1);
+    else
+        unsetenv("URIO_MALLOC");
+    setenv("URIO_TEST_ALLOC_PROBE", "1", 1);
+    execl("/proc/self/exe", "test_alloc", (char *)NULL);
+    return 127;
+}
+
+static void test_alloc_urio_malloc_env(void **state)
+{
+    (void)state;
+    test_needs_exec_self();
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+    skip();     /* the sanitizer builds always use the C library's malloc */
+#endif
+    const char *values[] = { "libc", NULL, "jemalloc", "tcmalloc" };
+    for (size_t i = 0; i < sizeof values / sizeof values[0]; i++) {
+        char out[4096];
+        int status = test_child(exec_probe, (void *)values[i], out, sizeof out);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 ||
+            strstr(out, "huge realloc: refused, counted yes; blocks left: 0\n") == NULL)
+            fail_msg("URIO_MALLOC=%s: status %#x; the program wrote:\n%s",
+                     values[i] ? values[i] : "(unset)", status, out);
+        if (URIO_HAVE_JEMALLOC && (i == 3) !=
+            (strstr(out, "WARNING urio: URIO_MALLOC=tcmalloc is not understood (use libc or "
+                         "jemalloc): urio allocates with jemalloc") != NULL))
+            fail_msg("URIO_MALLOC=%s: a warning only for the value not understood:\n%s",
+                     values[i] ? values[i] : "(unset)", out);
+    }
+}
+
 int main(void)
 {
+    if (getenv("URIO_TEST_ALLOC_PROBE"))
+        return alloc_probe();
     const struct CMUnitTest tests[] = {
         URIO_TEST(test_alloc_gather_new_fails_with_a_done_child),
         URIO_TEST(test_alloc_stats_consistent),
         URIO_TEST(test_alloc_stats_loop_life_cycle),
+        URIO_TEST(test_alloc_urio_malloc_env),
         URIO_TEST(test_alloc_loop_new_oom_once),
         URIO_TEST(test_alloc_loop_new_oom_persistent),
         URIO_TEST(test_alloc_future_new_oom),
@@ -715,6 +1292,17 @@ int main(void)
         URIO_TEST(test_alloc_call_soon_threadsafe_growth_oom),
         URIO_TEST(test_alloc_threadsafe_pool_growth_oom),
         URIO_TEST(test_alloc_turn_oom_loses_nothing),
+        URIO_TEST(test_alloc_coro_create_oom),
+        URIO_TEST(test_alloc_gather_new_oom),
+        URIO_TEST(test_alloc_shield_new_oom),
+        URIO_TEST(test_alloc_task_create_oom),
+        URIO_TEST(test_alloc_run_oom),
+        URIO_TEST(test_alloc_gather_in_task_oom),
+        URIO_TEST(test_alloc_wait_in_task_oom),
+        URIO_TEST(test_alloc_as_completed_oom),
+        URIO_TEST(test_alloc_task_group_oom),
+        URIO_TEST(test_alloc_sleep_and_wait_for_oom),
+        URIO_TEST(test_alloc_run_coroutine_threadsafe_oom),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -162,6 +162,7 @@ static void *loop_thread(void *arg)
 static void test_debug_wrong_thread_refused(void **state)
 {
     (void)state;
+    test_needs_threads();
     struct wrong_thread w = { .loop = test_loop_new(), .mu = PTHREAD_MUTEX_INITIALIZER,
                               .cv = PTHREAD_COND_INITIALIZER };
     test_log_capture();
@@ -210,6 +211,7 @@ static void *late_poke(void *arg)
 static void test_debug_poll_timing_logged(void **state)
 {
     (void)state;
+    test_needs_threads();
     urio_loop_opts_t on = { .debug = 1 };
     urio_loop_t *loop = test_loop_new_opts(&on);
     int level = urio_log_get_level();
@@ -225,9 +227,55 @@ static void test_debug_poll_timing_logged(void **state)
     test_loop_close(loop);
 }
 
+/* A wait bounded by a timer that ends early on a wake-up says its bound too. */
+static void test_debug_timed_poll_logged(void **state)
+{
+    (void)state;
+    test_needs_threads();
+    urio_loop_opts_t on = { .debug = 1 };
+    urio_loop_t *loop = test_loop_new_opts(&on);
+    urio_handle_t far = urio_call_later(loop, 5000 * MS, test_stop_cb, loop);
+    int level = urio_log_get_level();
+    urio_log_set_level(URIO_LOG_DEBUG);
+    test_log_capture();
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, late_poke, loop), 0);
+    urio_loop_run_forever(loop);
+    pthread_join(t, NULL);
+    urio_log_set_level(level);
+    /* About 5000 ms, less what has passed, plus the timer's slack (delay / 1024). */
+    const char *p = strstr(test_log_text(), "DEBUG poll ");
+    assert_non_null(p);
+    double bound = strtod(p + strlen("DEBUG poll "), NULL);
+    if (bound < 4000 || bound > 5100)
+        fail_msg("the poll's bound: %.3f ms\n%s", bound, test_log_text());
+    assert_log_contains(" ms took ");
+    assert_log_contains(" ms: 1 events");
+    assert_true(urio_handle_cancel(loop, far));
+    test_loop_close(loop);
+}
+
+/* Naming a code address for a report: "fn() at file:line" where there is debug
+ * information, "fn()" where there is only a symbol (cmocka's library, which
+ * Debian ships without it), the address where there is nothing (after looking
+ * again for a library loaded since). */
+static void test_debug_describe_pc_fallbacks(void **state)
+{
+    (void)state;
+    char buf[256];
+    urio__describe_pc((uintptr_t)test_debug_describe_pc_fallbacks + 4, buf, sizeof buf);
+    assert_non_null(strstr(buf, "test_debug_describe_pc_fallbacks() at test_debug.c:"));
+    urio__describe_pc((uintptr_t)_cmocka_run_group_tests + 4, buf, sizeof buf);
+    if (strncmp(buf, "_cmocka_run_group_tests()", 25) != 0)
+        fail_msg("cmocka's _cmocka_run_group_tests named \"%s\"", buf);
+    urio__describe_pc(0x10, buf, sizeof buf);
+    assert_string_equal(buf, "0x10()");
+}
+
 static void test_debug_no_poll_log_without_debug(void **state)
 {
     (void)state;
+    test_needs_threads();
     urio_loop_opts_t off = { .debug = -1 };
     urio_loop_t *loop = test_loop_new_opts(&off);
     int level = urio_log_get_level();
@@ -387,6 +435,8 @@ int main(void)
         URIO_TEST(test_debug_time_between_runs_is_nobodys),
         URIO_TEST(test_debug_wrong_thread_refused),
         URIO_TEST(test_debug_poll_timing_logged),
+        URIO_TEST(test_debug_timed_poll_logged),
+        URIO_TEST(test_debug_describe_pc_fallbacks),
         URIO_TEST(test_debug_no_poll_log_without_debug),
         URIO_TEST(test_debug_strerror_names_every_code),
         cmocka_unit_test(test_debug_unclosed_loop_warned_at_exit),

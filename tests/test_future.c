@@ -826,6 +826,7 @@ static void *loop_thread(void *arg)
 static void test_future_wrong_thread_refused(void **state)
 {
     (void)state;
+    test_needs_threads();
     struct seen s = { 0 };
     struct tag t0 = { &s, 0 };
     struct foreign x = { .loop = test_loop_new() };
@@ -917,6 +918,7 @@ static void test_future_handler_may_keep_future(void **state)
 static void test_future_cancel_from_other_thread(void **state)
 {
     (void)state;
+    test_needs_threads();
     struct seen s = { 0 };
     struct tag t0 = { &s, 0 };
     struct foreign x = { .loop = test_loop_new() };
@@ -952,6 +954,7 @@ static void *waits_forever(void *arg)
 static void test_future_wait_ends_when_loop_closes(void **state)
 {
     (void)state;
+    test_needs_threads();
     urio_loop_t *loop = test_loop_new();
     urio_future_t *f = test_future_new(loop);
     pthread_t th;
@@ -1014,9 +1017,10 @@ static int waitv_refused_child(void *arg)
     return (int)(intptr_t)ret;
 }
 
-static void test_future_wait_without_futex_waitv(void **state)
+static void test_future_wait_futex_waitv_refused(void **state)
 {
     (void)state;
+    test_needs_threads();
     char out[4096];
     int status = test_child(waitv_refused_child, NULL, out, sizeof out);
     if (WIFEXITED(status) && WEXITSTATUS(status) == 77)
@@ -1026,10 +1030,209 @@ static void test_future_wait_without_futex_waitv(void **state)
                  (unsigned)status, out);
 }
 
+/* ---------------------------------------------------------------- */
+/* Cancelling with a message from another thread                      */
+
+struct cancel_from {
+    urio_future_t *f;
+    long fail_after;            /* an allocation to fail in the call, or -1 */
+    bool ret;
+};
+
+static void *cancels_with_message(void *arg)
+{
+    struct cancel_from *c = arg;
+    urio__alloc_fail_after(c->fail_after, false);
+    c->ret = urio_future_cancel_msg(c->f, "stopped by %s", "a thread");
+    urio__alloc_fail_after(-1, false);
+    return NULL;
+}
+
+static void cancel_msg_from_thread(struct cancel_from *c)
+{
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, cancels_with_message, c), 0);
+    assert_int_equal(pthread_join(th, NULL), 0);
+}
+
+static void test_future_cancel_msg_from_other_thread(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    /* Posted to the loop, which cancels it with the message. */
+    struct cancel_from c = { .f = test_future_new(loop), .fail_after = -1 };
+    cancel_msg_from_thread(&c);
+    assert_true(c.ret);
+    assert_false(urio_future_done(c.f));        /* not yet: the loop does it */
+    assert_int_equal(urio_loop_run_until_complete(loop, c.f), -ECANCELED);
+    assert_string_equal(urio_future_error_message(c.f), "stopped by a thread");
+    /* Done already: nothing to cancel. */
+    cancel_msg_from_thread(&c);
+    assert_false(c.ret);
+    urio_future_unref(c.f);
+    /* Completed on the loop before the posted cancel arrives: the result stands. */
+    c.f = test_future_new(loop);
+    cancel_msg_from_thread(&c);
+    assert_true(c.ret);
+    assert_int_equal(urio_future_set_result(c.f, (void *)9), 0);
+    urio_call_soon(loop, test_stop_cb, loop);
+    urio_loop_run_forever(loop);
+    void *v = NULL;
+    assert_int_equal(urio_future_result(c.f, &v), 0);
+    assert_ptr_equal(v, (void *)9);
+    urio_future_unref(c.f);
+    /* No memory to post it (the message's copy, then the request's): not cancelled. */
+    c.f = test_future_new(loop);
+    c.fail_after = 1;
+    cancel_msg_from_thread(&c);
+    assert_false(c.ret);
+    c.fail_after = 0;               /* the message's copy: cancelled without it */
+    cancel_msg_from_thread(&c);
+    assert_true(c.ret);
+    assert_int_equal(urio_loop_run_until_complete(loop, c.f), -ECANCELED);
+    assert_null(urio_future_error_message(c.f));
+    urio_future_unref(c.f);
+    test_loop_close(loop);
+}
+
+/* The function form of urio_future_set_error (no site), for callers that cannot use the macro. */
+static void test_future_set_error_function_form(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_future_t *f = test_future_new(loop);
+    assert_int_equal((urio_future_set_error)(f, -ENOSPC, "disk %d full", 2), 0);
+    assert_int_equal(urio_future_result(f, NULL), -ENOSPC);
+    assert_string_equal(urio_future_error_message(f), "disk 2 full");
+    urio_future_unref(f);
+    test_loop_close(loop);
+}
+
+/* A pending future let go with its callbacks (more than fit inline): they never run,
+ * and nothing is left (the runner's reserved room is given back). */
+static int never_called;
+static void must_not_run(urio_future_t *f, void *arg)
+{
+    (void)f;
+    (void)arg;
+    never_called++;
+}
+
+static void test_future_dropped_with_callbacks(void **state)
+{
+    (void)state;
+    never_called = 0;
+    urio_loop_t *loop = test_loop_new();
+    urio_future_t *f = test_future_new(loop);
+    for (intptr_t i = 0; i < 5; i++)
+        assert_int_equal(urio_future_add_done_callback(f, must_not_run, (void *)i), 0);
+    urio_future_unref(f);
+    urio_call_soon(loop, test_stop_cb, loop);
+    urio_loop_run_forever(loop);
+    assert_int_equal(never_called, 0);
+    test_loop_close(loop);
+}
+
+/* Done callbacks that can no longer run when the loop closes: dropped, said in debug mode. */
+static int forever(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    return urio_sleep(3600 * 1000 * MS);
+}
+
+static void test_future_callbacks_dropped_at_close_said(void **state)
+{
+    (void)state;
+    never_called = 0;
+    int level = urio_log_get_level();
+    urio_log_set_level(URIO_LOG_DEBUG);
+    test_log_capture();
+    urio_loop_opts_t on = { .debug = 1 };
+    urio_loop_t *loop = test_loop_new_opts(&on);
+    /* A task the close cancels: its callback would be scheduled while closing... */
+    urio_future_t *t = urio_spawn(loop, forever, NULL);
+    urio_call_soon(loop, test_stop_cb, loop);
+    urio_loop_run_forever(loop);
+    /* ...and a future done with its runner still queued when the loop closes. */
+    urio_future_t *done = test_future_new(loop);
+    assert_int_equal(urio_future_add_done_callback(done, must_not_run, NULL), 0);
+    assert_int_equal(urio_future_set_result(done, NULL), 0);
+    urio_future_t *fresh = test_future_new(loop);
+    assert_int_equal(urio_future_set_result(fresh, NULL), 0);
+    assert_int_equal(urio_future_add_done_callback(t, must_not_run, NULL), 0);
+    urio_future_unref(t);
+    test_loop_close(loop);
+    urio_log_set_level(level);
+    assert_int_equal(never_called, 0);
+    assert_log_contains("DEBUG future: 1 done callbacks dropped: the loop closed");
+    assert_log_contains("DEBUG future: 1 done callbacks dropped: the loop is closing");
+    /* After the close: a done future takes no callback, a pending loop runs nothing. */
+    assert_int_equal(urio_future_add_done_callback(fresh, must_not_run, NULL), -ESHUTDOWN);
+    urio_future_t *pending = NULL;
+    assert_int_equal(urio_future_new(&pending, loop), -ESHUTDOWN);
+    assert_int_equal(urio_loop_run_until_complete(loop, done), 0);     /* done: its result */
+    urio_future_unref(done);
+    urio_future_unref(fresh);
+}
+
+/*
+ * Kernels without futex_waitv (before 5.16) wait on the future alone, in
+ * slices: a waiter still wakes when the loop completes it, and still times
+ * out.  In a child whose seccomp filter answers futex_waitv with ENOSYS.
+ */
+static void complete_later(void *arg)
+{
+    urio_future_set_result(arg, (void *)11);
+}
+
+static void *runs_loop_until(void *arg)
+{
+    urio_future_t *f = arg;
+    urio_loop_run_until_complete(urio_future_loop(f), f);
+    return NULL;
+}
+
+static int no_waitv_child(void *arg)
+{
+    (void)arg;
+    if (test_block_syscall(449 /* futex_waitv */, ENOSYS) != 0)
+        return 77;
+    urio_loop_t *loop;
+    if (urio_loop_new(&loop, NULL) != 0)
+        return 77;
+    urio_future_t *f;
+    urio_future_new(&f, loop);
+    urio_call_later(loop, 80 * MS, complete_later, f);
+    pthread_t th;
+    pthread_create(&th, NULL, runs_loop_until, f);
+    void *v = NULL;
+    int timed = urio_future_wait(f, 20 * (int64_t)MS, &v);     /* before the timer */
+    int ret = urio_future_wait(f, -1, &v);
+    pthread_join(th, NULL);
+    urio_future_unref(f);
+    urio_loop_close(loop);
+    fprintf(stderr, "timed %d, then %d with %p\n", timed, ret, v);
+    return timed == -ETIMEDOUT && ret == 0 && v == (void *)11 ? 0 : 1;
+}
+
+static void test_future_wait_without_futex_waitv(void **state)
+{
+    (void)state;
+    test_needs_threads();
+    char out[4096];
+    int status = test_child(no_waitv_child, NULL, out, sizeof out);
+    assert_true(WIFEXITED(status));
+    if (WEXITSTATUS(status) == 77)
+        skip();
+    if (WEXITSTATUS(status) != 0)
+        fail_msg("the child wrote:\n%s", out);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        URIO_TEST(test_future_wait_without_futex_waitv),
+        URIO_TEST(test_future_wait_futex_waitv_refused),
         URIO_TEST(test_future_wait_ends_when_loop_closes),
         URIO_TEST(test_future_new_ref_unref),
         URIO_TEST(test_future_set_result_then_result),
@@ -1056,6 +1259,11 @@ int main(void)
         URIO_TEST(test_future_wrong_thread_refused),
         URIO_TEST(test_future_cancel_from_other_thread),
         URIO_TEST(test_future_handler_may_keep_future),
+        URIO_TEST(test_future_cancel_msg_from_other_thread),
+        URIO_TEST(test_future_set_error_function_form),
+        URIO_TEST(test_future_dropped_with_callbacks),
+        URIO_TEST(test_future_callbacks_dropped_at_close_said),
+        URIO_TEST(test_future_wait_without_futex_waitv),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -329,6 +329,7 @@ static int child_level(const char *value)
 static void test_log_env_level(void **state)
 {
     (void)state;
+    test_needs_exec_self();
     static const struct { const char *value; int level; } cases[] = {
         { NULL, URIO_LOG_INFO },
         { "", URIO_LOG_INFO },

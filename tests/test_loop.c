@@ -46,6 +46,89 @@ static void test_loop_new_rejects_bad_input(void **state)
     assert_int_equal(urio_call_soon_threadsafe(NULL, record_cb, NULL), -EINVAL);
 }
 
+/* The loop's settings and accessors: NULL answered harmlessly, another thread (while the
+ * loop runs) refused and nothing changed, a closed loop refused. */
+static void nothing_cb(void *arg)
+{
+    (void)arg;
+}
+
+struct elsewhere {
+    urio_loop_t *loop;
+    int stats, watchdog;
+    int64_t next;
+};
+
+static void *calls_accessors(void *arg)
+{
+    struct elsewhere *e = arg;
+    urio_loop_stats_t st;
+    e->stats = urio_loop_stats(e->loop, &st);
+    e->next = urio_loop_next_timeout(e->loop);
+    e->watchdog = urio_loop_set_stall_watchdog(e->loop, 10 * MS);
+    urio_loop_set_debug(e->loop, true);
+    urio_loop_set_slow_callback_duration(e->loop, 1);
+    urio_loop_set_timer_slack(e->loop, 5 * MS);
+    urio_loop_set_exception_handler(e->loop, NULL, NULL);
+    return NULL;
+}
+
+static void accessors_from_thread(void *arg)
+{
+    struct elsewhere *e = arg;
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, calls_accessors, e), 0);
+    assert_int_equal(pthread_join(th, NULL), 0);
+    urio_loop_stop(e->loop);
+}
+
+static void test_loop_settings_refused_elsewhere(void **state)
+{
+    (void)state;
+    test_log_capture();
+    /* NULL: nothing to do, nothing to crash. */
+    urio_loop_stop(NULL);
+    urio_loop_set_debug(NULL, true);
+    urio_loop_set_slow_callback_duration(NULL, 1);
+    urio_loop_set_timer_slack(NULL, 1);
+    assert_int_equal(urio_loop_set_stall_watchdog(NULL, MS), -EINVAL);
+    assert_false(urio_loop_get_debug(NULL));
+    assert_int_equal(urio_loop_get_slow_callback_duration(NULL), 0);
+    assert_int_equal(urio_loop_get_timer_slack(NULL), 0);
+    assert_int_equal(urio_loop_next_timeout(NULL), 0);
+    assert_int_equal(urio_loop_stats(NULL, NULL), -EINVAL);
+    assert_false(urio_loop_alive(NULL));
+    urio_loop_default_exception_handler(NULL, NULL);
+
+    urio_loop_t *loop = test_loop_new();
+    uint64_t slow = urio_loop_get_slow_callback_duration(loop);
+    uint64_t slack = urio_loop_get_timer_slack(loop);
+    /* A timer already due: no wait. */
+    urio_call_at(loop, urio_loop_time(loop) - 1, nothing_cb, NULL);
+    assert_int_equal(urio_loop_next_timeout(loop), 0);
+    struct elsewhere e = { .loop = loop };
+    urio_call_soon(loop, accessors_from_thread, &e);
+    assert_int_equal(urio_loop_run_forever(loop), 0);
+    assert_int_equal(e.stats, -EPERM);
+    assert_int_equal(e.next, 0);
+    assert_int_equal(e.watchdog, -EPERM);
+    assert_false(urio_loop_get_debug(loop));
+    assert_int_equal(urio_loop_get_slow_callback_duration(loop), slow);
+    assert_int_equal(urio_loop_get_timer_slack(loop), slack);
+    assert_log_contains("ERROR urio_loop_stats(): Non-thread-safe operation");
+    assert_log_contains("ERROR urio_loop_set_debug(): Non-thread-safe operation");
+    assert_log_contains("ERROR urio_loop_set_exception_handler(): Non-thread-safe operation");
+    /* The timer slack is capped at a second. */
+    urio_loop_set_timer_slack(loop, 5000 * MS);
+    assert_int_equal(urio_loop_get_timer_slack(loop), 1000 * MS);
+    urio_loop_ref(loop);
+    test_loop_close(loop);
+    /* Closed (its memory held by the reference): no watchdog on it. */
+    assert_int_equal(urio_loop_set_stall_watchdog(loop, MS), -ESHUTDOWN);
+    assert_log_contains("ERROR urio_loop_set_stall_watchdog(): Event loop is closed");
+    urio_loop_unref(loop);
+}
+
 static void test_loop_call_soon_fifo(void **state)
 {
     (void)state;
@@ -238,6 +321,7 @@ static void *run_thread(void *arg)
 static void test_loop_runs_on_another_thread(void **state)
 {
     (void)state;
+    test_needs_threads();
     urio_loop_t *loop = test_loop_new();
     pthread_t t;
     void *ret;
@@ -298,6 +382,7 @@ static void endless_cb(void *arg)
 static void test_loop_busy_loop_sees_inbox(void **state)
 {
     (void)state;
+    test_needs_threads();
     urio_loop_t *loop = test_loop_new();
     pthread_t t;
     urio_call_soon(loop, endless_cb, loop);
@@ -378,6 +463,7 @@ static void mark_and_stop(void *arg)
 static void test_loop_close_races_run_returning(void **state)
 {
     (void)state;
+    test_needs_threads();
     for (int round = 0; round < 200; round++) {
         urio_loop_t *loop = test_loop_new();
         urio_call_soon(loop, mark_and_stop, loop);
@@ -466,6 +552,7 @@ static void fork_from_callback(void *arg)
 static void test_loop_fork_child_gets_clean_slate(void **state)
 {
     (void)state;
+    test_needs_fork_with_rings();
     struct forker f = { .loop = test_loop_new(), .never_run = test_loop_new() };
     urio_call_soon(f.loop, fork_from_callback, &f);
     urio_loop_run_forever(f.loop);
@@ -534,6 +621,7 @@ int main(void)
         URIO_TEST(test_loop_other_loops_handle_refused),
         URIO_TEST(test_loop_new_close),
         URIO_TEST(test_loop_new_rejects_bad_input),
+        URIO_TEST(test_loop_settings_refused_elsewhere),
         URIO_TEST(test_loop_call_soon_fifo),
         URIO_TEST(test_loop_runs_only_what_was_ready),
         URIO_TEST(test_loop_handle_cancel),

@@ -97,6 +97,7 @@ static int sets_task_outcome(void *arg, void **res)
 static void test_misuse_task_outcome_set_from_outside(void **state)
 {
     (void)state;
+    test_needs_threads();
     test_log_capture();
     assert_int_equal(run_main(sets_task_outcome, NULL, 0), 0);
 }
@@ -220,6 +221,7 @@ static void test_misuse_loop_used_after_close(void **state)
 static void test_misuse_executor_used_after_free(void **state)
 {
     (void)state;
+    test_needs_threads();
     setenv("URIO_DEBUG", "1", 1);   /* executors have no loop: debug mode comes from here */
     urio_executor_t *ex;
     assert_int_equal(urio_thread_pool_new(&ex, 1), 0);
@@ -257,6 +259,7 @@ static int positive_codes(void *arg, void **res)
 static void test_misuse_positive_error_codes(void **state)
 {
     (void)state;
+    test_needs_threads();
     test_log_capture();
     assert_int_equal(run_main(positive_codes, NULL, 0), -EPIPE);
     assert_log_contains("WARNING urio_task_fail(): error codes are negative errno values "

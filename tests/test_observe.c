@@ -5,6 +5,7 @@
  */
 #include "helpers.h"
 
+#include <dirent.h>
 #include <signal.h>
 #include <time.h>
 #include <unistd.h>
@@ -35,6 +36,7 @@ static void __attribute__((noinline)) stuck_callback(void *arg)
 static void test_observe_stall_reported_while_stuck(void **state)
 {
     (void)state;
+    test_needs_threads();       /* the watchdog's thread, while the loop's is busy */
     urio_loop_t *loop = test_loop_new();
     assert_int_equal(urio_loop_set_stall_watchdog(loop, 50 * MS), 0);
     test_log_capture();
@@ -51,6 +53,103 @@ static void test_observe_stall_reported_while_stuck(void **state)
     test_loop_close(loop);
 }
 
+/* The stall signal (SIGRTMAX - 7) is the program's own: the stall is still
+ * reported, without a stack, saying why; a stray stall signal is harmless. */
+static void programs_own(int sig)
+{
+    (void)sig;
+}
+
+static int stall_with_signal_taken(void *arg)
+{
+    (void)arg;
+    signal(SIGRTMAX - 7, programs_own);
+    urio_loop_t *loop;
+    if (urio_loop_new(&loop, NULL) != 0)
+        return 77;
+    urio_loop_set_stall_watchdog(loop, 30 * MS);
+    urio_call_soon(loop, stuck_callback, (void *)(uintptr_t)(150 * MS));
+    urio_call_soon(loop, test_stop_cb, loop);
+    urio_loop_run_forever(loop);
+    return urio_loop_close(loop) == 0 ? 0 : 1;
+}
+
+static int stray_stall_signal(void *arg)
+{
+    (void)arg;
+    urio_loop_t *loop;
+    if (urio_loop_new(&loop, NULL) != 0)
+        return 77;
+    urio_loop_set_stall_watchdog(loop, 20 * MS);
+    urio_call_soon(loop, stuck_callback, (void *)(uintptr_t)(60 * MS));    /* installs the handler */
+    urio_call_soon(loop, test_stop_cb, loop);
+    urio_loop_run_forever(loop);
+    raise(SIGRTMAX - 7);            /* nobody asked: ignored */
+    return urio_loop_close(loop) == 0 ? 0 : 1;
+}
+
+static void test_observe_stall_signal_not_ours(void **state)
+{
+    (void)state;
+    test_needs_threads();
+    char out[8192];
+    int status = test_child(stall_with_signal_taken, NULL, out, sizeof out);
+    assert_true(WIFEXITED(status));
+    if (WEXITSTATUS(status) == 77)
+        skip();
+    char want[200];
+    snprintf(want, sizeof want, "ms of CPU time (its stack could not be taken: the program "
+             "handles signal %d itself)", SIGRTMAX - 7);
+    if (WEXITSTATUS(status) != 0 || strstr(out, want) == NULL)
+        fail_msg("status %d; the child wrote:\n%s", WEXITSTATUS(status), out);
+    status = test_child(stray_stall_signal, NULL, out, sizeof out);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        fail_msg("a stray stall signal: status %#x; the child wrote:\n%s", status, out);
+}
+
+static int thread_count(void)
+{
+    int n = 0;
+    DIR *d = opendir("/proc/self/task");
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+/* Turning the watchdog off before it was ever on starts nothing; no memory for it:
+ * ENOMEM, and no thread left behind. */
+static void test_observe_watchdog_off_and_oom(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    int threads = thread_count();
+    assert_int_equal(urio_loop_set_stall_watchdog(loop, 0), 0);
+    assert_int_equal(thread_count(), threads);
+    int failed_runs = 0;
+    for (long n = 0; n < 10; n++) {
+        urio_mem_stats_t a, b;
+        urio_mem_stats(&a);
+        urio__alloc_fail_after(n, false);
+        int ret = urio_loop_set_stall_watchdog(loop, 50 * MS);
+        urio__alloc_fail_after(-1, false);
+        urio_mem_stats(&b);
+        if (b.failures == a.failures) {
+            assert_int_equal(ret, 0);
+            break;
+        }
+        assert_int_equal(ret, -ENOMEM);
+        assert_int_equal(thread_count(), threads);      /* its thread, if started, is gone */
+        assert_int_equal(b.live, a.live);
+        failed_runs++;
+    }
+    assert_int_equal(failed_runs, 1);   /* the watchdog itself */
+    assert_int_equal(thread_count(), threads + 1);
+    test_loop_close(loop);
+    assert_int_equal(thread_count(), threads);
+}
+
 static void quick_cb(void *arg)
 {
     int *left = arg;
@@ -63,6 +162,7 @@ static void quick_cb(void *arg)
 static void test_observe_no_stall_no_report(void **state)
 {
     (void)state;
+    test_needs_threads();       /* the watchdog's thread, while the loop's is busy */
     urio_loop_t *loop = test_loop_new();
     assert_int_equal(urio_loop_set_stall_watchdog(loop, 20 * MS), 0);
     test_log_capture();
@@ -164,6 +264,7 @@ static int dump_signal_child(void *arg)
 static void test_observe_dump_on_signal(void **state)
 {
     (void)state;
+    test_needs_threads();       /* the dump's thread, while the loop waits */
 #ifdef URIO_TSAN
     skip();     /* the child starts a thread after a multi-threaded fork: TSan refuses */
 #endif
@@ -172,6 +273,188 @@ static void test_observe_dump_on_signal(void **state)
     assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     if (strstr(out, "<Task 'napper' suspended in napper() ") == NULL)
         fail_msg("no dump on SIGUSR1; the child wrote:\n%s", out);
+}
+
+/* What each task awaits is described: a gathering future, a coroutine run from
+ * another thread's side, a task whose cancel is held off by a shield, one not
+ * started yet; in debug mode each with its creation stack. */
+static int gathers(void *arg, void **res)
+{
+    (void)res;
+    return urio_gather(arg, 2, NULL, NULL);
+}
+
+static int shielded_nap(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    urio_shield_begin();
+    int ret = urio_sleep(20 * MS);          /* not cut short: the cancel waits for the shield */
+    urio_shield_end();
+    return ret;
+}
+
+static int dumped, counted;
+
+static int dumps_in_detail(void *arg, void **res)
+{
+    (void)res;
+    char **text = arg;
+    urio_loop_t *loop = urio_loop_current();
+    urio_future_t *naps[2] = { urio_spawn(loop, napper, NULL), urio_spawn(loop, napper, NULL) };
+    urio_future_t *gatherer = urio_spawn(loop, gathers, naps);
+    urio_future_t *proxy = urio_run_coroutine_threadsafe(loop, URIO_CORO(napper, NULL));
+    urio_future_t *proxy_waiter = urio_spawn(loop, waits_on, proxy);
+    urio_future_t *shielded = urio_spawn(loop, shielded_nap, NULL);
+    urio_yield();
+    urio_yield();
+    assert_true(urio_future_cancel(shielded));
+    urio_future_t *fresh = urio_spawn(loop, napper, NULL);
+    urio_loop_stats_t st;
+    assert_int_equal(urio_loop_stats(loop, &st), 0);
+    size_t len = 0;
+    FILE *out = open_memstream(text, &len);
+    dumped = urio_loop_dump_tasks(loop, out);
+    fclose(out);
+    counted = st.tasks;
+    urio_future_t *all[] = { naps[0], naps[1], gatherer, proxy, proxy_waiter, shielded, fresh };
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
+        urio_future_cancel(all[i]);
+        urio_shield_begin();
+        urio_await(all[i], NULL);
+        urio_shield_end();
+        urio_future_unref(all[i]);
+    }
+    return 0;
+}
+
+static void test_observe_task_dump_describes_awaits(void **state)
+{
+    (void)state;
+    char *text = NULL;
+    urio_run_opts_t debug = { .debug = 1 };
+    assert_int_equal(urio_run(URIO_CORO(dumps_in_detail, &text), &debug, NULL), 0);
+    /* This one, two naps, their gatherer, the proxy's task and its waiter, two more. */
+    assert_int_equal(dumped, 8);
+    assert_int_equal(counted, 8);       /* urio_loop_stats counts them too */
+    const char *want[] = {
+        "urio: 8 tasks on loop ",
+        "<Task 'gathers' suspended in gathers() ",     /* at its line, or its return statement */
+        "    awaiting <Future pending (gathering 2, 2 left)>",
+        "    awaiting <Future pending (run_coroutine_threadsafe)>",
+        "<Task 'shielded_nap' suspended in shielded_nap() at test_observe.c:",
+        ", cancelling (1)>",
+        "<Task 'napper' not started, created at ",
+        URIO_DEBUG_CHECKS ? "    created at (most recent call last):" : "urio: ",
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        if (strstr(text, want[i]) == NULL)
+            fail_msg("the dump lacks \"%s\":\n%s", want[i], text);
+    free(text);
+}
+
+/* URIO_DUMP_SIGNAL's other spellings, and the values it refuses (each read once per
+ * process: in a child each). */
+static int dump_signal_named(void *arg)
+{
+    setenv("URIO_DUMP_SIGNAL", arg, 1);
+    return urio_run(URIO_CORO(signalled, NULL), NULL, NULL) != 0;
+}
+
+static volatile sig_atomic_t usr1_seen;
+
+static void on_usr1(int sig)
+{
+    (void)sig;
+    usr1_seen = 1;
+}
+
+static int one_step(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    return urio_yield();
+}
+
+/* A value that is refused: said at WARNING at the first task; the signal stays the program's. */
+static int dump_signal_refused(void *arg)
+{
+    signal(SIGUSR1, on_usr1);
+    setenv("URIO_DUMP_SIGNAL", arg, 1);
+    if (urio_run(URIO_CORO(one_step, NULL), NULL, NULL) != 0)
+        return 1;
+    kill(getpid(), SIGUSR1);
+    return usr1_seen ? 0 : 2;
+}
+
+static void test_observe_dump_signal_spellings(void **state)
+{
+    (void)state;
+    test_needs_threads();       /* the dump's thread, while the loop waits */
+#ifdef URIO_TSAN
+    skip();     /* the child starts a thread after a multi-threaded fork: TSan refuses */
+#endif
+    char out[8192];
+    char number[16];
+    snprintf(number, sizeof number, "%d", SIGUSR1);
+    const char *spellings[] = { "USR1", number };
+    for (size_t i = 0; i < 2; i++) {
+        int status = test_child(dump_signal_named, (void *)spellings[i], out, sizeof out);
+        assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        if (strstr(out, "<Task 'napper' suspended in napper() ") == NULL)
+            fail_msg("URIO_DUMP_SIGNAL=%s: no dump on SIGUSR1; the child wrote:\n%s",
+                     spellings[i], out);
+    }
+    const struct { const char *value, *said; } refused[] = {
+        { "SIGNOPE", "WARNING urio: URIO_DUMP_SIGNAL=SIGNOPE is not understood (use SIGUSR1, " },
+        { "0", "WARNING urio: URIO_DUMP_SIGNAL=0 is not understood" },
+        { "10x", "WARNING urio: URIO_DUMP_SIGNAL=10x is not understood" },
+        { "SIGUSR1", "WARNING urio: URIO_DUMP_SIGNAL=SIGUSR1: the program handles that signal "
+                     "already; no task dump on it" },
+    };
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        int status = test_child(dump_signal_refused, (void *)refused[i].value, out, sizeof out);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+            fail_msg("URIO_DUMP_SIGNAL=%s: the program's own SIGUSR1 handler did not run "
+                     "(status %#x); the child wrote:\n%s", refused[i].value, status, out);
+        if (strstr(out, refused[i].said) == NULL)
+            fail_msg("URIO_DUMP_SIGNAL=%s: no \"%s\"; the child wrote:\n%s", refused[i].value,
+                     refused[i].said, out);
+    }
+}
+
+/* A child forked after the dump was set up has its own: SIGUSR1 dumps the child's tasks. */
+static int forks_then_dumps(void *arg)
+{
+    (void)arg;
+    setenv("URIO_DUMP_SIGNAL", "SIGUSR1", 1);
+    if (urio_run(URIO_CORO(one_step, NULL), NULL, NULL) != 0)      /* set up in this process */
+        return 1;
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        test_child_started();
+        exit(urio_run(URIO_CORO(signalled, NULL), NULL, NULL) != 0);
+    }
+    int status;
+    if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status))
+        return 2;
+    return WEXITSTATUS(status);
+}
+
+static void test_observe_dump_signal_after_fork(void **state)
+{
+    (void)state;
+    test_needs_threads();       /* the dump's thread, while the loop waits */
+#ifdef URIO_TSAN
+    skip();     /* the child starts a thread after a multi-threaded fork: TSan refuses */
+#endif
+    char out[8192];
+    int status = test_child(forks_then_dumps, NULL, out, sizeof out);
+    assert_true(WIFEXITED(status));
+    if (WEXITSTATUS(status) != 0 || strstr(out, "<Task 'napper' suspended in napper() ") == NULL)
+        fail_msg("no dump in the forked child (status %d); it wrote:\n%s", WEXITSTATUS(status),
+                 out);
 }
 
 /* ---------------------------------------------------------------- */
@@ -223,8 +506,13 @@ int main(void)
     const struct CMUnitTest tests[] = {
         URIO_TEST(test_observe_stall_reported_while_stuck),
         URIO_TEST(test_observe_no_stall_no_report),
+        URIO_TEST(test_observe_stall_signal_not_ours),
+        URIO_TEST(test_observe_watchdog_off_and_oom),
         URIO_TEST(test_observe_task_dump),
         URIO_TEST(test_observe_dump_on_signal),
+        URIO_TEST(test_observe_task_dump_describes_awaits),
+        URIO_TEST(test_observe_dump_signal_spellings),
+        URIO_TEST(test_observe_dump_signal_after_fork),
         URIO_TEST(test_observe_stats),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -13,8 +13,11 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <semaphore.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -161,6 +164,126 @@ static int fn_big(urio_process_call_t *call, const void *in, size_t len)
     return 0;
 }
 URIO_PROCESS_FN("big", fn_big);
+
+/*
+ * Sends a frame of its own making into its channel, in place of its job's
+ * result (a buggy or hostile worker), then waits to be killed.  in: a
+ * struct forged; the job must be its worker's first (sequence number 1).
+ */
+enum { FD_NONE, FD_UNSEALED, FD_SMALL };
+struct forged {
+    uint8_t type, flags;
+    uint32_t seq;
+    uint64_t payload_len;
+    int fd_kind;
+};
+
+static int fn_forge(urio_process_call_t *call, const void *in, size_t len)
+{
+    (void)call;
+    struct forged fg;
+    memcpy(&fg, in, len < sizeof fg ? len : sizeof fg);
+    urio__pf_header_t h;
+    urio__pf_header_init(&h, fg.type, fg.flags, fg.seq, 0, 0, fg.payload_len);
+    struct iovec iov = { &h, sizeof h };
+    _Alignas(struct cmsghdr) char ctl[CMSG_SPACE(sizeof(int))];
+    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+    if (fg.fd_kind != FD_NONE) {
+        void *map;
+        int fd = urio__pf_shm_create(fg.fd_kind == FD_SMALL ? 4096 : fg.payload_len, &map);
+        if (fd < 0)
+            return fd;
+        munmap(map, fg.fd_kind == FD_SMALL ? 4096 : fg.payload_len);
+        if (fg.fd_kind == FD_SMALL)
+            urio__pf_shm_seal(fd);
+        memset(ctl, 0, sizeof ctl);
+        mh.msg_control = ctl;
+        mh.msg_controllen = sizeof ctl;
+        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &fd, sizeof fd);
+    }
+    if (sendmsg(URIO__PROCESS_CHANNEL_FD, &mh, MSG_NOSIGNAL) != (ssize_t)sizeof h)
+        return -EIO;
+    sleep(30);                  /* the parent kills this worker long before */
+    return 0;
+}
+URIO_PROCESS_FN("forge", fn_forge);
+
+/* The calls a function makes, at their edges; in[0] is which (see test_process_pool_call_edges). */
+static int fn_edge(urio_process_call_t *call, const void *in, size_t len)
+{
+    (void)len;
+    char *out;
+    switch (((const uint8_t *)in)[0]) {
+    case 0:
+        errno = 0;
+        if (urio_process_output(NULL, 1) != NULL || errno != EINVAL)
+            return urio_process_fail(call, -EPROTO, "output(NULL) was not refused");
+        if (urio_process_fail(NULL, -EIO, "nobody") != -EIO)
+            return urio_process_fail(call, -EPROTO, "fail(NULL) changed the error");
+        if (urio_process_fail(call, EIO, NULL) != -EINVAL)
+            return urio_process_fail(call, -EPROTO, "a positive error was taken");
+        /* A large output (a memfd of its own), then a small one: the first is let go. */
+        if (urio_process_output(call, 200000) == NULL)
+            return urio_process_fail(call, -errno, "large output");
+        out = urio_process_output(call, 7);
+        if (out == NULL)
+            return urio_process_fail(call, -errno, "small output");
+        memcpy(out, "edge-ok", 7);
+        return 0;
+    case 1:                     /* a positive return is success */
+        out = urio_process_output(call, 3);
+        if (out == NULL)
+            return -ENOMEM;
+        memcpy(out, "pos", 3);
+        return 7;
+    case 2:                     /* fails with another error than its message's */
+        urio_process_fail(call, -EIO, "an I/O message");
+        return -EPIPE;
+    case 3:                     /* no memory for the output */
+        urio__alloc_fail_after(0, false);
+        out = urio_process_output(call, 10);
+        urio__alloc_fail_after(-1, false);
+        return out ? 0 : urio_process_fail(call, -errno, "no output buffer");
+    case 4: {                   /* a large output's memfd cannot be sized (RLIMIT_FSIZE) */
+        struct rlimit rl, small;
+        getrlimit(RLIMIT_FSIZE, &rl);
+        small = (struct rlimit){ 4096, rl.rlim_max };
+        signal(SIGXFSZ, SIG_IGN);
+        setrlimit(RLIMIT_FSIZE, &small);
+        out = urio_process_output(call, 200000);
+        int err = errno;
+        setrlimit(RLIMIT_FSIZE, &rl);
+        return out ? 0 : urio_process_fail(call, -err, "memfd not sized");
+    }
+    default: {                  /* no fd for a large output's memfd */
+        struct rlimit rl, low;
+        getrlimit(RLIMIT_NOFILE, &rl);
+        low = (struct rlimit){ 3, rl.rlim_max };
+        setrlimit(RLIMIT_NOFILE, &low);
+        out = urio_process_output(call, 200000);
+        int err = errno;
+        setrlimit(RLIMIT_NOFILE, &rl);
+        return out ? 0 : urio_process_fail(call, -err, "no memfd");
+    }
+    }
+}
+URIO_PROCESS_FN("edge", fn_edge);
+
+/*
+ * A worker image that fails before it is ready (a missing library, a crash in
+ * a static initialiser): with URIO_TEST_WORKER_EXIT=N in the environment a
+ * worker of this program exits with status N before urio's constructor runs.
+ */
+__attribute__((constructor(101))) static void worker_fails_early(void)
+{
+    const char *v = getenv("URIO_TEST_WORKER_EXIT");
+    if (v != NULL && getenv(URIO__PROCESS_ENV) != NULL)
+        _exit(atoi(v));
+}
 
 /* ------------------------------------------------------------------ */
 /* Children, zombies and fds                                            */
@@ -896,6 +1019,706 @@ static void test_process_pool_malformed_frame(void **state)
     test_loop_close(loop);
 }
 
+/*
+ * The decoder trusts nothing: each field out of its range or place is
+ * refused with its reason; a frame cut short is "need more" (0).
+ */
+static void test_process_pool_decoder_refuses_each_field(void **state)
+{
+    (void)state;
+    const unsigned any = (1u << URIO__PF_CONFIG) | (1u << URIO__PF_READY) |
+                         (1u << URIO__PF_JOB) | (1u << URIO__PF_RESULT);
+    struct {
+        uint8_t type, flags;
+        uint32_t seq;
+        int32_t err;
+        uint16_t text_len;
+        uint64_t payload_len;
+        void (*tweak)(urio__pf_header_t *h);
+        unsigned accept;
+        const char *why;
+    } cases[] = {
+        { URIO__PF_CONFIG, 0, 1, 0, 0, 16, NULL, 1u << URIO__PF_JOB, "unexpected frame type" },
+        { URIO__PF_JOB, 0x80, 1, 0, 4, 0, NULL, any, "unknown flags" },
+        { URIO__PF_RESULT, URIO__PF_OUTBUF, 1, 0, 0, 0, NULL, any, "flags out of place" },
+        { URIO__PF_RESULT, URIO__PF_INOFFER, 1, 0, 0, 0, NULL, any, "flags out of place" },
+        { URIO__PF_CONFIG, 0, 1, 0, 0, 16, NULL, any, NULL },   /* valid */
+        { URIO__PF_JOB, 0, 1, 0, 4, 8, NULL, any, NULL },       /* valid */
+        { URIO__PF_JOB, URIO__PF_SHM, 1, 0, 4, 100, NULL, any,
+          "payload in the wrong place for its size" },
+        { URIO__PF_JOB, 0, 1, 0, 4, 200, NULL, any, "payload over the limit" },
+        { URIO__PF_CONFIG, 0, 2, 0, 0, 16, NULL, any, "bad CONFIG frame" },
+        { URIO__PF_CONFIG, 0, 1, 0, 0, 8, NULL, any, "bad CONFIG frame" },
+        { URIO__PF_READY, 0, 1, -5, 0, 8, NULL, any, "bad READY frame" },
+        { URIO__PF_JOB, 0, 1, -5, 4, 0, NULL, any, "a job with an error" },
+        { URIO__PF_JOB, 0, 1, 0, 0, 0, NULL, any, "function name length out of range" },
+        { URIO__PF_JOB, 0, 1, 0, 300, 0, NULL, any, "function name length out of range" },
+        { URIO__PF_RESULT, 0, 1, -5000, 0, 0, NULL, any, "result error out of range" },
+        { URIO__PF_RESULT, 0, 1, 5, 0, 0, NULL, any, "result error out of range" },
+        { URIO__PF_RESULT, 0, 1, URIO_EBROKENWORKER, 0, 0, NULL, any, NULL },  /* urio's own */
+        { URIO__PF_RESULT, 0, 1, 0, 3, 0, NULL, any, "a message without an error" },
+        { URIO__PF_RESULT, 0, 1, -5, 0, 4, NULL, any, "an error with a payload" },
+        { URIO__PF_RESULT, 0, 1, -5, 2000, 0, NULL, any, "message length out of range" },
+    };
+    char buf[4096];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        urio__pf_header_t h;
+        urio__pf_header_init(&h, cases[i].type, cases[i].flags, cases[i].seq, cases[i].err,
+                             cases[i].text_len, cases[i].payload_len);
+        memset(buf, 'x', sizeof buf);
+        memcpy(buf, &h, sizeof h);
+        urio__pf_frame_t f;
+        const char *why = NULL;
+        ssize_t n = urio__pf_decode(buf, sizeof buf, cases[i].accept, 100, &f, &why);
+        if (cases[i].why == NULL) {
+            if (n != (ssize_t)h.len)
+                fail_msg("case %zu: a valid frame decoded to %zd (%s)", i, n, why ? why : "");
+        } else if (n != -EPROTO || why == NULL || strcmp(why, cases[i].why) != 0) {
+            fail_msg("case %zu: %zd (%s), expected -EPROTO (%s)", i, n, why ? why : "-",
+                     cases[i].why);
+        }
+    }
+    /* Fields that the constructor never gets wrong: set by hand. */
+    urio__pf_header_t h;
+    urio__pf_frame_t f;
+    const char *why = NULL;
+    urio__pf_header_init(&h, URIO__PF_JOB, 0, 1, 0, 4, 0);
+    h.reserved = 1;
+    memcpy(buf, &h, sizeof h);
+    assert_int_equal(urio__pf_decode(buf, sizeof buf, any, 100, &f, &why), -EPROTO);
+    assert_string_equal(why, "reserved field not zero");
+    urio__pf_header_init(&h, URIO__PF_JOB, 0, 1, 0, 4, 0);
+    h.len = 8;
+    memcpy(buf, &h, sizeof h);
+    assert_int_equal(urio__pf_decode(buf, sizeof buf, any, 100, &f, &why), -EPROTO);
+    assert_string_equal(why, "frame length out of range");
+    urio__pf_header_init(&h, URIO__PF_JOB, 0, 1, 0, 4, 0);
+    h.len += 1;
+    memcpy(buf, &h, sizeof h);
+    assert_int_equal(urio__pf_decode(buf, sizeof buf, any, 100, &f, &why), -EPROTO);
+    assert_string_equal(why, "frame length disagrees with its fields");
+    /* READY's pid: 0, or beyond any pid. */
+    urio__pf_header_init(&h, URIO__PF_READY, 0, 1, 0, 0, sizeof(urio__pf_ready_t));
+    memcpy(buf, &h, sizeof h);
+    urio__pf_ready_t r = { .pid = 0 };
+    memcpy(buf + sizeof h, &r, sizeof r);
+    assert_int_equal(urio__pf_decode(buf, sizeof buf, any, 100, &f, &why), -EPROTO);
+    assert_string_equal(why, "bad pid in READY");
+    r.pid = 0x80000000u;
+    memcpy(buf + sizeof h, &r, sizeof r);
+    assert_int_equal(urio__pf_decode(buf, sizeof buf, any, 100, &f, &why), -EPROTO);
+    r.pid = 42;
+    memcpy(buf + sizeof h, &r, sizeof r);
+    assert_int_equal(urio__pf_decode(buf, sizeof buf, any, 100, &f, &why), (ssize_t)h.len);
+    /* Cut short: a header's worth, or the frame's: need more. */
+    assert_int_equal(urio__pf_decode(buf, sizeof h - 1, any, 100, &f, &why), 0);
+    assert_int_equal(urio__pf_decode(buf, h.len - 1, any, 100, &f, &why), 0);
+}
+
+/*
+ * A worker whose result breaks the protocol is killed and its job fails with
+ * URIO_EBROKENWORKER saying why; in particular a memfd the parent would map
+ * must be sealed and as large as the frame says (or reading it could fault).
+ */
+static void test_process_pool_forged_results_refused(void **state)
+{
+    (void)state;
+    test_log_capture();
+    const struct {
+        struct forged fg;
+        const char *why;
+    } cases[] = {
+        { { URIO__PF_RESULT, URIO__PF_SHM, 1, URIO__PF_SHM_MIN, FD_UNSEALED },
+          "payload memfd not sealed against shrinking" },
+        { { URIO__PF_RESULT, URIO__PF_SHM, 1, URIO__PF_SHM_MIN, FD_SMALL },
+          "payload memfd smaller than its frame says" },
+        { { URIO__PF_RESULT, URIO__PF_SHM, 1, URIO__PF_SHM_MIN, FD_NONE },
+          "a shared-memory result without its memfd" },
+        { { URIO__PF_RESULT, URIO__PF_SHM | URIO__PF_INOFFER, 1, URIO__PF_SHM_MIN, FD_NONE },
+          "a result in a buffer it was not offered" },
+        { { URIO__PF_RESULT, 0, 7, 0, FD_NONE }, "a result for no job it held" },
+        { { URIO__PF_READY, 0, 1, sizeof(urio__pf_ready_t), FD_NONE }, "unexpected frame type" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        urio_loop_t *loop = test_loop_new();
+        urio_executor_t *ex = pool_new(&(urio_process_pool_opts_t){ .workers = 1 });
+        urio_future_t *f[2] = { submit(loop, ex, "forge", &cases[i].fg, sizeof cases[i].fg) };
+        run_all(loop, f, 1, 30);
+        f[1] = submit(loop, ex, "echo", "z", 1);
+        run_all(loop, &f[1], 1, 30);
+        if (urio_future_result(f[0], NULL) != URIO_EBROKENWORKER ||
+            strstr(urio_future_error_message(f[0]), cases[i].why) == NULL)
+            fail_msg("case %zu: %s: %s (expected EBROKENWORKER: %s)", i,
+                     urio_strerror_name(urio_future_result(f[0], NULL)),
+                     urio_future_error_message(f[0]), cases[i].why);
+        expect_echo(f[1], "z", 1);      /* a new worker took the next job */
+        urio_future_unref(f[0]);
+        urio_future_unref(f[1]);
+        urio_executor_free(ex);
+        test_loop_close(loop);
+    }
+}
+
+/*
+ * The worker's side: it trusts its parent no more than the parent trusts it.
+ * A worker runs in a child on a socketpair whose other end holds frames
+ * written in advance; it must exit with the protocol status (70) naming
+ * what was wrong, or 0 when the parent closes the channel, or 71 when its
+ * parent is not the one it was started for.
+ */
+struct worker_script {
+    int fd;                     /* the worker's end */
+    pid_t parent;               /* 0: the real parent */
+};
+
+static int worker_child(void *arg)
+{
+    struct worker_script *ws = arg;
+    if (ws->fd != URIO__PROCESS_CHANNEL_FD) {
+        dup2(ws->fd, URIO__PROCESS_CHANNEL_FD);
+        close(ws->fd);
+    }
+    urio__process_worker_run(URIO__PROCESS_CHANNEL_FD, ws->parent ? ws->parent : getppid());
+}
+
+/* Appends a frame (header, text, payload) to the parent's end; fd: sent with it, or -1. */
+static void script_frame(int sock, uint8_t type, uint8_t flags, uint32_t seq, const char *text,
+                         const void *payload, uint64_t payload_len, int fd)
+{
+    urio__pf_header_t h;
+    size_t tlen = text ? strlen(text) : 0;
+    urio__pf_header_init(&h, type, flags, seq, 0, (uint16_t)tlen, payload_len);
+    struct iovec iov[3] = { { &h, sizeof h }, { (void *)text, tlen },
+                            { (void *)payload, (flags & URIO__PF_SHM) ? 0 : payload_len } };
+    _Alignas(struct cmsghdr) char ctl[CMSG_SPACE(sizeof(int))];
+    struct msghdr mh = { .msg_iov = iov, .msg_iovlen = 3 };
+    if (fd >= 0) {
+        memset(ctl, 0, sizeof ctl);
+        mh.msg_control = ctl;
+        mh.msg_controllen = sizeof ctl;
+        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &fd, sizeof fd);
+    }
+    assert_true(sendmsg(sock, &mh, MSG_NOSIGNAL) > 0);
+}
+
+static void script_config(int sock, uint64_t max_payload)
+{
+    urio__pf_config_t cfg = { .max_payload = max_payload };
+    script_frame(sock, URIO__PF_CONFIG, 0, URIO__PF_VERSION, NULL, &cfg, sizeof cfg, -1);
+}
+
+enum { WS_OK, WS_BAD_MAGIC, WS_BAD_LIMIT, WS_OUT_OF_ORDER, WS_SHM_NO_FD, WS_SHM_UNSEALED,
+       WS_OFFER_UNSEALED, WS_ORPHAN, WS_SCRIPTS };
+
+/* Runs the worker on script `which`; returns its wait status, its stderr in out. */
+static int run_worker_script(int which, char *out, size_t n)
+{
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    struct worker_script ws = { .fd = sv[1] };
+    void *map;
+    int memfd = -1;
+    switch (which) {
+    case WS_OK:              /* a job, then the channel closed: exit 0 */
+        script_config(sv[0], 1 << 20);
+        script_frame(sv[0], URIO__PF_JOB, 0, 1, "echo", "hi", 2, -1);
+        break;
+    case WS_BAD_MAGIC: {
+        char junk[64];
+        memset(junk, 0x5a, sizeof junk);
+        assert_int_equal(write(sv[0], junk, sizeof junk), (ssize_t)sizeof junk);
+        break;
+    }
+    case WS_BAD_LIMIT:
+        script_config(sv[0], 0);
+        break;
+    case WS_OUT_OF_ORDER:
+        script_config(sv[0], 1 << 20);
+        script_frame(sv[0], URIO__PF_JOB, 0, 5, "echo", "hi", 2, -1);
+        break;
+    case WS_SHM_NO_FD:
+        script_config(sv[0], 1 << 20);
+        script_frame(sv[0], URIO__PF_JOB, URIO__PF_SHM, 1, "echo", NULL, URIO__PF_SHM_MIN, -1);
+        break;
+    case WS_SHM_UNSEALED:
+    case WS_OFFER_UNSEALED:
+        script_config(sv[0], 1 << 20);
+        memfd = urio__pf_shm_create(URIO__PF_SHM_MIN, &map);
+        assert_true(memfd >= 0);
+        munmap(map, URIO__PF_SHM_MIN);
+        if (which == WS_SHM_UNSEALED)
+            script_frame(sv[0], URIO__PF_JOB, URIO__PF_SHM, 1, "echo", NULL, URIO__PF_SHM_MIN,
+                         memfd);
+        else
+            script_frame(sv[0], URIO__PF_JOB, URIO__PF_OUTBUF, 1, "echo", "hi", 2, memfd);
+        break;
+    case WS_ORPHAN:
+        ws.parent = 1;      /* started for init: its parent is not that one */
+        break;
+    }
+    if (memfd >= 0)
+        close(memfd);
+    if (which == WS_OK || which == WS_ORPHAN)
+        shutdown(sv[0], SHUT_WR);       /* then the parent closes the channel */
+    int status = test_child(worker_child, &ws, out, n);
+    close(sv[0]);
+    close(sv[1]);
+    return status;
+}
+
+static void test_process_pool_worker_refuses_bad_parent(void **state)
+{
+    (void)state;
+    static const struct {
+        int status;
+        const char *said;
+    } want[WS_SCRIPTS] = {
+        [WS_OK] = { 0, NULL },
+        [WS_BAD_MAGIC] = { 70, "malformed frame from the parent: bad magic" },
+        [WS_BAD_LIMIT] = { 70, "bad payload limit 0 in CONFIG" },
+        [WS_OUT_OF_ORDER] = { 70, "job number 5 out of order (expected 1)" },
+        [WS_SHM_NO_FD] = { 70, "a shared-memory frame came without its memfd" },
+        [WS_SHM_UNSEALED] = { 70, "job 1: a shared buffer unsealed or smaller than its frame says" },
+        [WS_OFFER_UNSEALED] = { 70, "job 1: a shared buffer unsealed or smaller than its frame says" },
+        [WS_ORPHAN] = { 71, NULL },
+    };
+    for (int i = 0; i < WS_SCRIPTS; i++) {
+        char out[4096];
+        int status = run_worker_script(i, out, sizeof out);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != want[i].status)
+            fail_msg("script %d: status %#x (expected exit %d); it wrote:\n%s", i, status,
+                     want[i].status, out);
+        if (want[i].said != NULL && strstr(out, want[i].said) == NULL)
+            fail_msg("script %d: no \"%s\"; it wrote:\n%s", i, want[i].said, out);
+    }
+}
+
+/* A function's calls at their edges, seen from the parent. */
+static void test_process_pool_call_edges(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_executor_t *ex = pool_new(&(urio_process_pool_opts_t){ .workers = 1 });
+    urio_future_t *f[6];
+    for (uint8_t i = 0; i < 6; i++)
+        f[i] = submit(loop, ex, "edge", &i, 1);
+    run_all(loop, f, 6, 30);
+    expect_echo(f[0], "edge-ok", 7);
+    expect_echo(f[1], "pos", 3);
+    /* The message was for -EIO: with -EPIPE it is not passed on. */
+    assert_int_equal(urio_future_result(f[2], NULL), -EPIPE);
+    assert_null(urio_future_error_message(f[2]));
+    assert_int_equal(urio_future_result(f[3], NULL), -ENOMEM);
+    assert_string_equal(urio_future_error_message(f[3]), "no output buffer");
+    assert_int_equal(urio_future_result(f[4], NULL), -EFBIG);
+    assert_string_equal(urio_future_error_message(f[4]), "memfd not sized");
+    assert_int_equal(urio_future_result(f[5], NULL), -EMFILE);
+    assert_string_equal(urio_future_error_message(f[5]), "no memfd");
+    for (int i = 0; i < 6; i++)
+        urio_future_unref(f[i]);
+    urio_executor_free(ex);
+    test_loop_close(loop);
+}
+
+/* The registry: bad registrations refused, the same one twice harmless, a name twice refused. */
+static int fn_other(urio_process_call_t *call, const void *in, size_t len)
+{
+    (void)call;
+    (void)in;
+    (void)len;
+    return 0;
+}
+
+static void test_process_pool_registry(void **state)
+{
+    (void)state;
+    test_log_capture();
+    static char long_name[300];
+    memset(long_name, 'n', sizeof long_name - 1);
+    static urio_process_fn_def_t no_name = { .fn = fn_other }, no_fn = { .name = "x" },
+                                 empty = { .name = "", .fn = fn_other },
+                                 too_long = { .name = long_name, .fn = fn_other },
+                                 again = { .name = "echo", .fn = fn_other },
+                                 fresh = { .name = "registry-fresh", .fn = fn_other };
+    assert_int_equal(urio_process_fn_register(NULL), -EINVAL);
+    assert_int_equal(urio_process_fn_register(&no_name), -EINVAL);
+    assert_int_equal(urio_process_fn_register(&no_fn), -EINVAL);
+    assert_int_equal(urio_process_fn_register(&empty), -EINVAL);
+    assert_int_equal(urio_process_fn_register(&too_long), -EINVAL);
+    assert_int_equal(urio_process_fn_register(&again), -EEXIST);
+    assert_log_contains("ERROR URIO_PROCESS_FN(\"echo\"): the name is registered twice; the "
+                        "second registration is ignored");
+    assert_int_equal(urio_process_fn_register(&fresh), 0);
+    assert_int_equal(urio_process_fn_register(&fresh), 0);     /* the same one: harmless */
+    assert_ptr_equal(urio__process_fn_find("registry-fresh", 14), &fresh);
+    assert_ptr_equal(urio__process_fn_find("echo", 4)->fn, fn_echo);   /* the first kept */
+}
+
+/* Shared memory buffers (inputs, and outputs offered) come back for reuse, data
+ * never mixed; the pool keeps at most 16 of them. */
+static int payload_memfds(void)
+{
+    int n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        char path[300], target[300];
+        snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
+        ssize_t k = readlink(path, target, sizeof target - 1);
+        if (k > 0) {
+            target[k] = '\0';
+            n += strstr(target, "memfd:urio-payload") != NULL;
+        }
+    }
+    closedir(d);
+    return n;
+}
+
+static void test_process_pool_shared_buffers_reused_and_bounded(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_executor_t *ex = pool_new(&(urio_process_pool_opts_t){ .workers = 1 });
+    enum { BIG = 1 << 20, N = 40 };
+    char *in = malloc(BIG + N * 4096);
+    /* One after another, the same size: the same buffers, each job its own data. */
+    for (int round = 0; round < 4; round++) {
+        memset(in, 'a' + round, BIG);
+        urio_future_t *f = submit(loop, ex, "echo", in, BIG);
+        run_all(loop, &f, 1, 30);
+        expect_echo(f, in, BIG);
+        urio_future_unref(f);
+    }
+    /* Many sizes at once: more buffers than the cache keeps. */
+    urio_future_t *f[N];
+    for (int i = 0; i < N; i++) {
+        memset(in, 'A' + i % 26, URIO__PF_SHM_MIN + (size_t)i * 4096);
+        f[i] = submit(loop, ex, "echo", in, URIO__PF_SHM_MIN + (size_t)i * 4096);
+    }
+    run_all(loop, f, N, 60);
+    for (int i = 0; i < N; i++) {
+        memset(in, 'A' + i % 26, URIO__PF_SHM_MIN + (size_t)i * 4096);
+        expect_echo(f[i], in, URIO__PF_SHM_MIN + (size_t)i * 4096);
+        urio_future_unref(f[i]);
+    }
+    int kept = payload_memfds();
+    if (kept > 16)
+        fail_msg("%d shared buffers kept after the jobs (the cache holds 16)", kept);
+    urio_executor_free(ex);
+    free(in);
+    test_loop_close(loop);
+    assert_int_equal(payload_memfds(), 0);     /* the pool's last reference let them go */
+}
+
+/*
+ * Workers that cannot be started (no fd for their channel), or that die
+ * before they are ready: after three failures in a row the queued jobs fail
+ * with URIO_EBROKENWORKER saying why, instead of waiting forever; the next
+ * submit tries again, and works once workers can start.
+ */
+static int cannot_start_child(void *arg)
+{
+    (void)arg;
+    urio_loop_t *loop;
+    if (urio_loop_new(&loop, NULL) < 0)
+        return 77;
+    urio_executor_t *ex = NULL;
+    if (urio_process_pool_new(&ex, &(urio_process_pool_opts_t){ .workers = 1 }) != 0)
+        return 2;
+    /* No fd left: a limit just above those open, and the holes below it taken. */
+    int top = 0;
+    for (int fd = 0; fd < 1024; fd++)
+        if (fcntl(fd, F_GETFD) >= 0)
+            top = fd;
+    struct rlimit rl, tight;
+    getrlimit(RLIMIT_NOFILE, &rl);
+    tight = (struct rlimit){ (rlim_t)top + 1, rl.rlim_max };
+    setrlimit(RLIMIT_NOFILE, &tight);
+    int fillers[1024], nfillers = 0;
+    while (nfillers < 1024 && (fillers[nfillers] = dup(0)) >= 0)
+        nfillers++;
+    urio_future_t *f = urio_process_pool_submit(loop, ex, "echo", "a", 1);
+    if (f == NULL)
+        return 3;
+    urio_loop_run_until_complete(loop, f);
+    int err = urio_future_result(f, NULL);
+    const char *msg = urio_future_error_message(f);
+    fprintf(stderr, "first: %s: %s\n", urio_strerror_name(err), msg ? msg : "-");
+    urio_future_unref(f);
+    while (nfillers > 0)
+        close(fillers[--nfillers]);
+    setrlimit(RLIMIT_NOFILE, &rl);
+    f = urio_process_pool_submit(loop, ex, "echo", "b", 1);
+    urio_loop_run_until_complete(loop, f);
+    fprintf(stderr, "then: %s\n", urio_strerror_name(urio_future_result(f, NULL)));
+    urio_future_unref(f);
+    urio_executor_free(ex);
+    return urio_loop_close(loop) == 0 ? 0 : 4;
+}
+
+static void test_process_pool_workers_cannot_start(void **state)
+{
+    (void)state;
+    char out[8192];
+    int status = test_child(cannot_start_child, NULL, out, sizeof out);
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 77)
+        skip();
+    assert_true(WIFEXITED(status));
+    if (WEXITSTATUS(status) != 0 ||
+        strstr(out, "first: URIO_EBROKENWORKER: no worker could be started: ") == NULL ||
+        strstr(out, "WARNING urio: process pool: starting a worker failed: ") == NULL ||
+        strstr(out, "then: 0\n") == NULL)
+        fail_msg("status %d; the child wrote:\n%s", WEXITSTATUS(status), out);
+}
+
+static void test_process_pool_workers_die_before_ready(void **state)
+{
+    (void)state;
+    test_log_capture();
+    urio_loop_t *loop = test_loop_new();
+    setenv("URIO_TEST_WORKER_EXIT", "3", 1);
+    urio_executor_t *ex = pool_new(&(urio_process_pool_opts_t){ .workers = 1 });
+    urio_future_t *f = submit(loop, ex, "echo", "a", 1);
+    run_all(loop, &f, 1, 30);
+    unsetenv("URIO_TEST_WORKER_EXIT");
+    assert_int_equal(urio_future_result(f, NULL), URIO_EBROKENWORKER);
+    if (strstr(urio_future_error_message(f), "workers die before they are ready (the last, pid ") ==
+            NULL ||
+        strstr(urio_future_error_message(f), "exited with status 3") == NULL)
+        fail_msg("the job's error: %s", urio_future_error_message(f));
+    assert_log_contains("before it was ready");
+    urio_future_unref(f);
+    /* Workers can start again: the next job tries, and works. */
+    f = submit(loop, ex, "echo", "b", 1);
+    run_all(loop, &f, 1, 30);
+    expect_echo(f, "b", 1);
+    urio_future_unref(f);
+    urio_executor_free(ex);
+    test_loop_close(loop);
+}
+
+/* By default one worker per CPU; a task awaiting a job shows it in the task dump. */
+static int awaits_job(void *arg, void **res)
+{
+    (void)res;
+    return urio_await(arg, NULL);
+}
+
+static void test_process_pool_default_size_and_dump(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_executor_t *ex = NULL;
+    assert_int_equal(urio_process_pool_new(&ex, NULL), 0);
+    uint32_t ms = 20;
+    urio_future_t *job = submit(loop, ex, "sleep", &ms, sizeof ms);
+    urio_future_t *t = urio_spawn(loop, awaits_job, job);
+    urio_call_soon(loop, test_stop_cb, loop);
+    urio_loop_run_forever(loop);
+    char *text = NULL;
+    size_t len = 0;
+    FILE *out = open_memstream(&text, &len);
+    assert_int_equal(urio_loop_dump_tasks(loop, out), 1);
+    fclose(out);
+    if (strstr(text, "    awaiting <Future pending process job 'sleep'>") == NULL)
+        fail_msg("the dump lacks the job:\n%s", text);
+    free(text);
+    assert_int_equal(urio_loop_run_until_complete(loop, t), 0);
+    urio_process_pool_stats_t st;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    assert_int_equal(urio_process_pool_stats(ex, &st, NULL, 0), cores > 1024 ? 1024 : cores);
+    assert_int_equal(st.spawned, cores > 1024 ? 1024 : (unsigned)cores);
+    urio_future_unref(job);
+    urio_future_unref(t);
+    urio_executor_free(ex);
+    test_loop_close(loop);
+}
+
+/* Every allocation of a submit failed in turn: NULL with ENOMEM, or a job that runs. */
+static void test_process_pool_submit_oom(void **state)
+{
+    (void)state;
+    enum { BIG = 100000 };      /* a shared-memory input, and an output buffer offered */
+    char *in = malloc(BIG);
+    memset(in, 'q', BIG);
+    int failed_runs = 0;
+    bool clean = false;
+    test_log_capture();     /* a failure may also hit a worker's start: retried, said at WARNING */
+    for (long n = 0; !clean && n < 100; n++) {
+        urio_loop_t *loop = test_loop_new();        /* the first submit on a loop sets up its state */
+        urio_executor_t *ex = pool_new(&(urio_process_pool_opts_t){ .workers = 1 });
+        urio_mem_stats_t a;
+        urio_mem_stats(&a);
+        urio__alloc_fail_after(n, false);
+        errno = 0;
+        urio_future_t *f = urio_process_pool_submit(loop, ex, "echo", in, BIG);
+        int err = errno;
+        urio__alloc_fail_after(-1, false);
+        urio_mem_stats_t b;
+        urio_mem_stats(&b);
+        if (f == NULL) {
+            assert_true(b.failures > a.failures);
+            assert_int_equal(err, ENOMEM);
+            failed_runs++;
+        } else {
+            clean = b.failures == a.failures;
+            run_all(loop, &f, 1, 30);
+            expect_echo(f, in, BIG);
+            urio_future_unref(f);
+        }
+        urio_executor_free(ex);
+        test_loop_close(loop);
+    }
+    free(in);
+    assert_true(clean);
+    assert_true(failed_runs >= 3);      /* the job, its input buffer, the loop's pool state */
+}
+
+/* shutdown(cancel_futures) from another thread: queued jobs cancelled on the loop, running ones finish. */
+static void test_process_pool_shutdown_cancel_from_thread(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_executor_t *ex = pool_new(&(urio_process_pool_opts_t){ .workers = 1 });
+    enum { N = 40 };        /* beyond the worker's pipeline: some wait in the pool */
+    urio_future_t **f = submit_sleeps(loop, ex, N, 5);
+    run_all(loop, f, 1, 30);            /* the worker is ready and holds the next ones */
+    sd_t s = { ex, false, true, -1, 0 };
+    pthread_t t;
+    pthread_create(&t, NULL, shutdown_thread, &s);
+    pthread_join(t, NULL);
+    assert_int_equal(s.ret, 0);
+    run_all(loop, f, N, 30);
+    int done = 0, cancelled = 0;
+    for (int i = 0; i < N; i++) {
+        int err = urio_future_result(f[i], NULL);
+        assert_true(err == 0 || err == -ECANCELED);
+        done += err == 0;
+        cancelled += err == -ECANCELED;
+        urio_future_unref(f[i]);
+    }
+    assert_true(done >= 1);             /* what the worker held finished */
+    assert_true(cancelled >= 1);        /* what waited in the pool was cancelled */
+    urio_executor_free(ex);
+    free(f);
+    test_loop_close(loop);
+}
+
+/* The fork server: started twice is once; refused while the process has threads. */
+static void *idle_thread(void *arg)
+{
+    sem_wait(arg);
+    return NULL;
+}
+
+static int fork_server_threads_child(void *arg)
+{
+    (void)arg;
+    urio_process_fork_server_stop();    /* the parent's: not this process's to use */
+    sem_t sem;
+    sem_init(&sem, 0, 0);
+    pthread_t th;
+    pthread_create(&th, NULL, idle_thread, &sem);
+    int busy = urio_process_fork_server_start();
+    sem_post(&sem);
+    pthread_join(th, NULL);
+    int ok = urio_process_fork_server_start();
+    int again = urio_process_fork_server_start();
+    urio_process_fork_server_stop();
+    return busy == -EBUSY && ok == 0 && again == 0 ? 0 : 1;
+}
+
+static void test_process_pool_fork_server_refused_with_threads(void **state)
+{
+    (void)state;
+#ifdef URIO_TSAN
+    skip();     /* TSan's own thread makes every process multi-threaded */
+#endif
+    char out[4096];
+    int status = test_child(fork_server_threads_child, NULL, out, sizeof out);
+    assert_true(WIFEXITED(status));
+    if (WEXITSTATUS(status) != 0 ||
+        strstr(out, "urio_process_fork_server_start(): the process already runs 2 threads; "
+                    "forking it is not safe: call it at the top of main") == NULL)
+        fail_msg("status %d; the child wrote:\n%s", WEXITSTATUS(status), out);
+}
+
+/*
+ * Kernels before 5.9 (no close_range) and 5.1 (no pidfd_send_signal): a
+ * worker still starts with only its channel open (closing what /proc/self/fd
+ * lists), and a job past its timeout is still killed (by kill()).  In a
+ * child whose seccomp filter answers both with ENOSYS; its workers inherit it.
+ */
+static int old_kernel_child(void *arg)
+{
+    (void)arg;
+    if (test_block_syscall(__NR_close_range, ENOSYS) != 0 ||
+        test_block_syscall(__NR_pidfd_send_signal, ENOSYS) != 0)
+        return 77;
+    urio_loop_t *loop;
+    if (urio_loop_new(&loop, NULL) != 0)
+        return 77;
+    urio_executor_t *ex = NULL;
+    if (urio_process_pool_new(&ex, &(urio_process_pool_opts_t){
+            .workers = 1, .job_timeout_ns = 300 * MS }) != 0)
+        return 2;
+    uint32_t ms = 30000;
+    urio_future_t *f[2] = { urio_process_pool_submit(loop, ex, "self", NULL, 0),
+                            urio_process_pool_submit(loop, ex, "sleep", &ms, sizeof ms) };
+    urio_loop_run_until_complete(loop, f[0]);
+    urio_loop_run_until_complete(loop, f[1]);
+    void *v = NULL;
+    int err = urio_future_result(f[0], &v);
+    const int32_t *out = err == 0 ? ((const urio_bytes_t *)v)->data : NULL;
+    fprintf(stderr, "self: %s, fds from 3: %d %d; sleep: %s\n", urio_strerror_name(err),
+            out ? out[2] : -2, out ? out[3] : -2, urio_strerror_name(urio_future_result(f[1], NULL)));
+    urio_future_unref(f[0]);
+    urio_future_unref(f[1]);
+    urio_executor_free(ex);
+    return urio_loop_close(loop) == 0 ? 0 : 3;
+}
+
+static void test_process_pool_old_kernel_fallbacks(void **state)
+{
+    (void)state;
+    char out[4096];
+    int status = test_child(old_kernel_child, NULL, out, sizeof out);
+    assert_true(WIFEXITED(status));
+    if (WEXITSTATUS(status) == 77)
+        skip();
+    if (WEXITSTATUS(status) != 0 || strstr(out, "self: 0, fds from 3: 3 -1; sleep: ETIMEDOUT\n") == NULL)
+        fail_msg("status %d; the child wrote:\n%s", WEXITSTATUS(status), out);
+}
+
+/* Jobs whose inputs and outputs fill the channel many times over: sent and read in
+ * parts, each job intact. */
+static void test_process_pool_batches_beyond_the_channel(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_executor_t *ex = pool_new(&(urio_process_pool_opts_t){ .workers = 1 });
+    enum { N = 48, LEN = URIO__PF_SHM_MIN - 1 };      /* inline, the largest */
+    char *in = malloc((size_t)N * LEN);
+    urio_future_t *f[N];
+    for (int i = 0; i < N; i++) {
+        for (int k = 0; k < LEN; k++)
+            in[(size_t)i * LEN + (size_t)k] = (char)(i * 13 + k);
+        f[i] = submit(loop, ex, "echo", in + (size_t)i * LEN, LEN);
+    }
+    run_all(loop, f, N, 60);
+    for (int i = 0; i < N; i++) {
+        expect_echo(f[i], in + (size_t)i * LEN, LEN);
+        urio_future_unref(f[i]);
+    }
+    free(in);
+    urio_executor_free(ex);
+    test_loop_close(loop);
+}
+
 /* A queued job cancelled never runs; a held one runs, its output dropped. */
 static void test_process_pool_cancel(void **state)
 {
@@ -1089,12 +1912,30 @@ int main(void)
         PP_TEST(test_process_pool_payload_limit),
         PP_TEST(test_process_pool_recycling_bounds_leak),
         PP_TEST(test_process_pool_malformed_frame),
+        PP_TEST(test_process_pool_decoder_refuses_each_field),
+        PP_TEST(test_process_pool_forged_results_refused),
+        PP_TEST(test_process_pool_worker_refuses_bad_parent),
+        PP_TEST(test_process_pool_call_edges),
+        PP_TEST(test_process_pool_registry),
+        PP_TEST(test_process_pool_shared_buffers_reused_and_bounded),
+        PP_TEST(test_process_pool_workers_cannot_start),
+        PP_TEST(test_process_pool_workers_die_before_ready),
+        PP_TEST(test_process_pool_default_size_and_dump),
+        PP_TEST(test_process_pool_submit_oom),
+        PP_TEST(test_process_pool_shutdown_cancel_from_thread),
+        PP_TEST(test_process_pool_fork_server_refused_with_threads),
+        PP_TEST(test_process_pool_old_kernel_fallbacks),
+        PP_TEST(test_process_pool_batches_beyond_the_channel),
         PP_TEST(test_process_pool_cancel),
         PP_TEST(test_process_pool_bad_input),
         PP_TEST(test_process_pool_awaited_in_task),
         PP_TEST(test_process_pool_without_pidfd),
         PP_TEST(test_process_pool_fork_server),
     };
+    /* Symbolising (the task dump) opens libdw's session, kept for the process: open it
+     * now, before the tests count this process's fds. */
+    char where[160];
+    urio__describe_pc((uintptr_t)main, where, sizeof where);
     int ret = cmocka_run_group_tests(tests, NULL, NULL);
     urio_process_fork_server_stop();
     return ret;

@@ -5,6 +5,7 @@
 #include "helpers.h"
 
 #include <signal.h>
+#include <unistd.h>
 
 #ifndef IORING_TIMEOUT_MULTISHOT
 #define IORING_TIMEOUT_MULTISHOT (1U << 6)   /* 6.4; liburing 2.3 predates it */
@@ -318,6 +319,73 @@ static void test_ring_setup_flags_and_binding(void **state)
     urio__ring_exit(&r);
 }
 
+/* Read and write ops move bytes through a pipe; their results are byte counts. */
+static void test_ring_read_write_ops(void **state)
+{
+    (void)state;
+    urio__ring_t r;
+    ring_new(&r, 8);
+    total_done = 0;
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    char in[16] = "", out[] = "through the ring";
+    struct counted_op w = { .op.complete = counted_complete };
+    struct counted_op rd = { .op.complete = counted_complete };
+    assert_int_equal(urio__op_write(&r, &w.op, fds[1], out, sizeof out - 1, (uint64_t)-1), 0);
+    drive(&r, 1);
+    assert_int_equal(w.last_res, (int)sizeof out - 1);
+    assert_int_equal(urio__op_read(&r, &rd.op, fds[0], in, sizeof in, (uint64_t)-1), 0);
+    drive(&r, 2);
+    assert_int_equal(rd.last_res, 16);
+    assert_memory_equal(in, out, 16);
+    /* An op in flight cannot be submitted again. */
+    assert_int_equal(urio__op_read(&r, &rd.op, fds[0], in, sizeof in, (uint64_t)-1), 0);
+    assert_int_equal(urio__op_read(&r, &rd.op, fds[0], in, sizeof in, (uint64_t)-1), -EBUSY);
+    close(fds[1]);                  /* the read ends: end of file */
+    drive(&r, 3);
+    assert_int_equal(rd.last_res, 0);
+    close(fds[0]);
+    urio__ring_exit(&r);
+}
+
+/* More ops in flight than the slot table holds: it grows; when growing fails the op
+ * is refused (ENOMEM, not in flight) and the others complete. */
+static void test_ring_op_table_growth_oom(void **state)
+{
+    (void)state;
+    urio__ring_t r;
+    ring_new(&r, 256);
+    total_done = 0;
+    enum { N = 100 };       /* the table starts with 64 slots */
+    static struct counted_op ops[N];
+    int accepted = 0, refused = 0;
+    for (int i = 0; i < N; i++) {
+        ops[i] = (struct counted_op){ .op.complete = counted_complete };
+        if (i == 60)
+            urio__alloc_fail_after(0, true);     /* nothing more can grow */
+        int ret = urio__op_nop(&r, &ops[i].op);
+        if (ret == 0) {
+            accepted++;
+        } else {
+            assert_int_equal(ret, -ENOMEM);
+            assert_int_equal(ops[i].op.state, URIO__OP_IDLE);
+            refused++;
+        }
+    }
+    urio__alloc_fail_after(-1, false);
+    assert_int_equal(accepted, 64 - 1);     /* slot 0 means "no op" */
+    assert_int_equal(refused, N - 63);
+    drive(&r, accepted);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(ops[i].completions, i < accepted ? 1 : 0);
+    /* With memory, it grows. */
+    total_done = 0;
+    for (int i = 0; i < N; i++)
+        assert_int_equal(urio__op_nop(&r, &ops[i].op), 0);
+    drive(&r, N);
+    urio__ring_exit(&r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -330,6 +398,8 @@ int main(void)
         URIO_TEST(test_ring_stale_generation_detected),
         URIO_TEST(test_ring_multishot_alive_while_more),
         URIO_TEST(test_ring_setup_flags_and_binding),
+        URIO_TEST(test_ring_read_write_ops),
+        URIO_TEST(test_ring_op_table_growth_oom),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

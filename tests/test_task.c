@@ -6,6 +6,7 @@
 #include "helpers.h"
 
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -341,6 +342,7 @@ static void *submitter(void *arg)
 static void test_task_run_coroutine_threadsafe(void **state)
 {
     (void)state;
+    test_needs_threads();
     struct ts s = { .loop = test_loop_new() };
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, submitter, &s), 0);
@@ -389,6 +391,7 @@ static int many_main(void *arg, void **res)
 static void test_task_100000_alive(void **state)
 {
     (void)state;
+    test_needs_full_speed();
     int count = 0;
     assert_int_equal(run_main(many_main, &count, NULL), 0);
     assert_int_equal(count, MANY_TASKS);
@@ -760,6 +763,7 @@ static void *waits_proxy(void *arg)
 static void test_task_threadsafe_future_settled_at_close(void **state)
 {
     (void)state;
+    test_needs_threads();
     urio_loop_t *loop = test_loop_new();
     test_log_capture();
     urio_future_t *f = urio_run_coroutine_threadsafe(loop, URIO_CORO(sleeps_forever, NULL));
@@ -826,6 +830,7 @@ static void *runs_loop(void *arg)
 static void test_task_threadsafe_future_completes_in_last_turn(void **state)
 {
     (void)state;
+    test_needs_threads();
     test_log_capture();     /* coroutines refused at close are not a test failure */
     for (int round = 0; round < 300; round++) {
         struct last_turn x = { .loop = test_loop_new() };
@@ -973,6 +978,433 @@ static void test_task_slow_last_step_of_forgotten_task(void **state)
     test_loop_close(loop);          /* the leak check: the hold was let go */
 }
 
+/* ---------------------------------------------------------------- */
+/* Refused: urio_run and run_coroutine_threadsafe given nothing or misplaced */
+
+static bool ran_flag;
+
+static int sets_flag(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    ran_flag = true;
+    return 0;
+}
+
+static int runs_nested(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    return urio_run(URIO_CORO(sets_flag, NULL), NULL, NULL);
+}
+
+static void test_task_run_refused(void **state)
+{
+    (void)state;
+    test_log_capture();
+    ran_flag = false;
+    assert_int_equal(urio_run(NULL, NULL, NULL), -EINVAL);
+    /* From inside a running loop (asyncio: "cannot be called from a running event loop"). */
+    assert_int_equal(run_main(runs_nested, NULL, NULL), -EBUSY);
+    assert_log_contains("ERROR urio_run(): cannot be called from a running event loop");
+    /* No loop, no coroutine: refused, the coroutine freed. */
+    errno = 0;
+    assert_null(urio_run_coroutine_threadsafe(NULL, URIO_CORO(sets_flag, NULL)));
+    assert_int_equal(errno, EINVAL);
+    errno = 0;
+    urio_loop_t *loop = test_loop_new();
+    assert_null(urio_run_coroutine_threadsafe(loop, NULL));
+    assert_int_equal(errno, EINVAL);
+    test_loop_close(loop);
+    assert_false(ran_flag);
+    assert_int_equal(test_log_count("never awaited"), 0);    /* refused coroutines are closed */
+}
+
+/* A run_coroutine_threadsafe future cancelled before the loop started its task: the
+ * coroutine never runs, and the future is cancelled at once. */
+static void test_task_threadsafe_cancelled_before_start(void **state)
+{
+    (void)state;
+    test_log_capture();
+    ran_flag = false;
+    urio_loop_t *loop = test_loop_new();
+    urio_future_t *p = urio_run_coroutine_threadsafe(loop, URIO_CORO(sets_flag, NULL));
+    assert_non_null(p);
+    assert_true(urio_future_cancel_msg(p, "changed my mind"));
+    assert_true(urio_future_cancelled(p));
+    assert_string_equal(urio_future_error_message(p), "changed my mind");
+    urio_call_later(loop, 2 * MS, test_stop_cb, loop);
+    assert_int_equal(urio_loop_run_forever(loop), 0);
+    assert_false(ran_flag);
+    assert_int_equal(urio_future_result(p, NULL), -ECANCELED);
+    urio_future_unref(p);
+    test_loop_close(loop);
+    assert_int_equal(test_log_count("never awaited"), 0);
+}
+
+/* The function form of urio_task_fail (for callers that cannot use the macro):
+ * the same outcome, without a site; outside a task it just returns err. */
+static int fails_by_function(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    return (urio_task_fail)(-EPIPE, "peer %d gone", 3);
+}
+
+static void test_task_fail_function_form(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_future_t *t = urio_spawn(loop, fails_by_function, NULL);
+    assert_int_equal(urio_loop_run_until_complete(loop, t), -EPIPE);
+    assert_int_equal(urio_future_result(t, NULL), -EPIPE);
+    assert_string_equal(urio_future_error_message(t), "peer 3 gone");
+    urio_future_unref(t);
+    test_loop_close(loop);
+    assert_int_equal((urio_task_fail)(-EIO, "outside %s", "a task"), -EIO);
+    assert_int_equal(urio_task_fail(-EIO, NULL), -EIO);
+}
+
+/* urio_sleep(0) is a yield: the other ready task runs in between. */
+static int zero_sleeper(void *arg, void **res)
+{
+    (void)res;
+    for (int i = 0; i < 3; i++) {
+        order[norder++] = (int)(intptr_t)arg * 10 + i;
+        assert_int_equal(urio_sleep(0), 0);
+    }
+    return 0;
+}
+
+static void test_task_sleep_zero_yields(void **state)
+{
+    (void)state;
+    norder = 0;
+    urio_loop_t *loop = test_loop_new();
+    urio_future_t *a = urio_spawn(loop, zero_sleeper, (void *)1);
+    urio_future_t *b = urio_spawn(loop, zero_sleeper, (void *)2);
+    assert_int_equal(urio_loop_run_until_complete(loop, b), 0);
+    assert_int_equal(urio_loop_run_until_complete(loop, a), 0);
+    static const int want[] = { 10, 20, 11, 21, 12, 22 };
+    assert_int_equal(norder, 6);
+    for (int i = 0; i < 6; i++)
+        assert_int_equal(order[i], want[i]);
+    urio_future_unref(a);
+    urio_future_unref(b);
+    test_loop_close(loop);
+}
+
+/* ---------------------------------------------------------------- */
+/* Stacks: sizes that cannot be had                                   */
+
+static void test_task_stack_size_refused(void **state)
+{
+    (void)state;
+    test_log_capture();
+    urio_loop_t *loop = test_loop_new();
+    /* Beyond any real need (rounding it, adding the guard page, would wrap): EINVAL. */
+    const size_t sizes[] = { SIZE_MAX, SIZE_MAX - 4096, (size_t)1 << 41 };
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        urio_task_opts_t opts = { .stack_size = sizes[i] };
+        errno = 0;
+        assert_null(urio_task_create_opts(loop, URIO_CORO(sets_flag, NULL), &opts));
+        assert_int_equal(errno, EINVAL);
+    }
+    /* An odd size is rounded up to pages, and works. */
+    urio_task_opts_t odd = { .stack_size = 100 * 1024 + 1 };
+    urio_future_t *t = urio_task_create_opts(loop, URIO_CORO(sets_flag, NULL), &odd);
+    assert_non_null(t);
+    assert_int_equal(urio_loop_run_until_complete(loop, t), 0);
+    urio_future_unref(t);
+    test_loop_close(loop);
+    assert_int_equal(test_log_count("never awaited"), 0);
+}
+
+#include <sys/resource.h>
+
+/* A stack the address space cannot hold (RLIMIT_AS): ENOMEM, and the loop goes on. */
+static int stack_beyond_rlimit_child(void *arg)
+{
+    (void)arg;
+    urio_loop_t *loop;
+    if (urio_loop_new(&loop, NULL) < 0)
+        return 77;
+    struct rlimit rl = { 1ul << 32, 1ul << 32 };        /* 4 GiB of address space */
+    if (setrlimit(RLIMIT_AS, &rl) != 0)
+        return 3;
+    urio_task_opts_t huge = { .stack_size = (size_t)8 << 30 };     /* 8 GiB */
+    errno = 0;
+    urio_future_t *t = urio_task_create_opts(loop, URIO_CORO(sets_flag, NULL), &huge);
+    if (t != NULL || errno != ENOMEM)
+        return 4;
+    t = urio_spawn(loop, sets_flag, NULL);
+    if (t == NULL || urio_loop_run_until_complete(loop, t) != 0 || !ran_flag)
+        return 5;
+    urio_future_unref(t);
+    return urio_loop_close(loop) == 0 && test_live_blocks() == 0 ? 0 : 6;
+}
+
+static void test_task_stack_beyond_address_space(void **state)
+{
+    (void)state;
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+    skip();     /* the sanitizers' shadow memory needs more address space than any limit */
+#endif
+    char buf[4096];
+    ran_flag = false;
+    int status = test_child(stack_beyond_rlimit_child, NULL, buf, sizeof buf);
+    assert_true(WIFEXITED(status));
+    if (WEXITSTATUS(status) == 77)
+        skip();
+    if (WEXITSTATUS(status) != 0)
+        fail_msg("child status %d; it wrote:\n%s", WEXITSTATUS(status), buf);
+}
+
+/* ---------------------------------------------------------------- */
+/* Debug mode's SIGSEGV handler: only an overflow is reported as one  */
+
+static int faults(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    /* A page that forbids access: a bad pointer, nowhere near the task's guard page. */
+    volatile int *page = mmap(NULL, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return page == MAP_FAILED ? 3 : *page;
+}
+
+static int raises(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    raise(SIGSEGV);
+    return 0;
+}
+
+static int segv_child(void *arg)
+{
+    signal(SIGSEGV, SIG_DFL);   /* a plain program: not cmocka's crash handler */
+    urio_loop_opts_t on = { .debug = 1 };
+    urio_loop_t *loop;
+    if (urio_loop_new(&loop, &on) < 0)
+        return 77;
+    urio_future_t *t = arg ? urio_spawn(loop, raises, NULL) : urio_spawn(loop, faults, NULL);
+    urio_loop_run_until_complete(loop, t);
+    return 0;                   /* not reached */
+}
+
+static void test_task_other_segv_not_called_overflow(void **state)
+{
+    (void)state;
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+    skip();     /* the sanitizer handles SIGSEGV itself */
+#endif
+    for (uintptr_t i = 0; i < 2; i++) {
+        char buf[4096];
+        int status = test_child(segv_child, (void *)i, buf, sizeof buf);
+        if (WIFEXITED(status) && WEXITSTATUS(status) == 77)
+            skip();
+        /* Dies as it would without urio, by SIGSEGV... */
+        assert_true(WIFSIGNALED(status));
+        assert_int_equal(WTERMSIG(status), SIGSEGV);
+        /* ...and is not called an overflow: the fault is not in a guard page. */
+        if (strstr(buf, "overflowed its stack") != NULL)
+            fail_msg("a %s reported as a stack overflow: %s", i ? "sent SIGSEGV" : "NULL access",
+                     buf);
+    }
+}
+
+/*
+ * Debug mode gives each thread that runs tasks an alternate signal stack (an
+ * overflowed stack has no room for the handler): a thread that has one keeps
+ * its own; one made for a thread is unmapped when the thread ends.
+ */
+struct altstack_probe {
+    bool own;                   /* the thread sets up its own first */
+    void *own_sp;
+    stack_t seen;               /* the thread's alternate stack after its task ran */
+};
+
+static void *runs_debug_task(void *arg)
+{
+    struct altstack_probe *p = arg;
+    if (p->own) {
+        p->own_sp = malloc(64 * 1024);
+        stack_t ss = { .ss_sp = p->own_sp, .ss_size = 64 * 1024 };
+        assert_int_equal(sigaltstack(&ss, NULL), 0);
+    }
+    urio_loop_opts_t on = { .debug = 1 };
+    urio_loop_t *loop = test_loop_new_opts(&on);
+    urio_future_t *t = urio_spawn(loop, sets_flag, NULL);
+    assert_int_equal(urio_loop_run_until_complete(loop, t), 0);
+    urio_future_unref(t);
+    test_loop_close(loop);
+    assert_int_equal(sigaltstack(NULL, &p->seen), 0);
+    if (p->own) {
+        stack_t off = { .ss_flags = SS_DISABLE };
+        sigaltstack(&off, NULL);
+        free(p->own_sp);
+    }
+    return NULL;
+}
+
+/* True if /proc/self/maps lists a mapping holding addr. */
+static bool mapped(const void *addr)
+{
+    FILE *f = fopen("/proc/self/maps", "re");
+    assert_non_null(f);
+    unsigned long lo, hi, a = (unsigned long)(uintptr_t)addr;
+    bool found = false;
+    char line[512];
+    while (!found && fgets(line, sizeof line, f) != NULL)
+        found = sscanf(line, "%lx-%lx", &lo, &hi) == 2 && a >= lo && a < hi;
+    fclose(f);
+    return found;
+}
+
+static void test_task_debug_alternate_signal_stack(void **state)
+{
+    (void)state;
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+    skip();     /* no handler of urio's under the sanitizers */
+#endif
+    if (!URIO_DEBUG_CHECKS)
+        skip();
+    struct altstack_probe made = { .own = false }, own = { .own = true };
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, runs_debug_task, &made), 0);
+    assert_int_equal(pthread_join(th, NULL), 0);
+    /* One was made for the thread, and unmapped when the thread ended. */
+    assert_false(made.seen.ss_flags & SS_DISABLE);
+    assert_int_equal(made.seen.ss_size, 64 * 1024);
+    assert_false(mapped(made.seen.ss_sp));  /* nothing mapped there any more */
+    /* A thread with its own keeps it. */
+    assert_int_equal(pthread_create(&th, NULL, runs_debug_task, &own), 0);
+    assert_int_equal(pthread_join(th, NULL), 0);
+    assert_ptr_equal(own.seen.ss_sp, own.own_sp);
+}
+
+/* ---------------------------------------------------------------- */
+/* Misplaced task creation and runs                                    */
+
+struct from_thread {
+    urio_loop_t *loop;
+    urio_future_t *task;
+    int err, run;
+};
+
+static void *creates_task_elsewhere(void *arg)
+{
+    struct from_thread *x = arg;
+    errno = 0;
+    x->task = urio_task_create(x->loop, URIO_CORO(sets_flag, NULL));
+    x->err = errno;
+    return NULL;
+}
+
+static void create_from_thread(void *arg)
+{
+    struct from_thread *x = arg;
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, creates_task_elsewhere, x), 0);
+    assert_int_equal(pthread_join(th, NULL), 0);
+    urio_loop_stop(x->loop);
+}
+
+static void *runs_loop_elsewhere(void *arg)
+{
+    struct from_thread *x = arg;
+    x->run = urio_loop_run_forever(x->loop);
+    return NULL;
+}
+
+static void test_task_create_and_run_refused_elsewhere(void **state)
+{
+    (void)state;
+    test_log_capture();
+    ran_flag = false;
+    /* No loop given and none running. */
+    errno = 0;
+    assert_null(urio_task_create(NULL, URIO_CORO(sets_flag, NULL)));
+    assert_int_equal(errno, EINVAL);
+    /* Another thread, while the loop runs. */
+    struct from_thread x = { .loop = test_loop_new() };
+    urio_call_soon(x.loop, create_from_thread, &x);
+    assert_int_equal(urio_loop_run_forever(x.loop), 0);
+    assert_null(x.task);
+    assert_int_equal(x.err, EPERM);
+    assert_log_contains("ERROR urio_task_create(): Non-thread-safe operation");
+    /* A loop with a task suspended here cannot be run from another thread. */
+    urio_future_t *t = urio_spawn(x.loop, sleeps_forever, NULL);
+    urio_call_soon(x.loop, test_stop_cb, x.loop);
+    assert_int_equal(urio_loop_run_forever(x.loop), 0);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, runs_loop_elsewhere, &x), 0);
+    assert_int_equal(pthread_join(th, NULL), 0);
+    assert_int_equal(x.run, -EPERM);
+    assert_log_contains("ERROR urio_loop_run_forever(): this loop has tasks suspended on "
+                        "another thread; run it on that thread");
+    urio_future_cancel(t);
+    assert_int_equal(urio_loop_run_until_complete(x.loop, t), -ECANCELED);
+    urio_future_unref(t);
+    test_loop_close(x.loop);
+    assert_false(ran_flag);
+    assert_int_equal(test_log_count("never awaited"), 0);
+}
+
+/* A task made from a coroutine without a site (a binding's): described by name alone. */
+static int fails_quietly(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    return -EIO;
+}
+
+static void test_task_without_site(void **state)
+{
+    (void)state;
+    test_log_capture();
+    urio_loop_t *loop = test_loop_new();
+    urio_task_opts_t named = { .name = "anon" };
+    urio_future_t *t = urio_task_create_opts(loop, urio_coro_create(fails_quietly, NULL, NULL),
+                                             &named);
+    assert_non_null(t);
+    urio_call_soon(loop, test_stop_cb, loop);       /* after the task's step */
+    urio_loop_run_forever(loop);
+    assert_true(urio_future_done(t));
+    urio_future_unref(t);           /* its error never read: reported, by name */
+    t = urio_task_create(loop, urio_coro_create(fails_quietly, NULL, NULL));
+    assert_string_equal(urio_task_name(t), "?");
+    urio_loop_run_until_complete(loop, t);
+    assert_int_equal(urio_future_set_result(t, NULL), -EINVAL);     /* a task: refused */
+    urio_future_unref(t);
+    test_loop_close(loop);
+    assert_log_contains("Task exception was never retrieved\nfuture: <Task finished 'anon'>");
+    assert_log_contains("<Task finished '?'> gets its outcome from urio");
+}
+
+/* wait_for's waiter cancelled: what it waited for is cancelled too (asyncio.wait_for). */
+static int waits_long_for(void *arg, void **res)
+{
+    (void)res;
+    return urio_wait_for(arg, 3600 * 1000 * MS, NULL);
+}
+
+static void test_task_wait_for_cancelled_cancels_inner(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_future_t *inner = test_future_new(loop);
+    urio_future_t *t = urio_spawn(loop, waits_long_for, inner);
+    urio_call_soon(loop, test_stop_cb, loop);
+    urio_loop_run_forever(loop);
+    assert_true(urio_future_cancel(t));
+    assert_int_equal(urio_loop_run_until_complete(loop, t), -ECANCELED);
+    assert_true(urio_future_cancelled(inner));
+    urio_future_unref(t);
+    urio_future_unref(inner);
+    test_loop_close(loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1003,6 +1435,17 @@ int main(void)
         cmocka_unit_test(test_task_never_awaited_at_exit),
         URIO_TEST(test_task_cancel_at_future_and_task_awaits),
         URIO_TEST(test_task_never_awaited_debug_stack),
+        URIO_TEST(test_task_run_refused),
+        URIO_TEST(test_task_threadsafe_cancelled_before_start),
+        URIO_TEST(test_task_fail_function_form),
+        URIO_TEST(test_task_sleep_zero_yields),
+        URIO_TEST(test_task_stack_size_refused),
+        cmocka_unit_test(test_task_stack_beyond_address_space),
+        cmocka_unit_test(test_task_other_segv_not_called_overflow),
+        URIO_TEST(test_task_debug_alternate_signal_stack),
+        URIO_TEST(test_task_create_and_run_refused_elsewhere),
+        URIO_TEST(test_task_without_site),
+        URIO_TEST(test_task_wait_for_cancelled_cancels_inner),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

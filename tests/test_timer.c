@@ -208,6 +208,7 @@ static void overrun_cb(void *arg)
 static void test_timer_far_heap_overdue_not_stranded(void **state)
 {
     (void)state;
+    test_needs_full_speed();        /* (seconds here, many minutes under valgrind) */
     struct fired f = { .loop = test_loop_new(), .stop_at = 3 };
     uint64_t now = urio_loop_time(f.loop);
     struct tmr far = { &f, 2, now + 4400 * MS };    /* beyond the wheel: in the heap */
@@ -294,6 +295,7 @@ static void rnd_burst(void *arg)
 static void test_timer_randomized_against_record(void **state)
 {
     (void)state;
+    test_needs_full_speed();        /* (seconds here, many minutes under valgrind) */
     urio_loop_t *loop = test_loop_new();
     urio_call_soon(loop, rnd_burst, loop);
     urio_loop_run_forever(loop);
@@ -388,6 +390,7 @@ static void rearm_cb(void *arg)
 static void test_timer_steady_state_allocates_nothing(void **state)
 {
     (void)state;
+    test_needs_full_speed();        /* (seconds here, many minutes under valgrind) */
     urio_loop_t *loop = test_loop_new();
     rearm_left = 2000;
     urio_call_later(loop, 0, rearm_cb, loop);
@@ -518,6 +521,7 @@ static void sparse_round(urio_loop_t *loop, uint64_t seed)
 static void test_timer_sparse_200k_cold_and_warm(void **state)
 {
     (void)state;
+    test_needs_full_speed();        /* (seconds here, many minutes under valgrind) */
     sparse_loop = test_loop_new();
     sparse_round(sparse_loop, 0x1234567u);
     sparse_round(sparse_loop, 0x7654321u);
@@ -788,6 +792,7 @@ static void check_job_done(void *arg)
 static void test_timer_virtual_clock_job_stops_jump(void **state)
 {
     (void)state;
+    test_needs_threads();
     urio_loop_t *loop = virtual_loop();
     urio_future_t *job = urio_run_in_executor(loop, NULL, sleepy_job, NULL);
     assert_non_null(job);

@@ -523,6 +523,274 @@ static void test_waiting_all_tasks(void **state)
     assert_int_equal(run_main(lists_tasks, NULL), 0);
 }
 
+/* ---------------------------------------------------------------- */
+/* Bad input to the waiting calls: refused, nothing made, nothing run   */
+
+static int never_runs(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    fail_msg("a coroutine given to a refused call ran");
+    return 0;
+}
+
+static int fails_now(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    return urio_task_fail(-EIO, "early");
+}
+
+static int waits_group(void *arg, void **res)
+{
+    (void)res;
+    return urio_task_group_wait(arg);
+}
+
+static int bad_calls(void *arg, void **res)
+{
+    (void)res;
+    urio_future_t *theirs = arg;            /* a future of another loop */
+    urio_future_t *mine = SLEEPER(1);
+    urio_future_t *self = urio_task_current();
+    urio_future_t *with_null[] = { mine, NULL }, *mixed[] = { mine, theirs };
+    /* gather, wait, as_completed: a NULL array, a NULL entry, another loop's future. */
+    assert_int_equal(urio_gather(NULL, 2, NULL, NULL), -EINVAL);
+    assert_int_equal(urio_gather(with_null, 2, NULL, NULL), -EINVAL);
+    assert_int_equal(urio_gather(mixed, 2, NULL, NULL), -EINVAL);
+    assert_int_equal(urio_gather(&self, 1, NULL, NULL), -EDEADLK);
+    assert_int_equal(urio_wait(mixed, 2, URIO_ALL_COMPLETED, -1, NULL), -EINVAL);
+    urio_as_completed_t *it = (urio_as_completed_t *)mine;
+    assert_int_equal(urio_as_completed_new(NULL, &mine, 1, -1), -EINVAL);
+    assert_int_equal(urio_as_completed_new(&it, mixed, 2, -1), -EINVAL);
+    assert_null(it);
+    assert_int_equal(urio_as_completed_new(&it, &mine, 1, -2), -EINVAL);
+    urio_future_t *next = NULL;
+    assert_int_equal(urio_as_completed_next(NULL, &next), -EINVAL);
+    /* as_completed with a deadline that passes before anything completes. */
+    urio_future_t *slow = SLEEPER(60 * 1000);
+    assert_int_equal(urio_as_completed_new(&it, &slow, 1, 0), 0);
+    assert_int_equal(urio_as_completed_next(it, NULL), -EINVAL);
+    assert_int_equal(urio_as_completed_next(it, &next), -ETIMEDOUT);
+    assert_null(next);
+    urio_as_completed_free(it);
+    urio_as_completed_free(NULL);
+    urio_future_cancel(slow);
+    assert_int_equal(urio_await(slow, NULL), -ECANCELED);
+    urio_future_unref(slow);
+    /* await: another loop's future, the task itself. */
+    assert_int_equal(urio_await(theirs, NULL), -EINVAL);
+    assert_int_equal(urio_await(self, NULL), -EDEADLK);
+    assert_int_equal(urio_wait_for(NULL, MS, NULL), -EINVAL);
+
+    /* Task groups: no group, no coroutine (the one given is freed, never run). */
+    errno = 0;
+    assert_null(urio_task_group_spawn(NULL, URIO_CORO(never_runs, NULL)));
+    assert_int_equal(errno, EINVAL);
+    urio_task_group_t *g = NULL;
+    assert_int_equal(urio_task_group_new(NULL), -EINVAL);
+    assert_int_equal(urio_task_group_new(&g), 0);
+    errno = 0;
+    assert_null(urio_task_group_spawn(g, NULL));
+    assert_int_equal(errno, EINVAL);
+    assert_int_equal(urio_task_group_wait(NULL), -EINVAL);
+    assert_null(urio_task_group_error_message(NULL));
+    urio_task_group_free(NULL);
+    /* One waiter at a time: a second is refused while the first waits. */
+    urio_future_t *child = urio_task_group_spawn(g, URIO_CORO(sleeper, (void *)(uintptr_t)5));
+    assert_non_null(child);
+    urio_future_t *other_waiter = urio_spawn(NULL, waits_group, g);
+    urio_yield();                           /* it waits now */
+    assert_int_equal(urio_task_group_wait(g), -EBUSY);
+    assert_int_equal(urio_await(other_waiter, NULL), 0);
+    urio_future_unref(other_waiter);
+    /* A failing group cancels what is spawned into it afterwards, at once. */
+    urio_future_t *failing = urio_task_group_spawn(g, URIO_CORO(fails_now, NULL));
+    assert_int_equal(urio_task_group_wait(g), -EIO);
+    urio_future_t *late = urio_task_group_spawn(g, URIO_CORO(sleeper, (void *)(uintptr_t)60000));
+    assert_non_null(late);
+    assert_int_equal(urio_task_group_wait(g), -EIO);
+    assert_true(urio_future_cancelled(late));
+    assert_non_null(strstr(urio_task_group_error_message(g), "child 'fails_now' (created at "));
+    assert_int_equal(urio_future_result(child, NULL), 0);
+    assert_int_equal(urio_future_result(failing, NULL), -EIO);
+    urio_task_group_free(g);        /* and with it the children (the group's references) */
+    assert_int_equal(urio_await(mine, NULL), 0);
+    urio_future_unref(mine);
+    return 0;
+}
+
+struct wrong_thread {
+    urio_loop_t *loop;
+    urio_future_t *f;
+    int gather, shield, as_completed;
+    size_t all_tasks;
+};
+
+static void *calls_from_other_thread(void *arg)
+{
+    struct wrong_thread *w = arg;
+    urio_future_t *out = NULL;
+    urio_as_completed_t *it = NULL;
+    w->gather = urio_gather_new(&out, w->loop, &w->f, 1, NULL);
+    w->shield = urio_shield_new(&out, w->f);
+    w->as_completed = urio_as_completed_new(&it, &w->f, 1, -1);
+    urio_future_t *tasks[4];
+    w->all_tasks = urio_all_tasks(w->loop, tasks, 4);
+    return NULL;
+}
+
+/* On the loop thread while it runs: another thread's calls are refused. */
+static void call_from_other_thread(void *arg)
+{
+    struct wrong_thread *w = arg;
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, calls_from_other_thread, w), 0);
+    assert_int_equal(pthread_join(th, NULL), 0);
+    urio_loop_stop(w->loop);
+}
+
+static void test_waiting_bad_input_refused(void **state)
+{
+    (void)state;
+    test_log_capture();
+    urio_loop_t *other = test_loop_new();
+    urio_future_t *theirs = test_future_new(other);
+    assert_int_equal(run_main(bad_calls, theirs), 0);
+
+    /* Outside any task, and with NULLs. */
+    urio_loop_t *loop = test_loop_new();
+    urio_future_t *f = test_future_new(loop), *out = f;
+    urio_future_t *mixed[] = { f, theirs }, *with_null[] = { f, NULL };
+    assert_int_equal(urio_gather_new(&out, NULL, &f, 1, NULL), -EINVAL);
+    assert_null(out);
+    assert_int_equal(urio_gather_new(&out, loop, NULL, 1, NULL), -EINVAL);
+    assert_int_equal(urio_gather_new(&out, loop, with_null, 2, NULL), -EINVAL);
+    assert_int_equal(urio_gather_new(&out, loop, mixed, 2, NULL), -EINVAL);
+    assert_int_equal(urio_shield_new(NULL, f), -EINVAL);
+    out = f;
+    assert_int_equal(urio_shield_new(&out, NULL), -EINVAL);
+    assert_null(out);
+    urio_task_group_t *g = (urio_task_group_t *)f;
+    assert_int_equal(urio_task_group_new(&g), -EPERM);
+    assert_int_equal(urio_await_coro(URIO_CORO(never_runs, NULL), NULL), -EPERM);
+    assert_log_contains("ERROR urio_await_coro(): called outside a task");
+    urio_as_completed_t *it;
+    assert_int_equal(urio_as_completed_new(&it, &f, 1, -1), 0);
+    urio_future_t *next;
+    assert_int_equal(urio_as_completed_next(it, &next), -EPERM);
+    urio_as_completed_free(it);
+    assert_int_equal(urio_yield(), -EPERM);
+    assert_int_equal(urio_wait_for(f, MS, NULL), -EPERM);
+    assert_int_equal(urio_shield_begin(), -EPERM);
+    assert_int_equal(urio_shield_end(), -EPERM);
+    assert_int_equal(urio_gather(&f, 1, NULL, NULL), -EPERM);
+    /* A plain future is no task: the task calls answer nothing. */
+    assert_null(urio_task_name(f));
+    assert_int_equal(urio_task_cancelling(f), 0);
+    assert_int_equal(urio_task_uncancel(f), 0);
+    assert_null(urio_task_cancel_message(f));
+    urio_future_t *tasks[2];
+    assert_int_equal(urio_all_tasks(NULL, tasks, 2), 0);
+    assert_int_equal(urio_all_tasks(loop, tasks, 2), 0);   /* never had a task */
+
+    /* From another thread while the loop runs. */
+    struct wrong_thread w = { .loop = loop, .f = f };
+    urio_call_soon(loop, call_from_other_thread, &w);
+    assert_int_equal(urio_loop_run_forever(loop), 0);
+    assert_int_equal(w.gather, -EPERM);
+    assert_int_equal(w.shield, -EPERM);
+    assert_int_equal(w.as_completed, -EPERM);
+    assert_int_equal(w.all_tasks, 0);
+
+    /* A closed loop's futures: no new gathering or shield on them. */
+    test_loop_close(other);
+    assert_int_equal(urio_gather_new(&out, other, &theirs, 1, NULL), -ESHUTDOWN);
+    assert_int_equal(urio_shield_new(&out, theirs), -ESHUTDOWN);
+    assert_log_contains("ERROR urio_gather_new(): Event loop is closed");
+    assert_log_contains("ERROR urio_shield_new(): Event loop is closed");
+    urio_future_unref(theirs);
+    urio_future_unref(f);
+    test_loop_close(loop);
+    assert_int_equal(test_log_count("never awaited"), 0);
+}
+
+/* gather with a cancel already pending: it returns -ECANCELED, and only once every
+ * child has ended (cancelled), so none outlives the call. */
+static int gathers_with_cancel_pending(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    urio_future_t *fs[2] = { SLEEPER(60 * 1000), SLEEPER(60 * 1000) };
+    urio_future_cancel(urio_task_current());
+    int ret = urio_gather(fs, 2, NULL, NULL);
+    assert_int_equal(ret, -ECANCELED);
+    assert_true(urio_future_cancelled(fs[0]));
+    assert_true(urio_future_cancelled(fs[1]));
+    unref_all(fs, 2);
+    return 0;
+}
+
+static void test_waiting_gather_with_cancel_pending(void **state)
+{
+    (void)state;
+    uint64_t t0 = urio__now();
+    assert_int_equal(run_main(gathers_with_cancel_pending, NULL), 0);
+    assert_true(urio__now() - t0 < 5000 * MS);
+}
+
+/* A task group's wait outside any task: refused (EPERM). */
+struct group_wait {
+    urio_task_group_t *g;
+    int ret;
+};
+
+static void waits_outside_task(void *arg)
+{
+    struct group_wait *w = arg;
+    w->ret = urio_task_group_wait(w->g);
+}
+
+static int group_waited_from_callback(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    struct group_wait w = { .ret = 1 };
+    assert_int_equal(urio_task_group_new(&w.g), 0);
+    urio_call_soon(urio_loop_current(), waits_outside_task, &w);
+    urio_yield();                   /* the callback runs meanwhile */
+    assert_int_equal(w.ret, -EPERM);
+    urio_task_group_free(w.g);
+    return 0;
+}
+
+static void test_waiting_group_wait_outside_task(void **state)
+{
+    (void)state;
+    assert_int_equal(run_main(group_waited_from_callback, NULL), 0);
+}
+
+/* Cancelling a gathering future again while it cancels its children: true, and once. */
+static void test_waiting_gather_cancelled_twice(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_future_t *children[2] = { test_future_new(loop), test_future_new(loop) };
+    urio_future_t *g;
+    assert_int_equal(urio_gather_new(&g, loop, children, 2, NULL), 0);
+    assert_true(urio_future_cancel_msg(g, "first"));
+    assert_true(urio_future_cancel_msg(g, "second"));
+    assert_true(urio_future_cancelled(children[0]));
+    assert_string_equal(urio_future_error_message(children[1]), "first");
+    assert_false(urio_future_done(g));              /* it ends when they have */
+    assert_int_equal(urio_loop_run_until_complete(loop, g), -ECANCELED);
+    assert_true(urio_future_cancelled(g));
+    assert_string_equal(urio_future_error_message(g), "first");
+    urio_future_unref(g);
+    unref_all(children, 2);
+    test_loop_close(loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -539,6 +807,10 @@ int main(void)
         URIO_TEST(test_waiting_cancel_messages),
         URIO_TEST(test_waiting_cancelling_and_uncancel),
         URIO_TEST(test_waiting_all_tasks),
+        URIO_TEST(test_waiting_bad_input_refused),
+        URIO_TEST(test_waiting_gather_cancelled_twice),
+        URIO_TEST(test_waiting_gather_with_cancel_pending),
+        URIO_TEST(test_waiting_group_wait_outside_task),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
