@@ -218,6 +218,16 @@ static const urio__subsystem_t watchdog_subsystem = {
 
 int urio__watchdog_set(urio_loop_t *loop, uint64_t threshold_ns)
 {
+    /*
+     * An inherited loop's watchdog is the parent's: its thread is not in
+     * this process, and its lock and condition may have been held at the fork.
+     */
+    if (urio__loop_inherited(loop)) {
+        urio__log(URIO_LOG_ERROR, "the stall watchdog of an event loop created before fork() "
+                  "belongs to the parent process: unchanged; the child can only close that "
+                  "loop (urio_loop_close), and make a loop of its own");
+        return URIO_EFORKED;
+    }
     watchdog_t *w = urio__loop_state(loop, &watchdog_subsystem);
     if (w != NULL) {
         pthread_mutex_lock(&w->mu);
