@@ -1057,6 +1057,95 @@ static void test_process_pool_fork_server(void **state)
     test_loop_close(loop);
 }
 
+/* ------------------------------------------------------------------ */
+/* fork()                                                               */
+
+/* Runs the loop until f is done (a job of a pool may need several runs). */
+static int child_wait(urio_loop_t *loop, urio_future_t *f)
+{
+    for (int i = 0; i < 1000 && !urio_future_done(f); i++)
+        urio_loop_run_until_complete(loop, f);
+    return urio_future_done(f) ? 0 : -ETIMEDOUT;
+}
+
+/*
+ * A child of fork() never uses its parent's fork server (whose clones would
+ * be the parent's children): a pool that wants one fails with an ERROR that
+ * says so, until the child starts its own.  Whether or not another thread
+ * held the server's lock at the fork.
+ */
+static int fork_server_child(void *arg)
+{
+    (void)arg;
+    urio_loop_t *loop;
+    if (urio_loop_new(&loop, NULL) != 0)
+        return 2;
+    urio_process_pool_opts_t o = { .workers = 1, .start = URIO_PROCESS_START_FORK_SERVER };
+    urio_executor_t *ex;
+    if (urio_process_pool_new(&ex, &o) != 0)
+        return 3;
+    urio_future_t *f = urio_process_pool_submit(loop, ex, "self", NULL, 0);
+    if (f == NULL || child_wait(loop, f) != 0)
+        return 4;
+    if (urio_future_result(f, NULL) != URIO_EBROKENWORKER)
+        return 5;       /* a worker started: the parent's server made it */
+    urio_future_unref(f);
+    urio_executor_free(ex);
+    /* Its own server: this process has one thread. */
+    if (urio_process_fork_server_start() != 0)
+        return 6;
+    if (urio_process_pool_new(&ex, &o) != 0)
+        return 7;
+    f = urio_process_pool_submit(loop, ex, "self", NULL, 0);
+    void *v = NULL;
+    if (f == NULL || child_wait(loop, f) != 0 || urio_future_result(f, &v) != 0)
+        return 8;
+    const int32_t *out = ((const urio_bytes_t *)v)->data;
+    if (out[1] != getpid())
+        return 9;       /* the worker is this process's child */
+    urio_future_unref(f);
+    urio_executor_free(ex);
+    if (urio_loop_close(loop) != 0)
+        return 10;
+    urio_process_fork_server_stop();
+    return 0;
+}
+
+static void test_process_pool_fork_server_not_inherited(void **state)
+{
+    (void)state;
+    if (!fork_server_up)
+        skip();
+    for (int held = 0; held < 2; held++) {
+        struct test_holder h;
+        if (held)
+            test_hold(&h, test_fork_lock("fork server"));
+        char out[16384];
+        int status = test_child(fork_server_child, NULL, out, sizeof out);
+        if (held)
+            test_release(&h);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+            fprintf(stderr, "the child wrote:\n%s\n", out);
+            fail_msg("the child (lock %s) failed: status 0x%x", held ? "held" : "free", status);
+        }
+        if (strstr(out, "ERROR urio: process pool: the fork server belongs to the parent "
+                        "process (this process is a child of fork())") == NULL) {
+            fprintf(stderr, "the child wrote:\n%s\n", out);
+            fail_msg("no ERROR about the parent's fork server");
+        }
+    }
+    /* The parent's server still serves the parent. */
+    urio_loop_t *loop = test_loop_new();
+    urio_executor_t *ex = pool_new(&(urio_process_pool_opts_t){
+        .workers = 1, .start = URIO_PROCESS_START_FORK_SERVER });
+    urio_future_t *f = submit(loop, ex, "echo", "fs", 2);
+    run_all(loop, &f, 1, 30);
+    expect_echo(f, "fs", 2);
+    urio_future_unref(f);
+    urio_executor_free(ex);
+    test_loop_close(loop);
+}
+
 int main(void)
 {
 #if !defined(URIO_TSAN)
@@ -1094,6 +1183,7 @@ int main(void)
         PP_TEST(test_process_pool_awaited_in_task),
         PP_TEST(test_process_pool_without_pidfd),
         PP_TEST(test_process_pool_fork_server),
+        PP_TEST(test_process_pool_fork_server_not_inherited),
     };
     int ret = cmocka_run_group_tests(tests, NULL, NULL);
     urio_process_fork_server_stop();
