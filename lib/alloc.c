@@ -216,6 +216,20 @@ static pthread_mutex_t g_quarantine_mu = PTHREAD_MUTEX_INITIALIZER;
 static void *g_quarantine[QUARANTINE];      /* guarded by g_quarantine_mu */
 static unsigned g_quarantine_next;
 
+/* Held at a fork: the child starts an empty quarantine, the blocks in it leaked. */
+static void quarantine_after_fork(bool held)
+{
+    if (!held)
+        return;
+    memset(g_quarantine, 0, sizeof g_quarantine);
+    g_quarantine_next = 0;
+}
+
+__attribute__((constructor)) static void quarantine_fork_lock(void)
+{
+    urio__fork_lock_add("quarantine", &g_quarantine_mu, quarantine_after_fork);
+}
+
 void urio__quarantine(void *p)
 {
     urio__forget(p);

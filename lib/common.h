@@ -143,6 +143,22 @@ bool urio__log_enabled(int level);
 int urio__error_code(int err, const char *fn);
 
 /* ------------------------------------------------------------------ */
+/* fork.c: process-wide locks in a child of fork()                      */
+
+/*
+ * Registers a process-wide lock (from a constructor of the file that owns
+ * it): in every child of fork() the lock is usable again.  after_fork (if
+ * not NULL) then runs in the child; held is true when another thread of the
+ * parent held the lock at the fork: the lock was made anew, and what it
+ * guards may be half-updated, so after_fork must leave that in a safe empty
+ * state, leaking rather than freeing what was there.  It runs in an atfork
+ * child handler: no lock, no allocation, no log line.
+ */
+void urio__fork_lock_add(const char *name, pthread_mutex_t *mu, void (*after_fork)(bool held));
+/* Test hook: the i-th registered lock and its name, or NULL past the last. */
+pthread_mutex_t *urio__test_fork_lock(unsigned i, const char **name);
+
+/* ------------------------------------------------------------------ */
 /* debug.c: the debug switches, and stacks for reports                  */
 
 /*

@@ -11,9 +11,28 @@
 /* ------------------------------------------------------------------ */
 /* Coroutine objects and the never-awaited check                        */
 
-/* Coroutines made outside any loop: checked at exit.  Guarded by g_coros_mu. */
+/*
+ * Coroutines made outside any loop: checked at exit.  Guarded by g_coros_mu.
+ * The generation changes when a child of fork() finds the list held by
+ * another thread of the parent, half-linked: the child starts an empty list,
+ * and leaves the coroutines of the old one unlinked (and unreported).
+ */
 static pthread_mutex_t g_coros_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct urio_coro *g_coros;
+static unsigned g_coros_gen;         /* guarded by g_coros_mu */
+
+static void coros_after_fork(bool held)
+{
+    if (!held)
+        return;
+    g_coros = NULL;
+    g_coros_gen++;
+}
+
+__attribute__((constructor)) static void coros_fork_lock(void)
+{
+    urio__fork_lock_add("coroutines", &g_coros_mu, coros_after_fork);
+}
 
 static struct urio_coro **list_of(urio_coro_t *c)
 {
@@ -31,8 +50,10 @@ static void coro_link(urio_coro_t *c)
         (*head)->prev = c;
     *head = c;
     c->listed = true;
-    if (c->tasks == NULL)
+    if (c->tasks == NULL) {
+        c->list_gen = g_coros_gen;
         pthread_mutex_unlock(&g_coros_mu);
+    }
 }
 
 static void coro_unlink(urio_coro_t *c)
@@ -42,12 +63,14 @@ static void coro_unlink(urio_coro_t *c)
     c->listed = false;
     if (c->tasks == NULL)
         pthread_mutex_lock(&g_coros_mu);
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        *list_of(c) = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    if (c->tasks != NULL || c->list_gen == g_coros_gen) {
+        if (c->prev)
+            c->prev->next = c->next;
+        else
+            *list_of(c) = c->next;
+        if (c->next)
+            c->next->prev = c->prev;
+    }
     c->next = c->prev = NULL;
     if (c->tasks == NULL)
         pthread_mutex_unlock(&g_coros_mu);

@@ -149,11 +149,38 @@ __attribute__((noinline)) void urio__backtrace_capture(urio__backtrace_t *st, in
  * report and kept (libdw's debuginfo lookup loads libraries whose state
  * would otherwise be lost, and leaked, at each report), refreshed when an
  * address falls outside every module it knows (a library loaded since).
- * libdw is not thread-safe: the session is used under a mutex.
+ * libdw is not thread-safe: the session is used under a mutex.  A child of
+ * fork() whose parent was symbolising in another thread at the fork drops
+ * the session, mid-use (leaked), and starts its own at its first report.
  */
 static pthread_mutex_t g_sym_mu = PTHREAD_MUTEX_INITIALIZER;
 #if URIO_HAVE_LIBDW
 static Dwfl *g_dwfl;                 /* guarded by g_sym_mu */
+#endif
+
+#if URIO_HAVE_LIBDW
+/* A session a forked child dropped (maybe mid-update): kept, never used or freed. */
+static Dwfl *volatile g_dwfl_dropped;     /* volatile: written only, yet must stay */
+#endif
+
+static void sym_after_fork(bool held)
+{
+#if URIO_HAVE_LIBDW
+    if (held) {
+        g_dwfl_dropped = g_dwfl;    /* reachable: leak checkers need not flag it */
+        g_dwfl = NULL;
+    }
+#else
+    (void)held;
+#endif
+}
+
+__attribute__((constructor)) static void sym_fork_lock(void)
+{
+    urio__fork_lock_add("symbolizer", &g_sym_mu, sym_after_fork);
+}
+
+#if URIO_HAVE_LIBDW
 
 static Dwfl *dwfl_session(bool refresh)
 {

@@ -177,15 +177,31 @@ static void install_dump_signal(void)
 
 /*
  * Once per process — per process: a child of fork() has the handler but not
- * the thread, so it sets up its own (a fresh pipe, a fresh thread).
+ * the thread, so it sets up its own (a fresh pipe, a fresh thread).  A child
+ * forked while another thread was setting up leaves the parent's pipe alone
+ * (its numbers may be half-written: two fds leaked) and sets up anew.
  */
+static pthread_mutex_t g_setup_mu = PTHREAD_MUTEX_INITIALIZER;
+static pid_t g_setup_in;                 /* guarded by g_setup_mu */
+
+static void setup_after_fork(bool held)
+{
+    if (!held)
+        return;
+    g_dump_pipe[0] = g_dump_pipe[1] = -1;
+    g_setup_in = 0;
+}
+
+__attribute__((constructor)) static void setup_fork_lock(void)
+{
+    urio__fork_lock_add("dump signal setup", &g_setup_mu, setup_after_fork);
+}
+
 void urio__dump_signal_setup(void)
 {
-    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-    static pid_t done_in;
-    pthread_mutex_lock(&mu);
-    if (done_in != getpid()) {
-        done_in = getpid();
+    pthread_mutex_lock(&g_setup_mu);
+    if (g_setup_in != getpid()) {
+        g_setup_in = getpid();
         if (g_dump_pipe[0] >= 0) {
             close(g_dump_pipe[0]);
             close(g_dump_pipe[1]);
@@ -193,5 +209,5 @@ void urio__dump_signal_setup(void)
         }
         install_dump_signal();
     }
-    pthread_mutex_unlock(&mu);
+    pthread_mutex_unlock(&g_setup_mu);
 }

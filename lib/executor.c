@@ -35,8 +35,27 @@ static const urio__executor_ops_t freed_ops = {
 /* ------------------------------------------------------------------ */
 /* Debug mode: executors never shut down, reported at exit              */
 
+/*
+ * The generation changes when a child of fork() finds the list held by
+ * another thread of the parent, half-linked: the child starts an empty list,
+ * and leaves the executors of the old one unlinked (and unreported).
+ */
 static pthread_mutex_t g_live_mu = PTHREAD_MUTEX_INITIALIZER;
 static urio_executor_t *g_live;      /* guarded by g_live_mu */
+static unsigned g_live_gen;          /* guarded by g_live_mu */
+
+static void live_after_fork(bool held)
+{
+    if (!held)
+        return;
+    g_live = NULL;
+    g_live_gen++;
+}
+
+__attribute__((constructor)) static void live_fork_lock(void)
+{
+    urio__fork_lock_add("live executors", &g_live_mu, live_after_fork);
+}
 
 __attribute__((noinline)) void urio__executor_track(urio_executor_t *ex)
 {
@@ -49,6 +68,7 @@ __attribute__((noinline)) void urio__executor_track(urio_executor_t *ex)
 #endif
     pthread_mutex_lock(&g_live_mu);
     ex->live = true;
+    ex->live_gen = g_live_gen;
     ex->live_prev = NULL;
     ex->live_next = g_live;
     if (g_live)
@@ -61,8 +81,7 @@ __attribute__((noinline)) void urio__executor_track(urio_executor_t *ex)
 void urio__executor_shut(urio_executor_t *ex)
 {
     pthread_mutex_lock(&g_live_mu);
-    if (ex->live) {
-        ex->live = false;
+    if (ex->live && ex->live_gen == g_live_gen) {
         if (ex->live_prev)
             ex->live_prev->live_next = ex->live_next;
         else
@@ -70,6 +89,7 @@ void urio__executor_shut(urio_executor_t *ex)
         if (ex->live_next)
             ex->live_next->live_prev = ex->live_prev;
     }
+    ex->live = false;
     /* Taken under the lock: shutdowns may race (any thread, any number of times). */
     urio__backtrace_t *created = ex->created;
     ex->created = NULL;

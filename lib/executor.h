@@ -21,6 +21,7 @@ struct urio_executor {
     /* Debug mode: on the list of executors never shut down (executor.c), with where made. */
     struct urio_executor *live_next, *live_prev;
     bool live;
+    unsigned live_gen;           /* the list's generation it joined (a child of fork() may start anew) */
     urio__backtrace_t *created;
 };
 

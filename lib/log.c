@@ -19,6 +19,12 @@ static pthread_mutex_t g_handler_mu = PTHREAD_MUTEX_INITIALIZER;
 static urio_log_handler_fn g_handler; /* guarded by g_handler_mu; NULL: default */
 static void *g_handler_ud;            /* guarded by g_handler_mu */
 
+/* A child of fork() keeps the handler; only the lock is made anew if it was held (fork.c). */
+__attribute__((constructor)) static void log_fork_lock(void)
+{
+    urio__fork_lock_add("log handler", &g_handler_mu, NULL);
+}
+
 /* A level's name or number; -1 for text that is neither. */
 static int parse_level(const char *s)
 {

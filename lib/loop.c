@@ -35,10 +35,12 @@ _Thread_local urio_loop_t *urio__tls_loop __attribute__((tls_model("initial-exec
  */
 static pthread_mutex_t g_open_mu = PTHREAD_MUTEX_INITIALIZER;
 static urio_loop_t *g_open;         /* guarded by g_open_mu */
+static uint32_t g_open_gen;         /* guarded by g_open_mu: bumped when a child drops the list */
 
 static void open_list_add(urio_loop_t *loop)
 {
     pthread_mutex_lock(&g_open_mu);
+    loop->open_gen = g_open_gen;
     loop->next_open = g_open;
     if (g_open)
         g_open->prev_open = loop;
@@ -49,6 +51,10 @@ static void open_list_add(urio_loop_t *loop)
 static void open_list_remove(urio_loop_t *loop)
 {
     pthread_mutex_lock(&g_open_mu);
+    if (loop->open_gen != g_open_gen) {
+        pthread_mutex_unlock(&g_open_mu);   /* on a list a forked child dropped */
+        return;
+    }
     if (loop->prev_open)
         loop->prev_open->next_open = loop->next_open;
     else
@@ -95,12 +101,25 @@ static void fork_child(void)
 {
     atomic_fetch_add(&urio__fork_gen, 1);
     urio__tls_loop = NULL;
-    pthread_mutex_init(&g_open_mu, NULL);
+}
+
+/*
+ * The open-loop list's lock was held by another thread at the fork: the
+ * list may be half-updated.  The child starts a new one; loops on the old
+ * (the parent's) are never unlinked from it (open_gen tells them apart).
+ */
+static void open_after_fork(bool held)
+{
+    if (held) {
+        g_open = NULL;
+        g_open_gen++;
+    }
 }
 
 __attribute__((constructor)) static void fork_handlers(void)
 {
     pthread_atfork(NULL, NULL, fork_child);
+    urio__fork_lock_add("open loops", &g_open_mu, open_after_fork);
 }
 
 __attribute__((cold, noinline)) void urio__loop_closed_error(const char *fn)

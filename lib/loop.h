@@ -106,6 +106,7 @@ struct urio_loop {
     void *exc_ud;
 
     struct urio_loop *next_open, *prev_open;   /* the open loops: guarded by a mutex in loop.c */
+    uint32_t open_gen;           /* the open-loop list it is on (see open_after_fork) */
     atomic_uint refs;            /* 1 for the open loop, 1 per live future, urio_loop_ref's */
 
     /* Statistics (urio_loop_stats).  Loop thread only. */

@@ -151,6 +151,32 @@ static int spawn_exec(int child_fd, pid_t *pid)
 static pthread_mutex_t fs_mu = PTHREAD_MUTEX_INITIALIZER;
 static int fs_fd = -1;           /* guarded by fs_mu: our end of the server's socket */
 static pid_t fs_pid;             /* guarded by fs_mu */
+static bool fs_parents;          /* guarded by fs_mu: a child of fork() that dropped the parent's */
+
+/*
+ * A child of fork() never uses its parent's fork server: the server's
+ * clones are made with CLONE_PARENT, so they would be the parent's
+ * children, reaped by nobody in this process, and the child's copy of the
+ * socket would keep the server alive after the parent stopped it.  The copy
+ * is closed (fs_fd never names a closed fd: stopping clears it before the
+ * close), also when another thread held fs_mu; the child may start a server
+ * of its own.
+ */
+static void fs_after_fork(bool held)
+{
+    (void)held;
+    if (fs_fd >= 0) {
+        close(fs_fd);
+        fs_parents = true;
+    }
+    fs_fd = -1;
+    fs_pid = 0;
+}
+
+__attribute__((constructor)) static void fs_fork_lock(void)
+{
+    urio__fork_lock_add("fork server", &fs_mu, fs_after_fork);
+}
 
 /* The number of threads of this process. */
 static int thread_count(void)
@@ -266,6 +292,7 @@ URIO_EXPORT int urio_process_fork_server_start(void)
     close(sv[1]);
     fs_fd = sv[0];
     fs_pid = pid;
+    fs_parents = false;
 out:
     pthread_mutex_unlock(&fs_mu);
     return ret;
@@ -275,8 +302,9 @@ URIO_EXPORT void urio_process_fork_server_stop(void)
 {
     pthread_mutex_lock(&fs_mu);
     if (fs_fd >= 0) {
-        close(fs_fd);
-        fs_fd = -1;
+        int fd = fs_fd;
+        fs_fd = -1;         /* first: a child forked meanwhile must not close the number */
+        close(fd);
         int status;
         while (waitpid(fs_pid, &status, 0) < 0 && errno == EINTR) {
         }
@@ -289,6 +317,14 @@ static int spawn_fork_server(int child_fd)
 {
     pthread_mutex_lock(&fs_mu);
     int ret = -ENOTCONN;
+    if (fs_fd < 0 && fs_parents) {
+        fs_parents = false;     /* said once */
+        urio__log(URIO_LOG_ERROR, "process pool: the fork server belongs to the parent process "
+                  "(this process is a child of fork()): a child cannot use it, its workers "
+                  "would be the parent's children; start this process's own "
+                  "(urio_process_fork_server_start) or start workers with "
+                  "URIO_PROCESS_START_EXEC");
+    }
     if (fs_fd >= 0) {
         char byte = 'w';
         struct iovec iov = { &byte, 1 };

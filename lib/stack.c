@@ -125,6 +125,13 @@ void urio__stack_pool_free(urio__stack_pool_t *pool)
 /* Stack overflow, in debug mode: say which task before the process dies */
 
 #if !defined(URIO_ASAN) && !defined(URIO_TSAN)
+/*
+ * Checking and installing the handler happen under one lock.  A child of
+ * fork() needs only the lock back (fork.c): the disposition is the
+ * kernel's, and g_prev_segv is written before the handler that reads it is
+ * installed, so a child forked half-way finds the default and installs anew.
+ */
+static pthread_mutex_t g_handler_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct sigaction g_prev_segv;
 static pthread_once_t g_segv_once = PTHREAD_ONCE_INIT;
 static pthread_key_t g_altstack_key;
@@ -203,6 +210,11 @@ static void segv_key(void)
     pthread_key_create(&g_altstack_key, altstack_free);
 }
 
+__attribute__((constructor)) static void handler_fork_lock(void)
+{
+    urio__fork_lock_add("overflow handler", &g_handler_mu, NULL);
+}
+
 /*
  * Debug mode, at each task's creation: make sure the handler is ours (a
  * library or a test harness may have installed its own since; it becomes
@@ -215,8 +227,7 @@ void urio__overflow_handler_on(void)
      * harness keeps its handler (and ours never chains to itself).  Checked
      * and installed under one lock, at each task's creation in debug mode.
      */
-    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-    pthread_mutex_lock(&mu);
+    pthread_mutex_lock(&g_handler_mu);
     struct sigaction cur;
     if (sigaction(SIGSEGV, NULL, &cur) == 0 && !(cur.sa_flags & SA_SIGINFO) &&
         cur.sa_handler == SIG_DFL) {
@@ -228,7 +239,7 @@ void urio__overflow_handler_on(void)
         g_prev_segv = cur;
         sigaction(SIGSEGV, &sa, NULL);
     }
-    pthread_mutex_unlock(&mu);
+    pthread_mutex_unlock(&g_handler_mu);
 }
 
 /* Debug mode, at a task's step: an alternate signal stack for this thread (an

@@ -107,6 +107,7 @@ struct urio_coro {
     const urio_site_t *site;
     urio__tasks_t *tasks;        /* its loop's list, or NULL (the global list) */
     struct urio_coro *next, *prev;
+    unsigned list_gen;           /* on the global list: the list's generation it joined (coro.c) */
     urio__backtrace_t *stack;    /* debug mode: where it was made */
 };
 

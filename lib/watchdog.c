@@ -37,11 +37,30 @@ typedef struct watchdog {
     uint64_t threshold_ns;       /* guarded by mu */
 } watchdog_t;
 
-/* One stack request at a time, process-wide (the handler writes here). */
+/*
+ * One stack request at a time, process-wide (the handler writes here).  A
+ * watchdog is a loop's, so a child of fork() starts its own with its own
+ * loops; if a parent's watchdog held the request at the fork, the child
+ * forgets it (and whether the handler was installed: it looks again).
+ */
 static pthread_mutex_t g_request_mu = PTHREAD_MUTEX_INITIALIZER;
 static void *g_frames[FRAMES];
 static atomic_int g_nframes = 0;         /* -1: requested, not taken yet */
+static bool g_signal_tried;              /* guarded by g_request_mu */
 static bool g_signal_ours;               /* guarded by g_request_mu */
+
+static void request_after_fork(bool held)
+{
+    if (!held)
+        return;
+    atomic_store(&g_nframes, 0);
+    g_signal_tried = g_signal_ours = false;
+}
+
+__attribute__((constructor)) static void request_fork_lock(void)
+{
+    urio__fork_lock_add("stall watchdog", &g_request_mu, request_after_fork);
+}
 
 static void on_stall_signal(int sig)
 {
@@ -58,15 +77,14 @@ static void on_stall_signal(int sig)
 /* Installs the handler, once, unless the program has one.  Under g_request_mu. */
 static bool signal_ready(void)
 {
-    static bool tried;
-    if (tried)
+    if (g_signal_tried)
         return g_signal_ours;
-    tried = true;
+    g_signal_tried = true;
     void *warm[2];
     backtrace(warm, 2);     /* loads the unwinder now, not inside the handler */
     struct sigaction cur;
     if (sigaction(URIO_STALL_SIGNAL, NULL, &cur) != 0 || (cur.sa_flags & SA_SIGINFO) ||
-        cur.sa_handler != SIG_DFL)
+        (cur.sa_handler != SIG_DFL && cur.sa_handler != on_stall_signal))
         return false;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -200,6 +218,16 @@ static const urio__subsystem_t watchdog_subsystem = {
 
 int urio__watchdog_set(urio_loop_t *loop, uint64_t threshold_ns)
 {
+    /*
+     * An inherited loop's watchdog is the parent's: its thread is not in
+     * this process, and its lock and condition may have been held at the fork.
+     */
+    if (urio__loop_inherited(loop)) {
+        urio__log(URIO_LOG_ERROR, "the stall watchdog of an event loop created before fork() "
+                  "belongs to the parent process: unchanged; the child can only close that "
+                  "loop (urio_loop_close), and make a loop of its own");
+        return URIO_EFORKED;
+    }
     watchdog_t *w = urio__loop_state(loop, &watchdog_subsystem);
     if (w != NULL) {
         pthread_mutex_lock(&w->mu);

@@ -251,10 +251,15 @@ static inline void test_stop_cb(void *arg)
 /*
  * Runs child(arg) in a forked process with its stderr captured into buf
  * (NUL-terminated, at most n - 1 bytes); the child's return value is its
- * exit status.  Returns the wait status (WIFEXITED, WIFSIGNALED...).
+ * exit status.  A child still running after a minute (deadlocked: a lock
+ * held at the fork) dies of SIGALRM.  Returns the wait status (WIFEXITED,
+ * WIFSIGNALED...).
  */
+#include <semaphore.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#define TEST_CHILD_SECONDS 60
 
 static inline int test_child(int (*child)(void *), void *arg, char *buf, size_t n)
 {
@@ -265,6 +270,7 @@ static inline int test_child(int (*child)(void *), void *arg, char *buf, size_t 
     assert_true(pid >= 0);
     if (pid == 0) {
         test_child_started();
+        alarm(TEST_CHILD_SECONDS);
         close(fds[0]);
         dup2(fds[1], STDERR_FILENO);
         urio_log_set_handler(NULL, NULL);   /* the default handler: to stderr */
@@ -321,6 +327,58 @@ static inline int test_block_syscall(unsigned nr, int err)
     (void)err;
     return -1;
 #endif
+}
+
+/*
+ * A thread that holds a lock until released: another thread of the parent
+ * in the middle of an update, at the moment of a fork.
+ */
+struct test_holder {
+    pthread_mutex_t *mu;
+    pthread_t th;
+    sem_t held, release;
+};
+
+static inline void *test_holder_main(void *arg)
+{
+    struct test_holder *h = arg;
+    pthread_mutex_lock(h->mu);
+    sem_post(&h->held);
+    while (sem_wait(&h->release) != 0)
+        ;
+    pthread_mutex_unlock(h->mu);
+    return NULL;
+}
+
+/* Returns once a new thread holds mu. */
+static inline void test_hold(struct test_holder *h, pthread_mutex_t *mu)
+{
+    h->mu = mu;
+    sem_init(&h->held, 0, 0);
+    sem_init(&h->release, 0, 0);
+    assert_int_equal(pthread_create(&h->th, NULL, test_holder_main, h), 0);
+    while (sem_wait(&h->held) != 0)
+        ;
+}
+
+/* The thread lets go of the lock and ends. */
+static inline void test_release(struct test_holder *h)
+{
+    sem_post(&h->release);
+    pthread_join(h->th, NULL);
+    sem_destroy(&h->held);
+    sem_destroy(&h->release);
+}
+
+/* urio's process-wide lock called name (lib/fork.c), or NULL if this build has none. */
+static inline pthread_mutex_t *test_fork_lock(const char *name)
+{
+    const char *n;
+    pthread_mutex_t *mu;
+    for (unsigned i = 0; (mu = urio__test_fork_lock(i, &n)) != NULL; i++)
+        if (strcmp(n, name) == 0)
+            return mu;
+    return NULL;
 }
 
 #endif

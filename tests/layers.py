@@ -24,7 +24,7 @@ LAYERS = {
     "runner": ["base", "core", "future", "task", "exec"],
 }
 FILES = {
-    "alloc": "base", "log": "base", "error": "base", "debug": "base",
+    "alloc": "base", "log": "base", "error": "base", "debug": "base", "fork": "base",
     "ring": "core", "ready": "core", "timer": "core", "inbox": "core", "loop": "core",
     "watchdog": "core",
     "future": "future", "exception": "future", "combine": "future",

@@ -578,6 +578,65 @@ static void test_loop_fork_child_gets_clean_slate(void **state)
 }
 
 /*
+ * A loop's stall watchdog is a thread of the process that made the loop.
+ * In a child of fork(), the parent's watchdog is not there: setting it on an
+ * inherited loop is refused with URIO_EFORKED (its lock and condition may
+ * have been held at the fork: nothing of it is touched), and a loop of the
+ * child's own starts a watchdog thread of its own.
+ */
+#ifndef URIO_TSAN
+static int threads_here(void)
+{
+    int n = 0;
+    FILE *f = fopen("/proc/self/status", "re");
+    char line[256];
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "Threads: %d", &n) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return n;
+}
+#endif
+
+static int child_inherited_watchdog(void *arg)
+{
+    urio_loop_t *inherited = arg;
+    if (urio_loop_set_stall_watchdog(inherited, 10 * MS) != URIO_EFORKED)
+        return 2;
+    if (urio_loop_close(inherited) != 0)
+        return 3;
+#ifndef URIO_TSAN   /* a child of a multi-threaded fork may start no thread: TSan refuses */
+    urio_loop_t *own;
+    if (urio_loop_new(&own, NULL) != 0)
+        return 4;
+    int before = threads_here();
+    if (urio_loop_set_stall_watchdog(own, 10 * MS) != 0 || threads_here() != before + 1)
+        return 5;
+    if (urio_loop_close(own) != 0 || threads_here() != before)
+        return 6;
+#endif
+    return 0;
+}
+
+static void test_loop_fork_child_has_no_watchdog_of_parent(void **state)
+{
+    (void)state;
+    test_needs_fork_with_rings();
+    urio_loop_t *loop = test_loop_new();
+    assert_int_equal(urio_loop_set_stall_watchdog(loop, 10 * MS), 0);
+    char out[4096];
+    int status = test_child(child_inherited_watchdog, loop, out, sizeof out);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        fail_msg("the child failed: status 0x%x; it wrote:\n%s", status, out);
+    assert_non_null(strstr(out, "ERROR urio: the stall watchdog of an event loop created before "
+                                "fork() belongs to the parent process"));
+    /* The parent's watchdog is untouched: it goes on with the parent's threshold. */
+    assert_int_equal(urio_loop_set_stall_watchdog(loop, 0), 0);
+    test_loop_close(loop);
+}
+
+/*
  * issue 14 point 8: loops issue the same ids; a handle of loop B given to
  * loop A is refused (an ERROR), and A's own callback and timer still run.
  */
@@ -637,6 +696,7 @@ int main(void)
         URIO_TEST(test_loop_alive_and_next_timeout),
         URIO_TEST(test_loop_close_races_run_returning),
         URIO_TEST(test_loop_fork_child_gets_clean_slate),
+        URIO_TEST(test_loop_fork_child_has_no_watchdog_of_parent),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

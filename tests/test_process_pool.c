@@ -5,8 +5,10 @@
  * of memory, replacement within a second, 10,000 jobs under random kills,
  * shutdown (wait, no wait, cancel_futures, from another thread), the loop
  * closing while busy, limits, recycling, a malformed frame, the fork
- * server, tasks.  After every test: no urio block, no child process (live
- * or zombie) and no fd left.
+ * server, tasks; children of fork() (not the parent's fork server; each of
+ * urio's process-wide locks held by another thread at the fork, and the
+ * child does all docs/loop.md says it may).  After every test: no urio
+ * block, no child process (live or zombie) and no fd left.
  */
 #include "helpers.h"
 #include "process.h"
@@ -1880,6 +1882,321 @@ static void test_process_pool_fork_server(void **state)
     test_loop_close(loop);
 }
 
+/* ------------------------------------------------------------------ */
+/* fork()                                                               */
+
+#ifdef URIO_TSAN
+#define TSAN 1      /* a child of a multi-threaded fork may start no thread: TSan refuses */
+#else
+#define TSAN 0
+#endif
+
+static int co_value(void *arg, void **result)
+{
+    *result = arg;
+    return 0;
+}
+
+static int co_sleeper(void *arg, void **result)
+{
+    (void)arg;
+    (void)result;
+    return urio_sleep(10 * SEC);
+}
+
+static void make_never_awaited(void *arg)
+{
+    (void)arg;
+    urio_coro_t *c = URIO_CORO(co_value, NULL);     /* reported when the loop closes */
+    (void)c;
+}
+
+static uint64_t thread_cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static volatile int spun;
+
+static void __attribute__((noinline)) stuck_in_child(void *arg)
+{
+    uint64_t end = thread_cpu_ns() + (uint64_t)(uintptr_t)arg;
+    while (thread_cpu_ns() < end)
+        ;
+    spun++;     /* not a tail call: the report shows this frame */
+}
+
+static void *blocking_job(void *arg)
+{
+    return arg;
+}
+
+/* Runs the loop until f is done (a job of a pool may need several runs). */
+static int child_wait(urio_loop_t *loop, urio_future_t *f)
+{
+    for (int i = 0; i < 1000 && !urio_future_done(f); i++)
+        urio_loop_run_until_complete(loop, f);
+    return urio_future_done(f) ? 0 : -ETIMEDOUT;
+}
+
+/*
+ * What a child of fork() may do (docs/loop.md, "fork"), each step touching
+ * one or more of urio's process-wide locks: log; make coroutines outside any
+ * loop and run them in tasks; make a loop (debug mode: with its watchdog);
+ * report (the task dump, a never-awaited coroutine with where it was made, a
+ * stall); run jobs in a thread pool and a process pool; stop a fork server;
+ * free it all.  Its exit status is the step that failed.
+ */
+static int everything_child(void *arg)
+{
+    /* A loop of the parent's, open at the fork: the child may close it. */
+    urio_loop_t *inherited = arg;
+    if (inherited != NULL && urio_loop_close(inherited) != 0)
+        return 20;
+    uint64_t live = test_live_blocks();
+    urio_log(URIO_LOG_WARNING, "child: logging works");
+    setenv("URIO_DEBUG", "1", 1);   /* executors and coroutines made outside a loop: tracked */
+    urio_coro_t *c = URIO_CORO(co_value, (void *)7);
+    urio_coro_t *unused = URIO_CORO(co_value, NULL);
+    if (c == NULL || unused == NULL)
+        return 2;
+    urio_coro_close(unused);
+    urio_loop_t *loop;
+    if (urio_loop_new(&loop, &(urio_loop_opts_t){ .debug = TSAN ? -1 : 1 }) != 0)
+        return 3;
+    urio_future_t *t = urio_task_create(loop, c);
+    void *v = NULL;
+    if (t == NULL || urio_loop_run_until_complete(loop, t) != 0 ||
+        urio_future_result(t, &v) != 0 || v != (void *)7)
+        return 4;
+    urio_future_unref(t);
+
+    /* Reports: a task dump, a never-awaited coroutine (at close), a stall. */
+    urio_future_t *sleeper = urio_spawn(loop, co_sleeper, NULL);
+    if (sleeper == NULL)
+        return 5;
+    urio_call_soon(loop, make_never_awaited, NULL);
+    urio_call_later(loop, 10 * MS, test_stop_cb, loop);
+    urio_loop_run_forever(loop);
+    if (urio_loop_dump_tasks(loop, stderr) != 1)
+        return 6;
+    urio_future_cancel(sleeper);
+    urio_loop_run_until_complete(loop, sleeper);
+    urio_future_unref(sleeper);
+    if (!TSAN) {
+        if (urio_loop_set_stall_watchdog(loop, 50 * MS) != 0)
+            return 7;
+        urio_call_soon(loop, stuck_in_child, (void *)(uintptr_t)(300 * MS));
+        urio_call_soon(loop, test_stop_cb, loop);
+        urio_loop_run_forever(loop);
+    }
+
+    /* Executors: a thread pool (its workers are threads), a process pool. */
+    if (!TSAN) {
+        urio_executor_t *tp;
+        if (urio_thread_pool_new(&tp, 1) != 0)
+            return 8;
+        urio_future_t *f = urio_run_in_executor(loop, tp, blocking_job, (void *)5);
+        if (f == NULL || urio_loop_run_until_complete(loop, f) != 0 ||
+            urio_future_result(f, &v) != 0 || v != (void *)5)
+            return 9;
+        urio_future_unref(f);
+        urio_executor_free(tp);
+    }
+    urio_executor_t *pp;
+    if (urio_process_pool_new(&pp, &(urio_process_pool_opts_t){ .workers = 1 }) != 0)
+        return 10;
+    urio_future_t *f = urio_process_pool_submit(loop, pp, "echo", "child", 5);
+    if (f == NULL || child_wait(loop, f) != 0 || urio_future_result(f, &v) != 0)
+        return 11;
+    const urio_bytes_t *b = v;
+    if (b->len != 5 || memcmp(b->data, "child", 5) != 0)
+        return 12;
+    urio_future_unref(f);
+    urio_executor_free(pp);
+    urio_process_fork_server_stop();    /* none of its own: the parent's is not stopped */
+    if (urio_loop_close(loop) != 0)
+        return 13;
+    if (test_live_blocks() != live)
+        return 14;
+    return 0;
+}
+
+static void expect_child_wrote(const char *lock, const char *out, const char *what)
+{
+    if (strstr(out, what) != NULL)
+        return;
+    fprintf(stderr, "the child wrote:\n%s\n", out);
+    fail_msg("the child (%s lock held) did not write \"%s\"", lock, what);
+}
+
+/*
+ * The lock called name is held by another thread at the fork: the child
+ * must not deadlock on it (today's code did, at its first use), and all
+ * that lock guarded must work in the child.
+ */
+static void fork_with_lock_held(const char *name)
+{
+    pthread_mutex_t *mu = test_fork_lock(name);
+    if (mu == NULL)
+        skip();     /* not in this build (the overflow handler: not under sanitizers) */
+    urio_loop_t *inherited = test_loop_new();      /* (made before the lock is held) */
+    struct test_holder h;
+    test_hold(&h, mu);
+    static char out[64 * 1024];
+    int status = test_child(everything_child, inherited, out, sizeof out);
+    test_release(&h);
+    test_loop_close(inherited);
+    if (WIFSIGNALED(status)) {
+        fprintf(stderr, "the child wrote:\n%s\n", out);
+        fail_msg("forked while a thread held the %s lock: the child died of signal %d%s", name,
+                 WTERMSIG(status), WTERMSIG(status) == SIGALRM ? " (deadlocked)" : "");
+    }
+    if (WEXITSTATUS(status) != 0) {
+        fprintf(stderr, "the child wrote:\n%s\n", out);
+        fail_msg("forked while a thread held the %s lock: the child failed at step %d", name,
+                 WEXITSTATUS(status));
+    }
+    static const char *const always[] = {
+        "WARNING urio: child: logging works",
+        "<Task 'co_sleeper' suspended in co_sleeper() ",
+        "RuntimeWarning: coroutine 'co_value' was never awaited",
+    };
+    static const char *const threads[] = {  /* debug mode's stacks, the watchdog's report */
+        "Coroutine created at (most recent call last)\n  File \"/",
+        "loop stalled for ",
+        ", in stuck_in_child",
+    };
+    for (size_t i = 0; i < sizeof always / sizeof always[0]; i++)
+        expect_child_wrote(name, out, always[i]);
+    for (size_t i = 0; !TSAN && i < sizeof threads / sizeof threads[0]; i++)
+        expect_child_wrote(name, out, threads[i]);
+}
+
+/* Every process-wide lock of urio's (lib/fork.c's registry), one test each. */
+static const char *const fork_locks[] = {
+    "log handler", "quarantine", "symbolizer", "coroutines", "overflow handler",
+    "dump signal setup", "live executors", "fork server", "stall watchdog", "open loops",
+};
+
+#define FORK_LOCK_TEST(fn, i)                                                       \
+    static void fn(void **state)                                                    \
+    {                                                                               \
+        (void)state;                                                                \
+        fork_with_lock_held(fork_locks[i]);                                         \
+    }
+FORK_LOCK_TEST(test_process_pool_fork_while_log_lock_held, 0)
+FORK_LOCK_TEST(test_process_pool_fork_while_quarantine_lock_held, 1)
+FORK_LOCK_TEST(test_process_pool_fork_while_symbolizer_lock_held, 2)
+FORK_LOCK_TEST(test_process_pool_fork_while_coroutines_lock_held, 3)
+FORK_LOCK_TEST(test_process_pool_fork_while_overflow_lock_held, 4)
+FORK_LOCK_TEST(test_process_pool_fork_while_dump_lock_held, 5)
+FORK_LOCK_TEST(test_process_pool_fork_while_executors_lock_held, 6)
+FORK_LOCK_TEST(test_process_pool_fork_while_fork_server_lock_held, 7)
+FORK_LOCK_TEST(test_process_pool_fork_while_watchdog_lock_held, 8)
+FORK_LOCK_TEST(test_process_pool_fork_while_open_loops_lock_held, 9)
+
+/* The tests above cover every lock the registry has (a new one needs its test). */
+static void test_process_pool_fork_locks_all_tested(void **state)
+{
+    (void)state;
+    const char *name;
+    unsigned n = 0;
+    for (unsigned i = 0; urio__test_fork_lock(i, &name) != NULL; i++, n++) {
+        size_t k = 0;
+        while (k < sizeof fork_locks / sizeof fork_locks[0] && strcmp(fork_locks[k], name) != 0)
+            k++;
+        if (k == sizeof fork_locks / sizeof fork_locks[0])
+            fail_msg("lock \"%s\" (lib/fork.c's registry) has no fork test here", name);
+    }
+    /* Only the overflow handler's is missing from sanitized builds. */
+    assert_int_equal(n, sizeof fork_locks / sizeof fork_locks[0] - (SANITIZED ? 1 : 0));
+    /* The log's, the first of them, was free after the tests: */
+    pthread_mutex_t *mu = test_fork_lock("log handler");
+    assert_int_equal(pthread_mutex_trylock(mu), 0);
+    pthread_mutex_unlock(mu);
+}
+
+/*
+ * A child of fork() never uses its parent's fork server (whose clones would
+ * be the parent's children): a pool that wants one fails with an ERROR that
+ * says so, until the child starts its own.  Whether or not another thread
+ * held the server's lock at the fork.
+ */
+static int fork_server_child(void *arg)
+{
+    (void)arg;
+    urio_loop_t *loop;
+    if (urio_loop_new(&loop, NULL) != 0)
+        return 2;
+    urio_process_pool_opts_t o = { .workers = 1, .start = URIO_PROCESS_START_FORK_SERVER };
+    urio_executor_t *ex;
+    if (urio_process_pool_new(&ex, &o) != 0)
+        return 3;
+    urio_future_t *f = urio_process_pool_submit(loop, ex, "self", NULL, 0);
+    if (f == NULL || child_wait(loop, f) != 0)
+        return 4;
+    if (urio_future_result(f, NULL) != URIO_EBROKENWORKER)
+        return 5;       /* a worker started: the parent's server made it */
+    urio_future_unref(f);
+    urio_executor_free(ex);
+    /* Its own server: this process has one thread. */
+    if (urio_process_fork_server_start() != 0)
+        return 6;
+    if (urio_process_pool_new(&ex, &o) != 0)
+        return 7;
+    f = urio_process_pool_submit(loop, ex, "self", NULL, 0);
+    void *v = NULL;
+    if (f == NULL || child_wait(loop, f) != 0 || urio_future_result(f, &v) != 0)
+        return 8;
+    const int32_t *out = ((const urio_bytes_t *)v)->data;
+    if (out[1] != getpid())
+        return 9;       /* the worker is this process's child */
+    urio_future_unref(f);
+    urio_executor_free(ex);
+    if (urio_loop_close(loop) != 0)
+        return 10;
+    urio_process_fork_server_stop();
+    return 0;
+}
+
+static void test_process_pool_fork_server_not_inherited(void **state)
+{
+    (void)state;
+    if (!fork_server_up)
+        skip();
+    for (int held = 0; held < 2; held++) {
+        struct test_holder h;
+        if (held)
+            test_hold(&h, test_fork_lock("fork server"));
+        char out[16384];
+        int status = test_child(fork_server_child, NULL, out, sizeof out);
+        if (held)
+            test_release(&h);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+            fprintf(stderr, "the child wrote:\n%s\n", out);
+            fail_msg("the child (lock %s) failed: status 0x%x", held ? "held" : "free", status);
+        }
+        if (strstr(out, "ERROR urio: process pool: the fork server belongs to the parent "
+                        "process (this process is a child of fork())") == NULL) {
+            fprintf(stderr, "the child wrote:\n%s\n", out);
+            fail_msg("no ERROR about the parent's fork server");
+        }
+    }
+    /* The parent's server still serves the parent. */
+    urio_loop_t *loop = test_loop_new();
+    urio_executor_t *ex = pool_new(&(urio_process_pool_opts_t){
+        .workers = 1, .start = URIO_PROCESS_START_FORK_SERVER });
+    urio_future_t *f = submit(loop, ex, "echo", "fs", 2);
+    run_all(loop, &f, 1, 30);
+    expect_echo(f, "fs", 2);
+    urio_future_unref(f);
+    urio_executor_free(ex);
+    test_loop_close(loop);
+}
+
 int main(void)
 {
 #if !defined(URIO_TSAN)
@@ -1931,6 +2248,18 @@ int main(void)
         PP_TEST(test_process_pool_awaited_in_task),
         PP_TEST(test_process_pool_without_pidfd),
         PP_TEST(test_process_pool_fork_server),
+        PP_TEST(test_process_pool_fork_server_not_inherited),
+        PP_TEST(test_process_pool_fork_while_log_lock_held),
+        PP_TEST(test_process_pool_fork_while_quarantine_lock_held),
+        PP_TEST(test_process_pool_fork_while_symbolizer_lock_held),
+        PP_TEST(test_process_pool_fork_while_coroutines_lock_held),
+        PP_TEST(test_process_pool_fork_while_overflow_lock_held),
+        PP_TEST(test_process_pool_fork_while_dump_lock_held),
+        PP_TEST(test_process_pool_fork_while_executors_lock_held),
+        PP_TEST(test_process_pool_fork_while_fork_server_lock_held),
+        PP_TEST(test_process_pool_fork_while_watchdog_lock_held),
+        PP_TEST(test_process_pool_fork_while_open_loops_lock_held),
+        PP_TEST(test_process_pool_fork_locks_all_tested),
     };
     /* Symbolising (the task dump) opens libdw's session, kept for the process: open it
      * now, before the tests count this process's fds. */
