@@ -185,6 +185,9 @@ typedef struct urio__backtrace {
  * stack is the task's own frames only, as in a Python traceback.
  */
 void urio__backtrace_capture(urio__backtrace_t *bt, int skip, bool chain);
+/* Set on this thread while urio__backtrace_capture unwinds (the stall handler's check). */
+#include <signal.h>
+extern _Thread_local volatile sig_atomic_t urio__tls_unwinding;
 /* The task layer's: the creation stack of the task running on this thread, or NULL. */
 extern const urio__backtrace_t *(*urio__backtrace_parent)(void);
 /*

@@ -113,10 +113,14 @@ void urio__assert_failed(const char *cond, const char *file, int line, const cha
 /* Set by the task layer: the creation stack of the task running now, or NULL. */
 const urio__backtrace_t *(*urio__backtrace_parent)(void);
 
+_Thread_local volatile sig_atomic_t urio__tls_unwinding;
+
 __attribute__((noinline)) void urio__backtrace_capture(urio__backtrace_t *st, int skip, bool chain)
 {
     void *frames[URIO__BACKTRACE_DEPTH + 16];
+    urio__tls_unwinding = 1;        /* the stall signal's handler must not unwind in here */
     int n = backtrace(frames, (int)(sizeof frames / sizeof frames[0]));
+    urio__tls_unwinding = 0;
     /*
      * Find our caller's frame by its return address rather than counting:
      * sanitizers' backtrace() interceptors add frames of their own.

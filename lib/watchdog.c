@@ -45,16 +45,16 @@ typedef struct watchdog {
  */
 static pthread_mutex_t g_request_mu = PTHREAD_MUTEX_INITIALIZER;
 static void *g_frames[FRAMES];
-static atomic_int g_nframes = 0;         /* -1: requested, not taken yet */
+static atomic_int g_nframes = 0;         /* -1: requested, not taken yet; -2: refused */
+static pthread_t g_target;               /* the thread asked (a late signal to another is ignored) */
 static bool g_signal_tried;              /* guarded by g_request_mu */
-static bool g_signal_ours;               /* guarded by g_request_mu */
 
 static void request_after_fork(bool held)
 {
     if (!held)
         return;
     atomic_store(&g_nframes, 0);
-    g_signal_tried = g_signal_ours = false;
+    g_signal_tried = false;
 }
 
 __attribute__((constructor)) static void request_fork_lock(void)
@@ -67,41 +67,61 @@ static void on_stall_signal(int sig)
     (void)sig;
     int saved = errno;
     /* Pairs with the request's store: the watchdog's last read of g_frames came before. */
-    if (atomic_load_explicit(&g_nframes, memory_order_acquire) >= 0)
-        return;     /* not asked for (a stray signal): leave the buffer alone */
+    if (atomic_load_explicit(&g_nframes, memory_order_acquire) != -1 ||
+        !pthread_equal(pthread_self(), g_target)) {
+        errno = saved;
+        return;     /* not asked for (a stray or late signal): leave the buffer alone */
+    }
+    if (urio__tls_unwinding) {
+        /* Interrupted inside the unwinder (debug mode taking a stack): not re-entered. */
+        atomic_store_explicit(&g_nframes, -2, memory_order_release);
+        errno = saved;
+        return;
+    }
     int n = backtrace(g_frames, FRAMES);
     atomic_store_explicit(&g_nframes, n, memory_order_release);
     errno = saved;
 }
 
-/* Installs the handler, once, unless the program has one.  Under g_request_mu. */
+/*
+ * Installs the handler unless the program has one, looking each time (the
+ * program may take the signal later, a forked child may have).  Under
+ * g_request_mu.
+ */
 static bool signal_ready(void)
 {
-    if (g_signal_tried)
-        return g_signal_ours;
-    g_signal_tried = true;
-    void *warm[2];
-    backtrace(warm, 2);     /* loads the unwinder now, not inside the handler */
+    if (!g_signal_tried) {
+        g_signal_tried = true;
+        void *warm[2];
+        backtrace(warm, 2);     /* loads the unwinder now, not inside the handler */
+    }
     struct sigaction cur;
     if (sigaction(URIO_STALL_SIGNAL, NULL, &cur) != 0 || (cur.sa_flags & SA_SIGINFO) ||
         (cur.sa_handler != SIG_DFL && cur.sa_handler != on_stall_signal))
         return false;
+    if (cur.sa_handler == on_stall_signal)
+        return true;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_stall_signal;
     sa.sa_flags = SA_RESTART;
     sigemptyset(&sa.sa_mask);
-    g_signal_ours = sigaction(URIO_STALL_SIGNAL, &sa, NULL) == 0;
-    return g_signal_ours;
+    return sigaction(URIO_STALL_SIGNAL, &sa, NULL) == 0;
 }
 
-/* The loop thread's stack, formatted; NULL if it cannot be taken. */
-static char *take_stack(pthread_t loop_thread)
+/*
+ * The loop thread's stack, formatted; NULL if it cannot be taken, with why
+ * in *why.
+ */
+static char *take_stack(pthread_t loop_thread, const char **why)
 {
     pthread_mutex_lock(&g_request_mu);
     char *text = NULL;
+    *why = "the program handles the stall signal itself";
     if (signal_ready()) {
+        g_target = loop_thread;
         atomic_store_explicit(&g_nframes, -1, memory_order_release);
+        *why = "the loop thread is gone";
         if (pthread_kill(loop_thread, URIO_STALL_SIGNAL) == 0) {
             /* The handler runs as soon as the thread is scheduled: wait a while for it. */
             for (int i = 0; i < 2000 && atomic_load_explicit(&g_nframes,
@@ -109,7 +129,12 @@ static char *take_stack(pthread_t loop_thread)
                 struct timespec ts = { 0, 50 * 1000 };
                 nanosleep(&ts, NULL);
             }
-            int n = atomic_load_explicit(&g_nframes, memory_order_acquire);
+            /* A handler that never ran: a later one sees -1 no more and leaves the buffer be. */
+            int n = atomic_exchange_explicit(&g_nframes, 0, memory_order_acq_rel);
+            *why = n == -1   ? "the loop thread did not take the stall signal within 100 ms: "
+                               "does it block it?"
+                   : n == -2 ? "the loop thread was taking a stack itself"
+                             : "no frames";
             if (n > 2) {
                 /* Frames 0 and 1 are the handler and the kernel's signal trampoline. */
                 urio__backtrace_t bt = { .n = 0 };
@@ -160,14 +185,21 @@ static void *watch(void *arg)
             known = have_cpu;
             factor = 1;
         } else if (now - since >= threshold * factor) {
-            char *stack = take_stack(th);
-            if (stack != NULL)
+            const char *why;
+            char *stack = take_stack(th, &why);
+            /* The same run, still stuck?  (It may have ended while the stack was taken.) */
+            bool same = atomic_load_explicit(&loop->progress, memory_order_relaxed) == turns &&
+                        atomic_load_explicit(&loop->owner, memory_order_acquire) != NULL;
+            if (!same)
+                urio__log(URIO_LOG_WARNING, "loop stalled for %.0f ms of CPU time (it moved "
+                          "on while its stack was taken)", (double)(now - since) / 1e6);
+            else if (stack != NULL)
                 urio__log(URIO_LOG_WARNING, "loop stalled for %.0f ms of CPU time in:%s",
                           (double)(now - since) / 1e6, stack);
             else
                 urio__log(URIO_LOG_WARNING, "loop stalled for %.0f ms of CPU time (its stack "
-                          "could not be taken: the program handles signal %d itself)",
-                          (double)(now - since) / 1e6, URIO_STALL_SIGNAL);
+                          "could not be taken: %s; signal %d)", (double)(now - since) / 1e6,
+                          why, URIO_STALL_SIGNAL);
             urio__free(stack);
             factor *= 2;                /* the same stall: report it again, less often */
         }

@@ -74,6 +74,30 @@ static int stall_with_signal_taken(void *arg)
     return urio_loop_close(loop) == 0 ? 0 : 1;
 }
 
+/* A loop thread that blocks the stall signal: reported, saying it may block it. */
+static void blocks_stall_signal(void *arg)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGRTMAX - 7);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    stuck_callback(arg);
+    pthread_sigmask(SIG_UNBLOCK, &set, NULL);   /* (the pending one is ignored: not asked) */
+}
+
+static int stall_with_signal_blocked(void *arg)
+{
+    (void)arg;
+    urio_loop_t *loop;
+    if (urio_loop_new(&loop, NULL) != 0)
+        return 77;
+    urio_loop_set_stall_watchdog(loop, 30 * MS);
+    urio_call_soon(loop, blocks_stall_signal, (void *)(uintptr_t)(400 * MS));
+    urio_call_soon(loop, test_stop_cb, loop);
+    urio_loop_run_forever(loop);
+    return urio_loop_close(loop) == 0 ? 0 : 1;
+}
+
 static int stray_stall_signal(void *arg)
 {
     (void)arg;
@@ -99,12 +123,17 @@ static void test_observe_stall_signal_not_ours(void **state)
         skip();
     char want[200];
     snprintf(want, sizeof want, "ms of CPU time (its stack could not be taken: the program "
-             "handles signal %d itself)", SIGRTMAX - 7);
+             "handles the stall signal itself; signal %d)", SIGRTMAX - 7);
     if (WEXITSTATUS(status) != 0 || strstr(out, want) == NULL)
         fail_msg("status %d; the child wrote:\n%s", WEXITSTATUS(status), out);
     status = test_child(stray_stall_signal, NULL, out, sizeof out);
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
         fail_msg("a stray stall signal: status %#x; the child wrote:\n%s", status, out);
+    status = test_child(stall_with_signal_blocked, NULL, out, sizeof out);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 ||
+        strstr(out, "the loop thread did not take the stall signal within 100 ms: does it "
+                    "block it?") == NULL)
+        fail_msg("a blocked stall signal: status %#x; the child wrote:\n%s", status, out);
 }
 
 static int thread_count(void)
