@@ -2071,7 +2071,9 @@ static void fork_with_lock_held(const char *name)
     };
     for (size_t i = 0; i < sizeof always / sizeof always[0]; i++)
         expect_child_wrote(name, out, always[i]);
-    for (size_t i = 0; !TSAN && i < sizeof threads / sizeof threads[0]; i++)
+    /* (Creation stacks need debug mode's machinery: not with -Ddebug_checks=false.) */
+    for (size_t i = URIO_DEBUG_CHECKS ? 0 : 1; !TSAN && i < sizeof threads / sizeof threads[0];
+         i++)
         expect_child_wrote(name, out, threads[i]);
 }
 
