@@ -1155,20 +1155,26 @@ static void worker_maybe_free(worker_t *w)
 static void worker_check_end(worker_t *w)
 {
     pool_t *p = w->pool;
-    if (!w->judged && !p->closing) {
-        if (w->eof && !w->reaped && w->pidfd < 0)
-            worker_reap(w, false);      /* no pidfd: the timer polls it */
-        if (w->eof && w->reaped) {
-            worker_judge(w);
-            if (w->send_op.state != URIO__OP_IDLE)
-                urio__op_cancel(ring_of(p), &w->send_op);
-            pool_fill(p);
-        } else if (w->eof && !w->reaped && w->pidfd < 0) {
-            pool_arm_timer(p);
-        }
+    if (w->judged || p->closing) {
+        if (w->judged)
+            worker_maybe_free(w);
+        return;
     }
-    if (w->judged)
-        worker_maybe_free(w);
+    if (w->eof && !w->reaped && w->pidfd < 0)
+        worker_reap(w, false);      /* no pidfd: the timer polls it */
+    if (w->eof && w->reaped) {
+        worker_judge(w);
+        if (w->send_op.state != URIO__OP_IDLE)
+            urio__op_cancel(ring_of(p), &w->send_op);
+        worker_maybe_free(w);       /* w is not touched after this */
+        pool_fill(p);
+    } else if (w->eof && !w->reaped && w->pidfd < 0) {
+        /*
+         * The timer polls its exit.  Arming it checks every worker's time now,
+         * this one's too: it may be judged and freed in there.  Not touched after.
+         */
+        pool_arm_timer(p);
+    }
 }
 
 /* ------------------------------------------------------------------ */
