@@ -713,7 +713,7 @@ static void test_executor_shutdown_races_shutdown(void **state)
         pthread_barrier_destroy(&racing_bar);
         urio_executor_free(racing_pool);
     }
-    unsetenv("URIO_DEBUG");
+    setenv("URIO_DEBUG", "0", 1);
 }
 
 /* A job another thread's shutdown refused before it was handed over fails with -ESHUTDOWN. */

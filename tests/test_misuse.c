@@ -234,7 +234,7 @@ static void test_misuse_executor_used_after_free(void **state)
     assert_null(urio_run_in_executor(loop, ex, slow_job, NULL));
     assert_int_equal(errno, EINVAL);
     test_loop_close(loop);
-    unsetenv("URIO_DEBUG");
+    setenv("URIO_DEBUG", "0", 1);
     assert_log_contains("ERROR urio_executor_shutdown(): this executor was freed");
     assert_log_contains("ERROR urio_executor_free(): this executor was freed already");
     assert_log_contains("ERROR urio_run_in_executor(): this executor was freed");
