@@ -1,10 +1,12 @@
 /*
  * alloc.c — every allocation urio makes for itself goes through here.
  *
- * One hook: it picks the allocator (jemalloc's non-standard API where the
- * build has it, so urio gets jemalloc even where the process allocator is
- * glibc's; the C library's malloc with URIO_MALLOC=libc, so valgrind and
- * other leak checkers see urio's blocks), counts blocks for
+ * One hook: it picks the allocator (jemalloc's non-standard API, mallocx
+ * and dallocx, where the build has it, so urio gets jemalloc even where
+ * the process allocator is glibc's; with URIO_MALLOC=libc, the process's
+ * malloc and free — glibc's, unless the program puts another allocator
+ * first, Debian's libjemalloc also exporting malloc — so valgrind and other
+ * leak checkers see urio's blocks), counts blocks for
  * urio_mem_stats(), and lets tests fail allocations on purpose to prove
  * every ENOMEM path.
  */

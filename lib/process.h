@@ -99,8 +99,6 @@ void urio__pf_header_init(urio__pf_header_t *h, uint8_t type, uint8_t flags, uin
  * Returns: the fd, or a negative errno.
  */
 int urio__pf_shm_create(size_t len, void **map);
-/* A memfd holding a copy of data[0..len) (written, not mapped).  Returns: the fd, or a negative errno. */
-int urio__pf_shm_copy(const void *data, size_t len);
 /* Seals fd's size (shrink, grow, further seals) after the writer unmapped it. */
 int urio__pf_shm_seal(int fd);
 /*

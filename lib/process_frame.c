@@ -139,27 +139,6 @@ int urio__pf_shm_create(size_t len, void **map)
     return fd;
 }
 
-int urio__pf_shm_copy(const void *data, size_t len)
-{
-    int fd = memfd_create("urio-payload", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-    if (fd < 0)
-        return -errno;
-    /* write(2) fills the pages as it allocates them: no mapping, no fault. */
-    size_t done = 0;
-    while (done < len) {
-        ssize_t n = pwrite(fd, (const char *)data + done, len - done, (off_t)done);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) {
-            int err = n < 0 ? -errno : -EIO;
-            close(fd);
-            return err;
-        }
-        done += (size_t)n;
-    }
-    return fd;
-}
-
 int urio__pf_shm_seal(int fd)
 {
     if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0)
