@@ -1,6 +1,6 @@
 /*
- * loop.c — the loop: its turn, its life (new, run, stop, close), the
- * subsystems that plug into it, and the exception handler.
+ * loop.c — the loop: its turn, its life (new, run, stop, close) and the
+ * subsystems that plug into it (the exception handler is exception.c).
  *
  * The turn (docs/loop.md) is the list of urio_loop_run_forever's phases:
  *   1. decide how long the kernel may block: not at all if anything is

@@ -3,7 +3,8 @@
  *
  * One process-wide logger named "urio", like asyncio's "asyncio" logger.
  * Level INFO by default, or from URIO_LOG_LEVEL (debug, info, warning,
- * error, critical, or a number) read once, at the first message or call.
+ * error, critical, or a number) read once, at the first message or call;
+ * any other value is ignored with a WARNING that says so.
  */
 #ifndef URIO_LOG_H
 #define URIO_LOG_H
