@@ -185,6 +185,27 @@ typedef struct urio__backtrace {
  * stack is the task's own frames only, as in a Python traceback.
  */
 void urio__backtrace_capture(urio__backtrace_t *bt, int skip, bool chain);
+/*
+ * A suspended stack for urio__backtrace_unwind: the registers it resumes
+ * with, by DWARF number (the architecture's: lib/arch/switch.h fills them
+ * from a saved context), and the memory the unwinder may read, [lo, hi).
+ */
+typedef struct urio__unwind_regs {
+    uintptr_t pc;                /* where it resumes: a return address */
+    int n;
+    struct { unsigned regno; uint64_t value; } reg[16];
+    uintptr_t lo, hi;
+} urio__unwind_regs_t;
+
+/*
+ * Unwinds a suspended stack (not the caller's) from its registers, with
+ * the call frame information of the process's modules (libdw); memory is
+ * read through process_vm_readv, so a corrupt stack ends the walk, never
+ * the process.  Returns: the frames found (bt->n); -ENOTSUP without libdw,
+ * -ENOMEM, -EIO when libdw cannot start.  Thread: any; slow (a libdw
+ * session per call): for dumps, not hot paths.
+ */
+int urio__backtrace_unwind(urio__backtrace_t *bt, const urio__unwind_regs_t *regs);
 /* Set on this thread while urio__backtrace_capture unwinds (the stall handler's check). */
 #include <signal.h>
 extern _Thread_local volatile sig_atomic_t urio__tls_unwinding;

@@ -16,6 +16,7 @@
 #include <strings.h>
 #include <limits.h>
 #include <time.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #if URIO_HAVE_LIBDW
@@ -207,6 +208,143 @@ static Dwfl *dwfl_session(bool refresh)
     return g_dwfl;
 }
 #endif
+
+/*
+ * Unwinding a suspended stack: a libdw session of its own (a session's
+ * unwinding state, once attached, belongs to one "process" for good), made
+ * at the first walk and kept, with thread callbacks that describe one
+ * thread whose registers are the saved ones and whose memory is ours, read
+ * through process_vm_readv outside the stack so that a wild address fails
+ * instead of faulting.  Used under its own mutex: the walk in progress is
+ * what the callbacks read.
+ */
+static pthread_mutex_t g_unwind_mu = PTHREAD_MUTEX_INITIALIZER;
+#if URIO_HAVE_LIBDW
+typedef struct unwind_walk {
+    const urio__unwind_regs_t *regs;
+    urio__backtrace_t *bt;
+    bool given;                  /* next_thread: the one thread handed out */
+} unwind_walk_t;
+
+static Dwfl *g_unwind_dwfl;          /* guarded by g_unwind_mu */
+static unwind_walk_t *g_unwind_walk; /* guarded by g_unwind_mu: the walk in progress */
+static Dwfl *volatile g_unwind_dropped;  /* a forked child's: kept reachable, never used */
+
+static pid_t unwind_next_thread(Dwfl *dwfl, void *arg, void **thread_argp)
+{
+    (void)dwfl;
+    (void)arg;
+    if (g_unwind_walk->given)
+        return 0;
+    g_unwind_walk->given = true;
+    *thread_argp = g_unwind_walk;
+    return getpid();
+}
+
+static bool unwind_memory_read(Dwfl *dwfl, Dwarf_Addr addr, Dwarf_Word *result, void *arg)
+{
+    (void)dwfl;
+    (void)arg;
+    const urio__unwind_regs_t *r = g_unwind_walk->regs;
+    if (addr >= r->lo && addr + sizeof *result <= r->hi) {
+        memcpy(result, (const void *)(uintptr_t)addr, sizeof *result);
+        return true;
+    }
+    /* Elsewhere (CFI expressions may read module data): checked by the kernel. */
+    struct iovec local = { result, sizeof *result };
+    struct iovec remote = { (void *)(uintptr_t)addr, sizeof *result };
+    return process_vm_readv(getpid(), &local, 1, &remote, 1, 0) == (ssize_t)sizeof *result;
+}
+
+static bool unwind_set_initial_registers(Dwfl_Thread *thread, void *arg)
+{
+    const unwind_walk_t *w = arg;
+    for (int i = 0; i < w->regs->n; i++) {
+        Dwarf_Word v = w->regs->reg[i].value;
+        if (!dwfl_thread_state_registers(thread, (int)w->regs->reg[i].regno, 1, &v))
+            return false;
+    }
+    dwfl_thread_state_register_pc(thread, w->regs->pc);
+    return true;
+}
+
+static int unwind_frame(Dwfl_Frame *frame, void *arg)
+{
+    unwind_walk_t *w = arg;
+    Dwarf_Addr pc;
+    if (!dwfl_frame_pc(frame, &pc, NULL) || pc == 0)
+        return DWARF_CB_ABORT;
+    w->bt->frames[w->bt->n++] = (void *)(uintptr_t)pc;
+    return w->bt->n < URIO__BACKTRACE_DEPTH ? DWARF_CB_OK : DWARF_CB_ABORT;
+}
+
+static Dwfl *unwind_session(void)
+{
+    static const Dwfl_Callbacks callbacks = {
+        .find_elf = dwfl_linux_proc_find_elf,
+        .find_debuginfo = dwfl_standard_find_debuginfo,
+    };
+    static const Dwfl_Thread_Callbacks thread_callbacks = {
+        .next_thread = unwind_next_thread,
+        .memory_read = unwind_memory_read,
+        .set_initial_registers = unwind_set_initial_registers,
+    };
+    if (g_unwind_dwfl != NULL)
+        return g_unwind_dwfl;
+    Dwfl *dwfl = dwfl_begin(&callbacks);
+    if (dwfl == NULL)
+        return NULL;
+    dwfl_report_begin(dwfl);
+    if (dwfl_linux_proc_report(dwfl, getpid()) != 0 || dwfl_report_end(dwfl, NULL, NULL) != 0 ||
+        !dwfl_attach_state(dwfl, NULL, getpid(), &thread_callbacks, NULL)) {
+        dwfl_end(dwfl);
+        return NULL;
+    }
+    return g_unwind_dwfl = dwfl;
+}
+#endif
+
+static void unwind_after_fork(bool held)
+{
+#if URIO_HAVE_LIBDW
+    /* The session names the parent's pid: the child makes its own, held or not. */
+    if (held)
+        g_unwind_dropped = g_unwind_dwfl;
+    else if (g_unwind_dwfl != NULL)
+        dwfl_end(g_unwind_dwfl);
+    g_unwind_dwfl = NULL;
+#else
+    (void)held;
+#endif
+}
+
+__attribute__((constructor)) static void unwind_fork_lock(void)
+{
+    urio__fork_lock_add("unwinder", &g_unwind_mu, unwind_after_fork);
+}
+
+int urio__backtrace_unwind(urio__backtrace_t *bt, const urio__unwind_regs_t *regs)
+{
+    bt->n = 0;
+#if URIO_HAVE_LIBDW
+    pthread_mutex_lock(&g_unwind_mu);
+    Dwfl *dwfl = unwind_session();
+    int ret = -EIO;
+    if (dwfl != NULL) {
+        unwind_walk_t w = { .regs = regs, .bt = bt };
+        g_unwind_walk = &w;
+        /* Ends at the stack's first frame (no return address) or at DEPTH. */
+        (void)dwfl_getthread_frames(dwfl, getpid(), unwind_frame, &w);
+        g_unwind_walk = NULL;
+        ret = bt->n;
+    }
+    pthread_mutex_unlock(&g_unwind_mu);
+    return ret;
+#else
+    (void)regs;
+    return -ENOTSUP;
+#endif
+}
 
 /* Joins a source path to the directory it was compiled in and drops "." and ".." steps. */
 static void absolute_path(const char *dir, const char *file, char *out, size_t n)

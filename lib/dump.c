@@ -24,8 +24,47 @@ static const char *state_name(const urio__task_t *t)
     }
 }
 
-/* One task: its line, what it waits on, and (debug mode) its creation stack. */
-static void dump_task(FILE *out, const urio__task_t *t)
+/*
+ * Debug mode: a suspended task's stack, walked from the registers its
+ * context resumes with, from the program's await down to the task's first
+ * frame (urio's own frames between the await and the switch left out).
+ */
+static void dump_suspended_stack(FILE *out, const urio__task_t *t)
+{
+    urio__unwind_regs_t regs = {
+        .lo = (uintptr_t)t->stack->base,
+        .hi = (uintptr_t)t->stack->base + t->stack->size,
+    };
+    unsigned regno[16];
+    uint64_t value[16];
+    regs.n = urio__ctx_resume_regs(&t->ctx, &regs.pc, regno, value, 16);
+    if (regs.n == 0)
+        return;
+    for (int i = 0; i < regs.n; i++) {
+        regs.reg[i].regno = regno[i];
+        regs.reg[i].value = value[i];
+    }
+    urio__backtrace_t bt;
+    if (urio__backtrace_unwind(&bt, &regs) <= 0)
+        return;
+    int from = 0;
+    for (int i = 0; i < bt.n; i++) {
+        if (bt.frames[i] == t->await_pc) {
+            from = i;
+            break;
+        }
+    }
+    memmove(bt.frames, bt.frames + from, (size_t)(bt.n - from) * sizeof bt.frames[0]);
+    bt.n -= from;
+    char *tb = urio__backtrace_format(&bt, "    suspended at (most recent call last):");
+    if (tb) {
+        fprintf(out, "%s\n", tb);
+        urio__free(tb);
+    }
+}
+
+/* One task: its line, what it waits on, and (debug mode) its stacks. */
+static void dump_task(FILE *out, const urio__task_t *t, bool debug)
 {
     char where[200] = "";
     if (t->state == URIO__TASK_SUSPENDED && t->await_pc != NULL) {
@@ -46,6 +85,8 @@ static void dump_task(FILE *out, const urio__task_t *t)
         char desc[200];
         fprintf(out, "    awaiting %s\n", urio__future_describe(t->awaiting, desc, sizeof desc));
     }
+    if (URIO_DEBUG_CHECKS && debug && t->state == URIO__TASK_SUSPENDED && t->stack != NULL)
+        dump_suspended_stack(out, t);
     const urio__backtrace_t *bt = urio__future_stack(t->self);
     char *tb = bt ? urio__backtrace_format(bt, "    created at (most recent call last):") : NULL;
     if (tb) {
@@ -65,7 +106,7 @@ URIO_EXPORT int urio_loop_dump_tasks(urio_loop_t *loop, FILE *out)
     fprintf(out, "urio: %u task%s on loop %p%s\n", n, n == 1 ? "" : "s", (void *)loop,
             n ? ":" : "");
     for (urio__task_t *t = ts ? ts->list : NULL; t != NULL; t = t->next)
-        dump_task(out, t);
+        dump_task(out, t, urio_loop_get_debug(loop));
     fflush(out);
     return (int)n;
 }

@@ -267,6 +267,86 @@ static void test_observe_task_dump(void **state)
     free(text);
 }
 
+/* Debug mode: a suspended task's whole stack, walked from its saved registers. */
+static __attribute__((noinline)) int deep_inner(void)
+{
+    int err = urio_sleep(URIO_SEC(60));
+    __asm__ volatile("" ::: "memory");      /* no tail call: the frame stays */
+    return err;
+}
+
+static __attribute__((noinline)) int deep_middle(void)
+{
+    int err = deep_inner();
+    __asm__ volatile("" ::: "memory");
+    return err + 1;
+}
+
+static int deep_task(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    int err = deep_middle();
+    __asm__ volatile("" ::: "memory");
+    return err < 0 ? err : 0;
+}
+
+static int dumps_stacks(void *arg, void **res)
+{
+    (void)res;
+    char **text = arg;
+    urio_loop_t *loop = urio_loop_current();
+    urio_future_t *a = urio_spawn(loop, deep_task, NULL);
+    urio_yield();
+    for (int round = 0; round < 2; round++) {   /* the unwinder's session is kept: twice */
+        size_t len = 0;
+        free(*text);
+        FILE *out = open_memstream(text, &len);
+        assert_int_equal(urio_loop_dump_tasks(loop, out), 2);
+        fclose(out);
+    }
+    urio_future_cancel(a);
+    urio_await(a, NULL);
+    urio_future_unref(a);
+    return 0;
+}
+
+static void test_observe_task_dump_stacks(void **state)
+{
+    (void)state;
+    char *text = NULL;
+    urio_run_opts_t opts = { .debug = 1 };
+    assert_int_equal(urio_run(URIO_CORO(dumps_stacks, &text), &opts, NULL), 0);
+    if (!URIO_DEBUG_CHECKS) {
+        assert_null(strstr(text, "suspended at"));      /* the machinery is compiled out */
+        free(text);
+        return;
+    }
+#if !defined(__x86_64__) && !defined(__aarch64__)
+    free(text);
+    skip();                                             /* the ucontext fallback: no walk */
+#endif
+    /* In order, most recent call last: the task's function, then the two it called. */
+    const char *at = strstr(text, "<Task 'deep_task' suspended in deep_inner() at test_observe.c:");
+    if (at == NULL)
+        fail_msg("no line for deep_task:\n%s", text);
+    static const char *const want[] = {
+        "    suspended at (most recent call last):",
+        ", in deep_task\n",
+        ", in deep_middle\n",
+        ", in deep_inner\n",
+        "urio_sleep(URIO_SEC(60));",
+        "    created at (most recent call last):",
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        const char *next = strstr(at, want[i]);
+        if (next == NULL)
+            fail_msg("the dump lacks \"%s\" after the previous line:\n%s", want[i], text);
+        at = next + strlen(want[i]);
+    }
+    free(text);
+}
+
 /* URIO_DUMP_SIGNAL: kill -USR1 makes every loop dump its tasks to stderr. */
 static int signalled(void *arg, void **res)
 {
@@ -538,6 +618,7 @@ int main(void)
         URIO_TEST(test_observe_stall_signal_not_ours),
         URIO_TEST(test_observe_watchdog_off_and_oom),
         URIO_TEST(test_observe_task_dump),
+        URIO_TEST(test_observe_task_dump_stacks),
         URIO_TEST(test_observe_dump_on_signal),
         URIO_TEST(test_observe_task_dump_describes_awaits),
         URIO_TEST(test_observe_dump_signal_spellings),

@@ -116,7 +116,9 @@ URIO_EXPORT size_t urio_all_tasks(urio_loop_t *loop, urio_future_t **tasks, size
  * Writes every live task of loop to out (Go's goroutine dump): its name,
  * state (not started, running, suspended), where it is suspended (the
  * awaiting call's function, file and line), what it awaits, where it was
- * created, and in debug mode its creation stack.
+ * created, and in debug mode its creation stack and, for a suspended task,
+ * its whole stack from the task's function down to the await (walked from
+ * the registers it will resume with; x86-64 and AArch64, with libdw).
  * Returns: how many tasks; -EINVAL; -EPERM (wrong thread).
  * Thread: the loop's thread.
  */

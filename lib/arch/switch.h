@@ -25,6 +25,7 @@
 #define URIO_ARCH_SWITCH_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #if (defined(__x86_64__) && !defined(__ILP32__)) || defined(__aarch64__)
 #define URIO__CTX_ASM 1
@@ -75,5 +76,53 @@ void urio__ctx_switch(urio__ctx_t *from, urio__ctx_t *to);
  * good.  If it returns anyway, the process aborts (abort(3)).
  */
 void urio__ctx_make(urio__ctx_t *ctx, void *base, size_t size, void (*fn)(void *), void *arg);
+
+/*
+ * The registers a suspended context resumes with, for an unwinder that
+ * walks its stack (the task dump): *pc, where the switch returns to, and
+ * up to max callee-saved registers and the stack pointer by DWARF number,
+ * read from the frame at ctx->sp whose layout the switch's .S file draws.
+ * Returns: how many registers were filled; 0 where urio does not know the
+ * frame (the ucontext fallback).
+ */
+static inline int urio__ctx_resume_regs(const urio__ctx_t *ctx, uintptr_t *pc, unsigned *regno,
+                                        uint64_t *value, int max)
+{
+#if URIO__CTX_ASM && !defined(URIO__CTX_FORCE_UCONTEXT) && defined(__x86_64__)
+    /* sp+8 r15, +16 r14, +24 r13, +32 r12, +40 rbx, +48 rbp, +56 return address. */
+    static const unsigned dwarf[6] = { 15, 14, 13, 12, 3, 6 };
+    const uint64_t *f = ctx->sp;
+    if (max < 7)
+        return 0;
+    for (int i = 0; i < 6; i++) {
+        regno[i] = dwarf[i];
+        value[i] = f[1 + i];
+    }
+    regno[6] = 7;                                /* rsp once the switch has returned */
+    value[6] = (uint64_t)(uintptr_t)(f + 8);
+    *pc = (uintptr_t)f[7];
+    return 7;
+#elif URIO__CTX_ASM && !defined(URIO__CTX_FORCE_UCONTEXT) && defined(__aarch64__)
+    /* sp+0 .. sp+88: x19-x30, in order; 176 bytes in all. */
+    const uint64_t *f = ctx->sp;
+    if (max < 12)
+        return 0;
+    for (int i = 0; i < 11; i++) {               /* x19-x29 */
+        regno[i] = 19u + (unsigned)i;
+        value[i] = f[i];
+    }
+    regno[11] = 31;                              /* sp once the switch has returned */
+    value[11] = (uint64_t)(uintptr_t)ctx->sp + 176;
+    *pc = (uintptr_t)f[11];                      /* x30 */
+    return 12;
+#else
+    (void)ctx;
+    (void)pc;
+    (void)regno;
+    (void)value;
+    (void)max;
+    return 0;
+#endif
+}
 
 #endif
