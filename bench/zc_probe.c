@@ -281,7 +281,7 @@ static int zc_try(enum transport t, bool *copied_reported)
 /* Runs and the table                                                   */
 
 typedef struct result {
-    double mib_s, cpu_us_per_mib, copied_share;
+    double mib_s, cpu_us_per_mib, total_us_per_mib, copied_share;
 } result_t;
 
 static result_t run_once(enum transport t, enum mode m, size_t size, const unsigned char *buf)
@@ -324,6 +324,7 @@ static result_t run_once(enum transport t, enum mode m, size_t size, const unsig
     result_t r = {
         .mib_s = mib / (w1 - w0),
         .cpu_us_per_mib = ((p1 - p0) - (r1 - r0)) * 1e6 / mib,
+        .total_us_per_mib = (p1 - p0) * 1e6 / mib,
         .copied_share = s.notifs ? (double)s.copied / (double)s.notifs : -1,
     };
     if (opt.verbose)
@@ -444,8 +445,9 @@ int main(int argc, char **argv)
 
     printf("\n%u runs of %.2f s each (after %.2f s of warm-up), one send in flight; "
            "median [min-max]\n", opt.runs, opt.seconds, opt.seconds / 10);
-    printf("%-4s %8s %-7s %22s %24s %8s %22s\n", "", "size", "mode", "MiB/s",
-           "sender CPU us/MiB", "copied", "CPU zc/send");
+    printf("%-4s %8s %-7s %20s %24s %24s %7s %18s %18s\n", "", "size", "mode", "MiB/s",
+           "sender CPU us/MiB", "total CPU us/MiB", "copied", "sender zc/send",
+           "total zc/send");
     fflush(stdout);
     unsigned run_no = 0;
     for (int t = 0; t < NTRANSPORTS; t++) {
@@ -455,39 +457,47 @@ int main(int argc, char **argv)
         for (unsigned si = 0; si < opt.nsizes; si++) {
             size_t size = opt.sizes[si];
             double tput[NMODES][MAX_RUNS], cpu[NMODES][MAX_RUNS], cop[NMODES][MAX_RUNS];
-            double ratio[NMODES][MAX_RUNS];
+            double ratio[NMODES][MAX_RUNS], tot[NMODES][MAX_RUNS], tratio[NMODES][MAX_RUNS];
             for (unsigned r = 0; r < opt.runs; r++, run_no++) {
                 for (int k = 0; k < nmodes; k++) {
                     int m = (int)((k + run_no) % (unsigned)nmodes);    /* rotate the order */
                     result_t res = run_once(t, m, size, buf);
                     tput[m][r] = res.mib_s;
                     cpu[m][r] = res.cpu_us_per_mib;
+                    tot[m][r] = res.total_us_per_mib;
                     cop[m][r] = res.copied_share;
                 }
-                for (int m = 0; m < nmodes; m++)
+                for (int m = 0; m < nmodes; m++) {
                     ratio[m][r] = cpu[m][r] / cpu[M_SEND][r];
+                    tratio[m][r] = tot[m][r] / tot[M_SEND][r];
+                }
             }
             for (int m = 0; m < nmodes; m++) {
-                double tm, tl, th, cm, cl, ch, rm, rl, rh, pm, pl, ph;
+                double tm, tl, th, cm, cl, ch, rm, rl, rh, pm, pl, ph, om, ol, oh, qm, ql, qh;
                 stats(tput[m], opt.runs, &tm, &tl, &th);
                 stats(cpu[m], opt.runs, &cm, &cl, &ch);
                 stats(ratio[m], opt.runs, &rm, &rl, &rh);
                 stats(cop[m], opt.runs, &pm, &pl, &ph);
+                stats(tot[m], opt.runs, &om, &ol, &oh);
+                stats(tratio[m], opt.runs, &qm, &ql, &qh);
                 char copied[16] = "-";
                 if (m != M_SEND)
                     snprintf(copied, sizeof copied, "%.0f%%", pm * 100);
-                char rs[40] = "-";
-                if (m != M_SEND)
+                char rs[40] = "-", qs[40] = "-";
+                if (m != M_SEND) {
                     snprintf(rs, sizeof rs, "%.2f [%.2f-%.2f]", rm, rl, rh);
-                printf("%-4s %8zu %-7s %8.0f [%5.0f-%5.0f] %8.1f [%6.1f-%6.1f] %8s %22s\n",
-                       transport_name[t], size, mode_name[m], tm, tl, th, cm, cl, ch, copied,
-                       rs);
+                    snprintf(qs, sizeof qs, "%.2f [%.2f-%.2f]", qm, ql, qh);
+                }
+                printf("%-4s %8zu %-7s %6.0f [%5.0f-%5.0f] %8.1f [%6.1f-%6.1f] "
+                       "%8.1f [%6.1f-%6.1f] %7s %18s %18s\n", transport_name[t], size,
+                       mode_name[m], tm, tl, th, cm, cl, ch, om, ol, oh, copied, rs, qs);
             }
             fflush(stdout);
         }
     }
     printf("\nsender CPU = the process's CPU clock minus the receiver thread's, per MiB sent "
-           "(ns/byte = us/MiB / 1048.576).\n"
+           "(ns/byte = us/MiB / 1048.576);\ntotal CPU = the whole process's (sender and "
+           "receiver: on loopback the copy may land on either side).\n"
            "copied = share of SEND_ZC notifications saying the kernel copied the data "
            "(IORING_NOTIF_USAGE_ZC_COPIED).\n");
     free(buf);
