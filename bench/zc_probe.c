@@ -5,7 +5,8 @@
  * between (lib/io_stream.c: one send in flight per stream, MSG_WAITALL):
  *
  *   urio-zc-probe [--quick] [--runs N] [--seconds S] [--sizes 4096,65536,...]
- *                 [--transport tcp|unix|both] [--verbose]
+ *                 [--transport tcp|unix|both | --connect HOST:PORT] [--verbose]
+ *   urio-zc-probe --sink PORT
  *
  * For each transport (TCP over 127.0.0.1, an AF_UNIX stream socketpair) and
  * each size, R runs of each mode, the modes' order rotating from run to run:
@@ -37,11 +38,16 @@
  * pages copied on the way in (skb_orphan_frags_rx), so loopback shows the
  * cost of zero-copy's bookkeeping, never its gain on a NIC.
  *
+ * Over a real NIC: run "urio-zc-probe --sink PORT" on another host (it
+ * drains every connection, forever) and "--connect HOST:PORT" here: the
+ * "nic" rows then send to it, and the CPU columns are this process's alone.
+ *
  * Output: the table on stdout; with --verbose, one line per run on stderr.
  */
 #include <errno.h>
 #include <stdarg.h>
 #include <liburing.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -64,8 +70,8 @@
 
 enum mode { M_SEND, M_ZC, M_ZC_WAIT, NMODES };
 static const char *const mode_name[NMODES] = { "send", "zc", "zc-wait" };
-enum transport { T_TCP, T_UNIX, NTRANSPORTS };
-static const char *const transport_name[NTRANSPORTS] = { "tcp", "unix" };
+enum transport { T_TCP, T_UNIX, T_REMOTE, NTRANSPORTS };
+static const char *const transport_name[NTRANSPORTS] = { "tcp", "unix", "remote" };
 
 #define MAX_SIZES 16
 #define MAX_RUNS 64
@@ -78,12 +84,13 @@ static struct {
     unsigned nsizes;
     bool transports[NTRANSPORTS];
     bool verbose;
+    const char *remote_host, *remote_port;    /* --connect HOST:PORT */
 } opt = {
     .runs = 5,
     .seconds = 1.0,
     .sizes = { 4096, 16384, 65536, 262144, 1048576 },
     .nsizes = 5,
-    .transports = { true, true },
+    .transports = { true, true, false },
 };
 
 static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
@@ -128,6 +135,8 @@ static void *receive_all(void *arg)
             rc->bytes += (uint64_t)n;
         } else if (n == 0) {
             break;
+        } else if (errno == ECONNRESET) {
+            break;
         } else if (errno != EINTR) {
             die("recv: %s", strerror(errno));
         }
@@ -136,9 +145,40 @@ static void *receive_all(void *arg)
     return NULL;
 }
 
-/* A connected pair: *snd for the sender, *rcv for the receiver. */
+/* A TCP connection to --connect's sink (another host's urio-zc-probe --sink). */
+static int connect_remote(void)
+{
+    struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *ai;
+    int err = getaddrinfo(opt.remote_host, opt.remote_port, &hints, &ai);
+    if (err != 0)
+        die("%s: %s", opt.remote_host, gai_strerror(err));
+    int fd = -1;
+    for (struct addrinfo *a = ai; a && fd < 0; a = a->ai_next) {
+        fd = socket(a->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd >= 0 && connect(fd, a->ai_addr, a->ai_addrlen) != 0) {
+            close(fd);
+            fd = -1;
+        }
+    }
+    freeaddrinfo(ai);
+    if (fd < 0)
+        die("connect to %s:%s: %s", opt.remote_host, opt.remote_port, strerror(errno));
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    return fd;
+}
+
+/*
+ * A connected pair: *snd for the sender, *rcv for the receiver (-1 for the
+ * remote transport: the sink on the other host receives).
+ */
 static void connect_pair(enum transport t, int *snd, int *rcv)
 {
+    if (t == T_REMOTE) {
+        *snd = connect_remote();
+        *rcv = -1;
+        return;
+    }
     if (t == T_UNIX) {
         int sv[2];
         if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
@@ -171,6 +211,8 @@ static void receiver_start(receiver_t *rc, int fd)
 {
     memset(rc, 0, sizeof *rc);
     rc->fd = fd;
+    if (fd < 0)
+        return;         /* the remote transport: no receiver here */
     int err = pthread_create(&rc->thread, NULL, receive_all, rc);
     if (err != 0)
         die("pthread_create: %s", strerror(err));
@@ -273,7 +315,8 @@ static int zc_try(enum transport t, bool *copied_reported)
     *copied_reported = s.copied > 0;
     io_uring_queue_exit(&s.ring);
     close(snd);
-    close(rcv);
+    if (rcv >= 0)
+        close(rcv);
     return res == (int)sizeof buf ? 0 : res < 0 ? res : -EIO;
 }
 
@@ -301,7 +344,7 @@ static result_t run_once(enum transport t, enum mode m, size_t size, const unsig
     s.notifs = s.copied = 0;
 
     double w0 = clock_s(CLOCK_MONOTONIC), p0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
-    double r0 = clock_s(rc.cpu);
+    double r0 = rcv >= 0 ? clock_s(rc.cpu) : 0;
     double end = w0 + opt.seconds;
     uint64_t bytes = 0;
     do {
@@ -312,13 +355,15 @@ static result_t run_once(enum transport t, enum mode m, size_t size, const unsig
     } while (clock_s(CLOCK_MONOTONIC) < end);
     sender_settle(&s);
     double w1 = clock_s(CLOCK_MONOTONIC), p1 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
-    double r1 = clock_s(rc.cpu);
+    double r1 = rcv >= 0 ? clock_s(rc.cpu) : 0;
 
     shutdown(snd, SHUT_WR);
-    pthread_join(rc.thread, NULL);
+    if (rcv >= 0)
+        pthread_join(rc.thread, NULL);
     io_uring_queue_exit(&s.ring);
     close(snd);
-    close(rcv);
+    if (rcv >= 0)
+        close(rcv);
 
     double mib = (double)bytes / (1024.0 * 1024.0);
     result_t r = {
@@ -369,8 +414,48 @@ static void parse_sizes(char *arg)
 static void usage(void)
 {
     fputs("usage: urio-zc-probe [--quick] [--runs N] [--seconds S] [--sizes 4k,64k,1m]\n"
-          "                     [--transport tcp|unix|both] [--verbose]\n", stderr);
+          "                     [--transport tcp|unix|both | --connect HOST:PORT] [--verbose]\n"
+          "       urio-zc-probe --sink PORT     (on the other host: drain every connection)\n",
+          stderr);
     exit(2);
+}
+
+/* --sink PORT: accepts connections forever, each drained by a thread of its own. */
+static void *sink_conn(void *arg)
+{
+    receiver_t *rc = arg;
+    receive_all(rc);
+    close(rc->fd);
+    free(rc);
+    return NULL;
+}
+
+static int sink(const char *port)
+{
+    int l = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0), zero = 0, one = 1;
+    struct sockaddr_in6 a = { .sin6_family = AF_INET6, .sin6_port = htons((uint16_t)atoi(port)) };
+    setsockopt(l, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+    setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (l < 0 || bind(l, (struct sockaddr *)&a, sizeof a) != 0 || listen(l, 16) != 0)
+        die("listen on port %s: %s", port, strerror(errno));
+    printf("urio-zc-probe: sink listening on [::]:%s\n", port);
+    fflush(stdout);
+    for (;;) {
+        int fd = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            die("accept: %s", strerror(errno));
+        }
+        receiver_t *rc = calloc(1, sizeof *rc);
+        pthread_t th;
+        if (rc == NULL)
+            die("out of memory");
+        rc->fd = fd;
+        if (pthread_create(&th, NULL, sink_conn, rc) != 0)
+            die("pthread_create failed");
+        pthread_detach(th);
+    }
 }
 
 int main(int argc, char **argv)
@@ -402,6 +487,22 @@ int main(int argc, char **argv)
             opt.transports[T_TCP] = tcp || both;
             opt.transports[T_UNIX] = un || both;
             i++;
+        } else if (strcmp(a, "--sink") == 0 && v) {
+            return sink(v);
+        } else if (strcmp(a, "--connect") == 0 && v) {
+            char *hp = strdup(v), *colon = hp ? strrchr(hp, ':') : NULL;
+            if (colon == NULL || colon == hp || colon[1] == '\0')
+                die("--connect wants HOST:PORT, not '%s'", v);
+            *colon = '\0';
+            if (hp[0] == '[' && colon[-1] == ']') {      /* [v6addr]:port */
+                colon[-1] = '\0';
+                memmove(hp, hp + 1, strlen(hp));
+            }
+            opt.remote_host = hp;
+            opt.remote_port = colon + 1;
+            opt.transports[T_TCP] = opt.transports[T_UNIX] = false;
+            opt.transports[T_REMOTE] = true;
+            i++;
         } else if (strcmp(a, "--verbose") == 0) {
             opt.verbose = true;
         } else {
@@ -419,7 +520,7 @@ int main(int argc, char **argv)
     io_uring_queue_exit(&probe_ring);
     printf("IORING_OP_SEND_ZC: %s\n", p == NULL ? "probe refused (unknown)"
                                       : op_ok ? "supported" : "not supported by this kernel");
-    bool zc_ok[NTRANSPORTS] = { false, false };
+    bool zc_ok[NTRANSPORTS] = { false, false, false };
     for (int t = 0; t < NTRANSPORTS; t++) {
         if (!opt.transports[t])
             continue;
