@@ -25,6 +25,9 @@
 #define DEFAULT_HIGH   (64u * 1024)
 #define RCHUNK         (16u * 1024)
 #define MAX_SEND       (1u << 30)
+/* A write buffer larger than this is freed once empty (one big write must
+ * not keep its memory for the connection's life); smaller ones are kept. */
+#define WBUF_KEEP      (64u * 1024)
 
 static void stream_step(urio_stream_t *s);
 
@@ -341,12 +344,25 @@ static void write_failed(urio_stream_t *s, int err)
     drainer_wake(s, s->werr);
 }
 
+/* An empty write buffer: kept for the next writes, or freed if it grew big. */
+static void wbuf_emptied(urio__wbuf_t *b)
+{
+    b->len = 0;
+    if (URIO_UNLIKELY(b->cap > WBUF_KEEP)) {
+        urio__free(b->p);
+        b->p = NULL;
+        b->cap = 0;
+    }
+}
+
 static void send_more(urio_stream_t *s)
 {
-    if (s->wop.state != URIO__OP_IDLE || s->werr || s->fd < 0)
+    /* Nothing is submitted while the loop closes: its ring is being drained. */
+    if (s->wop.state != URIO__OP_IDLE || s->werr || s->fd < 0 || s->loop->closing)
         return;
     if (s->out.sent == s->out.len) {
-        s->out.len = s->out.sent = 0;
+        s->out.sent = 0;
+        wbuf_emptied(&s->out);
         if (s->pend.len == 0)
             return;
         urio__wbuf_t t = s->out;
@@ -372,7 +388,8 @@ static void on_send(urio__op_t *op, int res, uint32_t flags)
     urio_stream_t *s = urio__container_of(op, urio_stream_t, wop);
     urio__io_op_done(s->io);
     if (URIO_LIKELY(res > 0)) {
-        s->out.sent += (size_t)res;
+        if (URIO_LIKELY(s->werr == 0))   /* else the buffers were dropped (an abort's race) */
+            s->out.sent += (size_t)res;
     } else if (!(res == -ECANCELED && s->aborted)) {
         write_failed(s, res < 0 ? res : -EIO);   /* (0 bytes for a non-empty send: no progress) */
     }
@@ -383,7 +400,10 @@ static void on_send(urio__op_t *op, int res, uint32_t flags)
     if (URIO_LIKELY(s->out.sent == s->out.len && s->pend.len == 0 && !s->closed &&
                     !s->eof_asked && !s->loop->closing)) {
         /* All sent, nothing else to do: the common case of a reply. */
-        s->out.len = s->out.sent = 0;
+        s->out.sent = 0;
+        wbuf_emptied(&s->out);
+        if (URIO_UNLIKELY(s->pend.cap > WBUF_KEEP))
+            wbuf_emptied(&s->pend);
     } else {
         stream_step(s);
     }
