@@ -53,6 +53,8 @@ static void open_list_remove(urio_loop_t *loop)
     pthread_mutex_lock(&g_open_mu);
     if (loop->open_gen != g_open_gen) {
         pthread_mutex_unlock(&g_open_mu);   /* on a list a forked child dropped */
+        urio__free(loop->created);
+        loop->created = NULL;
         return;
     }
     if (loop->prev_open)
@@ -63,6 +65,8 @@ static void open_list_remove(urio_loop_t *loop)
         loop->next_open->prev_open = loop->prev_open;
     loop->next_open = loop->prev_open = NULL;
     pthread_mutex_unlock(&g_open_mu);
+    urio__free(loop->created);      /* only the unclosed warning wanted it */
+    loop->created = NULL;
 }
 
 void urio__loop_foreach_open(void (*fn)(urio_loop_t *loop, void *arg), void *arg)
@@ -79,9 +83,14 @@ __attribute__((destructor)) static void warn_unclosed_loops(void)
 {
     pthread_mutex_lock(&g_open_mu);
     for (urio_loop_t *l = g_open; l != NULL; l = l->next_open)
-        if (l->debug && !urio__loop_inherited(l))
-            urio__log(URIO_LOG_WARNING, "unclosed event loop <urio_loop %p running=%s>",
-                      (void *)l, l->running ? "true" : "false");
+        if (l->debug && !urio__loop_inherited(l)) {
+            char *tb = l->created ? urio__backtrace_format(l->created, "Loop created at (most "
+                                                           "recent call last):")
+                                  : NULL;
+            urio__log(URIO_LOG_WARNING, "unclosed event loop <urio_loop %p running=%s>%s%s",
+                      (void *)l, l->running ? "true" : "false", tb ? "\n" : "", tb ? tb : "");
+            urio__free(tb);
+        }
     pthread_mutex_unlock(&g_open_mu);
 }
 
@@ -576,6 +585,10 @@ URIO_EXPORT int urio_loop_new(urio_loop_t **out, const urio_loop_opts_t *opts)
     atomic_store(&loop->home, urio__thread_token());
     if (loop->debug)
         urio__watchdog_set(loop, debug_stall_ns(loop));     /* best effort: debug mode works without */
+#if URIO_DEBUG_CHECKS
+    if (loop->debug && (loop->created = urio__malloc(sizeof *loop->created)) != NULL)
+        urio__backtrace_capture(loop->created, 1, true);    /* from urio_loop_new's caller */
+#endif
     open_list_add(loop);
     *out = loop;
     return 0;

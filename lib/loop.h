@@ -65,6 +65,7 @@ struct urio_loop {
     uint32_t cbs_next_check;     /* cbs_since_enter at which to look at the bounds again */
     uint64_t last_enter_ns;
 
+    urio__backtrace_t *created; /* debug mode: where urio_loop_new was called (the unclosed warning) */
     bool debug;
     bool stall_set;              /* the program chose the stall watchdog's threshold */
     bool stopping;

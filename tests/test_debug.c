@@ -314,6 +314,12 @@ static void test_debug_unclosed_loop_warned_at_exit(void **state)
     if (w == NULL)
         fail_msg("no warning in: %s", buf);
     assert_null(strstr(w + 40, "unclosed event loop"));  /* only the debug loop */
+    /* Named with where it was made, as asyncio's ResourceWarning names the object. */
+    if (URIO_DEBUG_CHECKS) {
+        const char *at = strstr(w, "running=false>\nLoop created at (most recent call last):\n");
+        if (at == NULL || strstr(at, ", in leaks_loops\n") == NULL)
+            fail_msg("the warning lacks the creation stack: %s", w);
+    }
 }
 
 static void test_debug_strerror_names_every_code(void **state)
