@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #if URIO_HAVE_LIBDW
+#include <dwarf.h>
 #include <elfutils/libdwfl.h>
 #endif
 
@@ -584,12 +585,78 @@ char *urio__backtrace_format(const urio__backtrace_t *st, const char *header)
  * to where it ran) names a file from here, else as given.  Returns: true if
  * the file is there.
  */
+#if URIO_HAVE_LIBDW
+/*
+ * The directories the process's code was compiled in (DW_AT_comp_dir of
+ * every unit with debug information), collected once: a relative __FILE__
+ * is relative to one of them, whatever the program's working directory.
+ */
+#define MAX_COMP_DIRS 16
+static char *g_comp_dirs[MAX_COMP_DIRS];    /* guarded by g_sym_mu */
+static int g_ncomp_dirs = -1;               /* -1: not collected yet */
+
+static int collect_comp_dirs(Dwfl_Module *m, void **ud, const char *name, Dwarf_Addr start,
+                             void *arg)
+{
+    (void)ud;
+    (void)name;
+    (void)start;
+    (void)arg;
+    Dwarf_Addr bias;
+    Dwarf *dw = dwfl_module_getdwarf(m, &bias);
+    Dwarf_Off off = 0, next;
+    size_t hsize;
+    while (dw != NULL && g_ncomp_dirs < MAX_COMP_DIRS &&
+           dwarf_nextcu(dw, off, &next, &hsize, NULL, NULL, NULL) == 0) {
+        Dwarf_Die cu;
+        Dwarf_Attribute at;
+        const char *dir = dwarf_offdie(dw, off + hsize, &cu) ? dwarf_formstring(
+            dwarf_attr(&cu, DW_AT_comp_dir, &at)) : NULL;
+        off = next;
+        bool known = dir == NULL;
+        for (int i = 0; !known && i < g_ncomp_dirs; i++)
+            known = strcmp(g_comp_dirs[i], dir) == 0;
+        if (!known && (g_comp_dirs[g_ncomp_dirs] = strdup(dir)) != NULL)
+            g_ncomp_dirs++;
+    }
+    return g_ncomp_dirs < MAX_COMP_DIRS ? DWARF_CB_OK : DWARF_CB_ABORT;
+}
+#endif
+
+/* A relative file found under a compile directory, into out; false if none has it. */
+static bool comp_dir_path(const char *file, char *out, size_t n)
+{
+    bool found = false;
+#if URIO_HAVE_LIBDW
+    pthread_mutex_lock(&g_sym_mu);
+    if (g_ncomp_dirs < 0) {
+        g_ncomp_dirs = 0;
+        Dwfl *dwfl = dwfl_session(false);
+        if (dwfl != NULL)
+            dwfl_getmodules(dwfl, collect_comp_dirs, NULL, 0);
+    }
+    for (int i = 0; !found && i < g_ncomp_dirs; i++) {
+        absolute_path(g_comp_dirs[i], file, out, n);
+        found = access(out, R_OK) == 0;
+    }
+    pthread_mutex_unlock(&g_sym_mu);
+#else
+    (void)file;
+    (void)out;
+    (void)n;
+#endif
+    return found;
+}
+
 static bool site_path(const urio_site_t *site, char *out, size_t n)
 {
     char cwd[PATH_MAX];
     absolute_path(site->file[0] == '/' || getcwd(cwd, sizeof cwd) == NULL ? NULL : cwd,
                   site->file, out, n);
     if (access(out, R_OK) == 0)
+        return true;
+    /* Relative to where the compiler ran, which need not be here. */
+    if (site->file[0] != '/' && comp_dir_path(site->file, out, n))
         return true;
     snprintf(out, n, "%s", site->file);
     return false;

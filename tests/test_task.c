@@ -904,6 +904,30 @@ static void test_task_dropped_failed_task_reported_at_close(void **state)
         fail_msg("reported twice:\n%s", out);
 }
 
+/*
+ * The same from another working directory: __FILE__ is relative to where
+ * the compiler ran, yet the traceback names the file by its absolute path
+ * and shows its source line (found through the compile directories).
+ */
+static int page_example_elsewhere(void *arg)
+{
+    if (chdir("/") != 0)
+        _exit(2);
+    return page_example_child(arg);
+}
+
+static void test_task_traceback_from_another_directory(void **state)
+{
+    (void)state;
+    char out[8192];
+    int status = test_child(page_example_elsewhere, NULL, out, sizeof out);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    const char *tb = strstr(out, "Traceback (most recent call last):\n  File \"/");
+    if (tb == NULL || strstr(tb, "tests/test_task.c\", line ") == NULL ||
+        strstr(tb, "\n    return urio_task_fail(-EIO, \"not consumed\");") == NULL)
+        fail_msg("no absolute path and source line in:\n%s", out);
+}
+
 /* A slow task step is reported as the task. */
 static int slow_step(void *arg, void **res)
 {
@@ -1427,6 +1451,7 @@ int main(void)
         URIO_TEST(test_task_threadsafe_future_settled_at_close),
         URIO_TEST(test_task_threadsafe_future_completes_in_last_turn),
         URIO_TEST(test_task_dropped_failed_task_reported_at_close),
+        URIO_TEST(test_task_traceback_from_another_directory),
         cmocka_unit_test(test_task_stack_overflow_reported),
         URIO_TEST(test_task_gather),
         URIO_TEST(test_task_group),
