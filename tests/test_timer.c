@@ -664,6 +664,34 @@ static void test_timer_limit_named(void **state)
     test_loop_close(loop);
 }
 
+/*
+ * The real limit, reached: 16,777,215 timers are accepted, the next is
+ * refused with the message (the old limit was half the documented one:
+ * only a test at full scale shows such a thing).  One to three seconds
+ * and about 1 GiB here; skipped where that is minutes (valgrind) or memory
+ * the sanitizers multiply.
+ */
+static void test_timer_limit_reached_at_scale(void **state)
+{
+    (void)state;
+    test_needs_full_speed();
+#if defined(URIO_TSAN) || defined(__SANITIZE_ADDRESS__)
+    skip();
+#endif
+    urio_loop_t *loop = test_loop_new();
+    test_log_capture();
+    uint64_t at = urio_loop_time(loop) + 3600 * SEC;
+    for (uint32_t i = 0; i < URIO__TIMER_MAX; i++)
+        if (urio_call_at(loop, at + i % 1000, timer_cb, NULL).id == 0)
+            fail_msg("timer %u refused (errno %d): the limit is %u", i, errno, URIO__TIMER_MAX);
+    errno = 0;
+    assert_int_equal(urio_call_at(loop, at, timer_cb, NULL).id, 0);
+    assert_int_equal(errno, ENOMEM);
+    assert_log_contains("already holds 16777215 pending timers, the most one loop can hold");
+    test_log_release();
+    test_loop_close(loop);
+}
+
 /* ------------------------------------------------------------------ */
 /* The virtual clock                                                    */
 
@@ -831,6 +859,7 @@ int main(void)
         URIO_TEST(test_timer_slack_proportional),
         URIO_TEST(test_timer_generation_used_up_retires_slot),
         URIO_TEST(test_timer_limit_named),
+        URIO_TEST(test_timer_limit_reached_at_scale),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
