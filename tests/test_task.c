@@ -1,10 +1,12 @@
 /*
  * test_task.c — tasks: results and errors through await, ordering, sleep,
  * cancellation at await points, shielding, wait_for, never-awaited
- * coroutines, pending tasks at close, urio_run, run_coroutine_threadsafe.
+ * coroutines, pending tasks at close, urio_run, run_coroutine_threadsafe,
+ * each task's own FP environment.
  */
 #include "helpers.h"
 
+#include <fenv.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -1119,6 +1121,98 @@ static void test_task_sleep_zero_yields(void **state)
 }
 
 /* ---------------------------------------------------------------- */
+/* The FP environment is each task's own                              */
+
+/* The FP control state a task sees: the C rounding mode and, on x86-64,
+ * the raw MXCSR and x87 control word (the switch saves both, and reloads
+ * each only when the resumed context's differs from the running one's). */
+typedef struct fp_env {
+    int round;
+    unsigned mxcsr;
+    unsigned short x87cw;
+} fp_env_t;
+
+static void fp_env_read(fp_env_t *e)
+{
+    memset(e, 0, sizeof *e);
+    e->round = fegetround();
+#if defined(__x86_64__)
+    __asm__ volatile("stmxcsr %0" : "=m"(e->mxcsr));
+    __asm__ volatile("fnstcw %0" : "=m"(e->x87cw));
+#endif
+}
+
+static void fp_env_assert_equal(const fp_env_t *a, const fp_env_t *b)
+{
+    assert_int_equal(a->round, b->round);
+    assert_int_equal(a->mxcsr, b->mxcsr);
+    assert_int_equal(a->x87cw, b->x87cw);
+}
+
+enum { FP_KEEP, FP_BOTH, FP_X87_ONLY, FP_MXCSR_ONLY };
+
+/* Changes the FP environment as `kind` says, then checks at every step
+ * that it still has exactly that environment. */
+static int fp_env_task(void *arg, void **res)
+{
+    (void)res;
+    int kind = (int)(intptr_t)arg;
+    switch (kind) {
+    case FP_BOTH:
+        assert_int_equal(fesetround(FE_UPWARD), 0);     /* MXCSR and x87 alike */
+        break;
+#if defined(__x86_64__)
+    case FP_X87_ONLY: {
+        unsigned short cw;
+        __asm__ volatile("fnstcw %0" : "=m"(cw));
+        cw = (unsigned short)((cw & ~0xc00u) | 0x400u);  /* x87 RC: down */
+        __asm__ volatile("fldcw %0" : : "m"(cw));
+        break;
+    }
+    case FP_MXCSR_ONLY: {
+        unsigned mx;
+        __asm__ volatile("stmxcsr %0" : "=m"(mx));
+        mx |= 0x6000u;                                   /* SSE RC: toward zero */
+        __asm__ volatile("ldmxcsr %0" : : "m"(mx));
+        break;
+    }
+#endif
+    default:
+        break;
+    }
+    fp_env_t mine, now;
+    fp_env_read(&mine);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(urio_yield(), 0);
+        fp_env_read(&now);
+        fp_env_assert_equal(&now, &mine);
+    }
+    return 0;
+}
+
+static void test_task_fp_env_per_task(void **state)
+{
+    (void)state;
+    fp_env_t loop_env, env;
+    fp_env_read(&loop_env);
+    urio_loop_t *loop = test_loop_new();
+    /* Interleaved by the yields: every switch leaves a task for the loop's
+     * context or back, across every pair of differing environments. */
+    const int kinds[] = { FP_BOTH, FP_KEEP, FP_X87_ONLY, FP_MXCSR_ONLY, FP_BOTH };
+    enum { N = sizeof kinds / sizeof kinds[0] };
+    urio_future_t *t[N];
+    for (int i = 0; i < N; i++)
+        t[i] = urio_spawn(loop, fp_env_task, (void *)(intptr_t)kinds[i]);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(urio_loop_run_until_complete(loop, t[i]), 0);
+        fp_env_read(&env);
+        fp_env_assert_equal(&env, &loop_env);           /* the loop's own, between steps */
+        urio_future_unref(t[i]);
+    }
+    test_loop_close(loop);
+}
+
+/* ---------------------------------------------------------------- */
 /* Stacks: sizes that cannot be had                                   */
 
 static void test_task_stack_size_refused(void **state)
@@ -1464,6 +1558,7 @@ int main(void)
         URIO_TEST(test_task_threadsafe_cancelled_before_start),
         URIO_TEST(test_task_fail_function_form),
         URIO_TEST(test_task_sleep_zero_yields),
+        URIO_TEST(test_task_fp_env_per_task),
         URIO_TEST(test_task_stack_size_refused),
         cmocka_unit_test(test_task_stack_beyond_address_space),
         cmocka_unit_test(test_task_other_segv_not_called_overflow),

@@ -20,7 +20,19 @@
  * just saved for `from`.  Reading them is not free either: stmxcsr alone
  * costs about 2 ns per switch on Zen 3 (5 ns alone in a loop), most of what
  * this switch costs over one that saves only general registers (bench:
- * switch.floor).
+ * switch.floor); fnstcw costs as much again.
+ *
+ * The switch ends in pop and an indirect jmp, not ret.  A ret is predicted
+ * from the return stack buffer, whose top is always the switching-out
+ * context's call site, never the resumed one's: every ret that crosses
+ * stacks mispredicts (about 4 ns a switch on Zen 3).  The indirect jmp is
+ * predicted from branch history instead, and in a loop the resumed call
+ * site is nearly always the one history suggests (the loop's resume, a
+ * task's await).  The return stack buffer is off by one entry afterwards,
+ * as it was off by a whole stack with ret: the resumed context's next
+ * returns mispredict either way.  The jmp's targets carry no endbr64, so
+ * this code cannot run with IBT enforced; it does not support the CET
+ * shadow stack either (the object carries no property note claiming it).
  */
 
     .text
@@ -92,7 +104,11 @@ urio__ctx_switch:
     popq    %rbp
     .cfi_adjust_cfa_offset -8
     .cfi_restore rbp
-    ret
+    /* Not ret: see the header comment. */
+    popq    %rdx
+    .cfi_adjust_cfa_offset -8
+    .cfi_register rip, rdx
+    jmp     *%rdx
 
     /* Out of line: the common case falls through both compares. */
     .cfi_restore_state
