@@ -310,7 +310,8 @@ static void run_ready_debug(urio_loop_t *loop, uint32_t n)
         uint64_t t1 = urio__ticks();
         uint64_t took = urio__ticks_ns(t1 - t0);
         t0 = t1;
-        loop->callback_hist[urio__stats_bucket(took)]++;
+        loop->callback_hist[loop->callback_pending]++;      /* the previous one's: see loop.h */
+        loop->callback_pending = 1 + urio__stats_bucket(took);
         if (took >= loop->slow_ns) {
             loop->slow_callbacks++;
             log_slow_callback(loop, fn, site, took);
@@ -699,7 +700,9 @@ URIO_EXPORT int urio_loop_stats(urio_loop_t *loop, urio_loop_stats_t *st)
     st->busy_ns = run > loop->idle_ns ? run - loop->idle_ns : 0;
     st->slow_callbacks = loop->slow_callbacks;
     memcpy(st->lag_hist, loop->lag_hist, sizeof st->lag_hist);
-    memcpy(st->callback_hist, loop->callback_hist, sizeof st->callback_hist);
+    memcpy(st->callback_hist, loop->callback_hist + 1, sizeof st->callback_hist);
+    if (loop->callback_pending != 0)
+        st->callback_hist[loop->callback_pending - 1]++;
     for (uint32_t i = 0; i < loop->nsubs; i++) {
         const urio__subsystem_t *ss = loop->subs[i].ss;
         if (ss->stats)

@@ -575,6 +575,52 @@ static void after_sleep(void *arg)
     urio_loop_stop(urio_loop_current());
 }
 
+/* Each callback reads the histogram: it holds every earlier callback once. */
+typedef struct hist_probe {
+    urio_loop_t *loop;
+    int n, seen[8];
+} hist_probe_t;
+
+static uint64_t hist_sum(urio_loop_t *loop)
+{
+    urio_loop_stats_t st;
+    assert_int_equal(urio_loop_stats(loop, &st), 0);
+    uint64_t sum = 0;
+    for (int k = 0; k < URIO_STATS_BUCKETS; k++)
+        sum += st.callback_hist[k];
+    return sum;
+}
+
+static void hist_reader(void *arg)
+{
+    hist_probe_t *p = arg;
+    p->seen[p->n++] = (int)hist_sum(p->loop);
+    assert_int_equal(hist_sum(p->loop), p->seen[p->n - 1]);    /* a read adds nothing */
+    if (p->n == 3 || p->n == 6)
+        urio_call_soon(p->loop, hist_reader, p);   /* the next turn: across steps too */
+    if (p->n == 7)
+        urio_loop_stop(p->loop);
+}
+
+static void test_observe_stats_callback_hist_exact(void **state)
+{
+    (void)state;
+    urio_loop_opts_t on = { .debug = 1 };
+    hist_probe_t p = { .loop = test_loop_new_opts(&on) };
+    for (int i = 0; i < 5; i++)
+        urio_call_soon(p.loop, hist_reader, &p);    /* one step of five, then two more */
+    urio_loop_run_forever(p.loop);
+    assert_int_equal(p.n, 7);
+    if (URIO_DEBUG_CHECKS) {
+        for (int i = 0; i < 7; i++)
+            assert_int_equal(p.seen[i], i);
+        assert_int_equal(hist_sum(p.loop), 7);
+        urio_loop_set_debug(p.loop, false);     /* off: what was counted stays */
+        assert_int_equal(hist_sum(p.loop), 7);
+    }
+    test_loop_close(p.loop);
+}
+
 static void test_observe_stats(void **state)
 {
     (void)state;
@@ -624,6 +670,7 @@ int main(void)
         URIO_TEST(test_observe_dump_signal_spellings),
         URIO_TEST(test_observe_dump_signal_after_fork),
         URIO_TEST(test_observe_stats),
+        URIO_TEST(test_observe_stats_callback_hist_exact),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
