@@ -290,8 +290,9 @@ static void test_debug_no_poll_log_without_debug(void **state)
     test_loop_close(loop);
 }
 
-/* A debug-mode loop never closed is reported when the process exits. */
-static int leaks_loops(void *arg)
+/* A debug-mode loop never closed is reported when the process exits.
+ * noinline: the creation stack must show this frame in optimised builds. */
+__attribute__((noinline)) static int leaks_loops(void *arg)
 {
     (void)arg;
     urio_loop_opts_t on = { .debug = 1 }, off = { .debug = -1 };
