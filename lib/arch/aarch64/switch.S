@@ -11,6 +11,8 @@
  *   sp+64   x27, x28        sp+160  FPCR, unused
  *   sp+80   x29, x30 (where the switch returns to)
  *
+ * (urio__ctx_resume_regs in lib/arch/switch.h reads this frame: keep both in step.)
+ *
  * Only the low 64 bits of v8-v15 are callee-saved (d8-d15).  FPCR is
  * written only when it differs from the running context's: the write is
  * slow (self-synchronising on many cores) and tasks of one loop almost

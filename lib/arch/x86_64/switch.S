@@ -13,6 +13,8 @@
  *   sp+48  rbp
  *   sp+56  return address
  *
+ * (urio__ctx_resume_regs in lib/arch/switch.h reads this frame: keep both in step.)
+ *
  * MXCSR and the x87 control word are reloaded only when they differ from
  * the running context's: both loads are slow (fldcw serialises the x87 unit
  * on several cores), and tasks of one loop almost always share one FP
