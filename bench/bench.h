@@ -371,6 +371,14 @@ static inline uint64_t bench_thread_cpu_ns(void)
     return bench_ts_ns(&ts);
 }
 
+/* CPU time of the whole process (every thread), in ns. */
+static inline uint64_t bench_process_cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 /* splitmix64: tiny, fast, and good enough to spread deadlines. */
 static inline uint64_t bench_splitmix64(uint64_t *state)
 {
@@ -386,6 +394,8 @@ void bench_off_debug_dispatch(const bench_config_t *cfg, double *out);
 void bench_urio_debug_timers(const bench_config_t *cfg, double *out);
 void bench_off_debug_timers(const bench_config_t *cfg, double *out);
 void bench_urio_debug_compiled(const bench_config_t *cfg, double *out);
+void bench_urio_debug_watchdog(const bench_config_t *cfg, double *out);
+void bench_off_debug_watchdog(const bench_config_t *cfg, double *out);
 void bench_nochecks_debug_compiled(const bench_config_t *cfg, double *out);
 
 #endif

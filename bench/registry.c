@@ -370,6 +370,17 @@ const bench_def_t bench_registry[] = {
         },
     },
     {
+        .name = "debug.watchdog",
+        .group = "debug",
+        .urio = bench_urio_debug_watchdog,
+        .peer = bench_off_debug_watchdog,
+        .peer_name = "no watchdog",
+        .n_metrics = 1,
+        .metrics = {
+            METRIC("debug.watchdog", "cpu ns/timer", 1, PEER_MAX(1.10)),
+        },
+    },
+    {
         .name = "debug.compiled",
         .group = "debug",
         .urio = bench_urio_debug_compiled,
