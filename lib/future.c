@@ -307,7 +307,11 @@ static const urio__ready_kind_t runner_kind = {
     runner_dropped,
 };
 
-static int schedule_runner(urio_future_t *f)
+/*
+ * give: the caller's reference, which the runner takes over if it is
+ * scheduled (*give is then cleared), instead of taking one of its own.
+ */
+static int schedule_runner(urio_future_t *f, bool *give)
 {
     if (f->runner_scheduled || f->ncbs == 0)
         return 0;
@@ -326,7 +330,10 @@ static int schedule_runner(urio_future_t *f)
                       f->ncbs);
         return -ESHUTDOWN;
     }
-    atomic_fetch_add_explicit(&f->refs, 1, memory_order_relaxed);
+    if (give != NULL && *give)
+        *give = false;
+    else
+        atomic_fetch_add_explicit(&f->refs, 1, memory_order_relaxed);
     urio__ready_push_reserved(&loop->ready, run_callbacks, f, &runner_kind);
     f->runner_scheduled = true;
     return 0;
@@ -337,8 +344,11 @@ static void futex_wake_all(_Atomic uint32_t *word)
     syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
 }
 
-/* The one transition.  The caller checked the thread and that f is pending. */
-static void transition(urio_future_t *f, uint32_t state, int err, void *value)
+/*
+ * The one transition.  The caller checked the thread and that f is pending.
+ * give: see schedule_runner (NULL: the caller gives no reference).
+ */
+static void transition(urio_future_t *f, uint32_t state, int err, void *value, bool *give)
 {
     f->err = err;
     f->value = value;
@@ -354,7 +364,7 @@ static void transition(urio_future_t *f, uint32_t state, int err, void *value)
         f->cancel_hook = NULL;
         hook(f->cancel_hook_arg);
     }
-    schedule_runner(f);
+    schedule_runner(f, give);
 }
 
 /*
@@ -387,7 +397,7 @@ static int complete(urio_future_t *f, uint32_t state, int err, void *value, cons
         return f ? -EPERM : -EINVAL;
     if (state_of(f) != F_PENDING)
         return done_already(f, fn);
-    transition(f, state, err, value);
+    transition(f, state, err, value, NULL);
     return 0;
 }
 
@@ -401,7 +411,7 @@ __attribute__((cold, noinline)) static int refuse_sealed(const urio_future_t *f,
     return -EINVAL;
 }
 
-int urio__future_settle(urio_future_t *f, int err, void *value, char *msg)
+static int settle(urio_future_t *f, int err, void *value, char *msg, bool *give)
 {
     if (state_of(f) != F_PENDING) {
         urio__free(msg);
@@ -409,13 +419,27 @@ int urio__future_settle(urio_future_t *f, int err, void *value, char *msg)
     }
     if (err == 0) {
         urio__free(msg);
-        transition(f, F_RESULT, 0, value);
+        transition(f, F_RESULT, 0, value, give);
     } else {
         urio__free(f->errmsg);
         f->errmsg = msg;
-        transition(f, err == -ECANCELED ? F_CANCELLED : F_ERROR, err, NULL);
+        transition(f, err == -ECANCELED ? F_CANCELLED : F_ERROR, err, NULL, give);
     }
     return 0;
+}
+
+int urio__future_settle(urio_future_t *f, int err, void *value, char *msg)
+{
+    return settle(f, err, value, msg, NULL);
+}
+
+int urio__future_settle_unref(urio_future_t *f, int err, void *value, char *msg)
+{
+    bool give = true;
+    int ret = settle(f, err, value, msg, &give);
+    if (give)
+        urio_future_unref(f);
+    return ret;
 }
 
 URIO_EXPORT int urio_future_set_result(urio_future_t *f, void *value)
@@ -448,7 +472,7 @@ __attribute__((noinline)) static int set_error(urio_future_t *f, const urio_site
     f->errmsg = msg;
     f->err_site = site;
     urio__future_capture_error_stack(f, 2);
-    transition(f, err == -ECANCELED ? F_CANCELLED : F_ERROR, err, NULL);
+    transition(f, err == -ECANCELED ? F_CANCELLED : F_ERROR, err, NULL, NULL);
     return ret;
 }
 
@@ -488,7 +512,7 @@ static bool cancel_here(urio_future_t *f, char *msg)
         return f->ops->cancel(f, msg);
     urio__free(f->errmsg);
     f->errmsg = msg;
-    transition(f, F_CANCELLED, -ECANCELED, NULL);
+    transition(f, F_CANCELLED, -ECANCELED, NULL, NULL);
     return true;
 }
 
@@ -500,7 +524,7 @@ void urio__future_cancel_now(urio_future_t *f, char *msg)
     }
     urio__free(f->errmsg);
     f->errmsg = msg;
-    transition(f, F_CANCELLED, -ECANCELED, NULL);
+    transition(f, F_CANCELLED, -ECANCELED, NULL, NULL);
 }
 
 /* A cancel requested from another thread, run on the loop. */
@@ -742,7 +766,7 @@ URIO_EXPORT int urio_future_add_done_callback(urio_future_t *f, urio_future_done
     }
     f->cbs[f->ncbs++] = (struct done_cb){ fn, arg };
     if (state_of(f) != F_PENDING) {
-        int ret = schedule_runner(f);
+        int ret = schedule_runner(f, NULL);
         if (ret < 0) {
             f->ncbs--;      /* failed: this callback never runs */
             return ret;

@@ -63,6 +63,12 @@ void urio__future_cancel_now(urio_future_t *f, char *msg);
  * taken).  Loop thread.  Returns: 0, or -EINVAL if f was done.
  */
 int urio__future_settle(urio_future_t *f, int err, void *value, char *msg);
+/*
+ * urio__future_settle, then drops one reference of the caller's: the
+ * done-callback runner settling schedules takes it over (one atomic
+ * operation fewer than a reference of its own and an unref).  Loop thread.
+ */
+int urio__future_settle_unref(urio_future_t *f, int err, void *value, char *msg);
 
 /* urio_future_cancel_msg with an urio__malloc'd message (or NULL), taken.  Any thread. */
 bool urio__future_cancel_take(urio_future_t *f, char *msg);

@@ -13,10 +13,14 @@
  * loop's close took it out: the worker that pops it skips it).
  *
  * The job lives inside its future (a future kind, future.c), so a
- * submission is one allocation.  Two sides hold the future, each with a
- * reference: the loop (until it has "settled" it: completed it, or cancelled
- * it at close) and the pool (until the job's trip back to the loop is over,
- * or failed because the loop closed); the caller holds a third.  The last
+ * submission is one allocation.  The caller holds a reference, and the pool's
+ * side another, from the submission until the job's trip back to the loop is
+ * over (or failed because the loop closed).  The loop's side (the job is on
+ * its live list until the loop has "settled" the future: completed it, or
+ * cancelled it at close) needs none of its own: it always ends first, or
+ * with the pool's (a failed trip back means the loop closed, and close
+ * settled every job before its inbox closed).  Where the two end together,
+ * the pool's reference goes to the future's done-callback runner.  The last
  * reference frees the result if nobody received it, and lets go of the pool.
  */
 #include "executor.h"
@@ -112,12 +116,6 @@ static void flush(urio_loop_t *loop, loop_side_t *ls);
 /* ------------------------------------------------------------------ */
 /* Settling, on the loop; the last reference, anywhere                  */
 
-/* Drops one side's reference: the job is the future's extension. */
-static void job_unref(job_t *j)
-{
-    urio_future_unref(j->f);
-}
-
 /* The future's last reference went (any thread): what the job still holds. */
 static void job_finalize(urio_future_t *f)
 {
@@ -134,7 +132,6 @@ static const urio__future_ops_t job_ops = {
     .finalize = job_finalize,
 };
 
-/* Gives the future its outcome and lets go of the loop's side.  Loop thread. */
 /*
  * A result the future will never take (it was cancelled, or failed at
  * close): freed here once the job is done.  A job still running frees it at
@@ -150,33 +147,21 @@ static void job_discard_result(job_t *j)
     j->delivered = true;
 }
 
-static void job_settle(job_t *j, int forced_err)
+/*
+ * Gives the future its outcome and takes the job off the loop's live list.
+ * pool_side: the pool's side ends here too, and its reference goes (to the
+ * done-callback runner, when settling schedules one).  Loop thread.
+ */
+static void job_settle(job_t *j, int forced_err, bool pool_side)
 {
+    urio_future_t *f = j->f;        /* j is f's: gone with the last reference */
     if (j->settled) {
         job_discard_result(j);      /* the job ended after its future was settled */
+        if (pool_side)
+            urio_future_unref(f);
         return;
     }
     j->settled = true;
-    urio__future_set_cancel_hook(j->f, NULL, NULL);
-    int state = atomic_load(&j->state);
-    if (urio_future_done(j->f)) {
-        /* Cancelled after the job started: the result is nobody's. */
-        job_discard_result(j);
-    } else if (forced_err < 0 && forced_err != -ECANCELED) {
-        /* Refused at hand-over (a pool shut down, no thread): the job never ran. */
-        urio__future_settle(j->f, forced_err, NULL, NULL);
-    } else if (forced_err == -ECANCELED || state == JOB_CANCELLED) {
-        urio__future_cancel_now(j->f, NULL);
-        job_discard_result(j);
-    } else if (j->err < 0) {
-        urio__future_set_origin(j->f, j->err_site, j->err_stack);
-        j->err_stack = NULL;
-        urio__future_settle(j->f, j->err, NULL, j->errmsg);
-        j->errmsg = NULL;
-    } else {
-        urio__future_settle(j->f, 0, j->result, NULL);
-        j->delivered = true;
-    }
     loop_side_t *ls = j->ls;
     if (j->lprev)
         j->lprev->lnext = j->lnext;
@@ -184,15 +169,44 @@ static void job_settle(job_t *j, int forced_err)
         ls->jobs_live = j->lnext;
     if (j->lnext)
         j->lnext->lprev = j->lprev;
-    job_unref(j);
+    urio__future_set_cancel_hook(f, NULL, NULL);
+    int state = atomic_load(&j->state);
+    int err = 0;
+    void *value = NULL;
+    char *msg = NULL;
+    if (urio_future_done(f)) {
+        /* Cancelled after the job started: the result is nobody's. */
+        job_discard_result(j);
+        if (pool_side)
+            urio_future_unref(f);
+        return;
+    }
+    if (forced_err < 0 && forced_err != -ECANCELED) {
+        /* Refused at hand-over (a pool shut down, no thread): the job never ran. */
+        err = forced_err;
+    } else if (forced_err == -ECANCELED || state == JOB_CANCELLED) {
+        err = -ECANCELED;
+        job_discard_result(j);
+    } else if (j->err < 0) {
+        urio__future_set_origin(f, j->err_site, j->err_stack);
+        j->err_stack = NULL;
+        err = j->err;
+        msg = j->errmsg;
+        j->errmsg = NULL;
+    } else {
+        value = j->result;
+        j->delivered = true;
+    }
+    if (pool_side)
+        urio__future_settle_unref(f, err, value, msg);
+    else
+        urio__future_settle(f, err, value, msg);
 }
 
 /* The completion's arrival on the loop (from its inbox): the pool's side ends here. */
 static void job_complete(void *arg)
 {
-    job_t *j = arg;
-    job_settle(j, 0);
-    job_unref(j);
+    job_settle(arg, 0, true);
 }
 
 /* Sends a finished (or skipped) job back to its loop.  Any thread. */
@@ -209,7 +223,7 @@ static void job_send(job_t *j)
             !j->delivered)
             j->free_result(j->result);
         j->delivered = true;
-        job_unref(j);
+        urio_future_unref(j->f);    /* the pool's side */
     }
 }
 
@@ -460,7 +474,7 @@ static void side_close(urio_loop_t *loop, void *state)
         job_t *j = ls->jobs_live;
         int queued = JOB_QUEUED;
         atomic_compare_exchange_strong(&j->state, &queued, JOB_CANCELLED);
-        job_settle(j, -ECANCELED);
+        job_settle(j, -ECANCELED, false);
     }
 }
 
@@ -578,13 +592,11 @@ URIO_EXPORT urio_future_t *urio_run_in_executor_opts(urio_loop_t *loop, urio_exe
     j->free_result = opts ? opts->free_result : NULL;
     j->debug = loop->debug;
     atomic_init(&j->state, JOB_QUEUED);
-    urio_future_ref(f);             /* the loop's side */
     urio_future_ref(f);             /* the pool's side */
     atomic_fetch_add_explicit(&ex->refs, 1, memory_order_relaxed);
     if (atomic_load_explicit(&ex->closed, memory_order_relaxed)) {
         /* An early answer; the check that counts is under the pool's lock, at the flush. */
         j->settled = true;
-        urio_future_unref(f);       /* the loop's side */
         urio_future_unref(f);       /* the pool's side */
         urio_future_unref(f);       /* the caller's: nobody gets it */
         return fail(-ESHUTDOWN);
@@ -673,8 +685,7 @@ static void flush(urio_loop_t *loop, loop_side_t *ls)
             for (job_t *k = first, *next; k != NULL; k = next) {
                 next = k->next;
                 atomic_store(&k->state, JOB_CANCELLED);
-                job_settle(k, ret);
-                job_unref(k);       /* the pool's side: it never got the job */
+                job_settle(k, ret, true);   /* the pool's side ends: it never got the job */
             }
         }
     }
