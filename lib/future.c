@@ -24,6 +24,9 @@
 #include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#ifdef URIO_ASAN
+#include <sanitizer/asan_interface.h>
+#endif
 
 enum { F_PENDING, F_RESULT, F_ERROR, F_CANCELLED };
 
@@ -41,6 +44,7 @@ struct urio_future {
     bool runner_scheduled;      /* loop thread */
     bool reserved;              /* loop thread: holds room in the FIFO for its runner */
     int err;                    /* the outcome: written before state */
+    uint32_t ext_size;          /* bytes of the kind's state after this header */
     void *value;
     char *errmsg;               /* urio__malloc'd, or NULL */
     struct done_cb *cbs;        /* loop thread: inl, or a urio__malloc'd array */
@@ -76,8 +80,73 @@ urio_future_t *urio__future_new_kind(urio_loop_t *loop, size_t ext, const urio__
     f->cbs = f->inl;
     f->capcbs = 2;
     f->ops = ops;
+    f->ext_size = (uint32_t)ext;
     urio__loop_ref(loop);
     return f;
+}
+
+/*
+ * The last reference went and f let go of what it held: back to what
+ * urio__future_new_kind made (its loop reference kept, its kind's state as
+ * the last user left it), offered to its kind.  Returns: true if the kind
+ * kept it.
+ */
+static bool recycle(urio_future_t *f)
+{
+    f->runner_scheduled = false;
+    f->reserved = false;
+    atomic_store_explicit(&f->state, F_PENDING, memory_order_relaxed);
+    atomic_store_explicit(&f->retrieved, false, memory_order_relaxed);
+    f->err = 0;
+    f->value = NULL;
+    f->errmsg = NULL;
+    f->cbs = f->inl;
+    f->ncbs = 0;
+    f->capcbs = 2;
+    f->cancel_hook = NULL;
+    f->cancel_hook_arg = NULL;
+    f->stack = NULL;
+    f->err_site = NULL;
+    f->err_stack = NULL;
+    if (!f->ops->recycle(f))
+        return false;
+#ifdef URIO_ASAN
+    /* Dead until reused: a use through a stale pointer is reported. */
+    __asan_poison_memory_region(f, sizeof *f + f->ext_size);
+#endif
+    return true;
+}
+
+/* A kept future's memory, readable again (ASan). */
+static void unpoison(urio_future_t *f)
+{
+#ifdef URIO_ASAN
+    __asan_unpoison_memory_region(f, sizeof *f);    /* first: ext_size is in it */
+    __asan_unpoison_memory_region(f->ext, f->ext_size);
+#else
+    (void)f;
+#endif
+}
+
+urio_future_t *urio__future_reuse(urio_future_t *f, unsigned refs)
+{
+    unpoison(f);
+    /* refs stayed 0 while kept, waiters too (a waiter holds a reference). */
+    atomic_store_explicit(&f->refs, refs, memory_order_relaxed);
+    return f;
+}
+
+void urio__future_init_refs(urio_future_t *f, unsigned refs)
+{
+    atomic_store_explicit(&f->refs, refs, memory_order_relaxed);
+}
+
+void urio__future_free_kept(urio_future_t *f)
+{
+    unpoison(f);
+    urio_loop_t *loop = f->loop;
+    urio__free(f);
+    urio__loop_unref(loop);
 }
 
 /*
@@ -257,6 +326,8 @@ URIO_EXPORT void urio_future_unref(urio_future_t *f)
     urio__free(f->errmsg);
     urio__free(f->stack);
     urio__free(f->err_stack);
+    if (f->ops && f->ops->recycle && recycle(f))
+        return;
     urio__free(f);
     urio__loop_unref(loop);
 }

@@ -13,9 +13,11 @@
  * loop's close took it out: the worker that pops it skips it).
  *
  * The job lives inside its future (a future kind, future.c), so a
- * submission is one allocation.  The caller holds a reference, and the pool's
- * side another, from the submission until the job's trip back to the loop is
- * over (or failed because the loop closed).  The loop's side (the job is on
+ * submission is one allocation at most: a future whose last reference goes
+ * on its loop's thread is kept for the loop's next job (future.c's recycle).
+ * The caller holds a reference, and the pool's side another, from the
+ * submission until the job's trip back to the loop is over (or failed
+ * because the loop closed).  The loop's side (the job is on
  * its live list until the loop has "settled" the future: completed it, or
  * cancelled it at close) needs none of its own: it always ends first, or
  * with the pool's (a failed trip back means the loop closed, and close
@@ -32,6 +34,12 @@ enum { JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_CANCELLED };
 
 typedef struct pool pool_t;
 typedef struct loop_side loop_side_t;
+
+/*
+ * Most dead jobs a loop keeps for new ones: a burst's worth (a job's future
+ * is about 320 bytes: 80 KiB); past it, they are freed.
+ */
+#define JOB_CACHE 256
 
 /*
  * A job, laid out by who writes it: the worker's line (what it writes on
@@ -105,6 +113,13 @@ struct loop_side {
     pool_t *retired;             /* pools the loop made, replaced by a set default: freed at close */
     job_t *jobs_head, *jobs_tail;   /* submitted this step, not yet handed over */
     job_t *jobs_live;            /* every job whose future is not settled */
+    /*
+     * Dead jobs (their futures' last reference went on this thread), kept
+     * for new ones: a submission then allocates nothing, and takes memory
+     * still in this CPU's cache (LIFO).  Freed at close.
+     */
+    unsigned ncache;
+    urio_future_t *cache[JOB_CACHE];     /* poisoned under ASan while here */
 };
 
 static _Thread_local job_t *tls_job;          /* the job this worker runs */
@@ -121,15 +136,34 @@ static void job_finalize(urio_future_t *f)
 {
     job_t *j = urio__future_ext(f);
     urio__free(j->errmsg);
+    j->errmsg = NULL;
     urio__free(j->err_stack);
+    j->err_stack = NULL;
     if (j->ex != NULL)
         executor_unref(j->ex);
+    j->ex = NULL;
+}
+
+/*
+ * A dead job's future (any thread): kept for the loop's next job, if this is
+ * the loop's thread running it, before its close (which frees the cache),
+ * and the cache has room.
+ */
+static bool job_recycle(urio_future_t *f)
+{
+    job_t *j = urio__future_ext(f);
+    urio_loop_t *loop = j->loop;
+    if (urio__tls_loop != loop || loop->closing || j->ls->ncache == JOB_CACHE)
+        return false;
+    j->ls->cache[j->ls->ncache++] = f;
+    return true;
 }
 
 static const urio__future_ops_t job_ops = {
     .kind = "Future",
     .sealed = true,
     .finalize = job_finalize,
+    .recycle = job_recycle,
 };
 
 /*
@@ -489,6 +523,8 @@ static void side_release(urio_loop_t *loop, void *state)
         ls->retired = p->retired_next;
         pool_free(&p->base);
     }
+    while (ls->ncache > 0)
+        urio__future_free_kept(ls->cache[--ls->ncache]);
     urio__free(ls);
 }
 
@@ -577,22 +613,36 @@ URIO_EXPORT urio_future_t *urio_run_in_executor_opts(urio_loop_t *loop, urio_exe
             return fail(-EINVAL);   /* the program freed the default it had set */
         ex = ls->default_ex;
     }
-    urio_future_t *f = urio__future_new_kind(loop, sizeof(job_t), &job_ops);
-    if (f == NULL)
-        return fail(-ENOMEM);
+    /* The caller's reference and the pool's side's. */
+    urio_future_t *f;
+    job_t *j;
+    if (ls->ncache > 0) {
+        f = urio__future_reuse(ls->cache[--ls->ncache], 2);
+        j = urio__future_ext(f);
+        /* What a job's life changed; job_finalize cleared errmsg and err_stack. */
+        j->result = NULL;
+        j->err = 0;
+        j->err_site = NULL;
+        j->settled = false;
+        j->delivered = false;
+    } else {
+        f = urio__future_new_kind(loop, sizeof(job_t), &job_ops);
+        if (f == NULL)
+            return fail(-ENOMEM);
+        urio__future_init_refs(f, 2);
+        j = urio__future_ext(f);
+        j->node.idx = URIO__INBOX_FOREIGN;
+        j->loop = loop;
+        j->ls = ls;
+        j->f = f;
+    }
     urio__future_capture_stack(f, 1);      /* from the submitting caller */
-    job_t *j = urio__future_ext(f);
-    j->node.idx = URIO__INBOX_FOREIGN;
     j->ex = ex;
-    j->loop = loop;
-    j->ls = ls;
-    j->f = f;
     j->fn = fn;
     j->arg = arg;
     j->free_result = opts ? opts->free_result : NULL;
     j->debug = loop->debug;
     atomic_init(&j->state, JOB_QUEUED);
-    urio_future_ref(f);             /* the pool's side */
     atomic_fetch_add_explicit(&ex->refs, 1, memory_order_relaxed);
     if (atomic_load_explicit(&ex->closed, memory_order_relaxed)) {
         /* An early answer; the check that counts is under the pool's lock, at the flush. */
