@@ -85,6 +85,10 @@ struct pool {
     unsigned nthreads;           /* guarded by mu: started, not yet joined */
     unsigned idle;               /* guarded by mu: waiting on `work` */
     unsigned waking;             /* guarded by mu: signalled, not yet awake */
+    unsigned cores;              /* online CPUs at creation: most workers woken for a queue */
+    unsigned long taken;         /* guarded by mu: shares taken so far (the queue's progress) */
+    bool watching;               /* guarded by mu: a worker watches the queue, or is woken to */
+    bool watch_pending;          /* guarded by mu: woken to watch, not yet awake */
     bool shutdown;               /* guarded by mu */
     atomic_bool cancel_queued;   /* shutdown(cancel_futures): jobs a worker took but did not
                                     start are cancelled too */
@@ -292,28 +296,114 @@ static void run_job(job_t *j)
 #define WORKER_BATCH 16
 
 /*
+ * How long queued jobs may wait behind awake workers that take none (each
+ * is stuck in a long job) before the watching worker joins them.
+ */
+#define STALL_NS (1000 * 1000L)
+
+/*
+ * Workers running a job, taking one, or signalled.  Called with mu held.
+ * (A shutdown's join counts workers out of nthreads before they are gone.)
+ */
+static unsigned awake(const pool_t *ex)
+{
+    return ex->nthreads + ex->waking > ex->idle ? ex->nthreads + ex->waking - ex->idle : 0;
+}
+
+/*
+ * Wakes a worker for the jobs in the queue, if one is idle.  Called with mu
+ * held.  Workers awake are kept to the number of cores: on 2 cores a third awake worker only takes turns
+ * with the other two and the loop, each turn a futex wait and a wake-up,
+ * and the awake ones come back for more when their share is done.  Past
+ * that limit, one idle worker is woken to watch the queue instead: if no
+ * share is taken for STALL_NS, the awake workers are stuck in long jobs
+ * (blocking ones, the pool's purpose), and it joins them, so such jobs
+ * still get every worker, one more each STALL_NS.
+ */
+static void wake_for_queue(pool_t *ex)
+{
+    if (ex->head == NULL || ex->idle <= ex->waking)
+        return;
+    if (awake(ex) >= ex->cores) {
+        if (ex->watching)
+            return;
+        ex->watching = ex->watch_pending = true;    /* the next worker to wake watches */
+    }
+    ex->waking++;
+    pthread_cond_signal(&ex->work);
+}
+
+/*
+ * An idle worker's wait, for work or (watch) for the queue's progress.
+ * Called with mu held.  Returns: true if this worker should take a share.
+ */
+static bool idle_wait(pool_t *ex, bool *watch)
+{
+    ex->idle++;
+    int ret;
+    unsigned long taken = ex->taken;
+    if (*watch) {
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_nsec += STALL_NS;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        ret = pthread_cond_timedwait(&ex->work, &ex->mu, &until);
+    } else {
+        ret = pthread_cond_wait(&ex->work, &ex->mu);
+    }
+    ex->idle--;
+    if (ret == ETIMEDOUT) {
+        if (ex->head != NULL && ex->taken != taken)
+            return false;       /* the queue moves: watch on */
+        /* Drained (nothing to watch), or stalled (join). */
+        *watch = ex->watching = false;
+        return ex->head != NULL;
+    }
+    if (ex->waking == 0)
+        return ex->head != NULL && !*watch;     /* not signalled: a spurious wake-up */
+    ex->waking--;
+    if (*watch) {
+        /* The watcher, signalled for work: the next capped wake-up picks another. */
+        *watch = ex->watching = false;
+    } else if (ex->watch_pending) {
+        /* Woken to watch (wake_for_queue), unless a core came free meanwhile. */
+        ex->watch_pending = false;
+        if (awake(ex) > ex->cores) {
+            *watch = true;
+            return false;
+        }
+        ex->watching = false;
+    }
+    return ex->head != NULL;
+}
+
+/*
  * A worker takes its share of the queue under one lock: one job, or, when
  * many wait, queued / workers of them (at most WORKER_BATCH), so a long
  * queue costs one lock per share and slow jobs still spread over every
  * worker.  Wake-ups are chained: the loop wakes one worker per batch it
  * hands over, and a worker that leaves jobs behind wakes the next idle one,
- * so workers wake only while there is work the awake ones leave, and the
- * loop's thread makes one futex call per batch, not one per job.
+ * up to one awake worker per core (wake_for_queue), so the loop's thread
+ * makes one futex call per batch, not one per job, and tiny jobs do not
+ * wake workers that would only take turns on the same cores.
  */
 static void *worker_main(void *arg)
 {
     pool_t *ex = arg;
     tls_ex = ex;
     pthread_setname_np(pthread_self(), "urio-pool");   /* for top -H, perf, gdb */
+    bool watch = false;         /* this worker watches the queue (idle_wait) */
     pthread_mutex_lock(&ex->mu);
     for (;;) {
-        while (ex->head == NULL && !ex->shutdown) {
-            ex->idle++;
-            pthread_cond_wait(&ex->work, &ex->mu);
-            ex->idle--;
-            if (ex->waking > 0)
-                ex->waking--;
-        }
+        if (ex->head == NULL && !ex->shutdown)
+            while (!idle_wait(ex, &watch) && !ex->shutdown)
+                ;
+        if (watch)
+            ex->watching = false;   /* shut down */
+        watch = false;
         job_t *first = ex->head;
         if (first == NULL)
             break;          /* shut down and drained */
@@ -332,10 +422,8 @@ static void *worker_main(void *arg)
             if (j == last)
                 break;
         }
-        if (ex->head != NULL && ex->idle > ex->waking) {
-            ex->waking++;
-            pthread_cond_signal(&ex->work);
-        }
+        ex->taken++;
+        wake_for_queue(ex);
         pthread_mutex_unlock(&ex->mu);
         last->next = NULL;
         for (job_t *j = first, *next; j != NULL; j = next) {
@@ -396,6 +484,8 @@ static int pool_new(pool_t **out, unsigned max_workers)
         return -ENOMEM;
     ex->base.ops = &pool_ops;
     ex->max_workers = max_workers ? max_workers : default_workers();
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    ex->cores = cores < 1 ? 1 : (unsigned)cores;
     ex->threads = urio__calloc(ex->max_workers, sizeof *ex->threads);
     if (ex->threads == NULL) {
         urio__free(ex);
@@ -403,7 +493,12 @@ static int pool_new(pool_t **out, unsigned max_workers)
     }
     pthread_mutex_init(&ex->mu, NULL);
     pthread_mutex_init(&ex->join_mu, NULL);
-    pthread_cond_init(&ex->work, NULL);
+    /* Monotonic: a watching worker's timeout (idle_wait) ignores clock changes. */
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&ex->work, &ca);
+    pthread_condattr_destroy(&ca);
     atomic_init(&ex->refs, 1);
     *out = ex;
     return 0;
@@ -724,10 +819,7 @@ static void flush(urio_loop_t *loop, loop_side_t *ls)
             ex->tail = last;
             ex->queued += n;
             /* One idle worker; it wakes the next if it leaves jobs behind (worker_main). */
-            if (ex->idle > ex->waking) {
-                ex->waking++;
-                pthread_cond_signal(&ex->work);
-            }
+            wake_for_queue(ex);
         }
         pthread_mutex_unlock(&ex->mu);
         if (ret < 0) {

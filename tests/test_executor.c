@@ -976,6 +976,52 @@ static void test_executor_future_unref_elsewhere_freed(void **state)
     test_loop_close(loop);
 }
 
+/*
+ * Blocking jobs get every worker, however many cores there are: the pool
+ * wakes at most one worker per core for its queue, and an idle worker
+ * joins when the awake ones take nothing (they are stuck).  Each job waits
+ * until all of them run at once, so on a machine with fewer cores than
+ * workers this ends only through that join.  The second round runs on
+ * workers already started and idle, which no new thread helps.
+ */
+static pthread_barrier_t all_bar;
+
+static void *all_at_once(void *arg)
+{
+    pthread_barrier_wait(&all_bar);
+    return arg;
+}
+
+static void test_executor_blocking_jobs_get_every_worker(void **state)
+{
+    (void)state;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    unsigned n = (cores < 1 ? 1u : (unsigned)cores) + 3u;
+    urio_loop_t *loop = test_loop_new();
+    urio_executor_t *ex;
+    assert_int_equal(urio_thread_pool_new(&ex, n), 0);
+    urio_future_t *f[64];
+    assert_true(n <= 64);
+    pthread_barrier_init(&all_bar, NULL, n);
+    for (int round = 0; round < 2; round++) {
+        for (unsigned i = 0; i < n; i++) {
+            f[i] = urio_run_in_executor(loop, ex, all_at_once, (void *)(intptr_t)i);
+            assert_non_null(f[i]);
+        }
+        for (unsigned i = 0; i < n; i++) {
+            void *v = NULL;
+            assert_int_equal(urio_loop_run_until_complete(loop, f[i]), 0);
+            assert_int_equal(urio_future_result(f[i], &v), 0);
+            assert_int_equal((intptr_t)v, (intptr_t)i);
+            urio_future_unref(f[i]);
+        }
+    }
+    pthread_barrier_destroy(&all_bar);
+    assert_int_equal(urio_executor_shutdown(ex, true, false), 0);
+    urio_executor_free(ex);
+    test_loop_close(loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1004,6 +1050,7 @@ int main(void)
         URIO_TEST(test_executor_referenced_future_not_reused),
         URIO_TEST(test_executor_job_memory_reused_and_freed_at_close),
         URIO_TEST(test_executor_future_unref_elsewhere_freed),
+        URIO_TEST(test_executor_blocking_jobs_get_every_worker),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
