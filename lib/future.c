@@ -323,9 +323,12 @@ URIO_EXPORT void urio_future_unref(urio_future_t *f)
         urio__ready_unreserve(&loop->ready);
     if (f->cbs != f->inl)
         urio__free(f->cbs);
-    urio__free(f->errmsg);
-    urio__free(f->stack);
-    urio__free(f->err_stack);
+    /* One test for the usual case, a result out of debug mode: three calls fewer. */
+    if (f->errmsg != NULL || f->stack != NULL || f->err_stack != NULL) {
+        urio__free(f->errmsg);
+        urio__free(f->stack);
+        urio__free(f->err_stack);
+    }
     if (f->ops && f->ops->recycle && recycle(f))
         return;
     urio__free(f);
@@ -342,7 +345,8 @@ static void run_callbacks(void *arg)
     uint32_t n = f->ncbs;
     /* Detach the list: callbacks may add more to f, which schedules a new runner. */
     if (cbs == f->inl) {
-        memcpy(local, f->inl, n * sizeof *local);
+        for (uint32_t i = 0; i < n; i++)   /* not memcpy: a call for one or two */
+            local[i] = f->inl[i];
         cbs = local;
     } else {
         f->cbs = f->inl;

@@ -139,10 +139,12 @@ static void flush(urio_loop_t *loop, loop_side_t *ls);
 static void job_finalize(urio_future_t *f)
 {
     job_t *j = urio__future_ext(f);
-    urio__free(j->errmsg);
-    j->errmsg = NULL;
-    urio__free(j->err_stack);
-    j->err_stack = NULL;
+    if (j->errmsg != NULL || j->err_stack != NULL) {   /* a failed job's */
+        urio__free(j->errmsg);
+        j->errmsg = NULL;
+        urio__free(j->err_stack);
+        j->err_stack = NULL;
+    }
     if (j->ex != NULL)
         executor_unref(j->ex);
     j->ex = NULL;
