@@ -2081,6 +2081,7 @@ static void fork_with_lock_held(const char *name)
 static const char *const fork_locks[] = {
     "log handler", "quarantine", "symbolizer", "coroutines", "overflow handler",
     "dump signal setup", "live executors", "fork server", "stall watchdog", "open loops",
+    "unwinder",
 };
 
 #define FORK_LOCK_TEST(fn, i)                                                       \
@@ -2099,6 +2100,7 @@ FORK_LOCK_TEST(test_process_pool_fork_while_executors_lock_held, 6)
 FORK_LOCK_TEST(test_process_pool_fork_while_fork_server_lock_held, 7)
 FORK_LOCK_TEST(test_process_pool_fork_while_watchdog_lock_held, 8)
 FORK_LOCK_TEST(test_process_pool_fork_while_open_loops_lock_held, 9)
+FORK_LOCK_TEST(test_process_pool_fork_while_unwinder_lock_held, 10)
 
 /* The tests above cover every lock the registry has (a new one needs its test). */
 static void test_process_pool_fork_locks_all_tested(void **state)
@@ -2261,6 +2263,7 @@ int main(void)
         PP_TEST(test_process_pool_fork_while_fork_server_lock_held),
         PP_TEST(test_process_pool_fork_while_watchdog_lock_held),
         PP_TEST(test_process_pool_fork_while_open_loops_lock_held),
+        PP_TEST(test_process_pool_fork_while_unwinder_lock_held),
         PP_TEST(test_process_pool_fork_locks_all_tested),
     };
     /* Symbolising (the task dump) opens libdw's session, kept for the process: open it
