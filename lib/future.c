@@ -24,6 +24,9 @@
 #include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#ifdef URIO_ASAN
+#include <sanitizer/asan_interface.h>
+#endif
 
 enum { F_PENDING, F_RESULT, F_ERROR, F_CANCELLED };
 
@@ -41,6 +44,7 @@ struct urio_future {
     bool runner_scheduled;      /* loop thread */
     bool reserved;              /* loop thread: holds room in the FIFO for its runner */
     int err;                    /* the outcome: written before state */
+    uint32_t ext_size;          /* bytes of the kind's state after this header */
     void *value;
     char *errmsg;               /* urio__malloc'd, or NULL */
     struct done_cb *cbs;        /* loop thread: inl, or a urio__malloc'd array */
@@ -76,8 +80,73 @@ urio_future_t *urio__future_new_kind(urio_loop_t *loop, size_t ext, const urio__
     f->cbs = f->inl;
     f->capcbs = 2;
     f->ops = ops;
+    f->ext_size = (uint32_t)ext;
     urio__loop_ref(loop);
     return f;
+}
+
+/*
+ * The last reference went and f let go of what it held: back to what
+ * urio__future_new_kind made (its loop reference kept, its kind's state as
+ * the last user left it), offered to its kind.  Returns: true if the kind
+ * kept it.
+ */
+static bool recycle(urio_future_t *f)
+{
+    f->runner_scheduled = false;
+    f->reserved = false;
+    atomic_store_explicit(&f->state, F_PENDING, memory_order_relaxed);
+    atomic_store_explicit(&f->retrieved, false, memory_order_relaxed);
+    f->err = 0;
+    f->value = NULL;
+    f->errmsg = NULL;
+    f->cbs = f->inl;
+    f->ncbs = 0;
+    f->capcbs = 2;
+    f->cancel_hook = NULL;
+    f->cancel_hook_arg = NULL;
+    f->stack = NULL;
+    f->err_site = NULL;
+    f->err_stack = NULL;
+    if (!f->ops->recycle(f))
+        return false;
+#ifdef URIO_ASAN
+    /* Dead until reused: a use through a stale pointer is reported. */
+    __asan_poison_memory_region(f, sizeof *f + f->ext_size);
+#endif
+    return true;
+}
+
+/* A kept future's memory, readable again (ASan). */
+static void unpoison(urio_future_t *f)
+{
+#ifdef URIO_ASAN
+    __asan_unpoison_memory_region(f, sizeof *f);    /* first: ext_size is in it */
+    __asan_unpoison_memory_region(f->ext, f->ext_size);
+#else
+    (void)f;
+#endif
+}
+
+urio_future_t *urio__future_reuse(urio_future_t *f, unsigned refs)
+{
+    unpoison(f);
+    /* refs stayed 0 while kept, waiters too (a waiter holds a reference). */
+    atomic_store_explicit(&f->refs, refs, memory_order_relaxed);
+    return f;
+}
+
+void urio__future_init_refs(urio_future_t *f, unsigned refs)
+{
+    atomic_store_explicit(&f->refs, refs, memory_order_relaxed);
+}
+
+void urio__future_free_kept(urio_future_t *f)
+{
+    unpoison(f);
+    urio_loop_t *loop = f->loop;
+    urio__free(f);
+    urio__loop_unref(loop);
 }
 
 /*
@@ -254,9 +323,14 @@ URIO_EXPORT void urio_future_unref(urio_future_t *f)
         urio__ready_unreserve(&loop->ready);
     if (f->cbs != f->inl)
         urio__free(f->cbs);
-    urio__free(f->errmsg);
-    urio__free(f->stack);
-    urio__free(f->err_stack);
+    /* One test for the usual case, a result out of debug mode: three calls fewer. */
+    if (f->errmsg != NULL || f->stack != NULL || f->err_stack != NULL) {
+        urio__free(f->errmsg);
+        urio__free(f->stack);
+        urio__free(f->err_stack);
+    }
+    if (f->ops && f->ops->recycle && recycle(f))
+        return;
     urio__free(f);
     urio__loop_unref(loop);
 }
@@ -271,7 +345,8 @@ static void run_callbacks(void *arg)
     uint32_t n = f->ncbs;
     /* Detach the list: callbacks may add more to f, which schedules a new runner. */
     if (cbs == f->inl) {
-        memcpy(local, f->inl, n * sizeof *local);
+        for (uint32_t i = 0; i < n; i++)   /* not memcpy: a call for one or two */
+            local[i] = f->inl[i];
         cbs = local;
     } else {
         f->cbs = f->inl;
@@ -307,7 +382,11 @@ static const urio__ready_kind_t runner_kind = {
     runner_dropped,
 };
 
-static int schedule_runner(urio_future_t *f)
+/*
+ * give: the caller's reference, which the runner takes over if it is
+ * scheduled (*give is then cleared), instead of taking one of its own.
+ */
+static int schedule_runner(urio_future_t *f, bool *give)
 {
     if (f->runner_scheduled || f->ncbs == 0)
         return 0;
@@ -326,7 +405,10 @@ static int schedule_runner(urio_future_t *f)
                       f->ncbs);
         return -ESHUTDOWN;
     }
-    atomic_fetch_add_explicit(&f->refs, 1, memory_order_relaxed);
+    if (give != NULL && *give)
+        *give = false;
+    else
+        atomic_fetch_add_explicit(&f->refs, 1, memory_order_relaxed);
     urio__ready_push_reserved(&loop->ready, run_callbacks, f, &runner_kind);
     f->runner_scheduled = true;
     return 0;
@@ -337,8 +419,11 @@ static void futex_wake_all(_Atomic uint32_t *word)
     syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
 }
 
-/* The one transition.  The caller checked the thread and that f is pending. */
-static void transition(urio_future_t *f, uint32_t state, int err, void *value)
+/*
+ * The one transition.  The caller checked the thread and that f is pending.
+ * give: see schedule_runner (NULL: the caller gives no reference).
+ */
+static void transition(urio_future_t *f, uint32_t state, int err, void *value, bool *give)
 {
     f->err = err;
     f->value = value;
@@ -354,7 +439,7 @@ static void transition(urio_future_t *f, uint32_t state, int err, void *value)
         f->cancel_hook = NULL;
         hook(f->cancel_hook_arg);
     }
-    schedule_runner(f);
+    schedule_runner(f, give);
 }
 
 /*
@@ -387,7 +472,7 @@ static int complete(urio_future_t *f, uint32_t state, int err, void *value, cons
         return f ? -EPERM : -EINVAL;
     if (state_of(f) != F_PENDING)
         return done_already(f, fn);
-    transition(f, state, err, value);
+    transition(f, state, err, value, NULL);
     return 0;
 }
 
@@ -401,7 +486,7 @@ __attribute__((cold, noinline)) static int refuse_sealed(const urio_future_t *f,
     return -EINVAL;
 }
 
-int urio__future_settle(urio_future_t *f, int err, void *value, char *msg)
+static int settle(urio_future_t *f, int err, void *value, char *msg, bool *give)
 {
     if (state_of(f) != F_PENDING) {
         urio__free(msg);
@@ -409,13 +494,27 @@ int urio__future_settle(urio_future_t *f, int err, void *value, char *msg)
     }
     if (err == 0) {
         urio__free(msg);
-        transition(f, F_RESULT, 0, value);
+        transition(f, F_RESULT, 0, value, give);
     } else {
         urio__free(f->errmsg);
         f->errmsg = msg;
-        transition(f, err == -ECANCELED ? F_CANCELLED : F_ERROR, err, NULL);
+        transition(f, err == -ECANCELED ? F_CANCELLED : F_ERROR, err, NULL, give);
     }
     return 0;
+}
+
+int urio__future_settle(urio_future_t *f, int err, void *value, char *msg)
+{
+    return settle(f, err, value, msg, NULL);
+}
+
+int urio__future_settle_unref(urio_future_t *f, int err, void *value, char *msg)
+{
+    bool give = true;
+    int ret = settle(f, err, value, msg, &give);
+    if (give)
+        urio_future_unref(f);
+    return ret;
 }
 
 URIO_EXPORT int urio_future_set_result(urio_future_t *f, void *value)
@@ -448,7 +547,7 @@ __attribute__((noinline)) static int set_error(urio_future_t *f, const urio_site
     f->errmsg = msg;
     f->err_site = site;
     urio__future_capture_error_stack(f, 2);
-    transition(f, err == -ECANCELED ? F_CANCELLED : F_ERROR, err, NULL);
+    transition(f, err == -ECANCELED ? F_CANCELLED : F_ERROR, err, NULL, NULL);
     return ret;
 }
 
@@ -488,7 +587,7 @@ static bool cancel_here(urio_future_t *f, char *msg)
         return f->ops->cancel(f, msg);
     urio__free(f->errmsg);
     f->errmsg = msg;
-    transition(f, F_CANCELLED, -ECANCELED, NULL);
+    transition(f, F_CANCELLED, -ECANCELED, NULL, NULL);
     return true;
 }
 
@@ -500,7 +599,7 @@ void urio__future_cancel_now(urio_future_t *f, char *msg)
     }
     urio__free(f->errmsg);
     f->errmsg = msg;
-    transition(f, F_CANCELLED, -ECANCELED, NULL);
+    transition(f, F_CANCELLED, -ECANCELED, NULL, NULL);
 }
 
 /* A cancel requested from another thread, run on the loop. */
@@ -742,7 +841,7 @@ URIO_EXPORT int urio_future_add_done_callback(urio_future_t *f, urio_future_done
     }
     f->cbs[f->ncbs++] = (struct done_cb){ fn, arg };
     if (state_of(f) != F_PENDING) {
-        int ret = schedule_runner(f);
+        int ret = schedule_runner(f, NULL);
         if (ret < 0) {
             f->ncbs--;      /* failed: this callback never runs */
             return ret;

@@ -15,6 +15,15 @@ typedef struct urio__future_ops {
     bool (*cancel)(urio_future_t *f, char *msg);
     void (*describe)(const urio_future_t *f, char *buf, size_t n);
     void (*finalize)(urio_future_t *f);             /* at the last unref, before the free */
+    /*
+     * At the last unref (any thread), once finalize ran and f let go of what
+     * it held: f is pending again, with no callbacks, as urio__future_new_kind
+     * made it (its loop reference kept; its kind's state as the last user
+     * left it).  Returns: true if the kind keeps it for a future of its own
+     * (urio__future_reuse), false to free it.  A kept future is poisoned
+     * under ASan until reused; urio__future_free_kept frees it.
+     */
+    bool (*recycle)(urio_future_t *f);
 } urio__future_ops_t;
 
 /*
@@ -25,6 +34,15 @@ typedef struct urio__future_ops {
  */
 urio_future_t *urio__future_new_kind(urio_loop_t *loop, size_t ext, const urio__future_ops_t *ops);
 void *urio__future_ext(urio_future_t *f);
+/* A future its kind kept (ops->recycle), alive again with `refs` references. */
+urio_future_t *urio__future_reuse(urio_future_t *f, unsigned refs);
+/*
+ * Sets the reference count of a future no other thread has seen yet (a kind
+ * that holds references of its own from the start): no atomic operation.
+ */
+void urio__future_init_refs(urio_future_t *f, unsigned refs);
+/* Frees a future its kind kept, and its reference on its loop. */
+void urio__future_free_kept(urio_future_t *f);
 const urio__future_ops_t *urio__future_ops(const urio_future_t *f);
 
 /*
@@ -63,6 +81,12 @@ void urio__future_cancel_now(urio_future_t *f, char *msg);
  * taken).  Loop thread.  Returns: 0, or -EINVAL if f was done.
  */
 int urio__future_settle(urio_future_t *f, int err, void *value, char *msg);
+/*
+ * urio__future_settle, then drops one reference of the caller's: the
+ * done-callback runner settling schedules takes it over (one atomic
+ * operation fewer than a reference of its own and an unref).  Loop thread.
+ */
+int urio__future_settle_unref(urio_future_t *f, int err, void *value, char *msg);
 
 /* urio_future_cancel_msg with an urio__malloc'd message (or NULL), taken.  Any thread. */
 bool urio__future_cancel_take(urio_future_t *f, char *msg);

@@ -60,18 +60,21 @@ static inline void urio__mpsc_push(urio__mpsc_t *q, urio__mpsc_node_t *n)
  * closer exchanged in, never a node).  One compare-and-swap when
  * uncontended, seq_cst like push's exchange (the wake-up protocol relies on
  * it); a closed queue is seen and refused in the same atomic step, so
- * every node pushed lies before the close point.  Returns: false if closed.
+ * every node pushed lies before the close point.  `back` is read with
+ * acquire (a plain load on x86): a producer that sees it closed also sees
+ * what the consumer did before its closing exchange (an executor's job,
+ * refused, reads how the closing loop settled it).  Returns: false if closed.
  */
 static inline bool urio__mpsc_push_open(urio__mpsc_t *q, urio__mpsc_node_t *n,
                                         urio__mpsc_node_t *closed)
 {
     atomic_store_explicit(&n->next, NULL, memory_order_relaxed);
-    urio__mpsc_node_t *prev = atomic_load_explicit(&q->back, memory_order_relaxed);
+    urio__mpsc_node_t *prev = atomic_load_explicit(&q->back, memory_order_acquire);
     do {
         if (__builtin_expect(prev == closed, 0))
             return false;
     } while (!atomic_compare_exchange_weak_explicit(&q->back, &prev, n, memory_order_seq_cst,
-                                                    memory_order_relaxed));
+                                                    memory_order_acquire));
     atomic_store_explicit(&prev->next, n, memory_order_release);
     return true;
 }

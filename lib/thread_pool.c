@@ -13,10 +13,16 @@
  * loop's close took it out: the worker that pops it skips it).
  *
  * The job lives inside its future (a future kind, future.c), so a
- * submission is one allocation.  Two sides hold the future, each with a
- * reference: the loop (until it has "settled" it: completed it, or cancelled
- * it at close) and the pool (until the job's trip back to the loop is over,
- * or failed because the loop closed); the caller holds a third.  The last
+ * submission is one allocation at most: a future whose last reference goes
+ * on its loop's thread is kept for the loop's next job (future.c's recycle).
+ * The caller holds a reference, and the pool's side another, from the
+ * submission until the job's trip back to the loop is over (or failed
+ * because the loop closed).  The loop's side (the job is on
+ * its live list until the loop has "settled" the future: completed it, or
+ * cancelled it at close) needs none of its own: it always ends first, or
+ * with the pool's (a failed trip back means the loop closed, and close
+ * settled every job before its inbox closed).  Where the two end together,
+ * the pool's reference goes to the future's done-callback runner.  The last
  * reference frees the result if nobody received it, and lets go of the pool.
  */
 #include "executor.h"
@@ -28,6 +34,12 @@ enum { JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_CANCELLED };
 
 typedef struct pool pool_t;
 typedef struct loop_side loop_side_t;
+
+/*
+ * Most dead jobs a loop keeps for new ones: a burst's worth (a job's future
+ * is about 320 bytes: 80 KiB); past it, they are freed.
+ */
+#define JOB_CACHE 256
 
 /*
  * A job, laid out by who writes it: the worker's line (what it writes on
@@ -73,6 +85,10 @@ struct pool {
     unsigned nthreads;           /* guarded by mu: started, not yet joined */
     unsigned idle;               /* guarded by mu: waiting on `work` */
     unsigned waking;             /* guarded by mu: signalled, not yet awake */
+    unsigned cores;              /* online CPUs at creation: most workers woken for a queue */
+    unsigned long taken;         /* guarded by mu: shares taken so far (the queue's progress) */
+    bool watching;               /* guarded by mu: a worker watches the queue, or is woken to */
+    bool watch_pending;          /* guarded by mu: woken to watch, not yet awake */
     bool shutdown;               /* guarded by mu */
     atomic_bool cancel_queued;   /* shutdown(cancel_futures): jobs a worker took but did not
                                     start are cancelled too */
@@ -101,6 +117,13 @@ struct loop_side {
     pool_t *retired;             /* pools the loop made, replaced by a set default: freed at close */
     job_t *jobs_head, *jobs_tail;   /* submitted this step, not yet handed over */
     job_t *jobs_live;            /* every job whose future is not settled */
+    /*
+     * Dead jobs (their futures' last reference went on this thread), kept
+     * for new ones: a submission then allocates nothing, and takes memory
+     * still in this CPU's cache (LIFO).  Freed at close.
+     */
+    unsigned ncache;
+    urio_future_t *cache[JOB_CACHE];     /* poisoned under ASan while here */
 };
 
 static _Thread_local job_t *tls_job;          /* the job this worker runs */
@@ -112,29 +135,43 @@ static void flush(urio_loop_t *loop, loop_side_t *ls);
 /* ------------------------------------------------------------------ */
 /* Settling, on the loop; the last reference, anywhere                  */
 
-/* Drops one side's reference: the job is the future's extension. */
-static void job_unref(job_t *j)
-{
-    urio_future_unref(j->f);
-}
-
 /* The future's last reference went (any thread): what the job still holds. */
 static void job_finalize(urio_future_t *f)
 {
     job_t *j = urio__future_ext(f);
-    urio__free(j->errmsg);
-    urio__free(j->err_stack);
+    if (j->errmsg != NULL || j->err_stack != NULL) {   /* a failed job's */
+        urio__free(j->errmsg);
+        j->errmsg = NULL;
+        urio__free(j->err_stack);
+        j->err_stack = NULL;
+    }
     if (j->ex != NULL)
         executor_unref(j->ex);
+    j->ex = NULL;
+}
+
+/*
+ * A dead job's future (any thread): kept for the loop's next job, if this is
+ * the loop's thread running it, before its close (which frees the cache),
+ * and the cache has room.
+ */
+static bool job_recycle(urio_future_t *f)
+{
+    job_t *j = urio__future_ext(f);
+    urio_loop_t *loop = j->loop;
+    if (urio__tls_loop != loop || loop->closing || j->ls->ncache == JOB_CACHE)
+        return false;
+    j->ls->cache[j->ls->ncache++] = f;
+    return true;
 }
 
 static const urio__future_ops_t job_ops = {
     .kind = "Future",
     .sealed = true,
     .finalize = job_finalize,
+    .recycle = job_recycle,
 };
 
-/* Gives the future its outcome and lets go of the loop's side.  Loop thread. */
 /*
  * A result the future will never take (it was cancelled, or failed at
  * close): freed here once the job is done.  A job still running frees it at
@@ -150,33 +187,21 @@ static void job_discard_result(job_t *j)
     j->delivered = true;
 }
 
-static void job_settle(job_t *j, int forced_err)
+/*
+ * Gives the future its outcome and takes the job off the loop's live list.
+ * pool_side: the pool's side ends here too, and its reference goes (to the
+ * done-callback runner, when settling schedules one).  Loop thread.
+ */
+static void job_settle(job_t *j, int forced_err, bool pool_side)
 {
+    urio_future_t *f = j->f;        /* j is f's: gone with the last reference */
     if (j->settled) {
         job_discard_result(j);      /* the job ended after its future was settled */
+        if (pool_side)
+            urio_future_unref(f);
         return;
     }
     j->settled = true;
-    urio__future_set_cancel_hook(j->f, NULL, NULL);
-    int state = atomic_load(&j->state);
-    if (urio_future_done(j->f)) {
-        /* Cancelled after the job started: the result is nobody's. */
-        job_discard_result(j);
-    } else if (forced_err < 0 && forced_err != -ECANCELED) {
-        /* Refused at hand-over (a pool shut down, no thread): the job never ran. */
-        urio__future_settle(j->f, forced_err, NULL, NULL);
-    } else if (forced_err == -ECANCELED || state == JOB_CANCELLED) {
-        urio__future_cancel_now(j->f, NULL);
-        job_discard_result(j);
-    } else if (j->err < 0) {
-        urio__future_set_origin(j->f, j->err_site, j->err_stack);
-        j->err_stack = NULL;
-        urio__future_settle(j->f, j->err, NULL, j->errmsg);
-        j->errmsg = NULL;
-    } else {
-        urio__future_settle(j->f, 0, j->result, NULL);
-        j->delivered = true;
-    }
     loop_side_t *ls = j->ls;
     if (j->lprev)
         j->lprev->lnext = j->lnext;
@@ -184,15 +209,44 @@ static void job_settle(job_t *j, int forced_err)
         ls->jobs_live = j->lnext;
     if (j->lnext)
         j->lnext->lprev = j->lprev;
-    job_unref(j);
+    urio__future_set_cancel_hook(f, NULL, NULL);
+    int state = atomic_load(&j->state);
+    int err = 0;
+    void *value = NULL;
+    char *msg = NULL;
+    if (urio_future_done(f)) {
+        /* Cancelled after the job started: the result is nobody's. */
+        job_discard_result(j);
+        if (pool_side)
+            urio_future_unref(f);
+        return;
+    }
+    if (forced_err < 0 && forced_err != -ECANCELED) {
+        /* Refused at hand-over (a pool shut down, no thread): the job never ran. */
+        err = forced_err;
+    } else if (forced_err == -ECANCELED || state == JOB_CANCELLED) {
+        err = -ECANCELED;
+        job_discard_result(j);
+    } else if (j->err < 0) {
+        urio__future_set_origin(f, j->err_site, j->err_stack);
+        j->err_stack = NULL;
+        err = j->err;
+        msg = j->errmsg;
+        j->errmsg = NULL;
+    } else {
+        value = j->result;
+        j->delivered = true;
+    }
+    if (pool_side)
+        urio__future_settle_unref(f, err, value, msg);
+    else
+        urio__future_settle(f, err, value, msg);
 }
 
 /* The completion's arrival on the loop (from its inbox): the pool's side ends here. */
 static void job_complete(void *arg)
 {
-    job_t *j = arg;
-    job_settle(j, 0);
-    job_unref(j);
+    job_settle(arg, 0, true);
 }
 
 /* Sends a finished (or skipped) job back to its loop.  Any thread. */
@@ -209,7 +263,7 @@ static void job_send(job_t *j)
             !j->delivered)
             j->free_result(j->result);
         j->delivered = true;
-        job_unref(j);
+        urio_future_unref(j->f);    /* the pool's side */
     }
 }
 
@@ -244,28 +298,114 @@ static void run_job(job_t *j)
 #define WORKER_BATCH 16
 
 /*
+ * How long queued jobs may wait behind awake workers that take none (each
+ * is stuck in a long job) before the watching worker joins them.
+ */
+#define STALL_NS (1000 * 1000L)
+
+/*
+ * Workers running a job, taking one, or signalled.  Called with mu held.
+ * (A shutdown's join counts workers out of nthreads before they are gone.)
+ */
+static unsigned awake(const pool_t *ex)
+{
+    return ex->nthreads + ex->waking > ex->idle ? ex->nthreads + ex->waking - ex->idle : 0;
+}
+
+/*
+ * Wakes a worker for the jobs in the queue, if one is idle.  Called with mu
+ * held.  Workers awake are kept to the number of cores: on 2 cores a third awake worker only takes turns
+ * with the other two and the loop, each turn a futex wait and a wake-up,
+ * and the awake ones come back for more when their share is done.  Past
+ * that limit, one idle worker is woken to watch the queue instead: if no
+ * share is taken for STALL_NS, the awake workers are stuck in long jobs
+ * (blocking ones, the pool's purpose), and it joins them, so such jobs
+ * still get every worker, one more each STALL_NS.
+ */
+static void wake_for_queue(pool_t *ex)
+{
+    if (ex->head == NULL || ex->idle <= ex->waking)
+        return;
+    if (awake(ex) >= ex->cores) {
+        if (ex->watching)
+            return;
+        ex->watching = ex->watch_pending = true;    /* the next worker to wake watches */
+    }
+    ex->waking++;
+    pthread_cond_signal(&ex->work);
+}
+
+/*
+ * An idle worker's wait, for work or (watch) for the queue's progress.
+ * Called with mu held.  Returns: true if this worker should take a share.
+ */
+static bool idle_wait(pool_t *ex, bool *watch)
+{
+    ex->idle++;
+    int ret;
+    unsigned long taken = ex->taken;
+    if (*watch) {
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_nsec += STALL_NS;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        ret = pthread_cond_timedwait(&ex->work, &ex->mu, &until);
+    } else {
+        ret = pthread_cond_wait(&ex->work, &ex->mu);
+    }
+    ex->idle--;
+    if (ret == ETIMEDOUT) {
+        if (ex->head != NULL && ex->taken != taken)
+            return false;       /* the queue moves: watch on */
+        /* Drained (nothing to watch), or stalled (join). */
+        *watch = ex->watching = false;
+        return ex->head != NULL;
+    }
+    if (ex->waking == 0)
+        return ex->head != NULL && !*watch;     /* not signalled: a spurious wake-up */
+    ex->waking--;
+    if (*watch) {
+        /* The watcher, signalled for work: the next capped wake-up picks another. */
+        *watch = ex->watching = false;
+    } else if (ex->watch_pending) {
+        /* Woken to watch (wake_for_queue), unless a core came free meanwhile. */
+        ex->watch_pending = false;
+        if (awake(ex) > ex->cores) {
+            *watch = true;
+            return false;
+        }
+        ex->watching = false;
+    }
+    return ex->head != NULL;
+}
+
+/*
  * A worker takes its share of the queue under one lock: one job, or, when
  * many wait, queued / workers of them (at most WORKER_BATCH), so a long
  * queue costs one lock per share and slow jobs still spread over every
  * worker.  Wake-ups are chained: the loop wakes one worker per batch it
  * hands over, and a worker that leaves jobs behind wakes the next idle one,
- * so workers wake only while there is work the awake ones leave, and the
- * loop's thread makes one futex call per batch, not one per job.
+ * up to one awake worker per core (wake_for_queue), so the loop's thread
+ * makes one futex call per batch, not one per job, and tiny jobs do not
+ * wake workers that would only take turns on the same cores.
  */
 static void *worker_main(void *arg)
 {
     pool_t *ex = arg;
     tls_ex = ex;
     pthread_setname_np(pthread_self(), "urio-pool");   /* for top -H, perf, gdb */
+    bool watch = false;         /* this worker watches the queue (idle_wait) */
     pthread_mutex_lock(&ex->mu);
     for (;;) {
-        while (ex->head == NULL && !ex->shutdown) {
-            ex->idle++;
-            pthread_cond_wait(&ex->work, &ex->mu);
-            ex->idle--;
-            if (ex->waking > 0)
-                ex->waking--;
-        }
+        if (ex->head == NULL && !ex->shutdown)
+            while (!idle_wait(ex, &watch) && !ex->shutdown)
+                ;
+        if (watch)
+            ex->watching = false;   /* shut down */
+        watch = false;
         job_t *first = ex->head;
         if (first == NULL)
             break;          /* shut down and drained */
@@ -284,10 +424,8 @@ static void *worker_main(void *arg)
             if (j == last)
                 break;
         }
-        if (ex->head != NULL && ex->idle > ex->waking) {
-            ex->waking++;
-            pthread_cond_signal(&ex->work);
-        }
+        ex->taken++;
+        wake_for_queue(ex);
         pthread_mutex_unlock(&ex->mu);
         last->next = NULL;
         for (job_t *j = first, *next; j != NULL; j = next) {
@@ -348,6 +486,8 @@ static int pool_new(pool_t **out, unsigned max_workers)
         return -ENOMEM;
     ex->base.ops = &pool_ops;
     ex->max_workers = max_workers ? max_workers : default_workers();
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    ex->cores = cores < 1 ? 1 : (unsigned)cores;
     ex->threads = urio__calloc(ex->max_workers, sizeof *ex->threads);
     if (ex->threads == NULL) {
         urio__free(ex);
@@ -355,7 +495,12 @@ static int pool_new(pool_t **out, unsigned max_workers)
     }
     pthread_mutex_init(&ex->mu, NULL);
     pthread_mutex_init(&ex->join_mu, NULL);
-    pthread_cond_init(&ex->work, NULL);
+    /* Monotonic: a watching worker's timeout (idle_wait) ignores clock changes. */
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&ex->work, &ca);
+    pthread_condattr_destroy(&ca);
     atomic_init(&ex->refs, 1);
     *out = ex;
     return 0;
@@ -460,7 +605,7 @@ static void side_close(urio_loop_t *loop, void *state)
         job_t *j = ls->jobs_live;
         int queued = JOB_QUEUED;
         atomic_compare_exchange_strong(&j->state, &queued, JOB_CANCELLED);
-        job_settle(j, -ECANCELED);
+        job_settle(j, -ECANCELED, false);
     }
 }
 
@@ -475,6 +620,8 @@ static void side_release(urio_loop_t *loop, void *state)
         ls->retired = p->retired_next;
         pool_free(&p->base);
     }
+    while (ls->ncache > 0)
+        urio__future_free_kept(ls->cache[--ls->ncache]);
     urio__free(ls);
 }
 
@@ -563,28 +710,40 @@ URIO_EXPORT urio_future_t *urio_run_in_executor_opts(urio_loop_t *loop, urio_exe
             return fail(-EINVAL);   /* the program freed the default it had set */
         ex = ls->default_ex;
     }
-    urio_future_t *f = urio__future_new_kind(loop, sizeof(job_t), &job_ops);
-    if (f == NULL)
-        return fail(-ENOMEM);
+    /* The caller's reference and the pool's side's. */
+    urio_future_t *f;
+    job_t *j;
+    if (ls->ncache > 0) {
+        f = urio__future_reuse(ls->cache[--ls->ncache], 2);
+        j = urio__future_ext(f);
+        /* What a job's life changed; job_finalize cleared errmsg and err_stack. */
+        j->result = NULL;
+        j->err = 0;
+        j->err_site = NULL;
+        j->settled = false;
+        j->delivered = false;
+    } else {
+        f = urio__future_new_kind(loop, sizeof(job_t), &job_ops);
+        if (f == NULL)
+            return fail(-ENOMEM);
+        urio__future_init_refs(f, 2);
+        j = urio__future_ext(f);
+        j->node.idx = URIO__INBOX_FOREIGN;
+        j->loop = loop;
+        j->ls = ls;
+        j->f = f;
+    }
     urio__future_capture_stack(f, 1);      /* from the submitting caller */
-    job_t *j = urio__future_ext(f);
-    j->node.idx = URIO__INBOX_FOREIGN;
     j->ex = ex;
-    j->loop = loop;
-    j->ls = ls;
-    j->f = f;
     j->fn = fn;
     j->arg = arg;
     j->free_result = opts ? opts->free_result : NULL;
     j->debug = loop->debug;
     atomic_init(&j->state, JOB_QUEUED);
-    urio_future_ref(f);             /* the loop's side */
-    urio_future_ref(f);             /* the pool's side */
     atomic_fetch_add_explicit(&ex->refs, 1, memory_order_relaxed);
     if (atomic_load_explicit(&ex->closed, memory_order_relaxed)) {
         /* An early answer; the check that counts is under the pool's lock, at the flush. */
         j->settled = true;
-        urio_future_unref(f);       /* the loop's side */
         urio_future_unref(f);       /* the pool's side */
         urio_future_unref(f);       /* the caller's: nobody gets it */
         return fail(-ESHUTDOWN);
@@ -662,10 +821,7 @@ static void flush(urio_loop_t *loop, loop_side_t *ls)
             ex->tail = last;
             ex->queued += n;
             /* One idle worker; it wakes the next if it leaves jobs behind (worker_main). */
-            if (ex->idle > ex->waking) {
-                ex->waking++;
-                pthread_cond_signal(&ex->work);
-            }
+            wake_for_queue(ex);
         }
         pthread_mutex_unlock(&ex->mu);
         if (ret < 0) {
@@ -673,8 +829,7 @@ static void flush(urio_loop_t *loop, loop_side_t *ls)
             for (job_t *k = first, *next; k != NULL; k = next) {
                 next = k->next;
                 atomic_store(&k->state, JOB_CANCELLED);
-                job_settle(k, ret);
-                job_unref(k);       /* the pool's side: it never got the job */
+                job_settle(k, ret, true);   /* the pool's side ends: it never got the job */
             }
         }
     }

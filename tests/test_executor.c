@@ -794,6 +794,234 @@ static void test_executor_discarded_result_freed_after_close(void **state)
     assert_int_equal(atomic_load(&discarded_freed), 1);
 }
 
+/* ---------------------------------------------------------------- */
+/* Job futures kept for reuse (a loop's cache of dead jobs)          */
+
+static int done_calls;
+static void count_done(urio_future_t *f, void *arg)
+{
+    (void)f;
+    (void)arg;
+    done_calls++;
+}
+
+static void unref_now(void *arg)
+{
+    urio_future_unref(arg);
+}
+
+/* Drops f's last reference on the loop's thread while it runs: f is kept for reuse. */
+static void unref_on_loop(urio_loop_t *loop, urio_future_t *f)
+{
+    urio_call_soon(loop, unref_now, f);
+    urio_call_soon(loop, test_stop_cb, loop);
+    urio_loop_run_forever(loop);
+}
+
+/*
+ * A job's future let go on the loop's thread is the next job's: it starts
+ * pending, with nothing of the first one's outcome, message or callbacks.
+ */
+static void test_executor_reused_future_starts_fresh(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_executor_t *ex;
+    assert_int_equal(urio_thread_pool_new(&ex, 1), 0);
+    freed_results = 0;
+    done_calls = 0;
+    urio_job_opts_t o = { .free_result = free_result };
+    urio_future_t *f1 = urio_run_in_executor_opts(loop, ex, failing, "sda", &o);
+    assert_non_null(f1);
+    for (int i = 0; i < 3; i++)     /* more than fit inline: a list of its own */
+        assert_int_equal(urio_future_add_done_callback(f1, count_done, NULL), 0);
+    assert_int_equal(urio_loop_run_until_complete(loop, f1), -EIO);
+    assert_string_equal(urio_future_error_message(f1), "disk sda gone");
+    assert_int_equal(done_calls, 3);
+    uintptr_t old = (uintptr_t)f1;
+    unref_on_loop(loop, f1);
+
+    urio_future_t *f2 = urio_run_in_executor_opts(loop, ex, square, (void *)7, &o);
+    assert_non_null(f2);
+    assert_true((uintptr_t)f2 == old);      /* the same memory: the cache served it */
+    assert_false(urio_future_done(f2));
+    assert_int_equal(urio_future_result(f2, NULL), URIO_ENOTDONE);
+    assert_null(urio_future_error_message(f2));
+    done_calls = 0;
+    assert_int_equal(urio_future_add_done_callback(f2, count_done, NULL), 0);
+    void *v = NULL;
+    assert_int_equal(urio_loop_run_until_complete(loop, f2), 0);
+    assert_int_equal(urio_future_result(f2, &v), 0);
+    assert_int_equal((intptr_t)v, 49);
+    assert_null(urio_future_error_message(f2));
+    assert_false(urio_future_cancelled(f2));
+    assert_int_equal(done_calls, 1);        /* the first job's three are not called again */
+    unref_on_loop(loop, f2);
+
+    /* Reused again, cancelled before it starts: it never runs, nothing is freed. */
+    gate_reset();
+    atomic_store(&ran_count, 0);
+    urio_future_t *busy = urio_run_in_executor(loop, ex, gated, NULL);
+    gate_wait_started(1);
+    urio_future_t *f3 = urio_run_in_executor_opts(loop, ex, counting, (void *)3, &o);
+    assert_true(urio_future_cancel(f3));
+    gate_release();
+    run_until(loop, busy);
+    assert_int_equal(urio_loop_run_until_complete(loop, f3), -ECANCELED);
+    urio_executor_shutdown(ex, true, false);
+    assert_int_equal(atomic_load(&ran_count), 0);
+    assert_int_equal(freed_results, 0);     /* 49 went to its future: the program's */
+    urio_future_unref(busy);
+    urio_future_unref(f3);
+    urio_loop_stop(loop);
+    urio_loop_run_forever(loop);            /* f3's trip back ends */
+    urio_executor_free(ex);
+    test_loop_close(loop);
+}
+
+/* A future still referenced is never reused: the new job gets other memory. */
+static void test_executor_referenced_future_not_reused(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_executor_t *ex;
+    assert_int_equal(urio_thread_pool_new(&ex, 1), 0);
+    urio_future_t *f1 = urio_run_in_executor(loop, ex, square, (void *)5);
+    assert_int_equal(urio_loop_run_until_complete(loop, f1), 0);
+    urio_future_t *f2 = urio_run_in_executor(loop, ex, square, (void *)6);
+    assert_ptr_not_equal(f1, f2);
+    assert_int_equal(urio_loop_run_until_complete(loop, f2), 0);
+    void *v = NULL;
+    assert_int_equal(urio_future_result(f1, &v), 0);
+    assert_int_equal((intptr_t)v, 25);      /* f1 kept its own outcome */
+    assert_int_equal(urio_future_result(f2, &v), 0);
+    assert_int_equal((intptr_t)v, 36);
+    urio_future_unref(f1);
+    urio_future_unref(f2);
+    urio_executor_free(ex);
+    test_loop_close(loop);
+}
+
+static int batch_left;
+static void unref_count_down(urio_future_t *f, void *arg)
+{
+    urio_future_unref(f);
+    if (--batch_left == 0)
+        urio_loop_stop(arg);
+}
+
+/* n jobs at once, each future let go in its done callback; runs until all are back. */
+static void run_batch(urio_loop_t *loop, urio_executor_t *ex, int n)
+{
+    batch_left = n;
+    for (intptr_t i = 0; i < n; i++) {
+        urio_future_t *f = urio_run_in_executor(loop, ex, square, (void *)i);
+        assert_non_null(f);
+        assert_int_equal(urio_future_add_done_callback(f, unref_count_down, loop), 0);
+    }
+    urio_loop_run_forever(loop);
+    assert_int_equal(batch_left, 0);
+}
+
+/*
+ * Jobs reuse the memory of dead ones: a second batch allocates nothing.
+ * The kept memory is no job (the loop is not alive for it), and it is freed
+ * at close.
+ */
+static void test_executor_job_memory_reused_and_freed_at_close(void **state)
+{
+    (void)state;
+    uint64_t live0 = test_live_blocks();
+    urio_loop_opts_t opts = { .debug = -1 };    /* debug mode's stacks are allocations */
+    urio_loop_t *loop = test_loop_new_opts(&opts);
+    urio_executor_t *ex;
+    assert_int_equal(urio_thread_pool_new(&ex, 2), 0);
+    run_batch(loop, ex, 200);
+    urio_mem_stats_t st0, st1;
+    urio_mem_stats(&st0);
+    run_batch(loop, ex, 200);
+    urio_mem_stats(&st1);
+    assert_int_equal(st1.allocs, st0.allocs);
+    assert_false(urio_loop_alive(loop));
+    urio_loop_stats_t ls;
+    assert_int_equal(urio_loop_stats(loop, &ls), 0);
+    assert_int_equal(ls.jobs, 0);
+    urio_executor_free(ex);
+    test_loop_close(loop);
+    assert_int_equal(test_live_blocks(), live0);
+}
+
+static void *unref_thread(void *arg)
+{
+    urio_future_unref(arg);
+    return NULL;
+}
+
+/* A job's future whose last reference goes on another thread is freed there. */
+static void test_executor_future_unref_elsewhere_freed(void **state)
+{
+    (void)state;
+    urio_loop_opts_t opts = { .debug = -1 };
+    urio_loop_t *loop = test_loop_new_opts(&opts);
+    urio_executor_t *ex;
+    assert_int_equal(urio_thread_pool_new(&ex, 1), 0);
+    urio_future_t *f = urio_run_in_executor(loop, ex, square, (void *)2);
+    assert_int_equal(urio_loop_run_until_complete(loop, f), 0);
+    uint64_t live = test_live_blocks();
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, unref_thread, f), 0);
+    pthread_join(t, NULL);
+    assert_int_equal(test_live_blocks(), live - 1);
+    urio_executor_free(ex);
+    test_loop_close(loop);
+}
+
+/*
+ * Blocking jobs get every worker, however many cores there are: the pool
+ * wakes at most one worker per core for its queue, and an idle worker
+ * joins when the awake ones take nothing (they are stuck).  Each job waits
+ * until all of them run at once, so on a machine with fewer cores than
+ * workers this ends only through that join.  The second round runs on
+ * workers already started and idle, which no new thread helps.
+ */
+static pthread_barrier_t all_bar;
+
+static void *all_at_once(void *arg)
+{
+    pthread_barrier_wait(&all_bar);
+    return arg;
+}
+
+static void test_executor_blocking_jobs_get_every_worker(void **state)
+{
+    (void)state;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    unsigned n = (cores < 1 ? 1u : (unsigned)cores) + 3u;
+    urio_loop_t *loop = test_loop_new();
+    urio_executor_t *ex;
+    assert_int_equal(urio_thread_pool_new(&ex, n), 0);
+    urio_future_t *f[64];
+    assert_true(n <= 64);
+    pthread_barrier_init(&all_bar, NULL, n);
+    for (int round = 0; round < 2; round++) {
+        for (unsigned i = 0; i < n; i++) {
+            f[i] = urio_run_in_executor(loop, ex, all_at_once, (void *)(intptr_t)i);
+            assert_non_null(f[i]);
+        }
+        for (unsigned i = 0; i < n; i++) {
+            void *v = NULL;
+            assert_int_equal(urio_loop_run_until_complete(loop, f[i]), 0);
+            assert_int_equal(urio_future_result(f[i], &v), 0);
+            assert_int_equal((intptr_t)v, (intptr_t)i);
+            urio_future_unref(f[i]);
+        }
+    }
+    pthread_barrier_destroy(&all_bar);
+    assert_int_equal(urio_executor_shutdown(ex, true, false), 0);
+    urio_executor_free(ex);
+    test_loop_close(loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -818,6 +1046,11 @@ int main(void)
         URIO_TEST(test_executor_shutdown_default_executor),
         URIO_TEST(test_executor_completion_in_inbox_at_close_delivered),
         URIO_TEST(test_executor_shutdown_cancels_jobs_taken_not_started),
+        URIO_TEST(test_executor_reused_future_starts_fresh),
+        URIO_TEST(test_executor_referenced_future_not_reused),
+        URIO_TEST(test_executor_job_memory_reused_and_freed_at_close),
+        URIO_TEST(test_executor_future_unref_elsewhere_freed),
+        URIO_TEST(test_executor_blocking_jobs_get_every_worker),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -62,7 +62,8 @@ URIO_EXPORT void *urio_executor_fail_site(const urio_site_t *site, int err, cons
 
 /*
  * A thread pool of max_workers threads (0: min(32, cores + 4)), started on
- * demand as jobs come.
+ * demand as jobs come.  About one worker per core is woken for queued jobs;
+ * the others join when those take none for a millisecond (docs/threads.md).
  * Returns: 0; -EINVAL (NULL ex, or more than 1024 workers); -ENOMEM.
  * Thread: any thread.
  */
