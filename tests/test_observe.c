@@ -648,8 +648,12 @@ static void test_observe_stats(void **state)
     assert_int_equal(lag, 1);                       /* one wake-up for a timer */
     if (URIO_DEBUG_CHECKS) {
         assert_int_equal(cbs, 11);                  /* debug mode times each callback */
-        uint64_t b100us = st.callback_hist[16];     /* 2^16 ns = 65.5 us .. 131 us */
-        assert_true(b100us >= 5);
+        /* Each spun at least 0.1 ms: bucket 16 (2^16 ns = 65.5 us) or above,
+         * however long the machine kept it off the CPU meanwhile. */
+        uint64_t from65us = 0;
+        for (int k = 16; k < URIO_STATS_BUCKETS; k++)
+            from65us += st.callback_hist[k];
+        assert_true(from65us >= 10);                 /* (valgrind: the 11th too) */
     }
     assert_int_equal(st.tasks, 0);
     assert_int_equal(urio_loop_stats(loop, NULL), -EINVAL);
