@@ -77,30 +77,37 @@ static void timer_cb(void *arg)
         bench_die("urio_call_later: %s", strerror(errno));
 }
 
-static double timers_cpu_ns(int debug, uint64_t n)
+/*
+ * The timer workload's CPU per timer: debug mode as asked, the stall
+ * watchdog at stall_ns (0: none), counted on the loop's thread or, with
+ * whole, on every thread of the process (the watchdog's included).
+ */
+static double timers_cpu_ns(int debug, uint64_t stall_ns, bool whole, uint64_t n)
 {
     urio_loop_opts_t opts = { .debug = debug };
     timers_t t = { .left = n };
     if (urio_loop_new(&t.loop, &opts) < 0)
         bench_die("urio_loop_new failed");
     urio_loop_set_timer_slack(t.loop, 0);
-    uint64_t c0 = bench_thread_cpu_ns();
+    if (stall_ns && urio_loop_set_stall_watchdog(t.loop, stall_ns) < 0)
+        bench_die("urio_loop_set_stall_watchdog failed");
+    uint64_t c0 = whole ? bench_process_cpu_ns() : bench_thread_cpu_ns();
     for (uint64_t i = 0; i < n / 32; i++)
         urio_call_later(t.loop, (i * 104729u) % 2000000u, timer_cb, &t);
     urio_loop_run_forever(t.loop);
-    uint64_t c1 = bench_thread_cpu_ns();
+    uint64_t c1 = whole ? bench_process_cpu_ns() : bench_thread_cpu_ns();
     urio_loop_close(t.loop);
     return (double)(c1 - c0) / (double)n;
 }
 
 void bench_urio_debug_timers(const bench_config_t *cfg, double *out)
 {
-    out[0] = timers_cpu_ns(1, cfg->quick ? 64000 : 320000);
+    out[0] = timers_cpu_ns(1, 0, false, cfg->quick ? 64000 : 320000);
 }
 
 void bench_off_debug_timers(const bench_config_t *cfg, double *out)
 {
-    out[0] = timers_cpu_ns(-1, cfg->quick ? 64000 : 320000);
+    out[0] = timers_cpu_ns(-1, 0, false, cfg->quick ? 64000 : 320000);
 }
 
 /*
@@ -110,32 +117,14 @@ void bench_off_debug_timers(const bench_config_t *cfg, double *out)
  * against none, in CPU time of the whole process (the watchdog's thread
  * included).  Goal: within noise.
  */
-static double watchdog_cpu_ns(uint64_t threshold_ns, uint64_t n)
-{
-    urio_loop_opts_t opts = { .debug = -1 };
-    timers_t t = { .left = n };
-    if (urio_loop_new(&t.loop, &opts) < 0)
-        bench_die("urio_loop_new failed");
-    urio_loop_set_timer_slack(t.loop, 0);
-    if (urio_loop_set_stall_watchdog(t.loop, threshold_ns) < 0)
-        bench_die("urio_loop_set_stall_watchdog failed");
-    uint64_t c0 = bench_process_cpu_ns();
-    for (uint64_t i = 0; i < n / 32; i++)
-        urio_call_later(t.loop, (i * 104729u) % 2000000u, timer_cb, &t);
-    urio_loop_run_forever(t.loop);
-    uint64_t c1 = bench_process_cpu_ns();
-    urio_loop_close(t.loop);
-    return (double)(c1 - c0) / (double)n;
-}
-
 void bench_urio_debug_watchdog(const bench_config_t *cfg, double *out)
 {
-    out[0] = watchdog_cpu_ns(10 * 1000000u, cfg->quick ? 64000 : 320000);
+    out[0] = timers_cpu_ns(-1, 10 * 1000000u, true, cfg->quick ? 64000 : 320000);
 }
 
 void bench_off_debug_watchdog(const bench_config_t *cfg, double *out)
 {
-    out[0] = watchdog_cpu_ns(0, cfg->quick ? 64000 : 320000);
+    out[0] = timers_cpu_ns(-1, 0, true, cfg->quick ? 64000 : 320000);
 }
 
 /* The probe programs: "PROBE N" prints ns per chained callback. */

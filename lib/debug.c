@@ -188,21 +188,26 @@ __attribute__((constructor)) static void sym_fork_lock(void)
 
 #if URIO_HAVE_LIBDW
 
+/* This process's modules, as a libdw session finds them (and their debug information). */
+static const Dwfl_Callbacks g_proc_callbacks = {
+    .find_elf = dwfl_linux_proc_find_elf,
+    .find_debuginfo = dwfl_standard_find_debuginfo,
+};
+
+/* (Re)reads the modules mapped now into dwfl.  Returns: false on failure. */
+static bool report_modules(Dwfl *dwfl)
+{
+    dwfl_report_begin(dwfl);
+    return dwfl_linux_proc_report(dwfl, getpid()) == 0 && dwfl_report_end(dwfl, NULL, NULL) == 0;
+}
+
 static Dwfl *dwfl_session(bool refresh)
 {
-    static const Dwfl_Callbacks callbacks = {
-        .find_elf = dwfl_linux_proc_find_elf,
-        .find_debuginfo = dwfl_standard_find_debuginfo,
-    };
     if (g_dwfl == NULL)
-        g_dwfl = dwfl_begin(&callbacks);
+        g_dwfl = dwfl_begin(&g_proc_callbacks);
     else if (!refresh)
         return g_dwfl;
-    if (g_dwfl == NULL)
-        return NULL;
-    dwfl_report_begin(g_dwfl);
-    if (dwfl_linux_proc_report(g_dwfl, getpid()) != 0 ||
-        dwfl_report_end(g_dwfl, NULL, NULL) != 0) {
+    if (g_dwfl != NULL && !report_modules(g_dwfl)) {
         dwfl_end(g_dwfl);
         g_dwfl = NULL;
     }
@@ -281,10 +286,6 @@ static int unwind_frame(Dwfl_Frame *frame, void *arg)
 
 static Dwfl *unwind_session(void)
 {
-    static const Dwfl_Callbacks callbacks = {
-        .find_elf = dwfl_linux_proc_find_elf,
-        .find_debuginfo = dwfl_standard_find_debuginfo,
-    };
     static const Dwfl_Thread_Callbacks thread_callbacks = {
         .next_thread = unwind_next_thread,
         .memory_read = unwind_memory_read,
@@ -292,12 +293,10 @@ static Dwfl *unwind_session(void)
     };
     if (g_unwind_dwfl != NULL)
         return g_unwind_dwfl;
-    Dwfl *dwfl = dwfl_begin(&callbacks);
+    Dwfl *dwfl = dwfl_begin(&g_proc_callbacks);
     if (dwfl == NULL)
         return NULL;
-    dwfl_report_begin(dwfl);
-    if (dwfl_linux_proc_report(dwfl, getpid()) != 0 || dwfl_report_end(dwfl, NULL, NULL) != 0 ||
-        !dwfl_attach_state(dwfl, NULL, getpid(), &thread_callbacks, NULL)) {
+    if (!report_modules(dwfl) || !dwfl_attach_state(dwfl, NULL, getpid(), &thread_callbacks, NULL)) {
         dwfl_end(dwfl);
         return NULL;
     }
