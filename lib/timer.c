@@ -85,43 +85,38 @@ static inline uint64_t sat_add(uint64_t a, uint64_t b)
 }
 
 /* ------------------------------------------------------------------ */
-/* Sorting a bucket into the due run: a stable LSD radix sort           */
+/* Sorting a bucket into the due run                                    */
 
-/* Stable insertion sort, for short runs. */
-static void insertion_sort(struct urio__tw_entry *a, uint32_t n)
+/*
+ * Stable insertion sort.  Returns: false if it gave up after `budget`
+ * moves (a[] is then a permutation of its entries that still keeps equal
+ * deadlines in their first order).
+ */
+static bool insertion_sort(struct urio__tw_entry *a, uint32_t n, uint64_t budget)
 {
     for (uint32_t i = 1; i < n; i++) {
+        if (a[i].when >= a[i - 1].when)
+            continue;
         struct urio__tw_entry t = a[i];
         uint32_t j = i;
         for (; j > 0 && t.when < a[j - 1].when; j--)
             a[j] = a[j - 1];
         a[j] = t;
+        uint64_t moved = i - j;
+        if (moved >= budget)
+            return false;
+        budget -= moved;
     }
+    return true;
 }
 
 /*
- * Sorts the n entries of bucket b by deadline, stably, into one of the two
- * buffers x and y.  Returns: the buffer holding the result.  The keys are
- * deadline - b->min: a bucket spans ~2^20 ns, so three byte-wide passes at
- * most, fewer where a byte is the same for every entry.
+ * Stable LSD radix sort of x[0, n) on when - base, `bytes` bytes wide, with
+ * y as the other buffer.  Returns: the buffer holding the result.
  */
-static struct urio__tw_entry *sort_bucket(const struct urio__tw_bucket *b,
-                                          struct urio__tw_entry *x, struct urio__tw_entry *y)
+static struct urio__tw_entry *radix_sort(struct urio__tw_entry *x, struct urio__tw_entry *y,
+                                         uint32_t n, uint64_t base, uint32_t bytes)
 {
-    uint32_t n = b->n, k = 0;
-    uint64_t base = b->min;
-    /* Gather, counting every byte of the keys in the same pass. */
-    uint64_t range = b->max - base;
-    uint32_t bytes = range == 0 ? 0 : (uint32_t)(64 - __builtin_clzll(range) + 7) / 8;
-    for (const struct urio__tw_chunk *c = b->first; c != NULL; c = c->next)
-        for (uint32_t i = 0; i < c->n; i++)
-            x[k++] = (struct urio__tw_entry){ c->when[i], c->key[i], c->slack[i], 0 };
-    if (b->sorted || bytes == 0)
-        return x;
-    if (n <= 32) {
-        insertion_sort(x, n);
-        return x;
-    }
     uint32_t count[8][256];
     memset(count, 0, bytes * sizeof count[0]);
     for (uint32_t i = 0; i < n; i++) {
@@ -147,6 +142,66 @@ static struct urio__tw_entry *sort_bucket(const struct urio__tw_bucket *b,
         dst = t;
     }
     return src;
+}
+
+#define SPREAD_BITS_MAX 11      /* sub-ranges of the spreading pass: 2^11 at most */
+
+/*
+ * Sorts the n entries of bucket b by deadline, stably, into one of the two
+ * buffers x and y.  Returns: the buffer holding the result.
+ *
+ * A bucket of up to a few thousand timers is spread in one counting pass
+ * on the top bits of deadline - b->min, straight from its chunks, into about
+ * as many sub-ranges as entries; the result is nearly sorted (an entry can
+ * only be out of order within its sub-range), and an insertion sort ends
+ * it in about one compare per entry.  Deadlines that crowd into a few
+ * sub-ranges would make that quadratic: past a budget of moves, and for
+ * bigger buckets, a radix sort on the low bytes (a bucket spans ~2^20 ns:
+ * three byte-wide passes at most) does it.  Each step is stable, so FIFO
+ * among equal deadlines is insertion order.
+ */
+static struct urio__tw_entry *sort_bucket(const struct urio__tw_bucket *b,
+                                          struct urio__tw_entry *x, struct urio__tw_entry *y)
+{
+    uint32_t n = b->n, k = 0;
+    uint64_t base = b->min, range = b->max - base;
+    uint32_t range_bits = range == 0 ? 0 : 64 - (uint32_t)__builtin_clzll(range);
+    uint32_t bits = n < 2 ? 1 : 32 - (uint32_t)__builtin_clz(n - 1);   /* 2^bits >= n */
+    if (b->sorted || range == 0 || n <= 32 || bits > SPREAD_BITS_MAX + 2) {
+        for (const struct urio__tw_chunk *c = b->first; c != NULL; c = c->next)
+            for (uint32_t i = 0; i < c->n; i++)
+                x[k++] = (struct urio__tw_entry){ c->when[i], c->key[i], c->slack[i], 0 };
+        if (b->sorted || range == 0)
+            return x;
+        if (n <= 32) {
+            insertion_sort(x, n, UINT64_MAX);
+            return x;
+        }
+        return radix_sort(x, y, n, base, (range_bits + 7) / 8);
+    }
+    if (bits > SPREAD_BITS_MAX)
+        bits = SPREAD_BITS_MAX;
+    if (bits > range_bits)
+        bits = range_bits;
+    uint32_t shift = range_bits - bits;
+    uint32_t count[1u << SPREAD_BITS_MAX];
+    memset(count, 0, (sizeof count[0]) << bits);
+    for (const struct urio__tw_chunk *c = b->first; c != NULL; c = c->next)
+        for (uint32_t i = 0; i < c->n; i++)
+            count[(c->when[i] - base) >> shift]++;
+    uint32_t sum = 0;
+    for (uint32_t v = 0; v < (1u << bits); v++) {
+        uint32_t t = count[v];
+        count[v] = sum;
+        sum += t;
+    }
+    for (const struct urio__tw_chunk *c = b->first; c != NULL; c = c->next)
+        for (uint32_t i = 0; i < c->n; i++)
+            x[count[(c->when[i] - base) >> shift]++] =
+                (struct urio__tw_entry){ c->when[i], c->key[i], c->slack[i], 0 };
+    if (insertion_sort(x, n, 4ull * n))
+        return x;
+    return radix_sort(x, y, n, base, (range_bits + 7) / 8);
 }
 
 /* ------------------------------------------------------------------ */

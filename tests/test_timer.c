@@ -479,6 +479,57 @@ static void test_timer_burst_into_firing_tick(void **state)
 }
 
 /*
+ * A tick's timers are sorted when the tick comes due, whichever way fits
+ * the bucket: spread into sub-ranges and finished by insertion (hundreds
+ * or a few thousand deadlines), a radix sort when deadlines crowd into a
+ * few sub-ranges, or for a bucket bigger than that.  Each keeps deadline
+ * order, and scheduling order among equal deadlines.  (Driven through
+ * urio__timer_fire: deterministic.)
+ */
+enum { TICK_N = 12000, TICK_UNIFORM = 0, TICK_CROWDED, TICK_REPEATS };
+static uint64_t tick_when[TICK_N];
+static int tick_order[TICK_N], tick_n;
+static void tick_cb(void *arg)
+{
+    tick_order[tick_n++] = (int)(intptr_t)arg;
+}
+
+static void tick_round(int n, int shape, uint64_t seed)
+{
+    urio_loop_t *loop = test_loop_new();
+    uint64_t span = 1ull << URIO__TW_SHIFT;
+    uint64_t t0 = ((urio_loop_time(loop) >> URIO__TW_SHIFT) + 10) << URIO__TW_SHIFT, x = seed;
+    for (int i = 0; i < n; i++) {
+        x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+        uint64_t off = shape == TICK_UNIFORM ? x % span
+                     : shape == TICK_CROWDED ? (i % 10 == 0 ? x % span : 5000 + x % 300)
+                     : (x % 64) * 1000;      /* 64 deadlines, each shared by many */
+        tick_when[i] = t0 + off;
+        assert_int_not_equal(urio_call_at(loop, tick_when[i], tick_cb, (void *)(intptr_t)i).id,
+                             0);
+    }
+    tick_n = 0;
+    assert_int_equal(urio__timer_fire(loop, t0 + 2 * span), n);
+    urio_loop_stop(loop);
+    assert_int_equal(urio_loop_run_forever(loop), 0);   /* runs the ready callbacks */
+    assert_int_equal(tick_n, n);
+    for (int i = 1; i < n; i++) {
+        int a = tick_order[i - 1], b = tick_order[i];
+        assert_true(tick_when[a] < tick_when[b] || (tick_when[a] == tick_when[b] && a < b));
+    }
+    test_loop_close(loop);
+}
+
+static void test_timer_tick_sorted_every_way(void **state)
+{
+    (void)state;
+    static const int sizes[] = { 40, 200, 3000, TICK_N };
+    for (unsigned s = 0; s < sizeof sizes / sizeof sizes[0]; s++)
+        for (int shape = TICK_UNIFORM; shape <= TICK_REPEATS; shape++)
+            tick_round(sizes[s], shape, 0x9E3779B97F4A7C15ull + (uint64_t)(s * 3 + shape));
+}
+
+/*
  * 200,000 timers over a second on a fresh loop, scheduled before it runs:
  * all fire, in order, none early; then the same loop again, warm.
  */
@@ -854,6 +905,7 @@ int main(void)
         URIO_TEST(test_timer_fires_under_ready_load),
         URIO_TEST(test_timer_steady_state_allocates_nothing),
         URIO_TEST(test_timer_burst_into_firing_tick),
+        URIO_TEST(test_timer_tick_sorted_every_way),
         URIO_TEST(test_timer_sparse_200k_cold_and_warm),
         URIO_TEST(test_timer_cold_loops_close_pending),
         URIO_TEST(test_timer_slack_proportional),
