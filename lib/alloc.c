@@ -165,6 +165,23 @@ void *urio__pages_alloc(size_t n)
     return p;
 }
 
+void *urio__huge_alloc(size_t n)
+{
+    if (URIO_UNLIKELY(inject_failure()))
+        return counted(NULL);
+    void *p;
+#if URIO_HAVE_JEMALLOC && !defined(URIO_FORCE_LIBC_MALLOC)
+    if (USE_JEMALLOC)
+        p = mallocx(n, MALLOCX_ALIGN(URIO__HUGE_PAGE));
+    else
+#endif
+        p = aligned_alloc(URIO__HUGE_PAGE, n);
+    /* A hint (THP may be off, or "never"): the memory is good without it. */
+    if (p != NULL)
+        (void)madvise(p, n, MADV_HUGEPAGE);
+    return counted(p);
+}
+
 char *urio__strdup(const char *s)
 {
     size_t n = strlen(s) + 1;

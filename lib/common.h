@@ -104,6 +104,15 @@ char *urio__asprintf(const char *fmt, ...) URIO_PRINTF(1, 2);
 void *urio__pages_alloc(size_t n);
 
 /*
+ * n bytes (a multiple of URIO__HUGE_PAGE) aligned to URIO__HUGE_PAGE and
+ * advised for transparent huge pages (MADV_HUGEPAGE): for tables read at
+ * random, where a TLB miss per access is what costs.  Freed with
+ * urio__free.  Returns: the block, or NULL.
+ */
+#define URIO__HUGE_PAGE (2u << 20)
+void *urio__huge_alloc(size_t n);
+
+/*
  * Failure injection for tests: after `countdown` more successful
  * allocations, allocations fail; once (persistent false) or until reset
  * (persistent true).  countdown < 0 turns injection off.
