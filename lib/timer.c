@@ -3,13 +3,14 @@
  * and where they wait: a wheel of 1 ms buckets for the next ~4.3 s, and a
  * 4-ary heap for deadlines beyond it.
  *
- * Nothing is copied to grow: slots come in chunks of 1,024 that never move,
- * and a bucket is a list of 1 KiB chunks of (deadline, slot) pairs, taken
- * from and given back to a pool of spare chunks.  Scheduling writes a slot
- * and appends a pair: no ordering work.  When a bucket's tick comes due its
- * pairs are sorted into the *due run* (a stable LSD radix sort on the
- * deadline's low bytes: FIFO among equal deadlines is insertion order), and
- * firing walks the due run.  A bucket filled in deadline order, the common
+ * Nothing is copied to grow: slots come in chunks of 1,024 that never move
+ * (from huge-page arenas past the first 32: see SLOT_SMALL_CHUNKS), and a
+ * bucket is a list of 1 KiB chunks of (deadline, slot) pairs, taken from
+ * and given back to a pool of spare chunks.  Scheduling writes a slot and
+ * appends a pair: no ordering work.  When a bucket's tick comes due its
+ * pairs are sorted into the *due run* (one counting pass on the deadlines'
+ * top bits, finished by insertion; stable, so FIFO among equal deadlines is
+ * insertion order: sort_bucket), and firing walks the due run.  A bucket filled in deadline order, the common
  * case (equal delays), is not sorted at all.  Ordering stays exact: a timer
  * fires when the clock has passed its own deadline, not its bucket's.
  * Deadlines past the wheel wait in the heap and move to the wheel as it
@@ -26,8 +27,8 @@
  * Slack: a timer may fire up to max(the loop's slack, its delay / 1024,
  * capped at 100 ms) late — Linux's rule for poll and select timeouts (0.1%)
  * — so timers far ahead share wake-ups with their neighbours: on the 2-core
- * test machine a wake-up costs ~15-20 µs of CPU, more than firing 100
- * timers.  Each bucket keeps the least deadline + slack of its timers; the
+ * test VM a wake-up costs ~20-30 µs of CPU (a bare nanosleep as much), more
+ * than firing 100 timers.  Each bucket keeps the least deadline + slack of its timers; the
  * loop sleeps until the least of those (urio__timer_wake).  No SQE per timer.
  */
 #include "loop.h"

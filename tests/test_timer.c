@@ -743,6 +743,43 @@ static void test_timer_limit_reached_at_scale(void **state)
     test_loop_close(loop);
 }
 
+/*
+ * Slots past the first 32,768 come from 2 MiB arenas of 85 chunks of 1,024:
+ * timers on both sides of an arena's edge fire, an arena that cannot be
+ * allocated is an ENOMEM that leaves the loop usable, and close frees every
+ * arena (the sanitizer and valgrind runs check).
+ */
+static int arena_fired;
+static void arena_cb(void *arg)
+{
+    (void)arg;
+    arena_fired++;
+}
+
+static void test_timer_slots_across_arenas(void **state)
+{
+    (void)state;
+    enum { FIRST = 32 * 1024 + 85 * 1024, MORE = 2000 };    /* small chunks, one arena */
+    urio_loop_t *loop = test_loop_new();
+    uint64_t now = urio_loop_time(loop);
+    for (int i = 0; i < FIRST; i++)
+        assert_int_not_equal(urio_call_at(loop, now + (uint64_t)(i % 1000) * US, arena_cb,
+                                          NULL).id, 0);
+    urio__alloc_fail_after(0, false);       /* the next allocation: the second arena */
+    errno = 0;
+    assert_int_equal(urio_call_at(loop, now, arena_cb, NULL).id, 0);
+    assert_int_equal(errno, ENOMEM);
+    assert_int_equal(loop->timers.nslots, FIRST);      /* it was the slots that failed */
+    for (int i = 0; i < MORE; i++)
+        assert_int_not_equal(urio_call_at(loop, now + (uint64_t)i * US, arena_cb, NULL).id, 0);
+    arena_fired = 0;
+    assert_int_equal(urio__timer_fire(loop, now + 10 * MS), FIRST + MORE);
+    urio_loop_stop(loop);
+    assert_int_equal(urio_loop_run_forever(loop), 0);   /* runs the ready callbacks */
+    assert_int_equal(arena_fired, FIRST + MORE);
+    test_loop_close(loop);
+}
+
 /* ------------------------------------------------------------------ */
 /* The virtual clock                                                    */
 
@@ -912,6 +949,7 @@ int main(void)
         URIO_TEST(test_timer_generation_used_up_retires_slot),
         URIO_TEST(test_timer_limit_named),
         URIO_TEST(test_timer_limit_reached_at_scale),
+        URIO_TEST(test_timer_slots_across_arenas),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
