@@ -4,15 +4,17 @@
  * 4-ary heap for deadlines beyond it.
  *
  * Nothing is copied to grow: slots come in chunks of 1,024 that never move
- * (from huge-page arenas past the first 32: see SLOT_SMALL_CHUNKS), and a
- * bucket is a list of 1 KiB chunks of (deadline, slot) pairs, taken from
- * and given back to a pool of spare chunks.  Scheduling writes a slot and
- * appends a pair: no ordering work.  When a bucket's tick comes due its
- * pairs are sorted into the *due run* (one counting pass on the deadlines'
- * top bits, finished by insertion; stable, so FIFO among equal deadlines is
- * insertion order: sort_bucket), and firing walks the due run.  A bucket filled in deadline order, the common
- * case (equal delays), is not sorted at all.  Ordering stays exact: a timer
- * fires when the clock has passed its own deadline, not its bucket's.
+ * (from huge-page arenas past the first 32: see URIO__SLOT_SMALL_CHUNKS in
+ * timer.h), and a bucket is a list of 1 KiB chunks of entries (deadline,
+ * slot, callback, argument), taken from and given back to a pool of spare
+ * chunks.  Scheduling writes a slot and appends an entry: no ordering work.
+ * When a bucket's tick comes due its entries are sorted into the *due run*
+ * (one counting pass on the deadlines' top bits, finished by insertion;
+ * stable, so FIFO among equal deadlines is insertion order: sort_bucket),
+ * and firing walks the due run.  A bucket filled in deadline order, the
+ * common case (equal delays), is not sorted at all.  Ordering stays exact:
+ * a timer fires when the clock has passed its own deadline, not its
+ * bucket's.
  * Deadlines past the wheel wait in the heap and move to the wheel as it
  * turns (invariant: every heap entry's tick is at or after tw_tick +
  * URIO__TW_BUCKETS, unless a move failed for memory; then timers of those
@@ -21,8 +23,12 @@
  * Entries name their timer by slot and generation: cancelling frees the
  * slot at once and leaves a stale entry, skipped when reached, or dropped
  * when stale entries outnumber live ones (an O(n) sweep paid for by those
- * cancels).  Generations are 39 bits and a slot whose generations are used
- * up is retired, so a stale entry or handle never matches a later timer.
+ * cancels).  While no stale entry is held (tm->stale == 0) and no timer was
+ * cancelled after it came due (tm->ready_cancels == 0), firing and running
+ * a timer only write its slot: slots come up in deadline order, at random
+ * in memory, and after a sleep each read was a cache miss.  Generations
+ * are 39 bits and a slot whose generations are used up is retired, so a
+ * stale entry or handle never matches a later timer.
  *
  * Slack: a timer may fire up to max(the loop's slack, its delay / 1024,
  * capped at 100 ms) late — Linux's rule for poll and select timeouts (0.1%)
@@ -39,16 +45,6 @@
 #define TW_WORDS (URIO__TW_BUCKETS / 64)
 #define ARITY 4
 #define SLOT_CHUNK (1u << URIO__SLOT_CHUNK_BITS)
-/*
- * The first 32 chunks of slots (32,768 timers, 768 KiB) are allocated one
- * by one; later ones are carved from 2 MiB arenas advised for huge pages,
- * 85 chunks each.  Slots are read in deadline order, at random in memory,
- * and after the loop slept the TLB is cold: with 4 KiB pages nearly every
- * fired timer paid a page walk (~14 ns more per timer with 200,000 timers
- * on the 2-core VM).  A small loop stays small.
- */
-#define SLOT_SMALL_CHUNKS 32u
-#define SLOT_ARENA_CHUNKS ((uint32_t)(URIO__HUGE_PAGE / (SLOT_CHUNK * sizeof(struct urio__slot))))
 #define MAX_SLACK_NS (100u * 1000u * 1000u)     /* Linux's MAX_SLACK */
 
 static inline uint64_t tick_of(uint64_t when)
@@ -158,6 +154,18 @@ static struct urio__tw_entry *radix_sort(struct urio__tw_entry *x, struct urio__
 #define SPREAD_BITS_MAX 11      /* sub-ranges of the spreading pass: 2^11 at most */
 
 /*
+ * Fetches all of a bucket chunk.  A bucket's chunks were filled at random
+ * moments, among other buckets' chunks: each is on a page of its own, cold
+ * after a sleep, and its five arrays are read side by side, where the
+ * hardware prefetcher sees no stream.
+ */
+static inline void chunk_prefetch(const struct urio__tw_chunk *c)
+{
+    for (size_t o = 0; o < sizeof *c; o += 64)
+        __builtin_prefetch((const char *)c + o);
+}
+
+/*
  * Sorts the n entries of bucket b by deadline, stably, into one of the two
  * buffers x and y.  Returns: the buffer holding the result.
  *
@@ -179,9 +187,13 @@ static struct urio__tw_entry *sort_bucket(const struct urio__tw_bucket *b,
     uint32_t range_bits = range == 0 ? 0 : 64 - (uint32_t)__builtin_clzll(range);
     uint32_t bits = n < 2 ? 1 : 32 - (uint32_t)__builtin_clz(n - 1);   /* 2^bits >= n */
     if (b->sorted || range == 0 || n <= 32 || bits > SPREAD_BITS_MAX + 2) {
-        for (const struct urio__tw_chunk *c = b->first; c != NULL; c = c->next)
+        for (const struct urio__tw_chunk *c = b->first; c != NULL; c = c->next) {
+            if (c->next != NULL)
+                chunk_prefetch(c->next);
             for (uint32_t i = 0; i < c->n; i++)
-                x[k++] = (struct urio__tw_entry){ c->when[i], c->key[i], c->slack[i], 0 };
+                x[k++] = (struct urio__tw_entry){ c->when[i], c->key[i], c->fn[i], c->arg[i],
+                                                  c->slack[i], 0 };
+        }
         if (b->sorted || range == 0)
             return x;
         if (n <= 32) {
@@ -197,9 +209,11 @@ static struct urio__tw_entry *sort_bucket(const struct urio__tw_bucket *b,
     uint32_t shift = range_bits - bits;
     uint32_t count[1u << SPREAD_BITS_MAX];
     memset(count, 0, (sizeof count[0]) << bits);
-    for (const struct urio__tw_chunk *c = b->first; c != NULL; c = c->next)
+    for (const struct urio__tw_chunk *c = b->first; c != NULL; c = c->next) {
+        chunk_prefetch(c);      /* for the scatter pass below */
         for (uint32_t i = 0; i < c->n; i++)
             count[(c->when[i] - base) >> shift]++;
+    }
     uint32_t sum = 0;
     for (uint32_t v = 0; v < (1u << bits); v++) {
         uint32_t t = count[v];
@@ -209,7 +223,8 @@ static struct urio__tw_entry *sort_bucket(const struct urio__tw_bucket *b,
     for (const struct urio__tw_chunk *c = b->first; c != NULL; c = c->next)
         for (uint32_t i = 0; i < c->n; i++)
             x[count[(c->when[i] - base) >> shift]++] =
-                (struct urio__tw_entry){ c->when[i], c->key[i], c->slack[i], 0 };
+                (struct urio__tw_entry){ c->when[i], c->key[i], c->fn[i], c->arg[i],
+                                         c->slack[i], 0 };
     if (insertion_sort(x, n, 4ull * n))
         return x;
     return radix_sort(x, y, n, base, (range_bits + 7) / 8);
@@ -344,7 +359,7 @@ static int due_reserve(urio__timers_t *tm, uint32_t n);
  * never needs memory.  Returns: 0 or -ENOMEM (nothing changed).
  */
 static int bucket_add(urio__timers_t *tm, uint32_t bi, uint64_t when, uint64_t key,
-                      uint64_t latest)
+                      uint64_t latest, urio_callback_fn fn, void *arg)
 {
     struct urio__tw_bucket *b = &tm->tw[bi];
     uint32_t need = b->n + 1;
@@ -365,6 +380,8 @@ static int bucket_add(urio__timers_t *tm, uint32_t bi, uint64_t when, uint64_t k
     }
     c->when[c->n] = when;
     c->key[c->n] = key;
+    c->fn[c->n] = fn;
+    c->arg[c->n] = arg;
     c->slack[c->n++] = slack_units(latest - when);
     /* Appending in order keeps a bucket sorted: the common case costs nothing. */
     if (when >= b->max)
@@ -404,7 +421,7 @@ static void refill(urio__timers_t *tm)
         uint64_t tick = tick_of(t.when);
         if (tick < tm->tw_tick)
             tick = tm->tw_tick;       /* overdue: the wheel's first bucket */
-        if (bucket_add(tm, (uint32_t)(tick & TW_MASK), t.when, t.key, t.latest) < 0)
+        if (bucket_add(tm, (uint32_t)(tick & TW_MASK), t.when, t.key, t.latest, t.fn, t.arg) < 0)
             return;     /* ENOMEM: it stays in the heap; bucket_for routes its tick there */
         heap_pop(tm);
         heap_trim(tm);
@@ -555,7 +572,8 @@ static void take_bucket(urio__timers_t *tm, uint32_t bi)
 /* ------------------------------------------------------------------ */
 /* Where timers wait                                                    */
 
-static int timer_push(urio__timers_t *tm, uint64_t when, uint64_t key, uint64_t slack)
+static int timer_push(urio__timers_t *tm, uint64_t when, uint64_t key, uint64_t slack,
+                      urio_callback_fn fn, void *arg)
 {
     if (URIO_UNLIKELY(tm->tw == NULL) && wheel_make(tm) < 0)
         return -ENOMEM;
@@ -578,9 +596,9 @@ static int timer_push(urio__timers_t *tm, uint64_t when, uint64_t key, uint64_t 
     int64_t bi = bucket_for(tm, when);
     int ret;
     if (URIO_LIKELY(bi >= 0))
-        ret = bucket_add(tm, (uint32_t)bi, when, key, latest);
+        ret = bucket_add(tm, (uint32_t)bi, when, key, latest, fn, arg);
     else
-        ret = heap_push(tm, &(struct urio__heap_entry){ when, latest, tm->seq++, key });
+        ret = heap_push(tm, &(struct urio__heap_entry){ when, latest, tm->seq++, key, fn, arg });
     if (ret == 0)
         tm->count++;
     return ret;
@@ -644,32 +662,38 @@ static bool fire_due(urio_loop_t *loop, uint64_t now, uint32_t *fired)
     const urio_site_t ***sites = tm->site_dir;
     uint32_t h = tm->due_head, n = tm->due_n;
     bool ok = true;
+    /*
+     * With no cancelled entry held anywhere, every entry is live and its
+     * slot is written, never read: slots come up in deadline order, at
+     * random in memory, and after a sleep a read is a cache miss per timer.
+     */
+    bool check = tm->stale != 0;
     while (h < n && tm->due[h].when <= now) {
-        /*
-         * Slots are touched in deadline order, which is random in memory:
-         * fetch a few ahead so their misses overlap.
-         */
+        /* Fetch slots a few ahead, so their misses overlap. */
         if (h + 8 < n)
-            __builtin_prefetch(urio__slot_at(tm, key_slot(tm->due[h + 8].key)));
-        uint64_t key = tm->due[h].key;
-        struct urio__slot *s = entry_slot(tm, key);
-        if (URIO_LIKELY(s != NULL)) {
-            uint32_t idx = key_slot(key);
-            const urio_site_t *site = NULL;
-            if (URIO_UNLIKELY(sites != NULL) && sites[idx >> URIO__SLOT_CHUNK_BITS] != NULL)
-                site = sites[idx >> URIO__SLOT_CHUNK_BITS][idx & (SLOT_CHUNK - 1)];
-            /* The FIFO entry's key is the handle id.  If the FIFO cannot grow,
-             * the timer stays and fires next turn. */
-            uint64_t id = (1ull << 63) | (key_gen(key) << URIO__TIMER_SLOT_BITS) | (idx + 1ull);
-            if (URIO_UNLIKELY(urio__ready_push(&loop->ready, s->fn, s->arg, site, id) == 0)) {
-                ok = false;
-                break;
-            }
-            s->word += (uint64_t)(URIO__SLOT_READY - URIO__SLOT_WHEEL) << URIO__SLOT_STATE_SHIFT;
-            (*fired)++;
-        } else {
-            tm->stale--;
+            __builtin_prefetch(urio__slot_at(tm, key_slot(tm->due[h + 8].key)), 1);
+        const struct urio__tw_entry *e = &tm->due[h];
+        uint64_t key = e->key;
+        uint32_t idx = key_slot(key);
+        struct urio__slot *s = urio__slot_at(tm, idx);
+        if (URIO_UNLIKELY(check) && (s->word & URIO__TIMER_GEN_MASK) != key_gen(key)) {
+            tm->stale--;        /* cancelled */
+            tm->count--;
+            h++;
+            continue;
         }
+        const urio_site_t *site = NULL;
+        if (URIO_UNLIKELY(sites != NULL) && sites[idx >> URIO__SLOT_CHUNK_BITS] != NULL)
+            site = sites[idx >> URIO__SLOT_CHUNK_BITS][idx & (SLOT_CHUNK - 1)];
+        /* The FIFO entry's key is the handle id.  If the FIFO cannot grow,
+         * the timer stays and fires next turn. */
+        uint64_t id = (1ull << 63) | (key_gen(key) << URIO__TIMER_SLOT_BITS) | (idx + 1ull);
+        if (URIO_UNLIKELY(urio__ready_push(&loop->ready, e->fn, e->arg, site, id) == 0)) {
+            ok = false;
+            break;
+        }
+        s->word = key_gen(key) | (uint64_t)URIO__SLOT_READY << URIO__SLOT_STATE_SHIFT;
+        (*fired)++;
         tm->count--;
         h++;
     }
@@ -689,6 +713,8 @@ uint32_t urio__timer_fire(urio_loop_t *loop, uint64_t now)
     uint32_t fired = 0;
     if (now > tm->now_cache)
         tm->now_cache = now;
+    if (URIO_UNLIKELY(tm->ready_cancels != 0) && urio__ready_count(&loop->ready) == 0)
+        tm->ready_cancels = 0;  /* their FIFO entries are gone */
     for (;;) {
         if (tm->tw_count == 0) {
             heap_trim(tm);
@@ -768,6 +794,8 @@ static void sweep(urio__timers_t *tm)
                     continue;
                 uint64_t when = c->when[k];
                 uint32_t slack = c->slack[k];
+                urio_callback_fn fn = c->fn[k];
+                void *arg = c->arg[k];
                 if (wn == URIO__TW_CHUNK) {
                     wc->n = wn;
                     wc = wc->next;
@@ -775,6 +803,8 @@ static void sweep(urio__timers_t *tm)
                 }
                 wc->when[wn] = when;
                 wc->key[wn] = key;
+                wc->fn[wn] = fn;
+                wc->arg[wn] = arg;
                 wc->slack[wn++] = slack;
                 n++;
                 if (when < min)
@@ -851,7 +881,9 @@ void urio__timers_free(urio__timers_t *tm)
     urio__free(tm->due_lat);
     uint32_t chunks = (tm->nslots + SLOT_CHUNK - 1) / SLOT_CHUNK;
     for (uint32_t k = 0; k < chunks; k++) {
-        if (k < SLOT_SMALL_CHUNKS || (k - SLOT_SMALL_CHUNKS) % SLOT_ARENA_CHUNKS == 0)
+        bool own = k < URIO__SLOT_SMALL_CHUNKS ||
+                   (k - URIO__SLOT_SMALL_CHUNKS) % URIO__SLOT_ARENA_CHUNKS == 0;
+        if (own)
             urio__free(tm->slot_dir[k]);    /* a chunk of its own, or an arena */
         if (tm->site_dir)
             urio__free(tm->site_dir[k]);
@@ -895,9 +927,9 @@ __attribute__((cold, noinline)) static int slots_grow(urio__timers_t *tm)
         tm->slot_dir_cap = cap;
     }
     struct urio__slot *c;
-    if (k < SLOT_SMALL_CHUNKS) {
+    if (k < URIO__SLOT_SMALL_CHUNKS) {
         c = urio__malloc(SLOT_CHUNK * sizeof *c);
-    } else if ((k - SLOT_SMALL_CHUNKS) % SLOT_ARENA_CHUNKS == 0) {
+    } else if ((k - URIO__SLOT_SMALL_CHUNKS) % URIO__SLOT_ARENA_CHUNKS == 0) {
         c = urio__huge_alloc(URIO__HUGE_PAGE);     /* a new arena; its first chunk */
     } else {
         c = tm->slot_dir[k - 1] + SLOT_CHUNK;     /* the next chunk of the arena */
@@ -939,8 +971,7 @@ __attribute__((cold, noinline)) static void limit_reached(urio__timers_t *tm, co
 }
 
 /* Takes a free slot for fn(arg).  Returns: its index, or -ENOMEM. */
-static inline int64_t slot_alloc(urio__timers_t *tm, urio_callback_fn fn, void *arg,
-                                 const char *name)
+static inline int64_t slot_alloc(urio__timers_t *tm, const char *name)
 {
     uint32_t i;
     struct urio__slot *s;
@@ -963,8 +994,6 @@ static inline int64_t slot_alloc(urio__timers_t *tm, urio_callback_fn fn, void *
         gen = 1;
     }
     URIO_ASSERT(gen & 1);
-    s->fn = fn;
-    s->arg = arg;
     s->word = gen | ((uint64_t)URIO__SLOT_WHEEL << URIO__SLOT_STATE_SHIFT);
     return i;
 }
@@ -1030,14 +1059,14 @@ static urio_handle_t call_at(urio_loop_t *loop, uint64_t when, uint64_t now,
     if (now == NOW_CACHED)
         now = loop_now(loop);
     uint64_t slack = slack_for(loop, when > now ? when - now : 0);
-    int64_t slot = slot_alloc(tm, fn, arg, name);
+    int64_t slot = slot_alloc(tm, name);
     if (URIO_UNLIKELY(slot < 0))
         return fail_handle(-ENOMEM);
     if (URIO_UNLIKELY(tm->site_dir != NULL || loop->debug))
         site_set(tm, (uint32_t)slot, loop->debug ? site : NULL);
     uint64_t gen = urio__slot_at(tm, (uint32_t)slot)->word & URIO__TIMER_GEN_MASK;
     if (URIO_UNLIKELY(timer_push(tm, when, (uint64_t)slot | gen << URIO__TIMER_SLOT_BITS,
-                                 slack) < 0)) {
+                                 slack, fn, arg) < 0)) {
         slot_unalloc(tm, (uint32_t)slot);
         return fail_handle(-ENOMEM);
     }
@@ -1092,6 +1121,8 @@ bool urio__timer_cancel(urio__timers_t *tm, uint64_t id)
      * the old generation and is skipped when it comes up.
      */
     urio__slot_free(tm, (uint32_t)slot, s, gen);
+    if (state == URIO__SLOT_READY)
+        tm->ready_cancels++;    /* its FIFO entry must look at the slot now */
     if (state == URIO__SLOT_WHEEL) {
         tm->stale++;        /* the wheel counts its held entries */
         if (tm->stale >= 1024 && tm->stale * 2 >= tm->count)

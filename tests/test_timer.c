@@ -137,6 +137,44 @@ static void test_timer_cancel_from_callback(void **state)
     test_loop_close(f.loop);
 }
 
+/*
+ * The same, and the first schedules a timer at once, which takes the
+ * cancelled one's slot (the free stack is LIFO): the cancelled timer's
+ * entry, still in the ready FIFO, never runs the new one's callback, and
+ * the new one runs once, next turn.
+ */
+static struct tmr reuse_t;
+static urio_handle_t reuse_h;
+static void cancels_doomed_and_reuses_cb(void *arg)
+{
+    struct tmr *t = arg;
+    cancels_doomed_cb(t);
+    reuse_t = (struct tmr){ t->f, 4, urio_loop_time(t->f->loop) };
+    reuse_h = urio_call_at(t->f->loop, reuse_t.when, timer_cb, &reuse_t);
+    assert_int_not_equal(reuse_h.id, 0);
+    assert_int_equal(reuse_h.id & URIO__TIMER_MAX, doomed.id & URIO__TIMER_MAX);
+}
+
+static void test_timer_cancel_due_then_slot_reused(void **state)
+{
+    (void)state;
+    struct fired f = { .loop = test_loop_new(), .stop_at = 100 };
+    uint64_t when = urio_loop_time(f.loop) + 2 * MS;
+    struct tmr a = { &f, 1, when }, b = { &f, 2, when }, c = { &f, 3, when + 10 * MS };
+    urio_call_at(f.loop, when, cancels_doomed_and_reuses_cb, &a);
+    doomed = urio_call_at(f.loop, when, timer_cb, &b);
+    urio_call_at(f.loop, c.when, timer_cb, &c);
+    urio_call_later(f.loop, 30 * MS, test_stop_cb, f.loop);
+    urio_loop_run_forever(f.loop);
+    assert_int_equal(f.n, 3);
+    assert_int_equal(f.order[0], 1);
+    assert_int_equal(f.order[1], 4);
+    assert_int_equal(f.order[2], 3);
+    assert_false(urio_handle_cancel(f.loop, doomed));
+    assert_false(urio_handle_cancel(f.loop, reuse_h));     /* it ran */
+    test_loop_close(f.loop);
+}
+
 /* Mass cancellation compacts the heap; the survivors still fire in order. */
 static void test_timer_cancel_compacts_heap(void **state)
 {
@@ -744,7 +782,7 @@ static void test_timer_limit_reached_at_scale(void **state)
 }
 
 /*
- * Slots past the first 32,768 come from 2 MiB arenas of 85 chunks of 1,024:
+ * Slots past the first 32,768 come from 2 MiB arenas of 256 chunks of 1,024:
  * timers on both sides of an arena's edge fire, an arena that cannot be
  * allocated is an ENOMEM that leaves the loop usable, and close frees every
  * arena (the sanitizer and valgrind runs check).
@@ -759,7 +797,9 @@ static void arena_cb(void *arg)
 static void test_timer_slots_across_arenas(void **state)
 {
     (void)state;
-    enum { FIRST = 32 * 1024 + 85 * 1024, MORE = 2000 };    /* small chunks, one arena */
+    /* The small chunks and one arena. */
+    enum { FIRST = (URIO__SLOT_SMALL_CHUNKS + URIO__SLOT_ARENA_CHUNKS) << URIO__SLOT_CHUNK_BITS,
+           MORE = 2000 };
     urio_loop_t *loop = test_loop_new();
     uint64_t now = urio_loop_time(loop);
     for (int i = 0; i < FIRST; i++)
@@ -933,6 +973,7 @@ int main(void)
         URIO_TEST(test_timer_random_never_early),
         URIO_TEST(test_timer_past_deadline_runs_next_turn),
         URIO_TEST(test_timer_cancel_from_callback),
+        URIO_TEST(test_timer_cancel_due_then_slot_reused),
         URIO_TEST(test_timer_cancel_compacts_heap),
         URIO_TEST(test_timer_stale_handle_after_slot_reuse),
         URIO_TEST(test_timer_huge_delay),
