@@ -6,6 +6,7 @@
 #include "helpers.h"
 
 #include <dirent.h>
+#include <semaphore.h>
 #include <signal.h>
 #include <time.h>
 #include <unistd.h>
@@ -660,6 +661,161 @@ static void test_observe_stats(void **state)
     test_loop_close(loop);
 }
 
+/*
+ * The counters of work in progress: tasks not finished, ops in the ring.
+ * A task of urio_run reads them with three more tasks waiting on a future
+ * and a read waiting on an empty pipe, then again once all of it is done.
+ */
+struct progress {
+    urio_loop_stats_t start, busy, end;
+    urio_future_t *gate;
+    int p[2];
+};
+
+static int waits_on_gate(void *arg, void **result)
+{
+    return urio_await(((struct progress *)arg)->gate, result);
+}
+
+static int counts_work(void *arg, void **result)
+{
+    (void)result;
+    struct progress *pr = arg;
+    urio_loop_t *loop = urio_loop_current();
+    urio_loop_stats(loop, &pr->start);
+    pr->gate = test_future_new(loop);
+    urio_future_t *waiters[3];
+    for (int i = 0; i < 3; i++)
+        waiters[i] = urio_spawn(loop, waits_on_gate, pr);
+    char b[4];
+    urio_future_t *rd = urio_read_submit(loop, pr->p[0], b, sizeof b, -1, 0);
+    if (rd == NULL)
+        return -errno;
+    urio_yield();       /* the waiters start, and block */
+    urio_loop_stats(loop, &pr->busy);
+    urio_future_set_result(pr->gate, NULL);
+    if (write(pr->p[1], "x", 1) != 1)
+        return -EIO;
+    urio_await(rd, NULL);
+    int n = urio_io_result(rd);
+    for (int i = 0; i < 3; i++) {
+        urio_await(waiters[i], NULL);
+        urio_future_unref(waiters[i]);
+    }
+    urio_future_unref(rd);
+    urio_future_unref(pr->gate);
+    urio_loop_stats(loop, &pr->end);
+    return n == 1 ? 0 : -EIO;
+}
+
+static void test_observe_stats_tasks_and_ops(void **state)
+{
+    (void)state;
+    struct progress pr = { 0 };
+    assert_int_equal(pipe(pr.p), 0);
+    int ret = urio_run(URIO_CORO(counts_work, &pr), NULL, NULL);
+    if (ret == URIO_ENOURING)
+        skip();
+    assert_int_equal(ret, 0);
+    close(pr.p[0]);
+    close(pr.p[1]);
+    assert_int_equal(pr.start.tasks, 1);            /* the main task */
+    assert_int_equal(pr.busy.tasks, 4);             /* and the three waiting */
+    assert_int_equal(pr.end.tasks, 1);
+    assert_int_equal(pr.busy.ops_in_flight, pr.start.ops_in_flight + 1);   /* the read */
+    assert_int_equal(pr.end.ops_in_flight, pr.start.ops_in_flight);
+    assert_int_equal(pr.busy.jobs, 0);
+}
+
+/* Executor jobs out: one blocked in a pool thread counts until it returns. */
+struct jobs_seen {
+    sem_t release;
+    urio_loop_stats_t busy, end;
+};
+
+static void *blocked_job(void *arg)
+{
+    struct jobs_seen *js = arg;
+    while (sem_wait(&js->release) != 0)
+        ;
+    return arg;
+}
+
+static int counts_jobs(void *arg, void **result)
+{
+    struct jobs_seen *js = arg;
+    urio_loop_t *loop = urio_loop_current();
+    urio_future_t *a = urio_run_in_executor(loop, NULL, blocked_job, js);
+    urio_future_t *b = urio_run_in_executor(loop, NULL, blocked_job, js);
+    if (a == NULL || b == NULL)
+        return -errno;
+    urio_loop_stats(loop, &js->busy);
+    sem_post(&js->release);
+    sem_post(&js->release);
+    int ret = urio_await(a, result);
+    if (ret == 0)
+        ret = urio_await(b, result);
+    urio_future_unref(a);
+    urio_future_unref(b);
+    urio_loop_stats(loop, &js->end);
+    return ret;
+}
+
+static void test_observe_stats_jobs(void **state)
+{
+    (void)state;
+    test_needs_threads();       /* the pool's threads, while the loop waits */
+    struct jobs_seen js;
+    sem_init(&js.release, 0, 0);
+    int ret = urio_run(URIO_CORO(counts_jobs, &js), NULL, NULL);
+    sem_destroy(&js.release);
+    if (ret == URIO_ENOURING)
+        skip();
+    assert_int_equal(ret, 0);
+    assert_int_equal(js.busy.jobs, 2);
+    assert_int_equal(js.end.jobs, 0);
+}
+
+/*
+ * Slow callbacks: counted (and reported) in debug mode only, each callback
+ * that took the slow-callback duration or more.  The slow one spins 100 ms
+ * of CPU time against a 50 ms duration; the quick one would have to be held
+ * off the CPU for 50 ms to count.
+ */
+static void noop_cb(void *arg)
+{
+    (void)arg;
+}
+
+static void test_observe_stats_slow_callbacks(void **state)
+{
+    (void)state;
+    urio_loop_opts_t on = { .debug = 1 };
+    urio_loop_t *loop = test_loop_new_opts(&on);
+    urio_loop_set_slow_callback_duration(loop, 50 * MS);
+    test_log_capture();
+    urio_call_soon(loop, noop_cb, NULL);
+    urio_call_soon(loop, stuck_callback, (void *)(uintptr_t)(100 * MS));
+    urio_call_soon(loop, test_stop_cb, loop);
+    urio_loop_run_forever(loop);
+    urio_loop_stats_t st;
+    assert_int_equal(urio_loop_stats(loop, &st), 0);
+    if (URIO_DEBUG_CHECKS) {
+        assert_int_equal(st.slow_callbacks, 1);
+        assert_int_equal(test_log_count("WARNING Executing <Handle stuck_callback"), 1);
+    } else {
+        assert_int_equal(st.slow_callbacks, 0);    /* the machinery is compiled out */
+    }
+    /* Out of debug mode, nothing is timed: the count stays. */
+    urio_loop_set_debug(loop, false);
+    urio_call_soon(loop, stuck_callback, (void *)(uintptr_t)(100 * MS));
+    urio_call_soon(loop, test_stop_cb, loop);
+    urio_loop_run_forever(loop);
+    assert_int_equal(urio_loop_stats(loop, &st), 0);
+    assert_int_equal(st.slow_callbacks, URIO_DEBUG_CHECKS ? 1 : 0);
+    test_loop_close(loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -675,6 +831,9 @@ int main(void)
         URIO_TEST(test_observe_dump_signal_after_fork),
         URIO_TEST(test_observe_stats),
         URIO_TEST(test_observe_stats_callback_hist_exact),
+        URIO_TEST(test_observe_stats_tasks_and_ops),
+        URIO_TEST(test_observe_stats_jobs),
+        URIO_TEST(test_observe_stats_slow_callbacks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
