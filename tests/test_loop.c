@@ -674,6 +674,357 @@ static void test_loop_other_loops_handle_refused(void **state)
     test_loop_close(b);
 }
 
+/*
+ * Subsystems (lib/loop.h): the hooks through which the layers above the core
+ * plug into a loop.  A probe subsystem notes each hook call, in order, in
+ * one log shared with the test's callbacks.
+ */
+struct probe_log {
+    char ev[512];
+    size_t len;
+};
+
+static struct probe_log plog;
+
+static void note(const char *name, const char *what)
+{
+    plog.len += (size_t)snprintf(plog.ev + plog.len, sizeof plog.ev - plog.len, "%s%s%s ",
+                                 name, *what ? "." : "", what);
+}
+
+static void plog_clear(void)
+{
+    plog.len = 0;
+    plog.ev[0] = '\0';
+}
+
+struct probe {
+    const char *name;
+    urio_loop_t *loop;
+    int index;
+    int refuse_run, refuse_close;   /* what may_run and may_close answer */
+    int may_runs, may_closes;
+    bool is_alive;
+    bool schedule_in_sleep;         /* before_sleep schedules a callback */
+    int register_in_shutdown;       /* urio__loop_register from the shutdown hook, if not 0 */
+};
+
+static int probe_may_run(urio_loop_t *loop, void *state)
+{
+    (void)loop;
+    struct probe *p = state;
+    p->may_runs++;
+    return p->refuse_run;
+}
+
+static int probe_may_close(urio_loop_t *loop, void *state)
+{
+    (void)loop;
+    struct probe *p = state;
+    p->may_closes++;
+    return p->refuse_close;
+}
+
+static bool probe_alive(const urio_loop_t *loop, void *state)
+{
+    (void)loop;
+    return ((struct probe *)state)->is_alive;
+}
+
+static void probe_stats(const urio_loop_t *loop, void *state, urio_loop_stats_t *st)
+{
+    (void)loop;
+    (void)state;
+    st->jobs += 7;
+}
+
+static void probe_step_end(urio_loop_t *loop, void *state)
+{
+    (void)loop;
+    note(((struct probe *)state)->name, "step_end");
+}
+
+static void woken_cb(void *arg)
+{
+    struct probe *p = arg;
+    note("woken", "");
+    urio_loop_stop(p->loop);
+}
+
+static void probe_before_sleep(urio_loop_t *loop, void *state)
+{
+    struct probe *p = state;
+    note(p->name, "before_sleep");
+    if (p->schedule_in_sleep)
+        urio_call_soon(loop, woken_cb, p);
+}
+
+static urio__subsystem_t probe_ss[URIO__MAX_SUBSYSTEMS + 1];
+
+static void probe_shutdown(urio_loop_t *loop, void *state)
+{
+    struct probe *p = state;
+    note(p->name, "shutdown");
+    if (p->register_in_shutdown)
+        p->register_in_shutdown = urio__loop_register(loop, &probe_ss[URIO__MAX_SUBSYSTEMS], p);
+}
+
+static void probe_close(urio_loop_t *loop, void *state)
+{
+    (void)loop;
+    note(((struct probe *)state)->name, "close");
+}
+
+static void probe_release(urio_loop_t *loop, void *state)
+{
+    (void)loop;
+    note(((struct probe *)state)->name, "release");
+}
+
+/* Distinct tables (a subsystem registers once per loop), the same hooks. */
+static const urio__subsystem_t *probe_table(unsigned i)
+{
+    static const char *const names[] = { "A", "B", "C", "D", "E", "F", "G", "H", "I" };
+    _Static_assert(sizeof names / sizeof names[0] == URIO__MAX_SUBSYSTEMS + 1, "names");
+    probe_ss[i] = (urio__subsystem_t){
+        .name = names[i], .may_run = probe_may_run, .alive = probe_alive,
+        .stats = probe_stats, .step_end = probe_step_end,
+        .before_sleep = probe_before_sleep, .may_close = probe_may_close,
+        .shutdown = probe_shutdown, .close = probe_close, .release = probe_release,
+    };
+    return &probe_ss[i];
+}
+
+static void probe_register(struct probe *p, urio_loop_t *loop, unsigned i)
+{
+    const urio__subsystem_t *ss = probe_table(i);
+    p->name = ss->name;
+    p->loop = loop;
+    uint32_t before = loop->nsubs;
+    p->index = urio__loop_register(loop, ss, p);
+    assert_int_equal(p->index, (int)before);     /* its index: the flags' bit */
+    assert_ptr_equal(urio__loop_state(loop, ss), p);
+}
+
+static void noted_cb(void *arg)
+{
+    note((const char *)arg, "");
+}
+
+static void flags_step_end_cb(void *arg)
+{
+    struct probe *p = arg;
+    note("flag", "");
+    urio__loop_want_step_end(p->loop, p->index);
+}
+
+static void next_step_cb(void *arg)
+{
+    struct probe *p = arg;
+    note("next", "");
+    urio_loop_stop(p->loop);
+}
+
+static void then_next_step_cb(void *arg)
+{
+    struct probe *p = arg;
+    note("second", "");
+    urio_call_soon(p->loop, next_step_cb, p);
+}
+
+/* step_end runs once, after all of the step's callbacks, and only when flagged. */
+static void test_loop_subsystem_step_end_when_flagged(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    struct probe p = { 0 };
+    probe_register(&p, loop, 0);
+    plog_clear();
+    urio_call_soon(loop, noted_cb, "one");
+    urio_call_soon(loop, noted_cb, "two");
+    urio_call_soon(loop, test_stop_cb, loop);
+    assert_int_equal(urio_loop_run_forever(loop), 0);
+    assert_string_equal(plog.ev, "one two ");          /* not flagged: no hook */
+    plog_clear();
+    urio_call_soon(loop, flags_step_end_cb, &p);
+    urio_call_soon(loop, then_next_step_cb, &p);
+    assert_int_equal(urio_loop_run_forever(loop), 0);
+    /* The flag is cleared when the hook runs: the next step ends without it. */
+    assert_string_equal(plog.ev, "flag second A.step_end next ");
+    plog_clear();
+    test_loop_close(loop);
+    assert_string_equal(plog.ev, "A.shutdown A.close A.release ");
+}
+
+static void flags_sleep_cb(void *arg)
+{
+    struct probe *p = arg;
+    note("flag", "");
+    urio__loop_want_before_sleep(p->loop, p->index);
+    urio_call_soon(p->loop, noted_cb, "ready");
+}
+
+static void late_cb(void *arg)
+{
+    struct probe *p = arg;
+    note("late", "");
+    urio_loop_stop(p->loop);
+}
+
+/*
+ * before_sleep runs when the loop is about to block (not while work is
+ * ready), once per flag; work it schedules keeps the loop from blocking.
+ */
+static void test_loop_subsystem_before_sleep_when_flagged(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    struct probe p = { .schedule_in_sleep = true };
+    probe_register(&p, loop, 0);
+    plog_clear();
+    urio_call_soon(loop, flags_sleep_cb, &p);
+    /* Had the loop blocked after the hook, this would run in woken's step. */
+    urio_handle_t late = urio_call_later(loop, 10 * SEC, late_cb, &p);
+    assert_int_equal(urio_loop_run_forever(loop), 0);
+    assert_string_equal(plog.ev, "flag ready A.before_sleep woken ");
+    assert_true(urio_handle_cancel(loop, late));
+    /* Not flagged: the loop sleeps (for the timer) without calling it. */
+    plog_clear();
+    urio_call_later(loop, 2 * MS, late_cb, &p);
+    assert_int_equal(urio_loop_run_forever(loop), 0);
+    assert_string_equal(plog.ev, "late ");
+    test_loop_close(loop);
+}
+
+/*
+ * may_run refuses a run (its error is the run's; nothing runs); may_close
+ * refuses a close (its error is close's; no close-time hook runs and the
+ * loop stays usable).  alive and stats answer for the subsystem.
+ */
+static void test_loop_subsystem_may_run_may_close(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    struct probe p = { .refuse_run = -EPERM };
+    probe_register(&p, loop, 0);
+    plog_clear();
+    urio_call_soon(loop, noted_cb, "ran");
+    urio_call_soon(loop, test_stop_cb, loop);
+    assert_int_equal(urio_loop_run_forever(loop), -EPERM);
+    assert_int_equal(p.may_runs, 1);
+    assert_string_equal(plog.ev, "");
+    assert_null(urio_loop_current());
+    p.refuse_run = 0;
+    assert_int_equal(urio_loop_run_forever(loop), 0);
+    assert_int_equal(p.may_runs, 2);
+    assert_string_equal(plog.ev, "ran ");
+
+    assert_false(urio_loop_alive(loop));
+    p.is_alive = true;
+    assert_true(urio_loop_alive(loop));
+    p.is_alive = false;
+    urio_loop_stats_t st;
+    assert_int_equal(urio_loop_stats(loop, &st), 0);
+    assert_int_equal(st.jobs, 7);
+
+    plog_clear();
+    p.refuse_close = -EBUSY;
+    assert_int_equal(urio_loop_close(loop), -EBUSY);
+    assert_int_equal(p.may_closes, 1);
+    assert_string_equal(plog.ev, "");
+    urio_call_soon(loop, noted_cb, "again");
+    urio_call_soon(loop, test_stop_cb, loop);
+    assert_int_equal(urio_loop_run_forever(loop), 0);
+    assert_string_equal(plog.ev, "again ");
+    plog_clear();
+    p.refuse_close = 0;
+    test_loop_close(loop);
+    assert_int_equal(p.may_closes, 2);
+    assert_string_equal(plog.ev, "A.shutdown A.close A.release ");
+}
+
+static void note_pending_task(urio_loop_t *loop, const urio_error_context_t *ctx, void *ud)
+{
+    (void)loop;
+    (void)ud;
+    if (strstr(ctx->message, "destroyed but it is pending") != NULL)
+        note("tasks", "release");
+}
+
+static int awaits_forever(void *arg, void **result)
+{
+    return urio_await(arg, result);
+}
+
+/*
+ * Close-time hooks run in reverse order of registration, each kind over all
+ * subsystems before the next kind: also around a subsystem of urio's own
+ * (tasks, registered between the two probes; its release reports the task
+ * still pending).  Registering during close is refused with -ESHUTDOWN.
+ */
+static void test_loop_subsystem_close_order(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    urio_loop_set_exception_handler(loop, note_pending_task, NULL);
+    struct probe a = { 0 }, b = { .register_in_shutdown = 1 };
+    probe_register(&a, loop, 0);
+    urio_future_t *never = test_future_new(loop);
+    urio_future_t *task = urio_spawn(loop, awaits_forever, never);
+    assert_non_null(task);
+    urio_call_soon(loop, test_stop_cb, loop);
+    assert_int_equal(urio_loop_run_forever(loop), 0);       /* the task waits on `never` */
+    probe_register(&b, loop, 1);
+    plog_clear();
+    test_loop_close(loop);
+    assert_string_equal(plog.ev, "B.shutdown A.shutdown B.close A.close "
+                                 "B.release tasks.release A.release ");
+    assert_int_equal(b.register_in_shutdown, -ESHUTDOWN);
+    assert_true(urio_future_cancelled(task));
+    urio_future_unref(task);
+    urio_future_unref(never);
+}
+
+/*
+ * At most URIO__MAX_SUBSYSTEMS: the next registration is refused with
+ * -ENOSPC, and a layer that needs one (tasks) fails cleanly; all that
+ * registered are closed, last first.
+ */
+static void test_loop_subsystem_limit(void **state)
+{
+    (void)state;
+    urio_loop_t *loop = test_loop_new();
+    unsigned base = loop->nsubs;
+    struct probe p[URIO__MAX_SUBSYSTEMS + 1] = { 0 };
+    for (unsigned i = base; i < URIO__MAX_SUBSYSTEMS; i++)
+        probe_register(&p[i], loop, i);
+    assert_int_equal(urio__loop_register(loop, probe_table(URIO__MAX_SUBSYSTEMS),
+                                         &p[URIO__MAX_SUBSYSTEMS]), -ENOSPC);
+    assert_int_equal(loop->nsubs, URIO__MAX_SUBSYSTEMS);
+    errno = 0;
+    assert_null(urio_spawn(loop, awaits_forever, NULL));
+    assert_int_equal(errno, ENOMEM);
+    /* Every flag bit reaches its own subsystem. */
+    plog_clear();
+    for (unsigned i = base; i < URIO__MAX_SUBSYSTEMS; i++)
+        urio__loop_want_step_end(loop, p[i].index);
+    urio_call_soon(loop, test_stop_cb, loop);
+    assert_int_equal(urio_loop_run_forever(loop), 0);
+    char want[512] = "";
+    size_t n = 0;
+    for (unsigned i = base; i < URIO__MAX_SUBSYSTEMS; i++)
+        n += (size_t)snprintf(want + n, sizeof want - n, "%s.step_end ", p[i].name);
+    assert_string_equal(plog.ev, want);
+    plog_clear();
+    test_loop_close(loop);
+    n = 0;
+    const char *kinds[] = { "shutdown", "close", "release" };
+    for (unsigned k = 0; k < 3; k++)
+        for (unsigned i = URIO__MAX_SUBSYSTEMS; i-- > base;)
+            n += (size_t)snprintf(want + n, sizeof want - n, "%s.%s ", p[i].name, kinds[k]);
+    assert_string_equal(plog.ev, want);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -697,6 +1048,11 @@ int main(void)
         URIO_TEST(test_loop_close_races_run_returning),
         URIO_TEST(test_loop_fork_child_gets_clean_slate),
         URIO_TEST(test_loop_fork_child_has_no_watchdog_of_parent),
+        URIO_TEST(test_loop_subsystem_step_end_when_flagged),
+        URIO_TEST(test_loop_subsystem_before_sleep_when_flagged),
+        URIO_TEST(test_loop_subsystem_may_run_may_close),
+        URIO_TEST(test_loop_subsystem_close_order),
+        URIO_TEST(test_loop_subsystem_limit),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
