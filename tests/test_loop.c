@@ -578,6 +578,154 @@ static void test_loop_fork_child_gets_clean_slate(void **state)
 }
 
 /*
+ * The same from inside a task (issue 14 point 6): the child runs on a copy
+ * of the task's stack, yet no task is current there and no loop runs; the
+ * parent's loop refuses it; it makes a loop of its own and runs a task on
+ * it.  The parent's task, and another of its tasks waiting across the fork,
+ * go on and finish.
+ */
+static int child_task(void *arg, void **result)
+{
+    (void)arg;
+    if (urio_task_current() == NULL || urio_sleep(1 * MS) != 0)
+        return -EIO;
+    *result = (void *)(uintptr_t)42;
+    return 0;
+}
+
+static int child_in_task_steps(void *arg)
+{
+    urio_loop_t *inherited = arg;
+    if (urio_loop_current() != NULL)
+        return 10;
+    if (urio_task_current() != NULL)
+        return 11;
+    /* The awaiting calls see no task: refused, not a switch into the parent's. */
+    if (urio_sleep(1 * MS) != -EPERM || urio_yield() != -EPERM)
+        return 12;
+    if (urio_loop_run_forever(inherited) != URIO_EFORKED)
+        return 13;
+    int x = 0;
+    if (urio_call_soon_threadsafe(inherited, child_cb, &x) != URIO_EFORKED)
+        return 14;
+    errno = 0;
+    if (urio_run_in_executor(inherited, NULL, child_job, NULL) != NULL ||
+        errno != -URIO_EFORKED)
+        return 15;
+    if (urio_loop_close(inherited) != 0)
+        return 16;
+    /* A loop of its own, with a task (urio_run), and one made by hand with urio_spawn. */
+    void *r = NULL;
+    if (urio_run(URIO_CORO(child_task, NULL), NULL, &r) != 0 || r != (void *)(uintptr_t)42)
+        return 17;
+    urio_loop_t *own;
+    if (urio_loop_new(&own, NULL) != 0)
+        return 18;
+    urio_future_t *t = urio_spawn(own, child_task, NULL);
+    r = NULL;
+    if (t == NULL || urio_loop_run_until_complete(own, t) != 0 ||
+        urio_future_result(t, &r) != 0 || r != (void *)(uintptr_t)42)
+        return 19;
+    urio_future_unref(t);
+    if (urio_loop_close(own) != 0)
+        return 20;
+    return 0;
+}
+
+/*
+ * Ends with _exit: the child runs on (a copy of) the parent task's stack,
+ * where LeakSanitizer, scanning only the stack the thread is switched to,
+ * would take what the main stack's frames hold (cmocka's) for leaks.
+ */
+static int child_in_task(void *arg)
+{
+    int ret = child_in_task_steps(arg);
+    fflush(NULL);
+    _exit(ret);
+}
+
+struct task_forker {
+    int status;
+    char out[4096];
+    bool other_done;
+};
+
+static int sleeps_across_fork(void *arg, void **result)
+{
+    (void)result;
+    int ret = urio_sleep(5 * MS);
+    ((struct task_forker *)arg)->other_done = true;
+    return ret;
+}
+
+static int forks_in_task(void *arg, void **result)
+{
+    struct task_forker *f = arg;
+    urio_loop_t *loop = urio_loop_current();
+    urio_future_t *other = urio_spawn(loop, sleeps_across_fork, f);
+    if (other == NULL)
+        return -errno;
+    urio_yield();                               /* it starts, and sleeps */
+    f->status = test_child(child_in_task, loop, f->out, sizeof f->out);
+    /* Back in the parent's task, on its loop. */
+    if (urio_task_current() == NULL || urio_loop_current() != loop)
+        return -EINVAL;
+    int ret = urio_await(other, NULL);
+    urio_future_unref(other);
+    if (ret == 0)
+        ret = urio_sleep(1 * MS);
+    *result = (void *)(uintptr_t)7;
+    return ret;
+}
+
+static void check_task_forker(const struct task_forker *f)
+{
+    if (!WIFEXITED(f->status))
+        fail_msg("child killed by signal %d; it wrote:\n%s", WTERMSIG(f->status), f->out);
+    if (WEXITSTATUS(f->status) != 0)
+        fail_msg("child failed at step %d; it wrote:\n%s", WEXITSTATUS(f->status), f->out);
+    assert_non_null(strstr(f->out, "belongs to the parent process"));
+    assert_true(f->other_done);
+}
+
+static void test_loop_fork_from_task_run(void **state)
+{
+    (void)state;
+    test_needs_fork_with_rings();
+    struct task_forker f = { 0 };
+    void *r = NULL;
+    int ret = urio_run(URIO_CORO(forks_in_task, &f), NULL, &r);
+    if (ret == URIO_ENOURING)
+        skip();
+    assert_int_equal(ret, 0);
+    assert_ptr_equal(r, (void *)(uintptr_t)7);
+    check_task_forker(&f);
+}
+
+static void test_loop_fork_from_task_spawned(void **state)
+{
+    (void)state;
+    test_needs_fork_with_rings();
+    urio_loop_t *loop = test_loop_new();
+    struct task_forker f = { 0 };
+    urio_future_t *t = urio_spawn(loop, forks_in_task, &f);
+    assert_non_null(t);
+    assert_int_equal(urio_loop_run_until_complete(loop, t), 0);
+    void *r = NULL;
+    assert_int_equal(urio_future_result(t, &r), 0);
+    assert_ptr_equal(r, (void *)(uintptr_t)7);
+    check_task_forker(&f);
+    /* The parent's loop is intact: it runs a callback, and closes. */
+    int x = 0;
+    urio_call_soon(loop, child_cb, &x);
+    urio_call_soon(loop, test_stop_cb, loop);
+    assert_int_equal(urio_loop_run_forever(loop), 0);
+    assert_int_equal(x, 42);
+    urio_future_unref(t);
+    test_loop_close(loop);
+}
+
+/*
  * A loop's stall watchdog is a thread of the process that made the loop.
  * In a child of fork(), the parent's watchdog is not there: setting it on an
  * inherited loop is refused with URIO_EFORKED (its lock and condition may
@@ -1048,6 +1196,8 @@ int main(void)
         URIO_TEST(test_loop_close_races_run_returning),
         URIO_TEST(test_loop_fork_child_gets_clean_slate),
         URIO_TEST(test_loop_fork_child_has_no_watchdog_of_parent),
+        URIO_TEST(test_loop_fork_from_task_run),
+        URIO_TEST(test_loop_fork_from_task_spawned),
         URIO_TEST(test_loop_subsystem_step_end_when_flagged),
         URIO_TEST(test_loop_subsystem_before_sleep_when_flagged),
         URIO_TEST(test_loop_subsystem_may_run_may_close),
