@@ -692,14 +692,38 @@ typedef struct many {
     urio_loop_t *loop;
     urio_executor_t *ex;
     uint8_t done[MANY];
-    int ndone, nfailed, kills;
+    int ndone, nfailed, kills, forced;
+    int force_at;       /* ndone at which a kill is forced (see many_done) */
     uint64_t seed;
     bool finished;
 } many_t;
 
 static many_t *many;
 
-/* arg: the job's index.  Each future's callback must run exactly once. */
+/* SIGKILLs a random live worker, if one is ready.  Returns: true if it sent the signal. */
+static bool kill_one(many_t *m)
+{
+    pid_t pids[8];
+    urio_process_pool_stats_t st;
+    int n = urio_process_pool_stats(m->ex, &st, pids, 8);
+    if (n > 0 && st.ready > 0) {
+        m->seed = m->seed * 6364136223846793005ull + 1442695040888963407ull;
+        pid_t victim = pids[(m->seed >> 33) % (uint64_t)n];
+        if (getenv("PP_DEBUG"))
+            fprintf(stderr, "kill %d (ready %u of %d)\n", (int)victim, st.ready, n);
+        assert_int_equal(kill(victim, SIGKILL), 0);
+        m->kills++;
+        return true;
+    }
+    return false;
+}
+
+/*
+ * arg: the job's index.  Each future's callback must run exactly once.
+ * Besides the timer's kills (which a fast machine may finish the jobs
+ * before), a kill is forced at the first result and at every quarter of
+ * the jobs (retried at each result until a worker is ready): four at least.
+ */
 static void many_done(urio_future_t *f, void *arg)
 {
     many_t *m = many;
@@ -724,6 +748,9 @@ static void many_done(urio_future_t *f, void *arg)
     if (++m->ndone == MANY) {
         m->finished = true;
         urio_loop_stop(m->loop);
+    } else if (m->ndone >= m->force_at && kill_one(m)) {
+        m->forced++;
+        m->force_at += MANY / 4;
     }
 }
 
@@ -732,17 +759,7 @@ static void many_kill(void *arg)
     many_t *m = arg;
     if (m->finished)
         return;
-    pid_t pids[8];
-    urio_process_pool_stats_t st;
-    int n = urio_process_pool_stats(m->ex, &st, pids, 8);
-    if (n > 0 && st.ready > 0) {
-        m->seed = m->seed * 6364136223846793005ull + 1442695040888963407ull;
-        pid_t victim = pids[(m->seed >> 33) % (uint64_t)n];
-        if (getenv("PP_DEBUG"))
-            fprintf(stderr, "kill %d (ready %u of %d)\n", (int)victim, st.ready, n);
-        kill(victim, SIGKILL);
-        m->kills++;
-    }
+    kill_one(m);
     urio_call_later(m->loop, 3 * MS, many_kill, m);
 }
 
@@ -754,6 +771,7 @@ static void test_process_pool_random_kills(void **state)
     many = m;
     m->loop = loop;
     m->seed = 42;
+    m->force_at = 1;
     m->ex = pool_new(&(urio_process_pool_opts_t){ .workers = 3 });
     urio_future_t **fs = calloc(MANY, sizeof *fs);
     for (uint32_t i = 0; i < MANY; i++) {
@@ -767,13 +785,20 @@ static void test_process_pool_random_kills(void **state)
     urio_handle_cancel(loop, h);
     assert_false(timed_out);
     assert_int_equal(m->ndone, MANY);
+    /* Workers were really killed, and replaced. */
+    assert_int_equal(m->forced, 4);
+    assert_true(m->kills >= m->forced);
+    urio_process_pool_stats_t st;
+    assert_true(urio_process_pool_stats(m->ex, &st, NULL, 0) >= 0);
+    assert_true(st.spawned > 3);
     /* Each kill fails at most the one job its worker held. */
     assert_true(m->nfailed <= m->kills);
     for (int i = 0; i < MANY; i++)
         assert_int_equal(m->done[i], 1);
     for (uint32_t i = 0; i < MANY; i++)
         urio_future_unref(fs[i]);
-    print_message("10000 jobs, %d kills, %d jobs failed\n", m->kills, m->nfailed);
+    print_message("10000 jobs, %d kills (%d forced), %d jobs failed, %llu workers started\n",
+                  m->kills, m->forced, m->nfailed, (unsigned long long)st.spawned);
     urio_executor_free(m->ex);
     test_loop_close(loop);
     free(fs);
