@@ -5,16 +5,18 @@
  * of memory, replacement within a second, 10,000 jobs under random kills,
  * shutdown (wait, no wait, cancel_futures, from another thread), the loop
  * closing while busy, limits, recycling, a malformed frame, the fork
- * server, tasks; children of fork() (not the parent's fork server; each of
- * urio's process-wide locks held by another thread at the fork, and the
- * child does all docs/loop.md says it may).  After every test: no urio
- * block, no child process (live or zombie) and no fd left.
+ * server, tasks, workers dying with the program (SIGKILLed); children of
+ * fork() (not the parent's fork server; each of urio's process-wide locks
+ * held by another thread at the fork, and the child does all docs/loop.md
+ * says it may).  After every test: no urio block, no child process (live
+ * or zombie) and no fd left.
  */
 #include "helpers.h"
 #include "process.h"
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <semaphore.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -82,6 +84,22 @@ static int fn_sleep(urio_process_call_t *call, const void *in, size_t len)
     return 0;
 }
 URIO_PROCESS_FN("sleep", fn_sleep);
+
+/* Says "napping <pid>" on stderr, then sleeps a minute, not reading its channel. */
+static int fn_nap(urio_process_call_t *call, const void *in, size_t len)
+{
+    (void)call;
+    (void)in;
+    (void)len;
+    char line[32];
+    int n = snprintf(line, sizeof line, "napping %d\n", (int)getpid());
+    if (write(STDERR_FILENO, line, (size_t)n) != n)
+        return -EIO;
+    for (int i = 0; i < 600; i++)
+        usleep(100 * 1000);
+    return 0;
+}
+URIO_PROCESS_FN("nap", fn_nap);
 
 /* Its pid, and the fds it has open from 3 up (there should be only 3: its channel). */
 static int fn_self(urio_process_call_t *call, const void *in, size_t len)
@@ -1907,6 +1925,204 @@ static void test_process_pool_fork_server(void **state)
     test_loop_close(loop);
 }
 
+/*
+ * Workers die with the program (PR_SET_PDEATHSIG): a child of the test makes
+ * a pool, has each worker take a job that sleeps a minute without reading
+ * its channel (so only the signal can end it early), and is SIGKILLed.
+ * The test is a child subreaper meanwhile: the orphaned workers become its
+ * children, and it reaps them, each killed by SIGKILL within 5 s.  The pipe
+ * that is their stderr (and the child's, and its fork server's) reaches EOF
+ * once every one of them is gone.
+ */
+enum { PD_WORKERS = 2 };
+
+static void pd_stop(void *arg)
+{
+    urio_loop_stop(arg);
+}
+
+static int pdeath_child(int start)
+{
+    if (start == URIO_PROCESS_START_FORK_SERVER) {
+        urio_process_fork_server_stop();    /* the parent's: not ours */
+        if (urio_process_fork_server_start() != 0)
+            return 2;
+    }
+    urio_loop_t *loop;
+    if (urio_loop_new(&loop, NULL) != 0)
+        return 3;
+    urio_executor_t *ex = NULL;
+    if (urio_process_pool_new(&ex, &(urio_process_pool_opts_t){ .workers = PD_WORKERS,
+                                                                 .start = start }) != 0)
+        return 4;
+    urio_future_t *f = urio_process_pool_submit(loop, ex, "echo", "x", 1);
+    if (f == NULL || urio_loop_run_until_complete(loop, f) != 0 ||
+        urio_future_result(f, NULL) != 0)
+        return 5;
+    /* Every worker ready, so that the naps go one to each (round-robin). */
+    urio_process_pool_stats_t st;
+    for (int i = 0; i < 3000; i++) {
+        urio_process_pool_stats(ex, &st, NULL, 0);
+        if (st.ready == PD_WORKERS)
+            break;
+        urio_call_later(loop, 10 * MS, pd_stop, loop);
+        urio_loop_run_forever(loop);
+    }
+    if (st.ready != PD_WORKERS)
+        return 6;
+    for (int i = 0; i < PD_WORKERS; i++)
+        if (urio_process_pool_submit(loop, ex, "nap", NULL, 0) == NULL)
+            return 7;
+    urio_loop_run_forever(loop);    /* until killed */
+    return 8;
+}
+
+struct pdeath {
+    int pipe_rd;
+    char text[8192];
+    size_t len;
+    bool eof;
+    pid_t napping[PD_WORKERS];
+    int nnapping;
+    bool reaped[PD_WORKERS];
+    int sigkilled;
+};
+
+/* Reads what is there (waiting up to ms), and notes the workers that said they nap. */
+static void pd_read(struct pdeath *d, int ms)
+{
+    struct pollfd pfd = { d->pipe_rd, POLLIN, 0 };
+    if (d->eof || poll(&pfd, 1, ms) <= 0)
+        return;
+    char buf[1024];
+    ssize_t r = read(d->pipe_rd, buf, sizeof buf);
+    if (r <= 0) {
+        d->eof = true;
+        return;
+    }
+    size_t n = (size_t)r < sizeof d->text - 1 - d->len ? (size_t)r : sizeof d->text - 1 - d->len;
+    memcpy(d->text + d->len, buf, n);
+    d->len += n;
+    d->text[d->len] = '\0';
+    d->nnapping = 0;
+    for (const char *p = d->text; (p = strstr(p, "napping ")) != NULL; p++) {
+        pid_t pid = atoi(p + 8);
+        bool seen = false;
+        for (int i = 0; i < d->nnapping; i++)
+            seen |= d->napping[i] == pid;
+        if (!seen && d->nnapping < PD_WORKERS)
+            d->napping[d->nnapping++] = pid;
+    }
+}
+
+/* Reaps every zombie child (the test's own children are alive), noting the workers. */
+static void pd_reap(struct pdeath *d)
+{
+    for (;;) {
+        siginfo_t si;
+        memset(&si, 0, sizeof si);
+        if (waitid(P_ALL, 0, &si, WEXITED | WNOHANG) != 0 || si.si_pid == 0)
+            return;
+        for (int i = 0; i < d->nnapping; i++) {
+            if (si.si_pid == d->napping[i]) {
+                d->reaped[i] = true;
+                d->sigkilled += si.si_code == CLD_KILLED && si.si_status == SIGKILL;
+            }
+        }
+    }
+}
+
+static bool pd_all_reaped(const struct pdeath *d)
+{
+    for (int i = 0; i < d->nnapping; i++)
+        if (!d->reaped[i])
+            return false;
+    return true;
+}
+
+static void pdeath_run(int start)
+{
+    int was = 0;
+    assert_int_equal(prctl(PR_GET_CHILD_SUBREAPER, &was), 0);
+    assert_int_equal(prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
+    int p[2];
+    assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+    int children = child_count();
+    fflush(NULL);
+    pid_t child = fork();
+    assert_true(child >= 0);
+    if (child == 0) {
+        test_child_started();
+        alarm(TEST_CHILD_SECONDS);
+        dup2(p[1], STDERR_FILENO);      /* and its workers' */
+        urio_log_set_handler(NULL, NULL);
+        _exit(pdeath_child(start));
+    }
+    close(p[1]);
+    struct pdeath *d = calloc(1, sizeof *d);
+    d->pipe_rd = p[0];
+    uint64_t until = urio__now() + 60 * SEC;
+    while (d->nnapping < PD_WORKERS && !d->eof && urio__now() < until)
+        pd_read(d, 100);
+    kill(child, SIGKILL);
+    int status;
+    assert_int_equal(waitpid(child, &status, 0), child);
+    uint64_t killed = urio__now();
+    /*
+     * Every worker gone within 5 s (they sleep for 60 s otherwise), and the
+     * child's fork server: reaped too (it closes the pipe before it is a
+     * zombie of ours).
+     */
+    while (urio__now() - killed < 5 * SEC) {
+        pd_read(d, 10);
+        pd_reap(d);
+        if (pd_all_reaped(d) && d->eof && child_count() <= children)
+            break;
+    }
+    uint64_t took = urio__now() - killed;
+    int sigkilled = d->sigkilled;
+    bool died = d->nnapping == PD_WORKERS && pd_all_reaped(d) && sigkilled == PD_WORKERS;
+    bool eof = d->eof;      /* nothing of the child's holds the pipe: its fork server is gone too */
+    int left = child_count() - children;
+    /* Whatever is left (a failure): SIGKILL it and reap it, so that no process outlives the test. */
+    for (int i = 0; i < d->nnapping; i++)
+        if (!d->reaped[i])
+            kill(d->napping[i], SIGKILL);
+    while (!(d->eof && pd_all_reaped(d) && child_count() <= children) &&
+           urio__now() - killed < 20 * SEC) {
+        pd_read(d, 10);
+        pd_reap(d);
+    }
+    prctl(PR_SET_CHILD_SUBREAPER, was);
+    close(p[0]);
+    print_message("%d workers napping, killed with their parent in %.1f ms\n", d->nnapping,
+                  (double)took / 1e6);
+    if (!died || !eof || left > 0) {
+        fprintf(stderr, "%d of %d workers napping, %d killed by SIGKILL in %.3f s (pipe %s, "
+                "%d more children); the child (status 0x%x) and its workers wrote:\n%s\n",
+                d->nnapping, PD_WORKERS, sigkilled, (double)took / 1e9,
+                eof ? "closed" : "still open", left, status, d->text);
+        free(d);
+        fail_msg("the workers did not die with their parent");
+    }
+    free(d);
+}
+
+static void test_process_pool_workers_die_with_parent(void **state)
+{
+    (void)state;
+    pdeath_run(URIO_PROCESS_START_EXEC);
+}
+
+static void test_process_pool_fork_server_workers_die_with_parent(void **state)
+{
+    (void)state;
+#ifdef URIO_TSAN
+    skip();     /* TSan's own thread: the child cannot start a fork server */
+#endif
+    pdeath_run(URIO_PROCESS_START_FORK_SERVER);
+}
+
 /* ------------------------------------------------------------------ */
 /* fork()                                                               */
 
@@ -2277,6 +2493,8 @@ int main(void)
         PP_TEST(test_process_pool_awaited_in_task),
         PP_TEST(test_process_pool_without_pidfd),
         PP_TEST(test_process_pool_fork_server),
+        PP_TEST(test_process_pool_workers_die_with_parent),
+        PP_TEST(test_process_pool_fork_server_workers_die_with_parent),
         PP_TEST(test_process_pool_fork_server_not_inherited),
         PP_TEST(test_process_pool_fork_while_log_lock_held),
         PP_TEST(test_process_pool_fork_while_quarantine_lock_held),
