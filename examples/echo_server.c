@@ -4,15 +4,16 @@
  * own listening socket on the same port (SO_REUSEPORT), so the kernel
  * spreads connections over the cores.
  *
- *   echo_server [--host H] [--port P] [--loops N] [--unix PATH]
+ *   echo_server [--host H] [--port P] [--loops N] [--unix PATH] [--stats 1]
  *
  * --loops 0 (the default) runs one loop per core, --loops 1 one loop (on the
- * main thread); --port 0 picks a free port.  Once every loop listens it
- * prints one line, "listening on <host>:<port>" (or "listening on
- * unix:<path>"), and serves until SIGINT or SIGTERM, which the first loop
- * reads from a signalfd through its ring; then each loop stops accepting,
- * gives its connections a second to finish, and the program exits 0 with
- * everything closed.
+ * main thread); --port 0 picks a free port; --stats 1 prints at exit, on
+ * stderr, how many connections each loop served ("loop I: N connections").
+ * Once every loop listens it prints one line, "listening on <host>:<port>"
+ * (or "listening on unix:<path>"), and serves until SIGINT or SIGTERM,
+ * which the first loop reads from a signalfd through its ring; then each
+ * loop stops accepting, gives its connections a second to finish, and the
+ * program exits 0 with everything closed.
  */
 #include <pthread.h>
 #include <signal.h>
@@ -28,6 +29,7 @@
 static const char *host = "127.0.0.1";
 static int port = 8888;
 static const char *unix_path;
+static bool stats;
 
 /* A loop, and what the first loop needs to start and stop it. */
 struct shard {
@@ -35,6 +37,7 @@ struct shard {
     urio_loop_t *loop;           /* its loop, referenced while the first loop may use it */
     urio_future_t *stop;         /* completed (through its loop's inbox) to stop it */
     int status;                  /* what it reported: 1 listening, -errno failed */
+    unsigned long connections;   /* served: its loop's thread only (read after the join) */
 };
 
 static struct shard *shards;
@@ -45,7 +48,7 @@ static long reported;
 
 static int echo(urio_stream_t *s, void *arg)
 {
-    (void)arg;
+    ((struct shard *)arg)->connections++;
     char buf[16384];
     for (;;) {
         int n = urio_stream_read(s, buf, sizeof buf, 0);
@@ -63,11 +66,11 @@ static int echo(urio_stream_t *s, void *arg)
     }
 }
 
-static int listen_here(urio_server_t **srv)
+static int listen_here(urio_server_t **srv, struct shard *sh)
 {
     urio_server_opts_t opts = { .reuseport = true };
-    int err = unix_path ? urio_server_new_unix(srv, unix_path, echo, NULL, &opts)
-                        : urio_server_new(srv, host, port, echo, NULL, &opts);
+    int err = unix_path ? urio_server_new_unix(srv, unix_path, echo, sh, &opts)
+                        : urio_server_new(srv, host, port, echo, sh, &opts);
     if (err < 0) {
         const char *msg = urio_io_error_message();
         fprintf(stderr, "echo_server: %s\n", msg ? msg : urio_strerror(err));
@@ -111,7 +114,7 @@ static int serve_shard(void *arg, void **result)
     struct shard *sh = arg;
     urio_server_t *srv;
     int err = urio_future_new(&sh->stop, urio_loop_current());
-    if (err == 0 && (err = listen_here(&srv)) < 0)
+    if (err == 0 && (err = listen_here(&srv, sh)) < 0)
         urio_future_unref(sh->stop);
     if (err < 0) {
         report(sh, err);
@@ -143,7 +146,7 @@ static int serve_first(void *arg, void **result)
     int sigfd = *(int *)arg;
     first_loop = urio_loop_current();
     urio_server_t *srv;
-    int err = listen_here(&srv);
+    int err = listen_here(&srv, &shards[0]);
     if (err < 0)
         return err;
     if (!unix_path)
@@ -190,7 +193,8 @@ static int serve_first(void *arg, void **result)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: echo_server [--host H] [--port P] [--loops N] [--unix PATH]\n");
+    fprintf(stderr, "usage: echo_server [--host H] [--port P] [--loops N] [--unix PATH] "
+            "[--stats 1]\n");
     exit(2);
 }
 
@@ -213,6 +217,8 @@ int main(int argc, char **argv)
                 usage();
         } else if (strcmp(argv[i - 1], "--unix") == 0) {
             unix_path = v;
+        } else if (strcmp(argv[i - 1], "--stats") == 0) {
+            stats = strcmp(v, "0") != 0;
         } else {
             usage();
         }
@@ -236,6 +242,8 @@ int main(int argc, char **argv)
         return 1;
     }
     int err = urio_run(URIO_CORO(serve_first, &sigfd), NULL, NULL);
+    for (long i = 0; stats && i < nshards; i++)
+        fprintf(stderr, "loop %ld: %lu connections\n", i, shards[i].connections);
     close(sigfd);
     free(shards);
     return err < 0 ? 1 : 0;

@@ -2,7 +2,8 @@
 # test_io_examples.sh — the I/O examples, run and their output checked:
 #   test_io_examples.sh echo ECHO_SERVER ECHO_CLIENT
 #       echo_server on port 0 with two loops, then a Unix socket; echo_client's
-#       lines come back; SIGTERM ends the server with status 0.
+#       lines come back; connections are spread over both loops (SO_REUSEPORT);
+#       SIGTERM ends the server with status 0.
 #   test_io_examples.sh cat CAT FILE
 #       cat FILE is FILE; cat of two files is both; a missing file fails.
 set -euo pipefail
@@ -17,10 +18,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# start_server OUT ARGS...: runs the server, waits for its one line; sets pid.
+# start_server OUT ARGS...: runs the server (its stderr in OUT.err), waits for its one
+# line; sets pid.
 start_server() {
     local out=$1; shift
-    "$server" "$@" >"$out" &
+    "$server" "$@" >"$out" 2>"$out.err" &
     pid=$!
     for _ in $(seq 200); do
         (($(wc -l <"$out") > 0)) && return 0
@@ -51,16 +53,30 @@ $want"
 echo_example() {
     server=$1 client=$2
     tmp=$(mktemp -d)
-    start_server "$tmp/out" --host 127.0.0.1 --port 0 --loops 2
+    start_server "$tmp/out" --host 127.0.0.1 --port 0 --loops 2 --stats 1
     local line
     line=$(head -n 1 "$tmp/out")
     [[ $line =~ ^listening\ on\ 127\.0\.0\.1:([0-9]+)$ ]] || fail "echo_server printed '$line'"
     local port=${BASH_REMATCH[1]}
-    for _ in 1 2 3 4; do
-        check_client --port "$port"     # connections spread over both loops
+    # The kernel hands each connection to one of the two listening sockets
+    # (SO_REUSEPORT) by a hash of its addresses and ports: each client's
+    # port differs, so each connection lands on either loop about evenly.
+    # All 40 on one loop would be a chance of 2 in 2^40: both must serve.
+    local n=40
+    for _ in $(seq $n); do
+        check_client --port "$port"
     done
     stop_server
     (($(wc -l <"$tmp/out") == 1)) || fail "echo_server printed more than one line"
+    local loops
+    loops=$(grep -E '^loop [01]: [0-9]+ connections$' "$tmp/out.err") ||
+        fail "echo_server --stats 1 wrote: $(cat "$tmp/out.err")"
+    local c0 c1
+    c0=$(sed -n 's/^loop 0: \([0-9]*\) connections$/\1/p' <<<"$loops")
+    c1=$(sed -n 's/^loop 1: \([0-9]*\) connections$/\1/p' <<<"$loops")
+    [[ -n $c0 && -n $c1 ]] || fail "echo_server --stats 1 wrote: $(cat "$tmp/out.err")"
+    ((c0 + c1 == n)) || fail "the loops served $c0 + $c1 connections, not $n"
+    ((c0 > 0 && c1 > 0)) || fail "connections not spread over both loops: $c0 and $c1"
 
     start_server "$tmp/out2" --unix "$tmp/sock"
     [[ $(head -n 1 "$tmp/out2") == "listening on unix:$tmp/sock" ]] || fail "unix line"
