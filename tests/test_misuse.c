@@ -3,11 +3,13 @@
  * coroutine awaited twice or closed after it was handed over, a task's
  * outcome set from outside, tasks awaiting each other, a loop or an
  * executor used after it was closed or freed, a NULL log format, positive
- * error codes.  Each gives a clear error (and an ERROR or WARNING line
- * naming the call), never a crash or a silent corruption.  The sanitize
- * suite runs these too: a use of freed memory would fail it.
+ * error codes, a future completed twice, a task resumed while running.
+ * Each gives a clear error (and an ERROR or WARNING line naming the call),
+ * never a crash or a silent corruption.  The sanitize suite runs these too:
+ * a use of freed memory would fail it.
  */
 #include "helpers.h"
+#include "task.h"     /* lib/: the task state machine (one test plays it wrong) */
 
 #include <unistd.h>
 
@@ -329,6 +331,77 @@ static void test_misuse_unclosed_executor_reported(void **state)
         fail_msg("no creation stack; the child wrote:\n%s", out);
 }
 
+/*
+ * The task state machine's own check (task.c, switch_in): a step for a task
+ * marked running is refused with an ERROR naming the task, instead of a
+ * switch onto a stack in use.  No public call can get there (each path that
+ * resumes a task checks its state first), so the test plays the broken state
+ * machine with the internal parking calls: the task parks, and is marked
+ * running when its wake-up step is queued.  The step must not enter it; put
+ * right, the task resumes once and ends.  Compiled in with debug mode's
+ * machinery (-Ddebug_checks, on by default).
+ */
+struct wrong_resume {
+    urio__task_t *task;
+    int resumed;
+};
+
+static int parks_once(void *arg, void **res)
+{
+    (void)res;
+    struct wrong_resume *w = arg;
+    urio__task_t *t = urio__task_running();
+    w->task = t;
+    if (urio__task_reserve_wake(t) != 0)
+        return -ENOMEM;
+    urio__task_park(t, NULL, NULL);
+    w->resumed++;
+    return 0;
+}
+
+static void wakes_as_if_running(void *arg)
+{
+    struct wrong_resume *w = arg;
+    w->task->state = URIO__TASK_RUNNING;    /* the mistake: it is suspended */
+    urio__task_unpark(w->task);
+}
+
+static void test_misuse_task_resumed_while_running(void **state)
+{
+    (void)state;
+    if (!URIO_DEBUG_CHECKS)
+        skip();     /* the check is compiled out: the step would switch in */
+    urio_loop_t *loop = test_loop_new();
+    struct wrong_resume w = { 0 };
+    urio_future_t *t = urio_spawn(loop, parks_once, &w);
+    assert_non_null(t);
+    urio_call_soon(loop, test_stop_cb, loop);
+    urio_loop_run_forever(loop);                    /* it ran, and parked */
+    assert_non_null(w.task);
+    assert_int_equal(w.resumed, 0);
+    test_log_capture();
+    urio_call_soon(loop, wakes_as_if_running, &w);
+    urio_call_soon(loop, test_stop_cb, loop);
+    urio_loop_run_forever(loop);                    /* the wake-up queued, and ran */
+    urio_call_soon(loop, test_stop_cb, loop);
+    urio_loop_run_forever(loop);
+    assert_int_equal(w.resumed, 0);                 /* refused: not switched into */
+    assert_false(urio_future_done(t));
+    assert_log_contains("ERROR task 'parks_once' (created at ");
+    assert_log_contains(" resumed while running: refused (a step or done callback ran twice)");
+    assert_int_equal(test_log_count("resumed while"), 1);
+    /* Put right (suspended, parked, room for its wake-up), it resumes once and ends. */
+    w.task->state = URIO__TASK_SUSPENDED;
+    assert_int_equal(urio__task_reserve_wake(w.task), 0);
+    w.task->parked = true;
+    urio__task_unpark(w.task);
+    assert_int_equal(urio_loop_run_until_complete(loop, t), 0);
+    assert_int_equal(w.resumed, 1);
+    assert_int_equal(urio_future_result(t, NULL), 0);
+    urio_future_unref(t);
+    test_loop_close(loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -342,6 +415,7 @@ int main(void)
         URIO_TEST(test_misuse_log_null_format),
         URIO_TEST(test_misuse_future_completed_twice),
         URIO_TEST(test_misuse_unclosed_executor_reported),
+        URIO_TEST(test_misuse_task_resumed_while_running),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
