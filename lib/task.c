@@ -334,6 +334,8 @@ URIO_EXPORT urio_future_t *urio_task_create_opts(urio_loop_t *loop, urio_coro_t 
         err = EINVAL;
     else if (!urio__loop_check_thread(loop, "urio_task_create"))
         err = EPERM;
+    else if (urio__loop_refuse_inherited(loop, "urio_task_create"))
+        err = -URIO_EFORKED;        /* it would never run, nor be freed: the loop is the parent's */
     else if (urio__loop_refuses(loop, "urio_task_create"))
         err = ESHUTDOWN;
     else if ((ts = urio__tasks_get(loop)) == NULL)

@@ -612,6 +612,10 @@ static int child_in_task_steps(void *arg)
     if (urio_run_in_executor(inherited, NULL, child_job, NULL) != NULL ||
         errno != -URIO_EFORKED)
         return 15;
+    /* A task there would never run (nor be freed: closing runs none of its hooks). */
+    errno = 0;
+    if (urio_spawn(inherited, child_task, NULL) != NULL || errno != -URIO_EFORKED)
+        return 21;
     if (urio_loop_close(inherited) != 0)
         return 16;
     /* A loop of its own, with a task (urio_run), and one made by hand with urio_spawn. */

@@ -49,7 +49,8 @@ typedef struct urio_task_opts {
  * leaves alone ("cannot reuse already awaited coroutine").
  * Returns: a new reference on the task; NULL with errno EINVAL (no loop, a
  *          coroutine already taken), EPERM (wrong thread), ESHUTDOWN
- *          (closing loop), ENOMEM (memory, or a stack).
+ *          (closing loop), -URIO_EFORKED (a loop inherited by fork()),
+ *          ENOMEM (memory, or a stack).
  * A task whose error nobody reads is reported ("Task exception was never
  * retrieved") when its last reference goes, or when its loop closes if the
  * reference was dropped on the floor.
