@@ -414,6 +414,10 @@ static void timeout_cb(void *arg)
 /* Runs the loop until every future is done; fails the test after `secs`. */
 static void run_all(urio_loop_t *loop, urio_future_t **f, size_t n, int secs)
 {
+    /* Else every run is refused at once (-EBUSY), and the timer below never fires. */
+    if (urio_loop_current() != NULL)
+        fail_msg("a loop still counts as running on this thread: an earlier test failed "
+                 "inside one of its callbacks");
     bool timed_out = false;
     urio_handle_t h = urio_call_later(loop, (uint64_t)secs * 1000 * MS, timeout_cb, &timed_out);
     for (size_t i = 0; i < n; i++) {
