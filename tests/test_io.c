@@ -613,6 +613,88 @@ static void test_io_bad_input(void **state)
     assert_fds(fds);
 }
 
+/*
+ * Every operation, in both forms, through the ring on an fd nobody opened
+ * (999: the kernel's -EBADF): the task form returns it, the _submit form's
+ * future ends with it (both forms share their checks and their op, and a
+ * form nothing calls would be a wrapper nothing proves).
+ */
+#define NOFD 999
+
+static int expect_both(int task_form, urio_future_t *f, int want, const char *what)
+{
+    if (task_form != want)
+        fail_msg("%s (task form): %d, not %d", what, task_form, want);
+    if (f == NULL)
+        fail_msg("%s (_submit form): NULL, errno %d", what, errno);
+    assert_int_equal(urio_await(f, NULL), want);
+    assert_int_equal(urio_io_result(f), want);
+    urio_future_unref(f);
+    return 0;
+}
+
+static int every_op_task(void *arg, void **res)
+{
+    (void)arg;
+    (void)res;
+    urio_loop_t *l = urio_loop_current();
+    char buf[8];
+    struct iovec iov = { buf, sizeof buf };
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+    struct sockaddr_in sa = { .sin_family = AF_INET };
+    socklen_t salen = sizeof sa;
+    struct statx stx;
+    const int E = -EBADF;
+    expect_both(urio_openat(NOFD, "x", O_RDONLY, 0, 0),
+                urio_openat_submit(l, NOFD, "x", O_RDONLY, 0, 0), E, "openat");
+    expect_both(urio_read(NOFD, buf, 8, 0, 0), urio_read_submit(l, NOFD, buf, 8, 0, 0), E, "read");
+    expect_both(urio_write(NOFD, buf, 8, 0, 0), urio_write_submit(l, NOFD, buf, 8, 0, 0), E,
+                "write");
+    expect_both(urio_readv(NOFD, &iov, 1, 0, 0), urio_readv_submit(l, NOFD, &iov, 1, 0, 0), E,
+                "readv");
+    expect_both(urio_writev(NOFD, &iov, 1, 0, 0), urio_writev_submit(l, NOFD, &iov, 1, 0, 0), E,
+                "writev");
+    expect_both(urio_fsync(NOFD, 0), urio_fsync_submit(l, NOFD, 0), E, "fsync");
+    expect_both(urio_fdatasync(NOFD, 0), urio_fdatasync_submit(l, NOFD, 0), E, "fdatasync");
+    expect_both(urio_fallocate(NOFD, 0, 0, 4096, 0), urio_fallocate_submit(l, NOFD, 0, 0, 4096, 0),
+                E, "fallocate");
+    expect_both(urio_statx(NOFD, "x", 0, STATX_SIZE, &stx, 0),
+                urio_statx_submit(l, NOFD, "x", 0, STATX_SIZE, &stx, 0), E, "statx");
+    expect_both(urio_unlinkat(NOFD, "x", 0, 0), urio_unlinkat_submit(l, NOFD, "x", 0, 0), E,
+                "unlinkat");
+    expect_both(urio_renameat(NOFD, "x", NOFD, "y", 0, 0),
+                urio_renameat_submit(l, NOFD, "x", NOFD, "y", 0, 0), E, "renameat");
+    expect_both(urio_mkdirat(NOFD, "x", 0700, 0), urio_mkdirat_submit(l, NOFD, "x", 0700, 0), E,
+                "mkdirat");
+    expect_both(urio_close(NOFD, 0), urio_close_submit(l, NOFD, 0), E, "close");
+    expect_both(urio_connect(NOFD, (struct sockaddr *)&sa, sizeof sa, 0),
+                urio_connect_submit(l, NOFD, (struct sockaddr *)&sa, sizeof sa, 0), E, "connect");
+    expect_both(urio_accept(NOFD, (struct sockaddr *)&sa, &salen, 0, 0),
+                urio_accept_submit(l, NOFD, (struct sockaddr *)&sa, &salen, 0, 0), E, "accept");
+    expect_both(urio_send(NOFD, buf, 8, 0, 0), urio_send_submit(l, NOFD, buf, 8, 0, 0), E, "send");
+    expect_both(urio_recv(NOFD, buf, 8, 0, 0), urio_recv_submit(l, NOFD, buf, 8, 0, 0), E, "recv");
+    expect_both(urio_sendmsg(NOFD, &msg, 0, 0), urio_sendmsg_submit(l, NOFD, &msg, 0, 0), E,
+                "sendmsg");
+    expect_both(urio_recvmsg(NOFD, &msg, 0, 0), urio_recvmsg_submit(l, NOFD, &msg, 0, 0), E,
+                "recvmsg");
+    expect_both(urio_shutdown(NOFD, SHUT_WR, 0), urio_shutdown_submit(l, NOFD, SHUT_WR, 0), E,
+                "shutdown");
+    expect_both(urio_poll(NOFD, POLLIN, 0), urio_poll_submit(l, NOFD, POLLIN, 0), E, "poll");
+    /* socket: no fd to get wrong; a family the kernel does not know. */
+    expect_both(urio_socket(-1, SOCK_STREAM, 0, 0), urio_socket_submit(l, -1, SOCK_STREAM, 0, 0),
+                -EAFNOSUPPORT, "socket");
+    return 0;
+}
+
+static void test_io_every_op_both_forms(void **state)
+{
+    (void)state;
+    int fds = test_count_fds();
+    assert_true(fcntl(NOFD, F_GETFD) < 0);      /* nobody opened it */
+    assert_int_equal(test_run_task(every_op_task, NULL), 0);
+    assert_fds(fds);
+}
+
 /* ------------------------------------------------------------------ */
 /* Closing the loop with I/O in flight                                  */
 
@@ -776,6 +858,7 @@ int main(void)
         IO_TEST(test_io_cancel_loses_race),
         IO_TEST(test_io_cancel_future_waits_for_cqe),
         IO_TEST(test_io_bad_input),
+        IO_TEST(test_io_every_op_both_forms),
         IO_TEST(test_io_loop_close_drains),
         IO_TEST(test_io_loop_close_from_other_thread),
         IO_TEST(test_io_loop_close_from_other_thread_idle),
