@@ -7,6 +7,9 @@
 #include "test_io_helpers.h"
 
 #include <limits.h>
+#include <stddef.h>
+#include <sys/un.h>
+#include <arpa/inet.h>
 #include <sys/uio.h>
 
 static char tmpdir[256];
@@ -613,6 +616,37 @@ static void test_io_bad_input(void **state)
     assert_fds(fds);
 }
 
+/* Addresses as reports and peernames show them, every family. */
+static void test_io_addr_format(void **state)
+{
+    (void)state;
+    char buf[128];
+    struct sockaddr_in in = { .sin_family = AF_INET, .sin_port = htons(80) };
+    inet_pton(AF_INET, "10.1.2.3", &in.sin_addr);
+    assert_string_equal(urio__addr_format((struct sockaddr *)&in, sizeof in, buf, sizeof buf),
+                        "10.1.2.3:80");
+    struct sockaddr_in6 in6 = { .sin6_family = AF_INET6, .sin6_port = htons(443) };
+    inet_pton(AF_INET6, "2001:db8::1", &in6.sin6_addr);
+    assert_string_equal(urio__addr_format((struct sockaddr *)&in6, sizeof in6, buf, sizeof buf),
+                        "[2001:db8::1]:443");
+    struct sockaddr_un un = { .sun_family = AF_UNIX };
+    socklen_t base = (socklen_t)offsetof(struct sockaddr_un, sun_path);
+    assert_string_equal(urio__addr_format((struct sockaddr *)&un, base, buf, sizeof buf),
+                        "unix:(unnamed)");
+    memcpy(un.sun_path, "\0srv", 4);                    /* abstract: no NUL at its end */
+    assert_string_equal(urio__addr_format((struct sockaddr *)&un, base + 4, buf, sizeof buf),
+                        "unix:@srv");
+    strcpy(un.sun_path, "/run/x.sock");
+    assert_string_equal(urio__addr_format((struct sockaddr *)&un, sizeof un, buf, sizeof buf),
+                        "unix:/run/x.sock");
+    struct sockaddr other = { .sa_family = AF_PACKET };
+    assert_string_equal(urio__addr_format(&other, sizeof other, buf, sizeof buf), "<family 17>");
+    assert_string_equal(urio__addr_format(NULL, 0, buf, sizeof buf), "?");
+    in.sin_family = AF_INET;                            /* too short for its family */
+    assert_string_equal(urio__addr_format((struct sockaddr *)&in, 4, buf, sizeof buf),
+                        "<family 2>");
+}
+
 /*
  * Every operation, in both forms, through the ring on an fd nobody opened
  * (999: the kernel's -EBADF): the task form returns it, the _submit form's
@@ -859,6 +893,7 @@ int main(void)
         IO_TEST(test_io_cancel_future_waits_for_cqe),
         IO_TEST(test_io_bad_input),
         IO_TEST(test_io_every_op_both_forms),
+        IO_TEST(test_io_addr_format),
         IO_TEST(test_io_loop_close_drains),
         IO_TEST(test_io_loop_close_from_other_thread),
         IO_TEST(test_io_loop_close_from_other_thread_idle),
