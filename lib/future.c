@@ -69,18 +69,26 @@ static bool check(const urio_future_t *f, const char *fn)
     return f != NULL && urio__loop_check_thread(f->loop, fn);
 }
 
+/* f's header as a new future has it: pending, no reference, no callback. */
+static void header_init(urio_future_t *f, urio_loop_t *loop, const urio__future_ops_t *ops,
+                        uint32_t ext_size)
+{
+    memset(f, 0, sizeof *f);
+    f->loop = loop;
+    f->cbs = f->inl;
+    f->capcbs = 2;
+    f->ops = ops;
+    f->ext_size = ext_size;
+}
+
 urio_future_t *urio__future_new_kind(urio_loop_t *loop, size_t ext, const urio__future_ops_t *ops)
 {
     urio_future_t *f = urio__malloc(sizeof *f + ext);
     if (f == NULL)
         return NULL;
-    memset(f, 0, sizeof *f + ext);
-    f->loop = loop;
+    header_init(f, loop, ops, (uint32_t)ext);
+    memset(f->ext, 0, ext);
     atomic_init(&f->refs, 1);
-    f->cbs = f->inl;
-    f->capcbs = 2;
-    f->ops = ops;
-    f->ext_size = (uint32_t)ext;
     urio__loop_ref(loop);
     return f;
 }
@@ -93,21 +101,7 @@ urio_future_t *urio__future_new_kind(urio_loop_t *loop, size_t ext, const urio__
  */
 static bool recycle(urio_future_t *f)
 {
-    f->runner_scheduled = false;
-    f->reserved = false;
-    atomic_store_explicit(&f->state, F_PENDING, memory_order_relaxed);
-    atomic_store_explicit(&f->retrieved, false, memory_order_relaxed);
-    f->err = 0;
-    f->value = NULL;
-    f->errmsg = NULL;
-    f->cbs = f->inl;
-    f->ncbs = 0;
-    f->capcbs = 2;
-    f->cancel_hook = NULL;
-    f->cancel_hook_arg = NULL;
-    f->stack = NULL;
-    f->err_site = NULL;
-    f->err_stack = NULL;
+    header_init(f, f->loop, f->ops, f->ext_size);     /* refs 0, as they are now */
     if (!f->ops->recycle(f))
         return false;
 #ifdef URIO_ASAN

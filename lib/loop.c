@@ -51,19 +51,15 @@ static void open_list_add(urio_loop_t *loop)
 static void open_list_remove(urio_loop_t *loop)
 {
     pthread_mutex_lock(&g_open_mu);
-    if (loop->open_gen != g_open_gen) {
-        pthread_mutex_unlock(&g_open_mu);   /* on a list a forked child dropped */
-        urio__free(loop->created);
-        loop->created = NULL;
-        return;
+    if (loop->open_gen == g_open_gen) {     /* else on a list a forked child dropped */
+        if (loop->prev_open)
+            loop->prev_open->next_open = loop->next_open;
+        else
+            g_open = loop->next_open;
+        if (loop->next_open)
+            loop->next_open->prev_open = loop->prev_open;
+        loop->next_open = loop->prev_open = NULL;
     }
-    if (loop->prev_open)
-        loop->prev_open->next_open = loop->next_open;
-    else
-        g_open = loop->next_open;
-    if (loop->next_open)
-        loop->next_open->prev_open = loop->prev_open;
-    loop->next_open = loop->prev_open = NULL;
     pthread_mutex_unlock(&g_open_mu);
     urio__free(loop->created);      /* only the unclosed warning wanted it */
     loop->created = NULL;
